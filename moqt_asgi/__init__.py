@@ -1,0 +1,56 @@
+"""moqt-asgi: Media over QUIC (moq-lite) for Python, native QUIC and ASGI."""
+
+from .announce import AnnouncementReader
+from .app import MoQ, accept_all
+from .mux import Announcement, TrackHandler, TrackMux
+from .native import QuicServer, QuicSettings, dial_quic
+from .producer import Broadcast, GroupProducer, TrackConsumer, TrackProducer, serve_producer
+from .protocol.errors import (
+    ErrorCode,
+    MoQError,
+    ProtocolError,
+    SessionClosed,
+    SetupRejected,
+    StreamError,
+    SubscribeError,
+)
+from .protocol.limits import Limits
+from .request import SetupRequest
+from .routing import Route
+from .session import Session
+from .track import GroupReader, GroupWriter, TrackReader, TrackWriter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Announcement",
+    "AnnouncementReader",
+    "Broadcast",
+    "ErrorCode",
+    "GroupProducer",
+    "GroupReader",
+    "GroupWriter",
+    "Limits",
+    "MoQ",
+    "MoQError",
+    "ProtocolError",
+    "QuicServer",
+    "QuicSettings",
+    "Route",
+    "Session",
+    "SessionClosed",
+    "SetupRejected",
+    "SetupRequest",
+    "StreamError",
+    "SubscribeError",
+    "TrackConsumer",
+    "TrackHandler",
+    "TrackMux",
+    "TrackProducer",
+    "TrackReader",
+    "TrackWriter",
+    "accept_all",
+    "dial_quic",
+    "serve_producer",
+    "__version__",
+]

@@ -1,0 +1,150 @@
+"""The application object: ``moq = MoQ(...)``.
+
+It holds the setup-handler route table and the default :class:`TrackMux`,
+and is an ASGI 3 application: lifespan events run its startup and shutdown
+hooks, and scopes it does not serve go to an optional inner ASGI app. The
+native-QUIC entrypoint (``python -m moqt_asgi serve``) uses the same object.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from .mux import TrackMux
+from .protocol.limits import DEFAULT_LIMITS, Limits
+from .request import SetupRequest
+from .routing import OriginCheck, Route, SetupHandler, origin_allowed
+
+logger = logging.getLogger("moqt_asgi.app")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
+
+
+async def accept_all(request: SetupRequest) -> None:
+    """Setup handler that accepts every session with the app's mux."""
+    await request.accept()
+
+
+class MoQ:
+    """A MoQ application: setup routes, a track mux, lifespan hooks.
+
+    With no routes registered, every session is accepted with :attr:`mux`.
+    Unknown paths are rejected with 404 once any route exists.
+    """
+
+    def __init__(self, *, routes: Sequence[Route] = (), mux: TrackMux | None = None,
+                 allow_origins: OriginCheck = None, app: ASGIApp | None = None,
+                 on_startup: Sequence[Hook] = (), on_shutdown: Sequence[Hook] = (),
+                 limits: Limits = DEFAULT_LIMITS) -> None:
+        self.routes: list[Route] = list(routes)
+        self.mux = mux if mux is not None else TrackMux()
+        self.allow_origins = allow_origins
+        self.app = app
+        self.limits = limits
+        self.on_startup: list[Hook] = list(on_startup)
+        self.on_shutdown: list[Hook] = list(on_shutdown)
+
+    # -- registration
+    def add_route(self, path: str, handler: SetupHandler, *, allow_origins: OriginCheck = None,
+                  name: str | None = None) -> Route:
+        route = Route(path, handler, allow_origins=allow_origins, name=name)
+        self.routes.append(route)
+        return route
+
+    def route(self, path: str, *, allow_origins: OriginCheck = None,
+              name: str | None = None) -> Callable[[SetupHandler], SetupHandler]:
+        """Decorator: register a setup handler for ``path`` (adds to :attr:`routes`)."""
+        def register(handler: SetupHandler) -> SetupHandler:
+            self.add_route(path, handler, allow_origins=allow_origins, name=name)
+            return handler
+        return register
+
+    def on_event(self, event: str) -> Callable[[Hook], Hook]:
+        """Decorator for ``"startup"`` / ``"shutdown"`` hooks."""
+        def register(hook: Hook) -> Hook:
+            {"startup": self.on_startup, "shutdown": self.on_shutdown}[event].append(hook)
+            return hook
+        return register
+
+    # -- lifespan
+    async def startup(self) -> None:
+        for hook in self.on_startup:
+            await hook()
+
+    async def shutdown(self) -> None:
+        for hook in self.on_shutdown:
+            await hook()
+
+    # -- setup dispatch
+    def resolve(self, path: str) -> tuple[Route | None, dict[str, str]]:
+        for route in self.routes:
+            params = route.match(path)
+            if params is not None:
+                return route, params
+        return None, {}
+
+    async def handle_setup(self, request: SetupRequest) -> None:
+        """Route ``request`` to its handler; make sure it ends accepted or rejected."""
+        request.default_mux = self.mux
+        if not origin_allowed(self.allow_origins, request.origin):
+            logger.info("origin %r not allowed", request.origin)
+            await request.reject(403, "origin not allowed")
+            return
+        if self.routes:
+            route, request.path_params = self.resolve(request.path)
+            if route is None:
+                logger.info("no route for session path %r", request.path)
+                await request.reject(404, "no such path")
+                return
+            if not origin_allowed(route.allow_origins, request.origin):
+                logger.info("origin %r not allowed for %s", request.origin, route.path)
+                await request.reject(403, "origin not allowed")
+                return
+            handler = route.handler
+        else:
+            handler = accept_all
+        try:
+            await handler(request)
+        except Exception:
+            logger.exception("setup handler for %r failed", request.path)
+            if not request.decided:
+                await request.reject(500, "setup handler failed")
+            raise
+        if not request.decided:
+            logger.error("setup handler for %r returned without accepting or rejecting", request.path)
+            await request.reject(500, "setup handler did not decide")
+
+    # -- ASGI
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif self.app is not None:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await send({"type": "http.response.body", "body": b"Not Found"})
+        else:
+            raise RuntimeError(f"unsupported ASGI scope type {scope['type']!r}")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    raise
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,162 @@
+"""Command line: ``python -m moqt_asgi serve|sub|pub|cert``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from .app import MoQ
+from .certs import write_certificate
+from .mux import TrackMux
+from .native import QuicServer, dial_quic
+from .producer import Broadcast
+from .protocol.errors import MoQError
+from .session import Session
+
+
+def load_app(target: str) -> MoQ:
+    """Import ``module:attribute`` and return the app object."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise SystemExit(f"expected MODULE:APP, got {target!r}")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    module = importlib.import_module(module_name)
+    app: Any = module
+    for part in attribute.split("."):
+        app = getattr(app, part)
+    if not isinstance(app, MoQ):
+        raise SystemExit(f"{target} is a {type(app).__name__}, not a moqt_asgi.MoQ app")
+    return app
+
+
+def _host_port(bind: str) -> tuple[str, int]:
+    host, _, port = bind.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"--bind must be HOST:PORT, got {bind!r}")
+    return host.strip("[]"), int(port)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    app = load_app(args.app)
+    host, port = _host_port(args.bind)
+    await app.startup()
+    server = QuicServer(app, host=host, port=port, certfile=args.certfile, keyfile=args.keyfile)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        print(f"serving {args.app} on moql://{server.address[0]}:{server.address[1]}", flush=True)
+        await stop.wait()
+    finally:
+        await server.close()
+        await app.shutdown()
+
+
+async def _dial(args: argparse.Namespace, mux: TrackMux | None = None) -> Session:
+    return await dial_quic(args.url, mux=mux, fingerprint=args.fingerprint, insecure=args.insecure,
+                           cafile=args.cafile)
+
+
+async def _sub(args: argparse.Namespace) -> None:
+    session = await _dial(args)
+    async with session:
+        announcements = await session.announced(args.broadcast)
+        if args.broadcast not in announcements.active and not args.no_wait:
+            async for announcement in announcements:
+                if announcement.path == args.broadcast:
+                    break
+        announcements.close()
+        track = await session.subscribe(args.broadcast, args.track)
+        count = 0
+        async for frame in track.frames():
+            sys.stdout.write(frame.decode("utf-8", "replace") + "\n")
+            sys.stdout.flush()
+            count += 1
+            if args.count and count >= args.count:
+                break
+
+
+async def _pub(args: argparse.Namespace) -> None:
+    broadcast = Broadcast(args.broadcast)
+    track = broadcast.create_track(args.track)
+    mux = TrackMux()
+    mux.publish(args.broadcast, broadcast)
+    session = await _dial(args, mux)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    async with session:
+        while line := await reader.readline():
+            track.write_frame(line.rstrip(b"\n"))
+        track.finish()
+        await asyncio.sleep(args.linger)
+
+
+def _cert(args: argparse.Namespace) -> None:
+    hosts = tuple(args.host) if args.host else ("localhost", "127.0.0.1")
+    cert, key, fingerprint = write_certificate(args.out, hosts=hosts, days=args.days)
+    print(f"certificate: {cert}\nkey: {key}\nsha256: {fingerprint}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m moqt_asgi", description="Media over QUIC (moq-lite) tools")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve an app's handlers on native QUIC")
+    serve.add_argument("app", help="MODULE:APP, e.g. examples.clock:moq")
+    serve.add_argument("--bind", default="127.0.0.1:4433", help="HOST:PORT (UDP)")
+    serve.add_argument("--certfile", required=True)
+    serve.add_argument("--keyfile", required=True)
+
+    def client_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("url", help="moql://host:port/path")
+        command.add_argument("broadcast")
+        command.add_argument("track")
+        command.add_argument("--fingerprint", help="pin the server certificate by its SHA-256 (hex)")
+        command.add_argument("--insecure", action="store_true", help="do not verify the server certificate")
+        command.add_argument("--cafile", help="trust this CA bundle")
+
+    sub = commands.add_parser("sub", help="print each frame of a track as a line")
+    client_options(sub)
+    sub.add_argument("--count", type=int, default=0, help="exit after this many frames")
+    sub.add_argument("--no-wait", action="store_true", help="subscribe without waiting for the announcement")
+
+    pub = commands.add_parser("pub", help="publish each line of stdin as a frame")
+    client_options(pub)
+    pub.add_argument("--linger", type=float, default=0.5, help="seconds to stay connected after stdin ends")
+
+    cert = commands.add_parser("cert", help="write a self-signed ECDSA certificate (≤ 14 days)")
+    cert.add_argument("--out", required=True, help="directory for cert.pem and key.pem")
+    cert.add_argument("--host", action="append", help="DNS name or IP (repeatable); default localhost, 127.0.0.1")
+    cert.add_argument("--days", type=int, default=10)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "cert":
+            _cert(args)
+        elif args.command == "serve":
+            asyncio.run(_serve(args))
+        elif args.command == "sub":
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(_sub(args))
+        elif args.command == "pub":
+            asyncio.run(_pub(args))
+    except MoQError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,87 @@
+"""A bounded receive buffer shared by the transport adapters.
+
+Transports push bytes in from their event callbacks (never awaiting); the
+engine pulls them out with :meth:`ReceiveBuffer.read`. If the reader falls
+further behind than ``limit`` bytes the stream is failed rather than grown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from ..protocol.errors import ErrorCode, MoQError, StreamError
+
+
+class ReceiveBuffer:
+    __slots__ = ("_chunks", "_size", "_fin", "_error", "_waiter", "_limit", "_on_overflow")
+
+    def __init__(self, limit: int, on_overflow: Callable[[], None] | None = None) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._fin = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._limit = limit
+        self._on_overflow = on_overflow
+
+    @property
+    def buffered(self) -> int:
+        return self._size
+
+    @property
+    def finished(self) -> bool:
+        """True once FIN arrived or the stream failed."""
+        return self._fin or self._error is not None
+
+    def feed(self, data: bytes, fin: bool) -> None:
+        if self._error is not None or self._fin:
+            return
+        if data:
+            self._chunks.append(data)
+            self._size += len(data)
+            if self._size > self._limit:
+                self.fail(StreamError(ErrorCode.TOO_LARGE, f"more than {self._limit} unread bytes buffered"))
+                if self._on_overflow is not None:
+                    self._on_overflow()
+                return
+        if fin:
+            self._fin = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if self._error is None and not (self._fin and not self._chunks):
+            self._error = error
+            self._chunks.clear()
+            self._size = 0
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._waiter = None
+
+    async def read(self, max_bytes: int) -> bytes:
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._chunks:
+                chunk = self._chunks[0]
+                if len(chunk) <= max_bytes:
+                    self._chunks.popleft()
+                else:
+                    self._chunks[0] = chunk[max_bytes:]
+                    chunk = chunk[:max_bytes]
+                self._size -= len(chunk)
+                return chunk
+            if self._fin:
+                return b""
+            if self._waiter is not None:
+                raise MoQError("two readers on one stream")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None

@@ -1,0 +1,342 @@
+"""Native QUIC transport on aioquic.
+
+:class:`QuicProtocol` is an aioquic protocol whose events feed a
+:class:`QuicTransport` (the engine's :class:`~.base.Connection`). Nothing
+here awaits application code: event handlers only push bytes into bounded
+buffers and wake waiters. Transmission is coalesced to once per event-loop
+iteration, and the engine sees how many bytes are queued but unsent so it can
+decide what to hand over next (aioquic itself sends streams round-robin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic import events
+from aioquic.quic.connection import stream_is_client_initiated, stream_is_unidirectional
+
+from ..protocol.errors import ErrorCode, SessionClosed, StreamError
+from ..protocol.limits import DEFAULT_LIMITS, Limits
+from .base import BidiStream, Connection, ReceiveStream, SendStream
+from .buffers import ReceiveBuffer
+
+logger = logging.getLogger("moqt_asgi.quic")
+
+
+class QuicStream(BidiStream):
+    """A QUIC stream as the engine sees it; uni streams use only one half."""
+
+    def __init__(self, transport: QuicTransport, stream_id: int, *, readable: bool, writable: bool) -> None:
+        self.stream_id = stream_id
+        self._transport = transport
+        self._buffer = ReceiveBuffer(transport.limits.max_stream_buffer, on_overflow=self._overflow) if readable else None
+        self._writable = writable
+        self._send_done = not writable
+        self._stop_code: int | None = None
+        self._stopped_callbacks: list[Callable[[int], None]] = []
+
+    # receive half
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        if self._buffer is None:
+            raise StreamError(ErrorCode.UNEXPECTED_STREAM, "stream is send-only")
+        data = await self._buffer.read(max_bytes)
+        if not data:
+            self._transport._maybe_forget(self)
+        return data
+
+    def stop(self, code: int) -> None:
+        if self._buffer is None or self._buffer.finished:
+            return
+        self._buffer.fail(StreamError(code, f"stream {self.stream_id} was stopped locally"))
+        self._transport._stop_stream(self.stream_id, code)
+        self._transport._maybe_forget(self)
+
+    def _overflow(self) -> None:
+        self._transport._stop_stream(self.stream_id, ErrorCode.TOO_LARGE)
+
+    @property
+    def _recv_done(self) -> bool:
+        return self._buffer is None or (self._buffer.finished and self._buffer.buffered == 0)
+
+    # send half
+    def write(self, data: bytes, end: bool = False) -> None:
+        if self._stop_code is not None:
+            raise StreamError(self._stop_code, f"peer stopped stream {self.stream_id} with code {self._stop_code}")
+        if self._send_done:
+            raise StreamError(ErrorCode.CANCEL, f"stream {self.stream_id} is already finished")
+        self._transport._send(self, data, end)
+        if end:
+            self._send_done = True
+            self._transport._maybe_forget(self)
+
+    def reset(self, code: int) -> None:
+        if self._send_done:
+            return
+        self._send_done = True
+        self._transport._reset_stream(self.stream_id, code)
+        self._transport._maybe_forget(self)
+
+    def backlog(self) -> int:
+        return self._transport._stream_backlog(self.stream_id)
+
+    def on_stopped(self, callback: Callable[[int], None]) -> None:
+        if self._stop_code is not None:
+            callback(self._stop_code)
+        else:
+            self._stopped_callbacks.append(callback)
+
+    def _peer_stopped(self, code: int) -> None:
+        if self._stop_code is not None:
+            return
+        self._stop_code = code
+        self._send_done = True
+        callbacks, self._stopped_callbacks = self._stopped_callbacks, []
+        for callback in callbacks:
+            callback(code)
+
+
+class QuicTransport(Connection):
+    """The engine's view of one aioquic connection."""
+
+    def __init__(self, protocol: QuicProtocol, limits: Limits) -> None:
+        self.protocol = protocol
+        self.limits = limits
+        self.alpn: str | None = None
+        self._streams: dict[int, QuicStream] = {}
+        self._pending: set[int] = set()
+        self._accept_bi: asyncio.Queue[QuicStream] = asyncio.Queue()
+        self._accept_uni: asyncio.Queue[QuicStream] = asyncio.Queue()
+        self._closed: SessionClosed | None = None
+        self._closed_event = asyncio.Event()
+        self._writable_waiters: list[Callable[[], None]] = []
+        self._flush_scheduled = False
+        self._loop = asyncio.get_event_loop()
+
+    # -- properties
+    @property
+    def is_closed(self) -> bool:
+        return self._closed is not None
+
+    @property
+    def peer_address(self) -> tuple[str, int] | None:
+        paths = self.protocol._quic._network_paths
+        if not paths:
+            return None
+        addr = paths[0].addr
+        return str(addr[0]), int(addr[1])
+
+    # -- opening and accepting
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise self._closed
+
+    async def open_bi(self) -> BidiStream:
+        self._check_open()
+        sid = self.protocol._quic.get_next_available_stream_id(is_unidirectional=False)
+        stream = QuicStream(self, sid, readable=True, writable=True)
+        self._streams[sid] = stream
+        return stream
+
+    async def open_uni(self) -> SendStream:
+        self._check_open()
+        sid = self.protocol._quic.get_next_available_stream_id(is_unidirectional=True)
+        stream = QuicStream(self, sid, readable=False, writable=True)
+        self._streams[sid] = stream
+        return stream
+
+    async def _accept(self, queue: asyncio.Queue[QuicStream]) -> QuicStream:
+        self._check_open()
+        getter = asyncio.ensure_future(queue.get())
+        closer = asyncio.ensure_future(self._closed_event.wait())
+        try:
+            await asyncio.wait((getter, closer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closer.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        raise self._closed or SessionClosed(0, "closed")
+
+    async def accept_bi(self) -> BidiStream:
+        return await self._accept(self._accept_bi)
+
+    async def accept_uni(self) -> ReceiveStream:
+        return await self._accept(self._accept_uni)
+
+    # -- closing
+    def close(self, code: int = 0, reason: str = "") -> None:
+        if self._closed is not None:
+            return
+        self._terminate(SessionClosed(code, reason, remote=False))
+        self.protocol.close(error_code=code, reason_phrase=reason)
+
+    async def wait_closed(self) -> SessionClosed:
+        await self._closed_event.wait()
+        assert self._closed is not None
+        return self._closed
+
+    def _terminate(self, error: SessionClosed) -> None:
+        if self._closed is not None:
+            return
+        self._closed = error
+        self._closed_event.set()
+        for stream in list(self._streams.values()):
+            if stream._buffer is not None:
+                stream._buffer.fail(error)
+            stream._peer_stopped(error.code)
+        self._streams.clear()
+        self._pending.clear()
+        self._wake_writers()
+
+    # -- backpressure
+    def _stream_backlog(self, stream_id: int) -> int:
+        quic_stream = self.protocol._quic._streams.get(stream_id)
+        if quic_stream is None:
+            return 0
+        sender = quic_stream.sender
+        return max(0, sender._buffer_stop - sender.highest_offset)
+
+    def backlog(self) -> int:
+        total = 0
+        done = []
+        for sid in self._pending:
+            size = self._stream_backlog(sid)
+            if size:
+                total += size
+            else:
+                done.append(sid)
+        for sid in done:
+            self._pending.discard(sid)
+        return total
+
+    def on_writable(self, callback: Callable[[], None]) -> None:
+        if self._closed is not None:
+            callback()
+        else:
+            self._writable_waiters.append(callback)
+
+    def _wake_writers(self) -> None:
+        waiters, self._writable_waiters = self._writable_waiters, []
+        for waiter in waiters:
+            waiter()
+
+    # -- sending (called by QuicStream)
+    def _send(self, stream: QuicStream, data: bytes, end: bool) -> None:
+        self._check_open()
+        try:
+            self.protocol._quic.send_stream_data(stream.stream_id, data, end_stream=end)
+        except ValueError as exc:  # stream already finished or reset under us
+            raise StreamError(ErrorCode.CANCEL, str(exc)) from None
+        self._pending.add(stream.stream_id)
+        self._schedule_flush()
+
+    def _reset_stream(self, stream_id: int, code: int) -> None:
+        if self._closed is not None:
+            return
+        try:
+            self.protocol._quic.reset_stream(stream_id, code)
+        except ValueError:
+            return
+        self._schedule_flush()
+
+    def _stop_stream(self, stream_id: int, code: int) -> None:
+        if self._closed is not None:
+            return
+        try:
+            self.protocol._quic.stop_stream(stream_id, code)
+        except ValueError:
+            return
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closed is None:
+            self.protocol.transmit()
+
+    def _maybe_forget(self, stream: QuicStream) -> None:
+        if stream._send_done and stream._recv_done:
+            self._streams.pop(stream.stream_id, None)
+
+    # -- events from aioquic (never await, never raise)
+    def handle_event(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            stream = self._streams.get(event.stream_id)
+            if stream is None:
+                stream = self._incoming(event.stream_id)
+                if stream is None:
+                    return
+            if stream._buffer is not None:
+                stream._buffer.feed(event.data, event.end_stream)
+        elif isinstance(event, events.StreamReset):
+            stream = self._streams.get(event.stream_id)
+            if stream is None:
+                stream = self._incoming(event.stream_id)
+            if stream is not None and stream._buffer is not None:
+                stream._buffer.fail(StreamError(event.error_code, f"peer reset stream {event.stream_id} with code {event.error_code}"))
+                self._maybe_forget(stream)
+        elif isinstance(event, events.StopSendingReceived):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream._peer_stopped(event.error_code)
+                self._maybe_forget(stream)
+        elif isinstance(event, events.ConnectionTerminated):
+            self._terminate(SessionClosed(event.error_code, event.reason_phrase, remote=True))
+
+    def _incoming(self, stream_id: int) -> QuicStream | None:
+        is_client = self.protocol._quic.configuration.is_client
+        if stream_is_client_initiated(stream_id) == is_client:
+            return None  # a locally opened stream we already forgot
+        uni = stream_is_unidirectional(stream_id)
+        stream = QuicStream(self, stream_id, readable=True, writable=not uni)
+        self._streams[stream_id] = stream
+        (self._accept_uni if uni else self._accept_bi).put_nowait(stream)
+        return stream
+
+    def after_transmit(self) -> None:
+        if self._writable_waiters:
+            self._wake_writers()
+
+
+class QuicProtocol(QuicConnectionProtocol):
+    """aioquic protocol that feeds a :class:`QuicTransport`.
+
+    ``on_handshake(transport)`` is called once the TLS handshake completes
+    and the ALPN is known.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        on_handshake: Callable[[QuicTransport], None] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.moq_transport = QuicTransport(self, limits)
+        self._on_handshake = on_handshake
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        try:
+            if isinstance(event, events.HandshakeCompleted):
+                self.moq_transport.alpn = event.alpn_protocol
+                if self._on_handshake is not None:
+                    self._on_handshake(self.moq_transport)
+            else:
+                self.moq_transport.handle_event(event)
+        except Exception:  # an exception here would kill the whole listener
+            logger.exception("error handling QUIC event %r; closing the connection", event)
+            self.moq_transport.close(ErrorCode.TRANSPORT, "internal error")
+
+    def transmit(self) -> None:
+        super().transmit()
+        self.moq_transport.after_transmit()
