@@ -31,7 +31,7 @@ _ticker: asyncio.Task[None] | None = None
 async def tick(interval: float = 1.0) -> None:
     loop = asyncio.get_running_loop()
     while True:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         seconds.write_frame(now.isoformat(timespec="milliseconds").encode())
         await asyncio.sleep(interval - (loop.time() % interval))
 

@@ -29,7 +29,7 @@ def generate_certificate(hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), da
         except ValueError:
             names.append(x509.DNSName(host))
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from aioquic.asyncio import serve as quic_serve
 from aioquic.asyncio.client import connect as quic_connect
 from aioquic.asyncio.server import QuicServer as AioquicServer
+from aioquic.asyncio.server import serve as quic_serve
 from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives import serialization
 
@@ -80,7 +80,9 @@ class QuicServer:
     def address(self) -> tuple[str, int]:
         if self._server is None:
             raise MoQError("server is not started")
-        sockname = self._server._transport.get_extra_info("sockname")
+        transport = self._server._transport
+        assert transport is not None
+        sockname = transport.get_extra_info("sockname")
         return str(sockname[0]), int(sockname[1])
 
     async def start(self) -> None:

@@ -16,7 +16,7 @@ class StreamReader:
     for; sizes are checked against caller limits before any body is read.
     """
 
-    __slots__ = ("stream", "_buf", "_pos", "_eof")
+    __slots__ = ("_buf", "_eof", "_pos", "stream")
 
     def __init__(self, stream: ReceiveStream) -> None:
         self.stream = stream

@@ -21,7 +21,7 @@ DEFAULT_HIGH_WATER = 512 * 1024
 
 
 class _Entry:
-    __slots__ = ("stream", "data", "end", "future")
+    __slots__ = ("data", "end", "future", "stream")
 
     def __init__(self, stream: SendStream, data: bytes, end: bool, future: asyncio.Future[None]) -> None:
         self.stream = stream

@@ -27,9 +27,9 @@ from .protocol.errors import (
     StreamError,
     SubscribeError,
 )
-from .protocol.lite import BidiStreamType, Codec, UniStreamType
 from .protocol.limits import Limits
-from .protocol.messages import AnnounceInit, AnnouncePlease, Announce, Subscribe
+from .protocol.lite import BidiStreamType, Codec, UniStreamType
+from .protocol.messages import Announce, AnnounceInit, AnnouncePlease, Subscribe
 from .protocol.wire import encode_varint
 from .reader import StreamReader
 from .scheduler import SendScheduler
@@ -173,6 +173,13 @@ class Session:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    def spawn(self, coro: Awaitable[Any], name: str = "moq-task") -> asyncio.Task[Any]:
+        """Run ``coro`` in this session's TaskGroup: it is cancelled when the session closes.
+
+        Exceptions are logged; a :class:`ProtocolError` closes the session with its code.
+        """
+        return self._spawn(coro, name)
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         if self._tg is None or self.closed:
@@ -432,7 +439,7 @@ async def _first_of(*aws: Awaitable[Any]) -> None:
     """Run ``aws`` together; when the first finishes, cancel the rest. Errors propagate."""
     tasks = [asyncio.ensure_future(aw) for aw in aws]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .lite import LITE_01, LITE_02, Codec, Lite01Codec
 from .limits import Limits
+from .lite import LITE_01, LITE_02, Codec, Lite01Codec
 
 ALPN_LITE = "moql"
 """ALPN of moq-lite with the version chosen in a SETUP exchange (lite-01/02)."""

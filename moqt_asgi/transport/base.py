@@ -100,7 +100,12 @@ class Connection(abc.ABC):
         if self.is_closed:
             return
         waiter = asyncio.get_running_loop().create_future()
-        self.on_writable(lambda: waiter.done() or waiter.set_result(None))
+
+        def wake() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        self.on_writable(wake)
         await waiter
 
     @property

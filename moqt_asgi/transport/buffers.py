@@ -15,7 +15,7 @@ from ..protocol.errors import ErrorCode, MoQError, StreamError
 
 
 class ReceiveBuffer:
-    __slots__ = ("_chunks", "_size", "_fin", "_error", "_waiter", "_limit", "_on_overflow")
+    __slots__ = ("_chunks", "_error", "_fin", "_limit", "_on_overflow", "_size", "_waiter")
 
     def __init__(self, limit: int, on_overflow: Callable[[], None] | None = None) -> None:
         self._chunks: deque[bytes] = deque()

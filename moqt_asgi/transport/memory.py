@@ -57,7 +57,7 @@ class _Half:
         self.writer_conn._notify_writable()
 
     def reset(self, code: int) -> None:
-        if self.reset_code is not None or self.fin_sent and self.in_flight == 0 and self.buffer.finished:
+        if self.reset_code is not None or (self.fin_sent and self.in_flight == 0 and self.buffer.finished):
             return
         self.reset_code = code
         self.buffer.fail(StreamError(code, f"peer reset stream {self.stream_id} with code {code}"))

@@ -33,7 +33,8 @@ class QuicStream(BidiStream):
     def __init__(self, transport: QuicTransport, stream_id: int, *, readable: bool, writable: bool) -> None:
         self.stream_id = stream_id
         self._transport = transport
-        self._buffer = ReceiveBuffer(transport.limits.max_stream_buffer, on_overflow=self._overflow) if readable else None
+        limit = transport.limits.max_stream_buffer
+        self._buffer = ReceiveBuffer(limit, on_overflow=self._overflow) if readable else None
         self._writable = writable
         self._send_done = not writable
         self._stop_code: int | None = None
@@ -282,7 +283,8 @@ class QuicTransport(Connection):
             if stream is None:
                 stream = self._incoming(event.stream_id)
             if stream is not None and stream._buffer is not None:
-                stream._buffer.fail(StreamError(event.error_code, f"peer reset stream {event.stream_id} with code {event.error_code}"))
+                message = f"peer reset stream {event.stream_id} with code {event.error_code}"
+                stream._buffer.fail(StreamError(event.error_code, message))
                 self._maybe_forget(stream)
         elif isinstance(event, events.StopSendingReceived):
             stream = self._streams.get(event.stream_id)

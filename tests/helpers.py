@@ -1,0 +1,66 @@
+"""Shared test plumbing: in-memory sessions and a native server in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from moqt_asgi.app import MoQ
+from moqt_asgi.handshake import client_setup
+from moqt_asgi.mux import TrackMux
+from moqt_asgi.native import QuicServer
+from moqt_asgi.protocol.limits import DEFAULT_LIMITS, Limits
+from moqt_asgi.serving import serve_connection
+from moqt_asgi.session import Session
+from moqt_asgi.transport.memory import MemoryConnection, memory_pair
+
+
+@contextlib.asynccontextmanager
+async def memory_sessions(app: MoQ | None = None, *, client_mux: TrackMux | None = None, path: str = "/",
+                          limits: Limits = DEFAULT_LIMITS
+                          ) -> AsyncIterator[tuple[Session, Session, MemoryConnection, MemoryConnection]]:
+    """A client session connected to ``app`` over the in-memory transport.
+
+    Yields ``(client, server, client_conn, server_conn)``.
+    """
+    app = app or MoQ(limits=limits)
+    client_conn, server_conn = memory_pair()
+    server_sessions: list[Session] = []
+    original = app.handle_setup
+
+    async def capture(request):  # type: ignore[no-untyped-def]
+        await original(request)
+        if request.session is not None:
+            server_sessions.append(request.session)
+
+    app.handle_setup = capture  # type: ignore[method-assign]
+    serving = asyncio.ensure_future(serve_connection(app, server_conn, transport="memory"))
+    codec, stream, reader = await client_setup(client_conn, limits, path=path)
+    client = Session(client_conn, codec, mux=client_mux, limits=limits, is_client=True, path=path,
+                     session_stream=(stream, reader))
+    client.start()
+    for _ in range(100):
+        if server_sessions:
+            break
+        await asyncio.sleep(0)
+    try:
+        yield client, server_sessions[0], client_conn, server_conn
+    finally:
+        await client.aclose()
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+
+
+@contextlib.asynccontextmanager
+async def native_server(app: MoQ, certfile: str, keyfile: str) -> AsyncIterator[QuicServer]:
+    """``app`` served on an ephemeral UDP port of 127.0.0.1, with lifespan hooks run."""
+    await app.startup()
+    server = QuicServer(app, host="127.0.0.1", port=0, certfile=certfile, keyfile=keyfile)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+        await app.shutdown()
