@@ -388,8 +388,11 @@ class Session:
             track._end()
         except StreamError as exc:
             track._end(SubscribeError(exc.code, f"publisher aborted {track.broadcast}/{track.track} with code {exc.code}"))
-        except BaseException as exc:
-            track._end(exc if isinstance(exc, MoQError) else None)
+        except MoQError as exc:
+            track._end(exc)
+            raise
+        except asyncio.CancelledError:
+            track._end(self._close_reason or SessionClosed(0, "session closed"))
             raise
         finally:
             self._subscriptions.pop(track.subscribe_id, None)

@@ -11,6 +11,7 @@ from moqt_asgi.handshake import client_setup
 from moqt_asgi.mux import TrackMux
 from moqt_asgi.native import QuicServer
 from moqt_asgi.protocol.limits import DEFAULT_LIMITS, Limits
+from moqt_asgi.request import SetupRequest
 from moqt_asgi.serving import serve_connection
 from moqt_asgi.session import Session
 from moqt_asgi.transport.memory import MemoryConnection, memory_pair
@@ -26,13 +27,12 @@ async def memory_sessions(app: MoQ | None = None, *, client_mux: TrackMux | None
     """
     app = app or MoQ(limits=limits)
     client_conn, server_conn = memory_pair()
-    server_sessions: list[Session] = []
+    requests: list[SetupRequest] = []
     original = app.handle_setup
 
-    async def capture(request):  # type: ignore[no-untyped-def]
+    async def capture(request: SetupRequest) -> None:
+        requests.append(request)
         await original(request)
-        if request.session is not None:
-            server_sessions.append(request.session)
 
     app.handle_setup = capture  # type: ignore[method-assign]
     serving = asyncio.ensure_future(serve_connection(app, server_conn, transport="memory"))
@@ -40,12 +40,14 @@ async def memory_sessions(app: MoQ | None = None, *, client_mux: TrackMux | None
     client = Session(client_conn, codec, mux=client_mux, limits=limits, is_client=True, path=path,
                      session_stream=(stream, reader))
     client.start()
-    for _ in range(100):
-        if server_sessions:
+    for _ in range(1000):
+        if requests and requests[0].session is not None:
             break
         await asyncio.sleep(0)
+    server = requests[0].session
+    assert server is not None, "the server did not accept the session"
     try:
-        yield client, server_sessions[0], client_conn, server_conn
+        yield client, server, client_conn, server_conn
     finally:
         await client.aclose()
         serving.cancel()

@@ -7,6 +7,7 @@ as our server or client; every byte between them crosses a real UDP socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 from collections.abc import AsyncIterator
 
@@ -100,7 +101,8 @@ async def test_moqrs_client_publishes_and_our_server_subscribes(certs: Certs) ->
     assert [seq for _, seq, _ in got] == sorted(seq for _, seq, _ in got)
 
 
-async def _moqrs_server() -> AsyncIterator[tuple[moq.Server, moq.OriginProducer, str]]:
+@contextlib.asynccontextmanager
+async def moqrs_server() -> AsyncIterator[tuple[moq.Server, moq.OriginProducer, str]]:
     origin = moq.OriginProducer()
     async with moq.Server("127.0.0.1:0", tls_generate=["localhost"], publish=origin, subscribe=origin) as server:
         sessions = []
@@ -117,7 +119,7 @@ async def _moqrs_server() -> AsyncIterator[tuple[moq.Server, moq.OriginProducer,
 
 
 async def test_our_client_subscribes_to_moqrs_server() -> None:
-    async for server, origin, fingerprint in _moqrs_server():
+    async with moqrs_server() as (server, origin, fingerprint):
         port = int(server.local_addr.rsplit(":", 1)[1])
         broadcast = origin.create_broadcast("demo/clock")
         track = broadcast.publish_track("seconds")
@@ -151,7 +153,7 @@ async def test_our_client_subscribes_to_moqrs_server() -> None:
 
 
 async def test_our_client_publishes_into_moqrs_server() -> None:
-    async for server, origin, fingerprint in _moqrs_server():
+    async with moqrs_server() as (server, origin, fingerprint):
         port = int(server.local_addr.rsplit(":", 1)[1])
         mux = TrackMux()
         broadcast = Broadcast("py/cam")
