@@ -34,7 +34,7 @@ from .protocol.wire import encode_varint
 from .reader import StreamReader
 from .scheduler import SendScheduler
 from .track import GroupReader, TrackReader, TrackWriter
-from .transport.base import BidiStream, Connection, ReceiveStream
+from .transport.base import BidiStream, Connection, ReceiveStream, SendStream
 
 logger = logging.getLogger("moqt_asgi.session")
 
@@ -216,7 +216,7 @@ class Session:
                 stream = await self.connection.accept_bi()
             except SessionClosed:
                 return
-            self._spawn(self._serve_bidi(stream), f"bidi-{stream.stream_id}")
+            self._spawn(self._reset_on_timeout(stream, self._serve_bidi(stream)), f"bidi-{stream.stream_id}")
 
     async def _accept_uni_loop(self) -> None:
         while True:
@@ -224,7 +224,17 @@ class Session:
                 stream = await self.connection.accept_uni()
             except SessionClosed:
                 return
-            self._spawn(self._serve_uni(stream), f"uni-{stream.stream_id}")
+            self._spawn(self._reset_on_timeout(stream, self._serve_uni(stream)), f"uni-{stream.stream_id}")
+
+    async def _reset_on_timeout(self, stream: ReceiveStream, coro: Awaitable[None]) -> None:
+        """A peer that opens a stream and stalls before its first message loses the stream, not the session."""
+        try:
+            await coro
+        except TimeoutError:
+            self.log.info("stream %d: nothing from the peer within %.1fs", stream.stream_id, self.timeout)
+            stream.stop(ErrorCode.TIMEOUT)
+            if isinstance(stream, SendStream):
+                stream.reset(ErrorCode.TIMEOUT)
 
     async def _serve_bidi(self, stream: BidiStream) -> None:
         reader = StreamReader(stream)
@@ -331,7 +341,12 @@ class Session:
     async def _run_track_handler(self, handler: Any, writer: TrackWriter) -> None:
         try:
             await handler(writer)
-        except (SessionClosed, StreamError):
+        except StreamError as exc:
+            # A stream of this track was stopped (a group the subscriber dropped, say) and the handler
+            # gave up: the track is over, so the subscriber must hear it rather than wait forever.
+            writer.close_with_error(exc.code)
+            raise
+        except SessionClosed:
             raise
         except Exception:
             self.log.exception("track handler for %s/%s failed", writer.broadcast, writer.track)

@@ -67,7 +67,7 @@ def test_cert_writes_short_lived_ecdsa_p256(tmp_path: Path) -> None:
     public_key = cert.public_key()
     assert isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.name == "secp256r1"
     assert cert.not_valid_after_utc - cert.not_valid_before_utc <= datetime.timedelta(days=14)
-    assert cert.not_valid_after_utc > datetime.datetime.now(datetime.timezone.utc)
+    assert cert.not_valid_after_utc > datetime.datetime.now(datetime.UTC)
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "localhost" in names.get_values_for_type(x509.DNSName)
     assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
