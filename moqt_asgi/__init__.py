@@ -19,6 +19,10 @@ from .request import SetupRequest
 from .routing import Route
 from .session import Session
 from .track import GroupReader, GroupWriter, TrackReader, TrackWriter
+from .webtransport import WebTransportSession, dial_webtransport
+from .webtransport import install as install_webtransport
+
+install_webtransport()  # Hypercorn serves WebTransport once the app module has imported moqt_asgi
 
 __version__ = "0.1.0"
 
@@ -49,8 +53,11 @@ __all__ = [
     "TrackProducer",
     "TrackReader",
     "TrackWriter",
+    "WebTransportSession",
     "accept_all",
     "dial_quic",
+    "dial_webtransport",
+    "install_webtransport",
     "serve_producer",
     "__version__",
 ]

@@ -125,6 +125,8 @@ class MoQ:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+        elif scope["type"] == "webtransport":
+            await self._webtransport(scope, receive, send)
         elif self.app is not None:
             await self.app(scope, receive, send)
         elif scope["type"] == "http":
@@ -133,6 +135,52 @@ class MoQ:
             await send({"type": "http.response.body", "body": b"Not Found"})
         else:
             raise RuntimeError(f"unsupported ASGI scope type {scope['type']!r}")
+
+    async def _webtransport(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebTransport session: origin and route checks in HTTP, then MoQ over the session.
+
+        Refusals happen before any MoQ byte, as the HTTP answer to the
+        CONNECT: 403 for a disallowed origin, 404 for a path no route
+        matches. The MoQ setup then arrives on the first bidi stream; its
+        request carries the CONNECT's path, query and headers.
+        """
+        message = await receive()
+        if message["type"] != "webtransport.connect":
+            return
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope.get("headers", ()):
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        origin = headers.get("origin")
+        path = scope.get("path") or "/"
+        status = 0
+        if not origin_allowed(self.allow_origins, origin):
+            logger.info("WebTransport origin %r not allowed", origin)
+            status = 403
+        elif self.routes:
+            route, _ = self.resolve(path)
+            if route is None:
+                logger.info("no route for WebTransport path %r", path)
+                status = 404
+            elif not origin_allowed(route.allow_origins, origin):
+                logger.info("WebTransport origin %r not allowed for %s", origin, route.path)
+                status = 403
+        connection = scope.get("extensions", {}).get("moqt.connection", {}).get("connection")
+        if not status and connection is None:
+            logger.error("the server offers no moqt.connection extension; cannot run MoQ on this session")
+            status = 501
+        if status:
+            await send({"type": "webtransport.close", "status": status})
+            return
+        accept: Message = {"type": "webtransport.accept"}
+        if "moql" in scope.get("subprotocols", ()):
+            accept["subprotocol"] = "moql"  # moq-lite with the version chosen in SETUP
+        await send(accept)
+        from .serving import serve_connection  # serving imports this module
+
+        query = scope.get("query_string", b"").decode("latin-1")
+        target = f"{path}?{query}" if query else path
+        await serve_connection(self, connection, transport="webtransport", target=target, headers=headers)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 
 from .app import MoQ
 from .handshake import SetupOffer, read_client_setup, reject_setup, send_server_setup
@@ -24,8 +25,14 @@ logger = logging.getLogger("moqt_asgi.server")
 
 async def serve_connection(app: MoQ, connection: Connection, *, transport: Transport = "quic",
                            versions: tuple[Version, ...] = SETUP_VERSIONS, setup_timeout: float = 10.0,
-                           log: logging.Logger = logger) -> None:
-    """Run one connection from setup to close. Never raises for peer misbehaviour."""
+                           log: logging.Logger = logger, target: str | None = None,
+                           headers: Mapping[str, str] | None = None) -> None:
+    """Run one connection from setup to close. Never raises for peer misbehaviour.
+
+    ``target`` (``/path?query``) and ``headers`` come from the transport when
+    it has them (WebTransport's CONNECT); the request then uses them instead
+    of the setup's Path parameter, and ``headers["origin"]`` as its origin.
+    """
     limits = app.limits
     try:
         async with asyncio.timeout(setup_timeout):
@@ -43,8 +50,9 @@ async def serve_connection(app: MoQ, connection: Connection, *, transport: Trans
         connection.close(ErrorCode.CANCEL)
         return
 
-    request = SetupRequest.from_target(offer.path, client=connection.peer_address,
-                                       versions=offer.setup.versions, transport=transport)
+    request = SetupRequest.from_target(offer.path if target is None else target, client=connection.peer_address,
+                                       versions=offer.setup.versions, transport=transport,
+                                       headers=dict(headers or {}), origin=(headers or {}).get("origin"))
     session_box: list[Session] = []
     decided = asyncio.Event()
 

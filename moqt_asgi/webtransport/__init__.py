@@ -1,0 +1,65 @@
+"""WebTransport over HTTP/3: sessions, the ASGI ``webtransport`` scope, and Hypercorn support.
+
+``import moqt_asgi`` calls :func:`install`, which patches stock Hypercorn
+(``hypercorn app:moq --quic-bind ...``) so that WebTransport CONNECTs reach
+the application as ``webtransport`` scopes. See ``docs/asgi-webtransport.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+from .asgi import WebTransportASGI, build_scope
+from .capsules import app_to_http, http_to_app
+from .client import dial_webtransport
+from .session import SessionHost, WebTransportSession, WebTransportStream
+
+logger = logging.getLogger("moqt_asgi.webtransport")
+
+_error: str | None = None
+
+
+def install(*, force: bool = False) -> bool:
+    """Patch Hypercorn's HTTP/3 stack for WebTransport (idempotent).
+
+    Returns True when the patch is in place. If the installed Hypercorn or
+    aioquic is not a supported version (or their internals moved), nothing
+    is patched: a :class:`RuntimeWarning` says why, :func:`install_error`
+    keeps the reason, and Hypercorn keeps serving plain HTTP/3. ``force``
+    patches despite a version mismatch as long as every name is present.
+    """
+    global _error
+    try:
+        from . import hypercorn_patch
+
+        hypercorn_patch.apply(force=force)
+    except ImportError as exc:
+        _error = f"WebTransport through Hypercorn is unavailable: {exc}"
+    except Exception as exc:  # IncompatibleHypercorn, or internals that moved in an unexpected way
+        _error = f"WebTransport through Hypercorn is disabled: {exc}"
+    else:
+        _error = None
+        return True
+    logger.error("%s", _error)
+    warnings.warn(_error, RuntimeWarning, stacklevel=2)
+    return False
+
+
+def install_error() -> str | None:
+    """Why :func:`install` did not patch Hypercorn (None if it did, or was never called)."""
+    return _error
+
+
+__all__ = [
+    "SessionHost",
+    "WebTransportASGI",
+    "WebTransportSession",
+    "WebTransportStream",
+    "app_to_http",
+    "build_scope",
+    "dial_webtransport",
+    "http_to_app",
+    "install",
+    "install_error",
+]

@@ -1,0 +1,212 @@
+"""A WebTransport client: ``dial_webtransport("https://host:port/path")`` → a MoQ :class:`Session`.
+
+It speaks HTTP/3 with aioquic, sends the extended CONNECT (offering
+``moql`` in ``wt-available-protocols``), and runs the session over a
+:class:`WebTransportSession`, the same object the server side uses. MoQ
+then starts with the ``0x20`` SETUP on the first bidi stream (lite-02,
+then lite-01), as moq-rs and @moq/lite do over WebTransport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+from aioquic.asyncio.client import connect as quic_connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN
+from aioquic.h3.events import DatagramReceived, DataReceived, HeadersReceived, WebTransportStreamDataReceived
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived, StreamReset
+
+from ..handshake import client_setup
+from ..mux import TrackMux
+from ..native import QuicSettings, _check_fingerprint, parse_url
+from ..protocol.errors import ErrorCode, MoQError, SessionClosed, SetupRejected
+from ..protocol.limits import DEFAULT_LIMITS, Limits
+from ..protocol.versions import SETUP_VERSIONS, Version
+from ..session import Session
+from .asgi import sf_string
+from .capsules import H3_INTERNAL_ERROR, WT_SESSION_GONE
+from .h3 import WebTransportH3Connection
+from .session import SessionHost, WebTransportSession
+
+logger = logging.getLogger("moqt_asgi.webtransport")
+
+
+class WebTransportClientProtocol(QuicConnectionProtocol, SessionHost):
+    """An HTTP/3 client connection carrying WebTransport sessions."""
+
+    def __init__(self, *args: Any, limits: Limits = DEFAULT_LIMITS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.quic = self._quic
+        self.h3 = WebTransportH3Connection(self._quic)
+        self.limits = limits
+        self.sessions: dict[int, WebTransportSession] = {}
+        self._responses: dict[int, asyncio.Future[list[tuple[bytes, bytes]]]] = {}
+        self._flush_scheduled = False
+
+    async def open_session(self, authority: str, target: str,
+                           headers: Sequence[tuple[bytes, bytes]] = ()) -> WebTransportSession:
+        """Send the CONNECT and wait for the answer; raises :class:`SetupRejected` on a non-2xx status."""
+        session_id = self._quic.get_next_available_stream_id()
+        session = WebTransportSession(self, session_id, limits=self.limits)
+        self.sessions[session_id] = session
+        response = self._responses[session_id] = asyncio.get_running_loop().create_future()
+        self.h3.send_headers(session_id, [
+            (b":method", b"CONNECT"), (b":protocol", b"webtransport"), (b":scheme", b"https"),
+            (b":authority", authority.encode()), (b":path", target.encode()),
+            (b"sec-webtransport-http3-draft02", b"1"), *headers])
+        self.transmit()
+        try:
+            answer = await response
+        finally:
+            self._responses.pop(session_id, None)
+        status = int(dict(answer).get(b":status", b"0"))
+        if not 200 <= status < 300:
+            session._terminate(SessionClosed(status, "CONNECT refused", remote=True))
+            raise SetupRejected(status, f"the server answered the WebTransport CONNECT with {status}")
+        session._established()
+        return session
+
+    # -- events (never raise: an exception here would be lost inside aioquic)
+    def quic_event_received(self, event: QuicEvent) -> None:
+        try:
+            self._handle(event)
+        except Exception:
+            logger.exception("error handling %s; closing the connection", type(event).__name__)
+            self._quic.close(error_code=H3_INTERNAL_ERROR, reason_phrase="internal error")
+            self.transmit()
+
+    def _handle(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamReset):
+            self._route(event.stream_id, event.error_code, stop=False)
+        elif isinstance(event, StopSendingReceived):
+            self._route(event.stream_id, event.error_code, stop=True)
+        elif isinstance(event, ConnectionTerminated):
+            for session in list(self.sessions.values()):
+                session._on_connection_terminated(event.error_code, event.reason_phrase)
+            for future in self._responses.values():
+                if not future.done():
+                    future.set_exception(SessionClosed(event.error_code, event.reason_phrase, remote=True))
+        for h3_event in self.h3.handle_event(event):
+            if isinstance(h3_event, WebTransportStreamDataReceived):
+                receiver = self.sessions.get(h3_event.session_id)
+                if receiver is not None:
+                    receiver._on_stream_data(h3_event.stream_id, h3_event.data, h3_event.stream_ended)
+                else:
+                    self.refuse_stream(h3_event.stream_id, WT_SESSION_GONE)
+            elif isinstance(h3_event, DatagramReceived):
+                target = self.sessions.get(h3_event.stream_id)
+                if target is not None:
+                    target._on_datagram(h3_event.data)
+            elif isinstance(h3_event, HeadersReceived):
+                waiter = self._responses.get(h3_event.stream_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(list(h3_event.headers))
+            elif isinstance(h3_event, DataReceived):
+                owner = self.sessions.get(h3_event.stream_id)
+                if owner is not None and owner.state == "accepted":
+                    owner._on_connect_data(h3_event.data, h3_event.stream_ended)
+
+    def _route(self, stream_id: int, code: int, *, stop: bool) -> None:
+        connect = self.sessions.get(stream_id)
+        if connect is not None:
+            connect._on_connect_reset(code)
+            future = self._responses.get(stream_id)
+            if future is not None and not future.done():
+                future.set_exception(SessionClosed(code, "CONNECT stream reset", remote=True))
+            return
+        for session in self.sessions.values():
+            if session.owns(stream_id) or stream_id in session._stopped:
+                if stop:
+                    session._on_stop_sending(stream_id, code)
+                else:
+                    session._on_stream_reset(stream_id, code)
+                return
+
+    # -- SessionHost
+    def transmit_soon(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self.transmit()
+
+    def transmit(self) -> None:
+        super().transmit()
+        for session in list(self.sessions.values()):
+            session._after_transmit()
+
+    def session_ended(self, session: WebTransportSession) -> None:
+        self.sessions.pop(session.session_id, None)
+
+    def finish_sending(self, stream_id: int) -> None:
+        self.h3.finish_webtransport_sending(stream_id)
+
+
+async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprint: str | None = None,
+                            insecure: bool = False, cafile: str | None = None, quic: QuicSettings | None = None,
+                            limits: Limits = DEFAULT_LIMITS, setup_timeout: float = 10.0,
+                            versions: tuple[Version, ...] = SETUP_VERSIONS,
+                            headers: Sequence[tuple[str, str]] = (),
+                            log: logging.Logger = logger) -> Session:
+    """Connect to ``https://host:port/path?query`` over WebTransport and set up a MoQ session.
+
+    ``headers`` are added to the CONNECT (``origin``, for instance). The
+    certificate is checked against ``fingerprint`` (SHA-256 hex), ``cafile``,
+    or the system roots, unless ``insecure``.
+    """
+    scheme, host, port, target = parse_url(url)
+    if scheme != "https":
+        raise MoQError(f"{scheme}:// is native QUIC: use dial_quic")
+    configuration = (quic or QuicSettings()).configuration(is_client=True, alpn=list(H3_ALPN))
+    configuration.server_name = host
+    if fingerprint or insecure:
+        configuration.verify_mode = ssl.CERT_NONE
+    elif cafile:
+        configuration.load_verify_locations(cafile)
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    extra = [(b"wt-available-protocols", sf_string("moql"))]
+    extra += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    stack = contextlib.AsyncExitStack()
+    try:
+        async with asyncio.timeout(setup_timeout):
+            factory = functools.partial(WebTransportClientProtocol, limits=limits)
+            protocol = await stack.enter_async_context(
+                quic_connect(host, port, configuration=configuration, create_protocol=factory))
+            assert isinstance(protocol, WebTransportClientProtocol)
+            if fingerprint:
+                _check_fingerprint(protocol, fingerprint)  # type: ignore[arg-type]
+            connection = await protocol.open_session(authority, target, extra)
+            codec, stream, reader = await client_setup(connection, limits, path=None, versions=versions,
+                                                       timeout=setup_timeout)
+    except TimeoutError:
+        await stack.aclose()
+        raise MoQError(f"no session with {url} within {setup_timeout:.1f}s") from None
+    except ConnectionError as exc:
+        await stack.aclose()
+        raise MoQError(f"could not connect to {url}: {exc}") from None
+    except BaseException:
+        await stack.aclose()
+        raise
+
+    async def close_connection() -> None:
+        connection.close(int(ErrorCode.CANCEL))
+        await stack.aclose()
+
+    session = Session(connection, codec, mux=mux, limits=limits, is_client=True, path=target,
+                      session_stream=(stream, reader), logger_=log, timeout=setup_timeout)
+    session.add_cleanup(close_connection)
+    session.start()
+    log.info("WebTransport session established with %s using %s", url, codec.name)
+    return session
+
+
+__all__ = ["WebTransportClientProtocol", "dial_webtransport"]

@@ -1,0 +1,640 @@
+"""One WebTransport session as the engine's :class:`~moqt_asgi.transport.base.Connection`.
+
+aioquic parses the WebTransport stream prefaces but has no notion of a
+session: this module adds it. A :class:`WebTransportSession` is created when
+an extended CONNECT with ``:protocol = webtransport`` arrives and owns
+
+* the streams of that session (bounded :class:`ReceiveBuffer` per stream;
+  streams that arrive before the application accepted are held, up to
+  ``max_pending_streams``),
+* the CONNECT stream: the ``200`` (or an error status), and the capsules
+  CLOSE_WEBTRANSPORT_SESSION and DRAIN_WEBTRANSPORT_SESSION both ways,
+* datagrams (a bounded queue: the oldest is dropped when full),
+* the WebTransport application error-code mapping for resets and stops.
+
+Everything the HTTP/3 layer calls (``_on_*`` methods) runs inside the QUIC
+event loop: it never awaits and never raises. The :class:`SessionHost`
+(the Hypercorn integration) owns the QUIC and HTTP/3 connections and the
+transmit scheduling.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from aioquic.quic.connection import stream_is_client_initiated, stream_is_unidirectional
+
+from ..protocol.errors import ErrorCode, MoQError, SessionClosed, StreamError
+from ..protocol.limits import DEFAULT_LIMITS, Limits
+from ..transport.base import BidiStream, Connection, ReceiveStream, SendStream
+from ..transport.buffers import ReceiveBuffer
+from .capsules import (
+    MAX_APP_CODE,
+    WT_BUFFERED_STREAM_REJECTED,
+    WT_SESSION_GONE,
+    CapsuleError,
+    CapsuleParser,
+    CloseCapsule,
+    app_to_http,
+    encode_close,
+    encode_drain,
+    http_to_app,
+)
+
+logger = logging.getLogger("moqt_asgi.webtransport")
+
+Headers = Sequence[tuple[bytes, bytes]]
+State = Literal["pending", "accepted", "rejected", "closed"]
+
+
+class SessionHost(abc.ABC):
+    """What a session needs from the HTTP/3 connection that carries it."""
+
+    quic: Any
+    """The aioquic ``QuicConnection``."""
+    h3: Any
+    """The aioquic ``H3Connection`` (with the WebTransport fixes of the integration)."""
+
+    @abc.abstractmethod
+    def transmit_soon(self) -> None:
+        """Send whatever is queued, soon (coalesced; safe to call often)."""
+
+    @abc.abstractmethod
+    def session_ended(self, session: WebTransportSession) -> None:
+        """The session is over: route its late stream data to :meth:`refuse_stream`."""
+
+    @abc.abstractmethod
+    def finish_sending(self, stream_id: int) -> None:
+        """Our half of a bidi WebTransport stream is done (FIN or reset): let HTTP/3 free it."""
+
+    def refuse_stream(self, stream_id: int, code: int) -> None:
+        """Stop (and for bidi streams, reset) a peer stream with HTTP/3 ``code``."""
+        try:
+            self.quic.stop_stream(stream_id, code)
+            if not stream_is_unidirectional(stream_id):
+                self.quic.reset_stream(stream_id, code)
+                self.finish_sending(stream_id)
+        except ValueError:  # already gone
+            return
+        self.transmit_soon()
+
+
+def _wire_code(code: int) -> int:
+    """An engine error code as the HTTP/3 code on the wire (clamped to 32 bits)."""
+    return app_to_http(min(max(int(code), 0), MAX_APP_CODE))
+
+
+def _engine_code(http_code: int) -> int:
+    """A peer's HTTP/3 reset or stop code as the application code the engine sees."""
+    code = http_to_app(http_code)
+    return int(ErrorCode.CANCEL) if code is None else code
+
+
+class WebTransportStream(BidiStream):
+    """A stream of a WebTransport session; uni streams use only one half."""
+
+    __slots__ = ("_buffer", "_send_done", "_session", "_stop_code", "_stopped_callbacks", "peer_reset_code", "stream_id")
+
+    def __init__(self, session: WebTransportSession, stream_id: int, *, readable: bool, writable: bool) -> None:
+        self.stream_id = stream_id
+        self._session = session
+        limit = session.limits.max_stream_buffer
+        self._buffer = ReceiveBuffer(limit, on_overflow=self._overflow) if readable else None
+        self._send_done = not writable
+        self._stop_code: int | None = None
+        self._stopped_callbacks: list[Callable[[int], None]] = []
+        self.peer_reset_code: int | None = None
+        """The application code of the peer's RESET_STREAM, once it arrived."""
+
+    def __repr__(self) -> str:
+        return f"<WebTransportStream {self.stream_id} of session {self._session.session_id}>"
+
+    @property
+    def readable(self) -> bool:
+        return self._buffer is not None
+
+    @property
+    def writable(self) -> bool:
+        return not self._send_done
+
+    # receive half
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        if self._buffer is None:
+            raise StreamError(ErrorCode.UNEXPECTED_STREAM, "stream is send-only")
+        data = await self._buffer.read(max_bytes)
+        if not data or (self._buffer.finished and not self._buffer.buffered):
+            self._session._maybe_forget(self)
+        return data
+
+    def read_finished(self) -> bool:
+        """True when everything up to the peer's FIN has been read."""
+        return self._buffer is not None and self._buffer.finished and self._buffer.buffered == 0
+
+    def stop(self, code: int) -> None:
+        if self._buffer is None or self._buffer.finished:
+            return
+        self._buffer.fail(StreamError(code, f"stream {self.stream_id} was stopped locally"))
+        self._session._stop_stream(self.stream_id, code)
+        self._session._maybe_forget(self)
+
+    def _overflow(self) -> None:
+        self._session._stop_stream(self.stream_id, ErrorCode.TOO_LARGE)
+
+    @property
+    def _recv_done(self) -> bool:
+        return self._buffer is None or self._buffer.finished
+
+    # send half
+    def write(self, data: bytes, end: bool = False) -> None:
+        if self._stop_code is not None:
+            raise StreamError(self._stop_code, f"peer stopped stream {self.stream_id} with code {self._stop_code}")
+        if self._send_done:
+            raise StreamError(ErrorCode.CANCEL, f"stream {self.stream_id} is already finished")
+        self._session._send(self, data, end)
+        if end:
+            self._send_done = True
+            self._session._sending_finished(self)
+
+    def reset(self, code: int) -> None:
+        if self._send_done:
+            return
+        self._send_done = True
+        self._session._reset_stream(self.stream_id, code)
+        self._session._sending_finished(self)
+
+    def backlog(self) -> int:
+        return self._session._stream_backlog(self.stream_id)
+
+    def on_stopped(self, callback: Callable[[int], None]) -> None:
+        if self._stop_code is not None:
+            callback(self._stop_code)
+        else:
+            self._stopped_callbacks.append(callback)
+
+    def _peer_stopped(self, code: int) -> None:
+        if self._stop_code is not None:
+            return
+        self._stop_code = code
+        self._send_done = True
+        callbacks, self._stopped_callbacks = self._stopped_callbacks, []
+        for callback in callbacks:
+            try:
+                callback(code)
+            except Exception:
+                logger.exception("on_stopped callback failed")
+
+
+class WebTransportSession(Connection):
+    """The server side of one WebTransport session (see the module docstring)."""
+
+    def __init__(self, host: SessionHost, session_id: int, *, client: tuple[str, int] | None = None,
+                 limits: Limits = DEFAULT_LIMITS, max_pending_streams: int = 64, max_datagrams: int = 256) -> None:
+        self.host = host
+        self.session_id = session_id
+        self.limits = limits
+        self.client = client
+        self.state: State = "pending"
+        self.max_pending_streams = max_pending_streams
+        self.max_datagrams = max_datagrams
+        self.datagrams_dropped = 0
+        self.draining = False
+        """True once the peer sent DRAIN_WEBTRANSPORT_SESSION."""
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        """Headers the server adds to every answer to the CONNECT (``server``, ``date``...)."""
+        self._is_client = bool(host.quic.configuration.is_client)
+        self._streams: dict[int, WebTransportStream] = {}
+        self._pending_sends: set[int] = set()
+        # Streams we stopped reading: the peer may still send what it had in flight before it saw
+        # STOP_SENDING, which must not look like a new stream once we have forgotten the old one.
+        self._stopped: set[int] = set()
+        self._accept_bi: asyncio.Queue[WebTransportStream] = asyncio.Queue()
+        self._accept_uni: asyncio.Queue[WebTransportStream] = asyncio.Queue()
+        self._unaccepted = 0
+        self._closed: SessionClosed | None = None
+        self._closed_event = asyncio.Event()
+        self._decided = asyncio.Event()
+        self._writable_waiters: list[Callable[[], None]] = []
+        self._drain_callbacks: list[Callable[[], None]] = []
+        self._datagrams: deque[bytes] = deque()
+        self._datagram_waiter: asyncio.Future[None] | None = None
+        self._capsules = CapsuleParser()
+        self._connect_fin_sent = False
+
+    def __repr__(self) -> str:
+        return f"<WebTransportSession {self.session_id} {self.state}>"
+
+    # -- properties
+    @property
+    def is_closed(self) -> bool:
+        return self._closed is not None
+
+    @property
+    def close_reason(self) -> SessionClosed | None:
+        return self._closed
+
+    @property
+    def peer_address(self) -> tuple[str, int] | None:
+        return self.client
+
+    @property
+    def max_datagram_size(self) -> int:
+        """Largest datagram payload that fits in one QUIC packet to this peer (conservative)."""
+        remote = self.host.quic._remote_max_datagram_frame_size
+        if not remote:
+            return 0
+        overhead = 1 + 8 + 32  # frame type + quarter stream id + short header, packet number and AEAD tag
+        return max(0, min(int(remote), int(self.host.quic._max_datagram_size)) - overhead - 8)
+
+    def owns(self, stream_id: int) -> bool:
+        return stream_id in self._streams
+
+    def get_stream(self, stream_id: int) -> WebTransportStream | None:
+        return self._streams.get(stream_id)
+
+    # -- the HTTP answer to the CONNECT
+    def accept(self, headers: Headers = ()) -> None:
+        """Answer the CONNECT with ``200`` (plus ``headers``); the session is open."""
+        if self.state != "pending":
+            if self.state == "rejected":
+                raise MoQError("cannot accept a rejected session")
+            return  # already accepted, or the peer left first (the application learns it on receive)
+        response = [(b":status", b"200"), (b"sec-webtransport-http3-draft", b"draft02"), *self.response_headers,
+                    *headers]
+        try:
+            self.host.h3.send_headers(self.session_id, response)
+        except Exception:  # the peer already reset the CONNECT stream
+            logger.debug("could not accept session %d", self.session_id, exc_info=True)
+            self._terminate(SessionClosed(int(ErrorCode.CANCEL), "CONNECT stream gone", remote=True))
+            return
+        self.state = "accepted"
+        self._decided.set()
+        self.host.transmit_soon()
+
+    def _established(self) -> None:
+        """Client side: the server answered ``200``."""
+        if self.state == "pending":
+            self.state = "accepted"
+            self._decided.set()
+
+    def reject(self, status: int = 403, headers: Headers = ()) -> None:
+        """Answer the CONNECT with an error ``status``; no session byte was exchanged."""
+        if self.state != "pending":
+            raise MoQError(f"cannot reject a {self.state} session")
+        if not 200 < status <= 599:
+            raise ValueError(f"a rejection needs a non-2xx HTTP status, got {status}")
+        self.state = "rejected"
+        self._decided.set()
+        try:
+            response = [(b":status", str(status).encode()), *self.response_headers, *headers]
+            self.host.h3.send_headers(self.session_id, response, end_stream=True)
+            self._connect_fin_sent = True
+        except Exception:  # the CONNECT stream is already gone
+            logger.debug("could not send the %d response for session %d", status, self.session_id, exc_info=True)
+        self._terminate(SessionClosed(status, "rejected", remote=False))
+        self.host.transmit_soon()
+
+    async def wait_decided(self) -> None:
+        """Wait until the session was accepted, rejected or closed."""
+        await self._decided.wait()
+
+    # -- Connection: streams
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise self._closed
+        if self.state != "accepted":
+            raise MoQError("the WebTransport session is not accepted yet")
+
+    async def open_bi(self) -> BidiStream:
+        return self.open_stream(unidirectional=False)
+
+    async def open_uni(self) -> SendStream:
+        return self.open_stream(unidirectional=True)
+
+    def open_stream(self, *, unidirectional: bool) -> WebTransportStream:
+        """Open a stream now (synchronously); the peer sees it with its first bytes."""
+        self._check_open()
+        sid = self.host.h3.create_webtransport_stream(self.session_id, is_unidirectional=unidirectional)
+        stream = WebTransportStream(self, sid, readable=not unidirectional, writable=True)
+        self._streams[sid] = stream
+        self._pending_sends.add(sid)
+        self.host.transmit_soon()
+        return stream
+
+    async def _accept(self, queue: asyncio.Queue[WebTransportStream]) -> WebTransportStream:
+        if self._closed is not None:
+            raise self._closed
+        if not queue.empty():
+            stream = queue.get_nowait()
+        else:
+            getter = asyncio.ensure_future(queue.get())
+            closer = asyncio.ensure_future(self._closed_event.wait())
+            try:
+                await asyncio.wait((getter, closer), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closer.cancel()
+                if not getter.done():
+                    getter.cancel()
+            if not getter.done() or getter.cancelled():
+                raise self._closed or SessionClosed(0, "closed")
+            stream = getter.result()
+        if self._unaccepted:
+            self._unaccepted -= 1
+        return stream
+
+    async def accept_bi(self) -> BidiStream:
+        return await self._accept(self._accept_bi)
+
+    async def accept_uni(self) -> ReceiveStream:
+        return await self._accept(self._accept_uni)
+
+    # -- Connection: closing
+    def close(self, code: int = 0, reason: str = "") -> None:
+        """Close the session: CLOSE_WEBTRANSPORT_SESSION, then FIN on the CONNECT stream.
+
+        Before :meth:`accept` this rejects the CONNECT with ``403`` instead.
+        """
+        if self._closed is not None:
+            return
+        if self.state == "pending":
+            self.reject(403)
+            return
+        code = min(max(int(code), 0), MAX_APP_CODE)
+        self._send_connect_end(encode_close(code, reason))
+        self._terminate(SessionClosed(code, reason, remote=False))
+
+    async def wait_closed(self) -> SessionClosed:
+        await self._closed_event.wait()
+        assert self._closed is not None
+        return self._closed
+
+    def drain(self) -> None:
+        """Ask the peer to finish up (DRAIN_WEBTRANSPORT_SESSION); the session stays usable."""
+        self._check_open()
+        self._send_capsule(encode_drain(), end=False)
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once when the peer sends DRAIN_WEBTRANSPORT_SESSION."""
+        if self.draining:
+            callback()
+        else:
+            self._drain_callbacks.append(callback)
+
+    def _send_capsule(self, capsule: bytes, *, end: bool) -> None:
+        if self._connect_fin_sent:
+            return
+        try:
+            self.host.h3.send_data(self.session_id, capsule, end_stream=end)
+        except Exception:
+            logger.debug("could not send on the CONNECT stream of session %d", self.session_id, exc_info=True)
+            return
+        if end:
+            self._connect_fin_sent = True
+        self.host.transmit_soon()
+
+    def _send_connect_end(self, capsule: bytes) -> None:
+        self._send_capsule(capsule, end=True)
+
+    def _terminate(self, error: SessionClosed, *, quic_alive: bool = True) -> None:
+        """Mark closed, end every stream and waiter, and tell the host.
+
+        While the QUIC connection lives, streams still open are reset and
+        stopped with WT_SESSION_GONE (streams we already finished keep
+        delivering what they hold).
+        """
+        if self._closed is not None:
+            return
+        self._closed = error
+        if self.state in ("pending", "accepted"):
+            self.state = "closed"
+        self._decided.set()
+        self._closed_event.set()
+        for stream in list(self._streams.values()):
+            if quic_alive:
+                if stream._buffer is not None and not stream._buffer.finished:
+                    self._stop_stream(stream.stream_id, WT_SESSION_GONE, wire=True)
+                if not stream._send_done:
+                    self._reset_stream(stream.stream_id, WT_SESSION_GONE, wire=True)
+                    self.host.finish_sending(stream.stream_id)
+            if stream._buffer is not None:
+                stream._buffer.fail(error)
+            stream._peer_stopped(error.code)
+        self._streams.clear()
+        self._stopped.clear()
+        self._pending_sends.clear()
+        for queue in (self._accept_bi, self._accept_uni):
+            while not queue.empty():
+                queue.get_nowait()
+        self._wake_datagram_reader()
+        self._wake_writers()
+        self.host.session_ended(self)
+        self.host.transmit_soon()
+
+    # -- datagrams
+    def send_datagram(self, data: bytes) -> bool:
+        """Queue an HTTP datagram; False (nothing sent) if it cannot fit in a packet or too many are queued."""
+        self._check_open()
+        if len(data) > self.max_datagram_size or len(self.host.quic._datagrams_pending) >= self.max_datagrams:
+            return False
+        self.host.h3.send_datagram(self.session_id, data)
+        self.host.transmit_soon()
+        return True
+
+    async def receive_datagram(self) -> bytes:
+        """The next datagram from the peer; raises :class:`SessionClosed` when the session ends."""
+        while not self._datagrams:
+            if self._closed is not None:
+                raise self._closed
+            waiter = asyncio.get_running_loop().create_future()
+            self._datagram_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._datagram_waiter = None
+        return self._datagrams.popleft()
+
+    def _wake_datagram_reader(self) -> None:
+        waiter = self._datagram_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- backpressure
+    def _stream_backlog(self, stream_id: int) -> int:
+        quic_stream = self.host.quic._streams.get(stream_id)
+        if quic_stream is None:
+            return 0
+        sender = quic_stream.sender
+        return max(0, int(sender._buffer_stop) - int(sender.highest_offset))
+
+    def backlog(self) -> int:
+        total = 0
+        done = []
+        for sid in self._pending_sends:
+            size = self._stream_backlog(sid)
+            if size:
+                total += size
+            else:
+                done.append(sid)
+        for sid in done:
+            self._pending_sends.discard(sid)
+        return total
+
+    def on_writable(self, callback: Callable[[], None]) -> None:
+        if self._closed is not None:
+            callback()
+        else:
+            self._writable_waiters.append(callback)
+
+    def _wake_writers(self) -> None:
+        waiters, self._writable_waiters = self._writable_waiters, []
+        for waiter in waiters:
+            try:
+                waiter()
+            except Exception:
+                logger.exception("on_writable callback failed")
+
+    # -- sending (called by WebTransportStream)
+    def _send(self, stream: WebTransportStream, data: bytes, end: bool) -> None:
+        if self._closed is not None:
+            raise self._closed
+        try:
+            self.host.quic.send_stream_data(stream.stream_id, data, end_stream=end)
+        except ValueError as exc:  # finished or reset under us
+            raise StreamError(ErrorCode.CANCEL, str(exc)) from None
+        self._pending_sends.add(stream.stream_id)
+        self.host.transmit_soon()
+
+    def _reset_stream(self, stream_id: int, code: int, *, wire: bool = False) -> None:
+        if self._closed is not None and not wire:
+            return
+        try:
+            self.host.quic.reset_stream(stream_id, code if wire else _wire_code(code))
+        except ValueError:
+            return
+        self.host.transmit_soon()
+
+    def _stop_stream(self, stream_id: int, code: int, *, wire: bool = False) -> None:
+        if self._closed is not None and not wire:
+            return
+        if self._closed is None:
+            self._stopped.add(stream_id)
+        try:
+            self.host.quic.stop_stream(stream_id, code if wire else _wire_code(code))
+        except ValueError:
+            return
+        self.host.transmit_soon()
+
+    def _sending_finished(self, stream: WebTransportStream) -> None:
+        if not stream_is_unidirectional(stream.stream_id):
+            self.host.finish_sending(stream.stream_id)
+        self._maybe_forget(stream)
+
+    def _maybe_forget(self, stream: WebTransportStream) -> None:
+        if stream._send_done and stream._recv_done and (stream._buffer is None or stream._buffer.buffered == 0):
+            self._streams.pop(stream.stream_id, None)
+
+    # -- events from the HTTP/3 layer (never await, never raise)
+    def _on_stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if stream_id in self._stopped:
+                if ended:
+                    self._stopped.discard(stream_id)
+                return
+            stream = self._incoming(stream_id)
+            if stream is None:
+                return
+        if stream._buffer is not None:
+            stream._buffer.feed(data, ended)
+
+    def _incoming(self, stream_id: int) -> WebTransportStream | None:
+        if stream_is_client_initiated(stream_id) == self._is_client:
+            return None  # one of ours that we already forgot
+        if self._closed is not None or self.state not in ("pending", "accepted"):
+            self.host.refuse_stream(stream_id, WT_SESSION_GONE)
+            return None
+        if self.state == "pending" and self._unaccepted >= self.max_pending_streams:
+            logger.info("session %d: too many streams before the accept; refusing stream %d",
+                        self.session_id, stream_id)
+            self.host.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
+            return None
+        uni = stream_is_unidirectional(stream_id)
+        stream = WebTransportStream(self, stream_id, readable=True, writable=not uni)
+        self._streams[stream_id] = stream
+        self._unaccepted += 1
+        (self._accept_uni if uni else self._accept_bi).put_nowait(stream)
+        return stream
+
+    def _on_stream_reset(self, stream_id: int, http_code: int) -> None:
+        self._stopped.discard(stream_id)
+        stream = self._streams.get(stream_id)
+        if stream is None or stream._buffer is None:
+            return
+        code = _engine_code(http_code)
+        stream.peer_reset_code = code
+        stream._buffer.fail(StreamError(code, f"peer reset stream {stream_id} with code {code}"))
+        self._maybe_forget(stream)
+
+    def _on_stop_sending(self, stream_id: int, http_code: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        stream._peer_stopped(_engine_code(http_code))
+        if not stream_is_unidirectional(stream_id):
+            self.host.finish_sending(stream_id)
+        self._maybe_forget(stream)
+
+    def _on_datagram(self, data: bytes) -> None:
+        if self._closed is not None or self.state != "accepted":
+            return
+        if len(self._datagrams) >= self.max_datagrams:
+            self._datagrams.popleft()
+            self.datagrams_dropped += 1
+        self._datagrams.append(data)
+        self._wake_datagram_reader()
+
+    def _on_connect_data(self, data: bytes, ended: bool) -> None:
+        """Bytes (capsules) on the CONNECT stream, after the 200."""
+        if self._closed is not None:
+            return
+        try:
+            capsules = self._capsules.feed(data) if data else []
+        except CapsuleError as exc:
+            logger.info("session %d: %s", self.session_id, exc)
+            self.close(int(ErrorCode.PROTOCOL_VIOLATION), "bad capsule")
+            return
+        for capsule in capsules:
+            if isinstance(capsule, CloseCapsule):
+                self._send_connect_end(b"")
+                self._terminate(SessionClosed(capsule.code, capsule.reason, remote=True))
+                return
+            if not self.draining:
+                self.draining = True
+                callbacks, self._drain_callbacks = self._drain_callbacks, []
+                for callback in callbacks:
+                    try:
+                        callback()
+                    except Exception:
+                        logger.exception("on_drain callback failed")
+        if ended:
+            self._send_connect_end(b"")
+            self._terminate(SessionClosed(0, "", remote=True))
+
+    def _on_connect_reset(self, http_code: int) -> None:
+        """The peer reset the CONNECT stream: the session is gone."""
+        if self._closed is None:
+            self._terminate(SessionClosed(_engine_code(http_code), "CONNECT stream reset", remote=True))
+
+    def _on_connection_terminated(self, error_code: int, reason: str) -> None:
+        self._terminate(SessionClosed(error_code, reason, remote=True), quic_alive=False)
+
+    def _after_transmit(self) -> None:
+        if self._writable_waiters:
+            self._wake_writers()
+
+
+__all__ = ["SessionHost", "WebTransportSession", "WebTransportStream"]
