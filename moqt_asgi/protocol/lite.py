@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from .errors import DecodeError, ErrorCode, ProtocolError
+from .errors import ErrorCode, ProtocolError
 from .limits import Limits
 from .messages import (
     Announce,
@@ -184,7 +184,3 @@ class Lite01Codec(Codec):
     name = "moq-lite-01"
     subscribe_ok_has_priority = True
 
-
-def require_empty(body: bytes, what: str) -> None:
-    if body:
-        raise DecodeError(f"{what}: expected an empty body, got {len(body)} bytes")
