@@ -2,6 +2,7 @@
 
 from .announce import AnnouncementReader
 from .app import MoQ, accept_all
+from .client import dial
 from .mux import Announcement, TrackHandler, TrackMux
 from .native import QuicServer, QuicSettings, dial_quic
 from .producer import Broadcast, GroupProducer, TrackConsumer, TrackProducer, serve_producer
@@ -55,6 +56,7 @@ __all__ = [
     "TrackWriter",
     "WebTransportSession",
     "accept_all",
+    "dial",
     "dial_quic",
     "dial_webtransport",
     "install_webtransport",

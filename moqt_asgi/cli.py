@@ -13,8 +13,9 @@ from typing import Any
 
 from .app import MoQ
 from .certs import write_certificate
+from .client import dial
 from .mux import TrackMux
-from .native import QuicServer, dial_quic
+from .native import QuicServer
 from .producer import Broadcast
 from .protocol.errors import MoQError
 from .session import Session
@@ -47,14 +48,17 @@ async def _serve(args: argparse.Namespace) -> None:
     app = load_app(args.app)
     host, port = _host_port(args.bind)
     await app.startup()
-    server = QuicServer(app, host=host, port=port, certfile=args.certfile, keyfile=args.keyfile)
+    server = QuicServer(app, host=host, port=port, certfile=args.certfile, keyfile=args.keyfile,
+                        webtransport=not args.no_webtransport)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-        print(f"serving {args.app} on moql://{server.address[0]}:{server.address[1]}", flush=True)
+        authority = f"{server.address[0]}:{server.address[1]}"
+        also = "" if args.no_webtransport else f" and https://{authority}/ (WebTransport)"
+        print(f"serving {args.app} on moql://{authority}/{also}", flush=True)
         await stop.wait()
     finally:
         await server.close()
@@ -62,8 +66,9 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 async def _dial(args: argparse.Namespace, mux: TrackMux | None = None) -> Session:
-    return await dial_quic(args.url, mux=mux, fingerprint=args.fingerprint, insecure=args.insecure,
-                           cafile=args.cafile)
+    headers = [("origin", args.origin)] if args.origin else []
+    return await dial(args.url, mux=mux, fingerprint=args.fingerprint, insecure=args.insecure, cafile=args.cafile,
+                      headers=headers)
 
 
 async def _sub(args: argparse.Namespace) -> None:
@@ -112,19 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve an app's handlers on native QUIC")
+    serve = commands.add_parser("serve", help="serve an app on one UDP port: native QUIC (moql) and WebTransport (h3)")
     serve.add_argument("app", help="MODULE:APP, e.g. examples.clock:moq")
     serve.add_argument("--bind", default="127.0.0.1:4433", help="HOST:PORT (UDP)")
+    serve.add_argument("--no-webtransport", action="store_true", help="offer only ALPN moql (no HTTP/3)")
     serve.add_argument("--certfile", required=True)
     serve.add_argument("--keyfile", required=True)
 
     def client_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument("url", help="moql://host:port/path")
+        command.add_argument("url", help="moql://host:port/path (native QUIC) or https://host:port/path (WebTransport)")
         command.add_argument("broadcast")
         command.add_argument("track")
         command.add_argument("--fingerprint", help="pin the server certificate by its SHA-256 (hex)")
         command.add_argument("--insecure", action="store_true", help="do not verify the server certificate")
         command.add_argument("--cafile", help="trust this CA bundle")
+        command.add_argument("--origin", help="Origin header for the WebTransport CONNECT (https:// only)")
 
     sub = commands.add_parser("sub", help="print each frame of a track as a line")
     client_options(sub)

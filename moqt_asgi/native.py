@@ -1,7 +1,10 @@
 """Native QUIC entrypoints: a server for a :class:`~.app.MoQ` app and a client dialer.
 
 ALPN ``moql`` carries moq-lite with the version chosen in SETUP (lite-02,
-then lite-01).
+then lite-01). The server also offers ALPN ``h3`` on the same UDP socket:
+those connections speak HTTP/3 and carry WebTransport sessions, served
+through the app's ASGI ``webtransport`` scope exactly as under Hypercorn
+(see :mod:`moqt_asgi.webtransport.native_h3`).
 """
 
 from __future__ import annotations
@@ -12,18 +15,22 @@ import functools
 import hashlib
 import logging
 import ssl
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aioquic.asyncio.client import connect as quic_connect
 from aioquic.asyncio.server import QuicServer as AioquicServer
 from aioquic.asyncio.server import serve as quic_serve
+from aioquic.h3.connection import H3_ALPN
+from aioquic.h3.connection import ErrorCode as H3ErrorCode
+from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives import serialization
 
-from .app import MoQ
+from .app import ASGIApp, MoQ
 from .handshake import client_setup
 from .mux import TrackMux
 from .protocol.errors import ErrorCode, MoQError, SessionClosed
@@ -32,6 +39,9 @@ from .protocol.versions import ALPN_LITE, SETUP_VERSIONS, Version
 from .serving import serve_connection
 from .session import Session
 from .transport.quic import QuicProtocol, QuicTransport
+
+if TYPE_CHECKING:
+    from .webtransport.native_h3 import H3ServerConnection
 
 logger = logging.getLogger("moqt_asgi.native")
 
@@ -58,12 +68,54 @@ class QuicSettings:
         )
 
 
+class ServerProtocol(QuicProtocol):
+    """A server connection that becomes native MoQ or HTTP/3 depending on the negotiated ALPN.
+
+    ``moql`` connections behave exactly like :class:`QuicProtocol`. When the
+    client negotiates ``h3`` and ``on_h3`` is given, every later event goes
+    to the :class:`~moqt_asgi.webtransport.native_h3.H3ServerConnection` it
+    returns instead.
+    """
+
+    def __init__(self, *args: Any, on_h3: Callable[[ServerProtocol], H3ServerConnection] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_h3 = on_h3
+        self.h3: H3ServerConnection | None = None
+
+    def quic_event_received(self, event: quic_events.QuicEvent) -> None:
+        h3 = self.h3
+        if h3 is not None:
+            h3.quic_event_received(event)
+        elif (self._on_h3 is not None and isinstance(event, quic_events.ProtocolNegotiated)
+              and event.alpn_protocol in H3_ALPN):
+            try:
+                self.h3 = self._on_h3(self)
+            except Exception:  # an exception here would kill the whole listener
+                logger.exception("could not start HTTP/3 on a connection; closing it")
+                self._quic.close(error_code=H3ErrorCode.H3_INTERNAL_ERROR, reason_phrase="internal error")
+        else:
+            super().quic_event_received(event)
+
+    def transmit(self) -> None:
+        super().transmit()
+        if self.h3 is not None:
+            self.h3.after_transmit()
+
+
 class QuicServer:
-    """Serves a :class:`MoQ` app over native QUIC on one UDP port."""
+    """Serves a :class:`MoQ` app on one UDP port: native QUIC (``moql``) and WebTransport (``h3``).
+
+    With ``webtransport=False`` only ``moql`` is offered. HTTP/3 connections
+    run the app through its ASGI interface: ``webtransport`` scopes for
+    WebTransport CONNECTs and ``http`` scopes for other requests. ``asgi_app``
+    replaces the app for HTTP/3 only (an ASGI app that routes to ``app``, say).
+    """
 
     def __init__(self, app: MoQ, *, host: str = "127.0.0.1", port: int = 4433, certfile: str, keyfile: str,
                  quic: QuicSettings | None = None, setup_timeout: float = 10.0,
-                 versions: tuple[Version, ...] = SETUP_VERSIONS, log: logging.Logger = logger) -> None:
+                 versions: tuple[Version, ...] = SETUP_VERSIONS, log: logging.Logger = logger,
+                 webtransport: bool = True, root_path: str = "", asgi_app: ASGIApp | None = None) -> None:
         self.app = app
         self.host = host
         self.port = port
@@ -73,43 +125,83 @@ class QuicServer:
         self.setup_timeout = setup_timeout
         self.versions = versions
         self.log = log
+        self.webtransport = webtransport
+        self.root_path = root_path
+        self.asgi_app: ASGIApp = asgi_app if asgi_app is not None else app
+        self.state: dict[str, Any] = {}
+        """Copied into every ASGI scope's ``state`` (``webtransport`` and ``http``)."""
         self._server: AioquicServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._h3: weakref.WeakSet[H3ServerConnection] = weakref.WeakSet()
+        self._address: tuple[str, int] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
         if self._server is None:
             raise MoQError("server is not started")
-        transport = self._server._transport
-        assert transport is not None
-        sockname = transport.get_extra_info("sockname")
-        return str(sockname[0]), int(sockname[1])
+        if self._address is None:
+            transport = self._server._transport
+            assert transport is not None
+            sockname = transport.get_extra_info("sockname")
+            self._address = str(sockname[0]), int(sockname[1])
+        return self._address
+
+    @property
+    def alpn_protocols(self) -> list[str]:
+        return [ALPN_LITE, *H3_ALPN] if self.webtransport else [ALPN_LITE]
 
     async def start(self) -> None:
-        configuration = self.quic.configuration(is_client=False, alpn=[ALPN_LITE])
+        configuration = self.quic.configuration(is_client=False, alpn=self.alpn_protocols)
+        if self.webtransport and not configuration.max_datagram_frame_size:
+            # HTTP/3 announces H3_DATAGRAM, which requires the transport parameter: without it
+            # aioquic clients close the connection and Chromium silently drops every datagram.
+            configuration.max_datagram_frame_size = 65536
         configuration.load_cert_chain(self.certfile, self.keyfile)
-        create_protocol = functools.partial(QuicProtocol, on_handshake=self._on_handshake, limits=self.app.limits)
+        create_protocol = functools.partial(ServerProtocol, on_handshake=self._on_handshake, limits=self.app.limits,
+                                            on_h3=self._on_h3 if self.webtransport else None)
         self._server = await quic_serve(self.host, self.port, configuration=configuration,
                                         create_protocol=create_protocol)
-        self.log.info("serving MoQ on moql://%s:%d", *self.address)
+        self._address = None
+        if self.webtransport:
+            self.log.info("serving MoQ on moql://%s:%d and https://%s:%d (WebTransport)", *self.address, *self.address)
+        else:
+            self.log.info("serving MoQ on moql://%s:%d", *self.address)
 
     def _on_handshake(self, transport: QuicTransport) -> None:
         if transport.alpn != ALPN_LITE:
             self.log.info("closing connection with unsupported ALPN %r", transport.alpn)
             transport.close(ErrorCode.VERSION, "unsupported ALPN")
             return
-        task = asyncio.get_running_loop().create_task(
-            serve_connection(self.app, transport, transport="quic", versions=self.versions,
-                             setup_timeout=self.setup_timeout, log=self.log))
+        self._spawn(serve_connection(self.app, transport, transport="quic", versions=self.versions,
+                                     setup_timeout=self.setup_timeout, log=self.log))
+
+    def _on_h3(self, protocol: ServerProtocol) -> H3ServerConnection:
+        from .webtransport.native_h3 import H3ServerConnection  # the webtransport package imports this module
+
+        connection = H3ServerConnection(protocol, self.asgi_app, spawn=self._spawn, limits=self.app.limits,
+                                        server=self.address, state=self.state, root_path=self.root_path)
+        self._h3.add(connection)
+        return connection
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
 
     @property
     def connection_count(self) -> int:
+        """MoQ connections, WebTransport sessions and HTTP requests being served."""
         return len(self._connections)
 
     async def close(self) -> None:
-        """Stop listening and close every connection now."""
+        """Stop listening and close every connection now.
+
+        WebTransport sessions get CLOSE_WEBTRANSPORT_SESSION (code 0, reason
+        ``"server shutting down"``) before their connection closes.
+        """
+        for connection in list(self._h3):
+            with contextlib.suppress(Exception):
+                connection.shutdown()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -160,7 +252,7 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
     """Connect to ``moql://host:port/path`` and set up a session (already running)."""
     scheme, host, port, target = parse_url(url)
     if scheme not in NATIVE_SCHEMES:
-        raise MoQError(f"{scheme}:// needs the WebTransport client")
+        raise MoQError(f"{scheme}:// is WebTransport: use dial_webtransport (or dial)")
     configuration = (quic or QuicSettings()).configuration(is_client=True, alpn=[ALPN_LITE])
     configuration.server_name = host
     if fingerprint or insecure:
@@ -196,4 +288,4 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
     return session
 
 
-__all__ = ["QuicServer", "QuicSettings", "SessionClosed", "dial_quic", "parse_url"]
+__all__ = ["QuicServer", "QuicSettings", "ServerProtocol", "SessionClosed", "dial_quic", "parse_url"]

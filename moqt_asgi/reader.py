@@ -47,6 +47,15 @@ class StreamReader:
         return False
 
     async def read_varint(self) -> int:
+        buf, pos = self._buf, self._pos
+        if pos < len(buf):  # fast path for the common one- and two-byte varints (frame sizes, types)
+            first = buf[pos]
+            if first < 0x40:
+                self._pos = pos + 1
+                return first
+            if first < 0x80 and pos + 2 <= len(buf):
+                self._pos = pos + 2
+                return ((first & 0x3F) << 8) | buf[pos + 1]
         while True:
             try:
                 value, self._pos = decode_varint(self._buf, self._pos)

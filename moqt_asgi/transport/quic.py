@@ -54,6 +54,7 @@ class QuicStream(BidiStream):
             return
         self._buffer.fail(StreamError(code, f"stream {self.stream_id} was stopped locally"))
         self._transport._stop_stream(self.stream_id, code)
+        self._transport._stopped.add(self.stream_id)
         self._transport._maybe_forget(self)
 
     def _overflow(self) -> None:
@@ -108,7 +109,11 @@ class QuicTransport(Connection):
         self.limits = limits
         self.alpn: str | None = None
         self._streams: dict[int, QuicStream] = {}
+        # Streams we stopped reading: aioquic still reports what the peer sent before it saw
+        # STOP_SENDING, which must not look like a new stream once we have forgotten the old one.
+        self._stopped: set[int] = set()
         self._pending: set[int] = set()
+        self._backlog: int | None = None  # cached sum of the unsent bytes of _pending; None = recount
         self._accept_bi: asyncio.Queue[QuicStream] = asyncio.Queue()
         self._accept_uni: asyncio.Queue[QuicStream] = asyncio.Queue()
         self._closed: SessionClosed | None = None
@@ -191,7 +196,9 @@ class QuicTransport(Connection):
                 stream._buffer.fail(error)
             stream._peer_stopped(error.code)
         self._streams.clear()
+        self._stopped.clear()
         self._pending.clear()
+        self._backlog = None
         self._wake_writers()
 
     # -- backpressure
@@ -203,16 +210,23 @@ class QuicTransport(Connection):
         return max(0, sender._buffer_stop - sender.highest_offset)
 
     def backlog(self) -> int:
-        total = 0
-        done = []
-        for sid in self._pending:
-            size = self._stream_backlog(sid)
-            if size:
-                total += size
-            else:
-                done.append(sid)
-        for sid in done:
-            self._pending.discard(sid)
+        # Asked before every write, so it is counted once and then kept up to date: between two
+        # transmits what aioquic holds unsent only grows by what _send hands it. aioquic sends only
+        # in transmit() and changes stream state only while handling a datagram or a timer, which
+        # always raises events (handle_event) or ends in a transmit; both drop the cached count.
+        total = self._backlog
+        if total is None:
+            total = 0
+            done = []
+            for sid in self._pending:
+                size = self._stream_backlog(sid)
+                if size:
+                    total += size
+                else:
+                    done.append(sid)
+            for sid in done:
+                self._pending.discard(sid)
+            self._backlog = total
         return total
 
     def on_writable(self, callback: Callable[[], None]) -> None:
@@ -228,13 +242,19 @@ class QuicTransport(Connection):
 
     # -- sending (called by QuicStream)
     def _send(self, stream: QuicStream, data: bytes, end: bool) -> None:
-        self._check_open()
+        # Runs once per frame: _check_open and _schedule_flush are inlined.
+        if self._closed is not None:
+            raise self._closed
         try:
             self.protocol._quic.send_stream_data(stream.stream_id, data, end_stream=end)
         except ValueError as exc:  # stream already finished or reset under us
             raise StreamError(ErrorCode.CANCEL, str(exc)) from None
         self._pending.add(stream.stream_id)
-        self._schedule_flush()
+        if self._backlog is not None:
+            self._backlog += len(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def _reset_stream(self, stream_id: int, code: int) -> None:
         if self._closed is not None:
@@ -270,18 +290,30 @@ class QuicTransport(Connection):
 
     # -- events from aioquic (never await, never raise)
     def handle_event(self, event: events.QuicEvent) -> None:
+        self._backlog = None  # aioquic has just processed input: recount before the next write
         if isinstance(event, events.StreamDataReceived):
             stream = self._streams.get(event.stream_id)
             if stream is None:
+                if event.stream_id in self._stopped:
+                    if event.end_stream:
+                        self._stopped.discard(event.stream_id)
+                    return
                 stream = self._incoming(event.stream_id)
                 if stream is None:
                     return
             if stream._buffer is not None:
                 stream._buffer.feed(event.data, event.end_stream)
+            if event.end_stream and self._stopped:
+                self._stopped.discard(event.stream_id)
         elif isinstance(event, events.StreamReset):
             stream = self._streams.get(event.stream_id)
             if stream is None:
+                if event.stream_id in self._stopped:
+                    self._stopped.discard(event.stream_id)
+                    return
                 stream = self._incoming(event.stream_id)
+            else:
+                self._stopped.discard(event.stream_id)
             if stream is not None and stream._buffer is not None:
                 message = f"peer reset stream {event.stream_id} with code {event.error_code}"
                 stream._buffer.fail(StreamError(event.error_code, message))
@@ -305,6 +337,7 @@ class QuicTransport(Connection):
         return stream
 
     def after_transmit(self) -> None:
+        self._backlog = None
         if self._writable_waiters:
             self._wake_writers()
 

@@ -1,8 +1,11 @@
-"""WebTransport over HTTP/3: sessions, the ASGI ``webtransport`` scope, and Hypercorn support.
+"""WebTransport over HTTP/3: sessions, the ASGI ``webtransport`` scope, and two servers for it.
 
-``import moqt_asgi`` calls :func:`install`, which patches stock Hypercorn
+``QuicServer`` (``python -m moqt_asgi serve``) serves HTTP/3 itself, beside
+native QUIC on the same port (:class:`H3ServerConnection`). ``import
+moqt_asgi`` also calls :func:`install`, which patches stock Hypercorn
 (``hypercorn app:moq --quic-bind ...``) so that WebTransport CONNECTs reach
-the application as ``webtransport`` scopes. See ``docs/asgi-webtransport.md``.
+the application as ``webtransport`` scopes there too. See
+``docs/asgi-webtransport.md``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import warnings
 from .asgi import WebTransportASGI, build_scope
 from .capsules import app_to_http, http_to_app
 from .client import dial_webtransport
+from .native_h3 import H3ServerConnection
 from .session import SessionHost, WebTransportSession, WebTransportStream
 
 logger = logging.getLogger("moqt_asgi.webtransport")
@@ -52,6 +56,7 @@ def install_error() -> str | None:
 
 
 __all__ = [
+    "H3ServerConnection",
     "SessionHost",
     "WebTransportASGI",
     "WebTransportSession",

@@ -1,0 +1,522 @@
+"""HTTP/3 on :class:`~moqt_asgi.native.QuicServer`'s port, without Hypercorn.
+
+``QuicServer`` offers the ALPNs ``moql`` and ``h3`` on one UDP socket. A
+connection that negotiates ``h3`` gets an :class:`H3ServerConnection`, which
+speaks HTTP/3 with WebTransport (the same :class:`WebTransportH3Connection`
+the Hypercorn integration uses) and serves
+
+* ``CONNECT :protocol=webtransport`` as a :class:`WebTransportSession` run
+  through the ASGI ``webtransport`` scope (:func:`build_scope`,
+  :class:`WebTransportASGI`), exactly as under Hypercorn: the app gets the
+  same scope, including the ``moqt.connection`` extension;
+* any other request (not CONNECT) through the app's ASGI ``http`` scope
+  (:class:`HTTPExchange`: the request body is delivered as it arrives, the
+  response is streamed; no trailers, no server push);
+* a CONNECT for another protocol with ``501``.
+
+Everything aioquic calls (:meth:`H3ServerConnection.quic_event_received`)
+runs inside the QUIC event path: it never awaits and never raises. Each
+session and each request runs the application in its own task, started with
+the ``spawn`` callable the server passes in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable, Coroutine, Iterable, Mapping, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import ErrorCode as H3ErrorCode
+from aioquic.h3.events import DatagramReceived, DataReceived, HeadersReceived, WebTransportStreamDataReceived
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived, StreamReset
+
+from ..protocol.limits import DEFAULT_LIMITS, Limits
+from .asgi import ASGIApp, Message, build_scope
+from .capsules import H3_INTERNAL_ERROR, H3_NO_ERROR, WT_BUFFERED_STREAM_REJECTED, WT_SESSION_GONE
+from .h3 import WebTransportH3Connection
+from .session import SessionHost, WebTransportSession
+
+logger = logging.getLogger("moqt_asgi.webtransport")
+
+MAX_STREAMS = 1000
+"""Concurrent peer streams of each kind (aioquic's fixed default is 128; Chromium fails fast at the limit)."""
+MAX_EARLY_STREAMS = 32
+MAX_EARLY_BYTES = 256 * 1024
+MAX_ENDED_SESSIONS = 256
+MAX_REQUEST_BUFFER = 1024 * 1024
+"""Unread request-body bytes held for an ``http`` app; beyond that the request is cancelled."""
+RESPONSE_HIGH_WATER = 1024 * 1024
+"""``http.response.body`` waits while more than this is queued on the stream."""
+HTTP_SPEC_VERSION = "2.1"
+# Connection-specific header fields are forbidden in HTTP/3 (aioquic clients close the connection).
+_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
+
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+def _method_and_protocol(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
+    """A request's ``:method`` and ``:protocol`` (None for trailers, which have neither)."""
+    method = protocol = None
+    for name, value in headers:
+        if name == b":method":
+            method = value
+        elif name == b":protocol":
+            protocol = value
+    return method, protocol
+
+
+class H3ServerConnection(SessionHost):
+    """HTTP/3 with WebTransport on one QUIC connection of the native server (see the module docstring)."""
+
+    def __init__(self, protocol: QuicConnectionProtocol, app: ASGIApp, *, spawn: Spawn,
+                 limits: Limits = DEFAULT_LIMITS, server: tuple[str, int] | None = None,
+                 state: Mapping[str, Any] | None = None, root_path: str = "") -> None:
+        self.protocol = protocol
+        self.quic = protocol._quic
+        # Too late for the transport parameters (the handshake is under way), so aioquic
+        # announces the new limits in MAX_STREAMS frames with its next packet.
+        for limit in (self.quic._local_max_streams_bidi, self.quic._local_max_streams_uni):
+            limit.value = max(limit.value, MAX_STREAMS)
+        self.h3 = WebTransportH3Connection(self.quic)  # sends SETTINGS with WebTransport and H3_DATAGRAM
+        self.app = app
+        self.spawn = spawn
+        self.limits = limits
+        self.server = server
+        self.state: MutableMapping[str, Any] = dict(state or {})
+        self.root_path = root_path
+        paths = self.quic._network_paths
+        self.client: tuple[str, int] | None = (str(paths[0].addr[0]), int(paths[0].addr[1])) if paths else None
+        self.sessions: dict[int, WebTransportSession] = {}
+        self.requests: dict[int, HTTPExchange] = {}
+        self.closing = False
+        self.terminated = False
+        self._ended: OrderedDict[int, None] = OrderedDict()
+        self._early: dict[int, list[tuple[int, bytes, bool]]] = {}
+        self._early_streams: dict[int, int] = {}
+        self._early_bytes = 0
+        self._flush_scheduled = False
+        self._writable: list[asyncio.Future[None]] = []
+
+    def __repr__(self) -> str:
+        return f"<H3ServerConnection {self.client} sessions={len(self.sessions)} requests={len(self.requests)}>"
+
+    # -- QUIC and HTTP/3 events (never await, never raise)
+    def quic_event_received(self, event: QuicEvent) -> None:
+        try:
+            self._handle(event)
+        except Exception:
+            logger.exception("error handling %s; closing this HTTP/3 connection", type(event).__name__)
+            with contextlib.suppress(Exception):
+                self.quic.close(error_code=H3_INTERNAL_ERROR, reason_phrase="internal error")
+                self.transmit_soon()
+
+    def _handle(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamReset):
+            self._route_reset(event.stream_id, event.error_code)
+        elif isinstance(event, StopSendingReceived):
+            self._route_stop(event.stream_id, event.error_code)
+        elif isinstance(event, ConnectionTerminated):
+            self._connection_lost(event.error_code, event.reason_phrase)
+            return
+        for h3_event in self.h3.handle_event(event):
+            if isinstance(h3_event, WebTransportStreamDataReceived):
+                self._stream_data(h3_event.session_id, h3_event.stream_id, h3_event.data, h3_event.stream_ended)
+            elif isinstance(h3_event, DatagramReceived):
+                target = self.sessions.get(h3_event.stream_id)
+                if target is not None:
+                    target._on_datagram(h3_event.data)
+            elif isinstance(h3_event, HeadersReceived):
+                self._headers(h3_event)
+            elif isinstance(h3_event, DataReceived):
+                sid = h3_event.stream_id
+                owner = self.sessions.get(sid)
+                if owner is not None:
+                    owner._on_connect_data(h3_event.data, h3_event.stream_ended)
+                elif (request := self.requests.get(sid)) is not None:
+                    request.feed(h3_event.data, h3_event.stream_ended)
+
+    def _headers(self, event: HeadersReceived) -> None:
+        sid = event.stream_id
+        method, protocol = _method_and_protocol(event.headers)
+        if method is None or sid in self.sessions or sid in self._ended or sid in self.requests:
+            return  # trailers: nothing to do
+        is_connect = method == b"CONNECT"
+        if is_connect and protocol == b"webtransport":
+            self._open_session(event)
+            return
+        self._refuse_early(sid)
+        if self.closing:
+            self._respond(sid, 503)
+        elif is_connect:
+            self._respond(sid, 501)  # plain CONNECT, or extended CONNECT for something else
+        else:
+            self._open_request(event)
+
+    def _respond(self, stream_id: int, status: int) -> None:
+        """A bodiless answer that does not involve the application."""
+        with contextlib.suppress(Exception):
+            self.h3.send_headers(stream_id, [(b":status", str(status).encode()), (b"content-length", b"0")],
+                                 end_stream=True)
+        self.transmit_soon()
+
+    def _connection_lost(self, code: int, reason: str) -> None:
+        self.terminated = True
+        for session in list(self.sessions.values()):
+            session._on_connection_terminated(code, reason)
+        for request in list(self.requests.values()):
+            request.disconnect()
+        self._early.clear()
+        self._early_streams.clear()
+        self._early_bytes = 0
+        self._wake_writable()
+
+    # -- WebTransport streams and sessions
+    def _stream_data(self, session_id: int, stream_id: int, data: bytes, ended: bool) -> None:
+        session = self.sessions.get(session_id)
+        if session is not None:
+            session._on_stream_data(stream_id, data, ended)
+        elif session_id in self._ended:
+            self.refuse_stream(stream_id, WT_SESSION_GONE)
+        elif session_id in self.requests:  # a plain HTTP request, not a session
+            self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
+        else:
+            self._hold_early(session_id, stream_id, data, ended)
+
+    def _hold_early(self, session_id: int, stream_id: int, data: bytes, ended: bool) -> None:
+        """Keep (bounded) the data of a stream whose CONNECT has not arrived yet."""
+        if stream_id not in self._early_streams:
+            if len(self._early_streams) >= MAX_EARLY_STREAMS:
+                self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
+                return
+            self._early_streams[stream_id] = session_id
+        if self._early_bytes + len(data) > MAX_EARLY_BYTES:
+            self._drop_early(stream_id)
+            self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
+            return
+        self._early_bytes += len(data)
+        self._early.setdefault(session_id, []).append((stream_id, data, ended))
+
+    def _drop_early(self, stream_id: int) -> None:
+        session_id = self._early_streams.pop(stream_id, None)
+        if session_id is None:
+            return
+        chunks = self._early.pop(session_id, [])
+        kept = [chunk for chunk in chunks if chunk[0] != stream_id]
+        self._early_bytes -= sum(len(chunk[1]) for chunk in chunks if chunk[0] == stream_id)
+        if kept:
+            self._early[session_id] = kept
+
+    def _take_early(self, session_id: int) -> list[tuple[int, bytes, bool]]:
+        chunks = self._early.pop(session_id, [])
+        for stream_id, data, _ in chunks:
+            self._early_streams.pop(stream_id, None)
+            self._early_bytes -= len(data)
+        return chunks
+
+    def _refuse_early(self, session_id: int) -> None:
+        """``session_id`` turned out to be a plain request: refuse the streams that claimed it."""
+        refused = {stream_id for stream_id, _, _ in self._take_early(session_id)}
+        for stream_id in refused:
+            self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
+
+    def _route_reset(self, stream_id: int, code: int) -> None:
+        if (connect := self.sessions.get(stream_id)) is not None:
+            connect._on_connect_reset(code)
+        elif (request := self.requests.get(stream_id)) is not None:
+            request.disconnect()
+        elif stream_id in self._early_streams:
+            self._drop_early(stream_id)
+        else:
+            for session in self.sessions.values():
+                if session.owns(stream_id) or stream_id in session._stopped:
+                    session._on_stream_reset(stream_id, code)
+                    return
+
+    def _route_stop(self, stream_id: int, code: int) -> None:
+        if (connect := self.sessions.get(stream_id)) is not None:
+            connect._on_connect_reset(code)
+        elif (request := self.requests.get(stream_id)) is not None:
+            request.disconnect()
+        else:
+            for session in self.sessions.values():
+                if session.owns(stream_id):
+                    session._on_stop_sending(stream_id, code)
+                    return
+
+    def _open_session(self, event: HeadersReceived) -> None:
+        stream_id = event.stream_id
+        early = self._take_early(stream_id)
+        if self.closing or event.stream_ended:
+            self._respond(stream_id, 503 if self.closing else 400)
+            for sid in {sid for sid, _, _ in early}:
+                self.refuse_stream(sid, WT_BUFFERED_STREAM_REJECTED)
+            self._remember_ended(stream_id)
+            return
+        session = WebTransportSession(self, stream_id, client=self.client, limits=self.limits)
+        self.sessions[stream_id] = session
+        scope, adapter = build_scope(session, event.headers, server=self.server, root_path=self.root_path,
+                                     state=self.state)
+        for sid, data, ended in early:
+            session._on_stream_data(sid, data, ended)
+        self.spawn(adapter.run(self.app, scope))
+
+    def _remember_ended(self, session_id: int) -> None:
+        self._ended[session_id] = None
+        while len(self._ended) > MAX_ENDED_SESSIONS:
+            self._ended.popitem(last=False)
+
+    # -- plain HTTP requests
+    def _open_request(self, event: HeadersReceived) -> None:
+        method = path_bytes = b""
+        authority = None
+        regular: list[tuple[bytes, bytes]] = []
+        for name, value in event.headers:
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path_bytes = value
+            elif name == b":authority":
+                authority = value
+            elif not name.startswith(b":"):
+                regular.append((name, value))
+        if authority is not None and not any(name == b"host" for name, _ in regular):
+            regular.insert(0, (b"host", authority))
+        raw_path, _, query = path_bytes.partition(b"?")
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": HTTP_SPEC_VERSION},
+            "http_version": "3",
+            "method": method.decode("ascii", "replace"),
+            "scheme": "https",
+            "path": unquote(raw_path.decode("ascii", "replace")),
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": self.root_path,
+            "headers": regular,
+            "client": self.client,
+            "server": self.server,
+            "state": dict(self.state),
+            "extensions": {},
+        }
+        request = HTTPExchange(self, event.stream_id, scope)
+        self.requests[event.stream_id] = request
+        if event.stream_ended:
+            request.feed(b"", True)
+        self.spawn(request.run(self.app))
+
+    # -- shutting down
+    def shutdown(self, reason: str = "server shutting down") -> None:
+        """Refuse new requests, close every session (code 0), and close the connection."""
+        self.closing = True
+        for session in list(self.sessions.values()):
+            if session.state == "pending":
+                session.reject(503)
+            else:
+                session.close(0, reason)
+        for request in list(self.requests.values()):
+            request.abort(H3_NO_ERROR)
+        self.protocol.transmit()  # the CLOSE capsules go out before CONNECTION_CLOSE
+        self.quic.close(error_code=H3_NO_ERROR, reason_phrase=reason)
+        self.protocol.transmit()
+
+    # -- SessionHost
+    def transmit_soon(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.protocol._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self.protocol.transmit()
+
+    def session_ended(self, session: WebTransportSession) -> None:
+        if self.sessions.pop(session.session_id, None) is not None:
+            self._remember_ended(session.session_id)
+
+    def finish_sending(self, stream_id: int) -> None:
+        self.h3.finish_webtransport_sending(stream_id)
+
+    def after_transmit(self) -> None:
+        """Called by the protocol after each transmit: wake writers waiting for the queue to drain."""
+        for session in list(self.sessions.values()):
+            session._after_transmit()
+        if self._writable:
+            self._wake_writable()
+
+    # -- backpressure for HTTP responses
+    def stream_backlog(self, stream_id: int) -> int:
+        quic_stream = self.quic._streams.get(stream_id)
+        if quic_stream is None:
+            return 0
+        sender = quic_stream.sender
+        return max(0, int(sender._buffer_stop) - int(sender.highest_offset))
+
+    async def wait_writable(self) -> None:
+        if self.terminated:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._writable.append(waiter)
+        await waiter
+
+    def _wake_writable(self) -> None:
+        waiters, self._writable = self._writable, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class HTTPExchange:
+    """One plain HTTP/3 request served through the ASGI ``http`` scope.
+
+    The QUIC side calls :meth:`feed` and :meth:`disconnect` (never awaiting);
+    the application gets ``http.request`` messages as the body arrives, at
+    most :data:`MAX_REQUEST_BUFFER` unread bytes of it, then
+    ``http.disconnect`` once the response is done or the peer went away.
+    """
+
+    def __init__(self, connection: H3ServerConnection, stream_id: int, scope: dict[str, Any]) -> None:
+        self.connection = connection
+        self.stream_id = stream_id
+        self.scope = scope
+        self.state = "request"  # -> "response" -> "done"
+        self.disconnected = False
+        self.status = 0
+        self._inbox: deque[bytes] = deque()
+        self._inbox_bytes = 0
+        self._body_ended = False
+        self._delivered_end = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def __repr__(self) -> str:
+        return f"<HTTPExchange {self.scope['method']} {self.scope['path']} {self.state}>"
+
+    # -- QUIC side
+    def feed(self, data: bytes, ended: bool) -> None:
+        if self.disconnected or self._body_ended:
+            return
+        if data:
+            if self._inbox_bytes + len(data) > MAX_REQUEST_BUFFER:
+                logger.info("request body on stream %d outran the application; cancelling it", self.stream_id)
+                self.abort(int(H3ErrorCode.H3_EXCESSIVE_LOAD))
+                return
+            self._inbox.append(data)
+            self._inbox_bytes += len(data)
+        self._body_ended = ended
+        self._wake()
+
+    def disconnect(self) -> None:
+        """The peer reset or stopped the request, or the connection ended."""
+        if not self.disconnected:
+            self.disconnected = True
+            self.connection.requests.pop(self.stream_id, None)
+            self._wake()
+
+    def abort(self, code: int) -> None:
+        """Reset the response and stop reading the request, with HTTP/3 ``code``."""
+        quic = self.connection.quic
+        with contextlib.suppress(Exception):
+            quic.stop_stream(self.stream_id, code)
+        with contextlib.suppress(Exception):
+            quic.reset_stream(self.stream_id, code)
+        self.connection.transmit_soon()
+        self.disconnect()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- ASGI
+    async def receive(self) -> Message:
+        while not (self._inbox or (self._body_ended and not self._delivered_end)):
+            if self.disconnected or self.state == "done":
+                return {"type": "http.disconnect"}
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        body = b"".join(self._inbox)
+        self._inbox.clear()
+        self._inbox_bytes = 0
+        self._delivered_end = self._body_ended
+        return {"type": "http.request", "body": body, "more_body": not self._body_ended}
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if self.disconnected:
+            return  # ASGI servers ignore sends after a disconnect
+        if kind == "http.response.start" and self.state == "request":
+            self.status = int(message["status"])
+            headers = [(b":status", str(self.status).encode())]
+            for name, value in message.get("headers", ()):
+                name = bytes(name).strip().lower()
+                if name and not name.startswith(b":") and name not in _HOP_BY_HOP:
+                    headers.append((name, bytes(value).strip()))
+            self.state = "response"
+            try:
+                self.connection.h3.send_headers(self.stream_id, headers)
+            except Exception:  # the stream or the connection is gone
+                self.disconnect()
+                return
+            self.connection.transmit_soon()
+        elif kind == "http.response.body" and self.state == "response":
+            body = bytes(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+            if self.scope["method"] == "HEAD" or self.status in (204, 304) or 100 <= self.status < 200:
+                body = b""
+            if body or not more:
+                try:
+                    self.connection.h3.send_data(self.stream_id, body, end_stream=not more)
+                except Exception:  # the stream or the connection is gone
+                    self.disconnect()
+                    return
+                self.connection.transmit_soon()
+            if not more:
+                self._finish()
+                return
+            while self.connection.stream_backlog(self.stream_id) > RESPONSE_HIGH_WATER and not self.disconnected:
+                await self.connection.wait_writable()
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} in state {self.state!r}")
+
+    def _finish(self) -> None:
+        self.state = "done"
+        if not self._body_ended:  # the whole response went out: the rest of the request is not needed
+            with contextlib.suppress(Exception):
+                self.connection.quic.stop_stream(self.stream_id, H3_NO_ERROR)
+        self.connection.requests.pop(self.stream_id, None)
+        self._wake()
+
+    async def run(self, app: ASGIApp) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        except Exception:
+            logger.exception("ASGI application failed on %s %s", self.scope["method"], self.scope["path"])
+            if self.state == "request" and not self.disconnected:
+                self._error(500)
+            elif self.state == "response":
+                self.abort(H3_INTERNAL_ERROR)
+        else:
+            if self.state == "request" and not self.disconnected:
+                logger.error("ASGI application returned without a response to %s %s", self.scope["method"],
+                             self.scope["path"])
+                self._error(500)
+            elif self.state == "response":  # returned in the middle of the body
+                self.abort(H3_INTERNAL_ERROR)
+        finally:
+            self.connection.requests.pop(self.stream_id, None)
+
+    def _error(self, status: int) -> None:
+        with contextlib.suppress(Exception):
+            self.connection.h3.send_headers(self.stream_id, [(b":status", str(status).encode()),
+                                                             (b"content-length", b"0")], end_stream=True)
+        self._finish()
+        self.connection.transmit_soon()
+
+
+__all__ = ["H3ServerConnection", "HTTPExchange"]
