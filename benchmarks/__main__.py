@@ -1,0 +1,193 @@
+"""``python -m benchmarks``: run every scenario and print one table."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import logging
+import os
+import platform
+import pstats
+import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+from .common import Certificate, Result, RunOnce, Workload, size_label, temporary_certificate, workloads
+from .native import moq_native
+from .raw_aioquic import raw_download, raw_upload
+from .relay import RelayUnavailable, moq_relay
+
+RAW = "raw aioquic, server -> client"
+RAW_UP = "raw aioquic, client -> server"
+NATIVE = "moqt-asgi pub -> sub"
+RELAY = "moqt-asgi pub -> relay -> sub"
+ORDER = (RAW, RAW_UP, NATIVE, RELAY)
+
+Scenario = Callable[[Certificate], AbstractAsyncContextManager[RunOnce]]
+SCENARIOS: dict[str, tuple[str, Scenario]] = {
+    "raw": (RAW, raw_download),
+    "raw-up": (RAW_UP, raw_upload),
+    "native": (NATIVE, moq_native),
+    "relay": (RELAY, moq_relay),
+}
+
+
+async def run_all(keys: list[str], certificate: Certificate, loads: list[Workload], repeat: int,
+                  progress: Callable[[str], None]) -> list[Result]:
+    """Measure every chosen scenario at every frame size.
+
+    All scenarios stay connected and take turns, one run each per round (the
+    first round is the warm-up), so whatever else the machine is doing hits
+    them all alike.
+    """
+    results: list[Result] = []
+    async with contextlib.AsyncExitStack() as stack:
+        runners: dict[str, RunOnce] = {}
+        for key in keys:
+            name, factory = SCENARIOS[key]
+            try:
+                runners[name] = await stack.enter_async_context(factory(certificate))
+            except RelayUnavailable as exc:
+                results += [Result(name, workload, error=str(exc)) for workload in loads]
+            except Exception as exc:
+                results += [Result(name, workload, error=f"setup failed: {exc!r}") for workload in loads]
+        for workload in loads:
+            progress(f"{size_label(workload.frame_size)} frames: {', '.join(runners)}")
+            row = {name: Result(name, workload) for name in runners}
+            for round_ in range(repeat + 1):
+                for name, run_once in runners.items():
+                    result = row[name]
+                    if result.error is not None:
+                        continue
+                    try:
+                        sample = await run_once(workload)
+                    except Exception as exc:
+                        result.error = f"failed: {exc!r}"
+                        continue
+                    if round_:
+                        result.samples.append(sample)
+            results += row.values()
+    return results
+
+
+def format_table(results: list[Result]) -> str:
+    raw = {r.workload.frame_size: r for r in results if r.scenario == RAW and not r.error}
+    header = ("scenario", "frame size", "MB/s", "frames/s", "vs raw aioquic", "notes")
+    rows: list[tuple[str, ...]] = []
+    for result in results:
+        label = size_label(result.workload.frame_size)
+        if result.error:
+            rows.append((result.scenario, label, "-", "-", "-", result.error))
+            continue
+        baseline = raw.get(result.workload.frame_size)
+        ratio = f"{result.mb_per_s / baseline.mb_per_s:.2f}" if baseline is not None else "-"
+        notes = [f"spread {result.spread * 100:.0f}%"]
+        worst = min(result.samples, key=lambda s: s.delivered)
+        if worst.delivered < 1.0:
+            notes.append(f"worst run delivered {worst.delivered * 100:.1f}%: {worst.groups_missing} groups "
+                         f"dropped, {worst.groups_short} cut short")
+        rows.append((result.scenario, label, f"{result.mb_per_s:.1f}", f"{result.frames_per_s:,.0f}", ratio,
+                     ", ".join(notes)))
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    numeric = {2, 3, 4}
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        return "| " + " | ".join(cells) + " |"
+
+    separator = "|" + "|".join(("-" * (w + 1) + ":") if i in numeric else ("-" * (w + 2))
+                               for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), separator, *(line(row) for row in rows)])
+
+
+async def main_async(args: argparse.Namespace) -> list[Result]:
+    loads = workloads(args.scale)
+    if args.sizes:
+        loads = [w for w in loads if w.frame_size in args.sizes]
+    chosen = args.only or list(SCENARIOS)
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(f"  measuring {message} ...", file=sys.stderr, flush=True)
+
+    with temporary_certificate() as certificate:
+        results = await run_all(chosen, certificate, loads, args.repeat, progress)
+    sizes = [w.frame_size for w in loads]
+    results.sort(key=lambda r: (sizes.index(r.workload.frame_size), ORDER.index(r.scenario)))
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="send a quarter of the bytes per run (rougher figures)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply the bytes sent per run (default 1; far above 4, connections waiting "
+                             "for their turn may reach the 30 s idle timeout)")
+    parser.add_argument("--repeat", type=int, default=3, help="measured runs per cell after one warm-up (default 3)")
+    parser.add_argument("--only", action="append", choices=list(SCENARIOS), help="run only this scenario (repeatable)")
+    parser.add_argument("--size", dest="sizes", action="append", type=int,
+                        help="run only this frame size in bytes: 65536, 1024 or 100 (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="print only the table")
+    parser.add_argument("--profile", action="store_true",
+                        help="run under cProfile and print where the time went (slower; combine with --only/--size)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.scale *= 0.25
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return args
+
+
+def _area(filename: str) -> str:
+    """Which part of the stack a profiled function belongs to."""
+    path = filename.replace("\\", "/")
+    for marker in ("moqt_asgi/", "aioquic/", "benchmarks/"):
+        if marker in path:
+            return marker + path.split(marker, 1)[1]
+    if "asyncio/" in path:
+        return "asyncio"
+    return "other (stdlib, builtins, C extensions)" if path.startswith(("~", "<")) or "/lib/" in path else path
+
+
+def print_profile(profiler: cProfile.Profile, top: int = 20) -> None:
+    stats = pstats.Stats(profiler)
+    by_file: dict[str, float] = {}
+    own: list[tuple[float, int, str]] = []
+    for (filename, line, name), (_cc, calls, tottime, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        area = _area(filename)
+        by_file[area] = by_file.get(area, 0.0) + tottime
+        if area.startswith("moqt_asgi/"):
+            own.append((tottime, calls, f"{area}:{line}({name})"))
+    total = sum(by_file.values()) or 1.0
+    print("\nown time by file (cProfile; its overhead inflates small functions):")
+    for area, seconds in sorted(by_file.items(), key=lambda item: -item[1])[:top]:
+        print(f"  {seconds / total * 100:5.1f}%  {area}")
+    print("\nmoqt_asgi functions by own time:")
+    for seconds, calls, where in sorted(own, reverse=True)[:top]:
+        print(f"  {seconds / total * 100:5.1f}%  {calls:>9,} calls  {where}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()
+    results = asyncio.run(main_async(args))
+    if profiler is not None:
+        profiler.disable()
+        print_profile(profiler)
+    print()
+    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}; "
+          f"all endpoints in one process on 127.0.0.1; best of {args.repeat} runs after a warm-up; MB = 10^6 bytes")
+    print(format_table(results))
+    print(f"vs raw aioquic: MB/s over the '{RAW}' row of the same frame size; the moqt-asgi rows also send "
+          "from server to client.")
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
