@@ -127,7 +127,11 @@ class TrackProducer:
             raise MoQError(f"group {sequence} is not newer than group {latest.sequence}")
         group = GroupProducer(sequence, self._max_group_bytes)
         if len(self._groups) == self._groups.maxlen:
-            self._groups[0].finish()  # dropped from the cache: nobody new will read it
+            evicted = self._groups[0]
+            if not evicted.done:
+                # Still being written: it can never be completed for anyone, so say so
+                # rather than let readers take a truncated group for a whole one.
+                evicted.abort(ErrorCode.OLD)
         self._groups.append(group)
         self._next_sequence = sequence + 1
         self._signal.fire()
@@ -143,10 +147,11 @@ class TrackProducer:
         group.finish()
 
     def finish(self) -> None:
+        """End the track cleanly. A group still being written is abandoned (reset), not cut short."""
         if not self.done:
             self.finished = True
             for group in self._groups:
-                group.finish()
+                group.abort(ErrorCode.CANCEL)  # no-op for finished groups
             self._signal.fire()
 
     def abort(self, code: int = ErrorCode.CANCEL) -> None:

@@ -84,6 +84,7 @@ class RemoteBroadcast:
 
     async def _pump(self, upstream: _Upstream) -> None:
         producer = upstream.producer
+        copies: set[asyncio.Task[None]] = set()
         try:
             async for group in upstream.reader:
                 latest = producer.latest
@@ -91,7 +92,11 @@ class RemoteBroadcast:
                     group.stop(ErrorCode.OLD)
                     continue
                 out = producer.create_group(group.sequence)
-                self.session.spawn(_copy_group(group, out), f"relay-group-{group.sequence}")
+                copy = self.session.spawn(_copy_group(group, out), f"relay-group-{group.sequence}")
+                copies.add(copy)
+                copy.add_done_callback(copies.discard)
+            if copies:  # the last groups may still be arriving after the track's end
+                await asyncio.wait(copies)
             producer.finish()
         except (StreamError, SessionClosed) as exc:
             if isinstance(exc, StreamError) and exc.code != ErrorCode.CANCEL:
@@ -118,8 +123,10 @@ async def _copy_group(source: GroupReader, out: GroupProducer) -> None:
         out.abort(ErrorCode.CANCEL)
         raise
     except MoQError:
-        source.stop(ErrorCode.TOO_LARGE)
-        out.abort(ErrorCode.TOO_LARGE)
+        # The local copy refused the frame: evicted by newer groups (OLD) or over its size limit.
+        code = out.error if out.error is not None else ErrorCode.TOO_LARGE
+        source.stop(code)
+        out.abort(code)
 
 
 class Relay:

@@ -1,0 +1,90 @@
+"""Stream-level behaviour over real native QUIC (aioquic on both ends)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from moqt_asgi import ErrorCode, MoQ, TrackWriter, dial_quic
+
+from .conftest import Certs
+from .helpers import native_server
+
+WAIT = 10
+
+
+async def test_subscriber_stops_a_group_midway_and_the_session_carries_on(certs: Certs) -> None:
+    """Data the publisher sent before it saw STOP_SENDING must not look like a new stream."""
+    app = MoQ()
+    stopped_codes: list[int] = []
+
+    async def handler(track: TrackWriter) -> None:
+        for n in range(4):
+            group = await track.open_group()
+            try:
+                for _ in range(200 if n == 0 else 40):  # group 0: still in flight when stopped
+                    await group.write_frame(bytes([n]) * 16384)
+                await group.close()
+            except Exception as exc:  # the subscriber stopped this group
+                stopped_codes.append(getattr(exc, "code", -1))
+            await asyncio.sleep(0.05)
+
+    app.mux.publish("b", handler)
+    async with native_server(app, str(certs.cert), str(certs.key)) as server:
+        host, port = server.address
+        session = await dial_quic(f"moql://{host}:{port}/", fingerprint=certs.fingerprint)
+        async with session:
+            track = await session.subscribe("b", "t")
+            first = await asyncio.wait_for(track.next_group(), WAIT)
+            assert first is not None
+            assert await first.read_frame() == bytes([0]) * 16384
+            first.stop(ErrorCode.CANCEL)  # mid-group: the publisher still has frames in flight
+            later = []
+            for _ in range(3):
+                group = await asyncio.wait_for(track.next_group(), WAIT)
+                assert group is not None
+                frames = await asyncio.wait_for(group.read_all(), WAIT)
+                later.append((group.sequence, len(frames), {f[0] for f in frames}))
+            assert not session.closed
+        assert later == [(1, 40, {1}), (2, 40, {2}), (3, 40, {3})]
+        assert stopped_codes == [ErrorCode.CANCEL]
+
+
+class _FakeQuic:
+    def __init__(self, is_client: bool) -> None:
+        self.configuration = type("Cfg", (), {"is_client": is_client})()
+        self._streams: dict[int, object] = {}
+        self.stopped: list[tuple[int, int]] = []
+
+    def stop_stream(self, stream_id: int, code: int) -> None:
+        self.stopped.append((stream_id, code))
+
+
+class _FakeProtocol:
+    def __init__(self) -> None:
+        self._quic = _FakeQuic(is_client=True)
+
+    def transmit(self) -> None:
+        pass
+
+
+async def test_data_after_a_local_stop_is_not_a_new_stream() -> None:
+    from aioquic.quic import events
+
+    from moqt_asgi.protocol.limits import DEFAULT_LIMITS
+    from moqt_asgi.transport.quic import QuicTransport
+
+    transport = QuicTransport(_FakeProtocol(), DEFAULT_LIMITS)  # type: ignore[arg-type]
+    transport.handle_event(events.StreamDataReceived(data=b"\x00\x02\x00\x00", end_stream=False, stream_id=3))
+    stream = await asyncio.wait_for(transport.accept_uni(), 1)
+    assert await stream.read(4) == b"\x00\x02\x00\x00"
+    stream.stop(ErrorCode.CANCEL)
+    # bytes the peer sent before it saw STOP_SENDING, then its reset
+    transport.handle_event(events.StreamDataReceived(data=b"\x05" * 100, end_stream=False, stream_id=3))
+    transport.handle_event(events.StreamReset(error_code=ErrorCode.CANCEL, stream_id=3))
+    with contextlib.suppress(TimeoutError):
+        ghost = await asyncio.wait_for(transport.accept_uni(), 0.05)
+        raise AssertionError(f"late data on a stopped stream surfaced as new stream {ghost.stream_id}")
+    # a genuinely new stream still gets through
+    transport.handle_event(events.StreamDataReceived(data=b"\x00", end_stream=True, stream_id=7))
+    assert (await asyncio.wait_for(transport.accept_uni(), 1)).stream_id == 7
