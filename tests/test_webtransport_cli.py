@@ -116,3 +116,48 @@ def test_several_workers_on_one_quic_socket_warn_loudly(hypercorn: Any) -> None:
             break
     else:
         pytest.fail("no warning about --workers: " + "".join(lines))
+
+
+def test_hypercorn_cli_relay_moqrs_publishes_and_another_moqrs_subscribes(hypercorn: Any, certs: Certs) -> None:
+    port, _ = hypercorn("examples.relay:moq")
+    url = f"https://127.0.0.1:{port}/"
+
+    def client() -> moq.Client:
+        return moq.Client(url, tls_fingerprints=[certs.fingerprint], reconnect=False, websocket_enabled=False)
+
+    async def run() -> tuple[dict[int, list[bytes]], list[tuple[int, list[bytes]]]]:
+        sent: dict[int, list[bytes]] = {}
+        got: list[tuple[int, list[bytes]]] = []
+        async with client() as publisher, client() as subscriber:
+            broadcast = publisher.create_broadcast("wt/cam")
+            video = broadcast.publish_track("video")
+            broadcast.announce()
+            announced = await asyncio.wait_for(subscriber.announced_broadcast("wt/cam"), TIMEOUT)
+            track = await announced.subscribe_track("video")
+
+            async def produce() -> None:
+                for g in range(100):
+                    group = video.append_group()
+                    frames = [f"wt g{g} f{f}".encode() + bytes([g % 256]) * 3000 for f in range(3)]
+                    sent[g] = frames
+                    for frame in frames:
+                        group.write_frame(frame)
+                    group.finish()
+                    await asyncio.sleep(0.05)
+
+            producer = asyncio.ensure_future(produce())
+            try:
+                for _ in range(3):
+                    group = await asyncio.wait_for(track.next_group(), TIMEOUT)
+                    frames = []
+                    while (frame := await asyncio.wait_for(group.read_frame(), TIMEOUT)) is not None:
+                        frames.append(bytes(frame.payload))
+                    got.append((group.sequence, frames))
+            finally:
+                producer.cancel()
+        return sent, got
+
+    sent, got = asyncio.run(run())
+    assert len(got) == 3
+    for sequence, frames in got:
+        assert frames == sent[sequence]
