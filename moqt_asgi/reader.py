@@ -24,11 +24,11 @@ class StreamReader:
         self._pos = 0
         self._eof = False
 
-    async def _fill(self) -> bool:
-        """Read more; False at FIN."""
+    async def _fill(self, need: int = 1) -> bool:
+        """Read more (waiting for ``need`` bytes where the stream can); False at FIN."""
         if self._eof:
             return False
-        chunk = await self.stream.read(_READ_SIZE)
+        chunk = await self.stream.read(max(_READ_SIZE, need), need)
         if not chunk:
             self._eof = True
             return False
@@ -76,7 +76,7 @@ class StreamReader:
         have = len(parts[0])
         self._buf, self._pos = b"", 0
         while have < size:
-            if not await self._fill():
+            if not await self._fill(size - have):
                 raise DecodeError(f"stream ended {size - have} bytes short")
             need = size - have
             take = self._buf[:need]

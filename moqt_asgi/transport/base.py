@@ -25,8 +25,10 @@ class ReceiveStream(abc.ABC):
     stream_id: int
 
     @abc.abstractmethod
-    async def read(self, max_bytes: int = 65536) -> bytes:
+    async def read(self, max_bytes: int = 65536, min_bytes: int = 1) -> bytes:
         """Up to ``max_bytes`` bytes; ``b""`` once the peer's FIN is reached.
+
+        Waits until at least ``min_bytes`` are available (fewer only at FIN).
 
         Raises :class:`StreamError` if the peer reset the stream, and
         :class:`SessionClosed` if the connection is gone.

@@ -63,12 +63,17 @@ class ReceiveBuffer:
             waiter.set_result(None)
         self._waiter = None
 
-    async def read(self, max_bytes: int) -> bytes:
+    async def read(self, max_bytes: int, min_bytes: int = 1) -> bytes:
+        """Up to ``max_bytes``; waits until ``min_bytes`` are buffered (or FIN) so a reader
+        that needs a whole frame is woken once, not once per packet."""
+        min_bytes = max(1, min(min_bytes, max_bytes))
         while True:
             if self._error is not None:
                 raise self._error
-            if self._chunks:
+            if self._chunks and (self._size >= min_bytes or self._fin):
                 chunk = self._chunks[0]
+                if len(chunk) < min_bytes and len(self._chunks) > 1:
+                    return self._gather(max_bytes)
                 if len(chunk) <= max_bytes:
                     self._chunks.popleft()
                 else:
@@ -76,7 +81,7 @@ class ReceiveBuffer:
                     chunk = chunk[:max_bytes]
                 self._size -= len(chunk)
                 return chunk
-            if self._fin:
+            if self._fin and not self._chunks:
                 return b""
             if self._waiter is not None:
                 raise MoQError("two readers on one stream")
@@ -85,3 +90,16 @@ class ReceiveBuffer:
                 await self._waiter
             finally:
                 self._waiter = None
+
+    def _gather(self, max_bytes: int) -> bytes:
+        """Join buffered chunks into one read of at most ``max_bytes``."""
+        out = bytearray()
+        while self._chunks and len(out) < max_bytes:
+            chunk = self._chunks.popleft()
+            room = max_bytes - len(out)
+            if len(chunk) > room:
+                self._chunks.appendleft(chunk[room:])
+                chunk = chunk[:room]
+            out += chunk
+        self._size -= len(out)
+        return bytes(out)

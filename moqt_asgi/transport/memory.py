@@ -99,8 +99,8 @@ class MemoryReceiveStream(ReceiveStream):
         self._half = half
         self.stream_id = half.stream_id
 
-    async def read(self, max_bytes: int = 65536) -> bytes:
-        return await self._half.buffer.read(max_bytes)
+    async def read(self, max_bytes: int = 65536, min_bytes: int = 1) -> bytes:
+        return await self._half.buffer.read(max_bytes, min_bytes)
 
     def stop(self, code: int) -> None:
         self._half.receiver_stop(code)
@@ -112,8 +112,8 @@ class MemoryBidiStream(BidiStream):
         self._recv = MemoryReceiveStream(recv)
         self.stream_id = send.stream_id
 
-    async def read(self, max_bytes: int = 65536) -> bytes:
-        return await self._recv.read(max_bytes)
+    async def read(self, max_bytes: int = 65536, min_bytes: int = 1) -> bytes:
+        return await self._recv.read(max_bytes, min_bytes)
 
     def stop(self, code: int) -> None:
         self._recv.stop(code)

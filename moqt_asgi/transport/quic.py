@@ -41,10 +41,10 @@ class QuicStream(BidiStream):
         self._stopped_callbacks: list[Callable[[int], None]] = []
 
     # receive half
-    async def read(self, max_bytes: int = 65536) -> bytes:
+    async def read(self, max_bytes: int = 65536, min_bytes: int = 1) -> bytes:
         if self._buffer is None:
             raise StreamError(ErrorCode.UNEXPECTED_STREAM, "stream is send-only")
-        data = await self._buffer.read(max_bytes)
+        data = await self._buffer.read(max_bytes, min_bytes)
         if not data:
             self._transport._maybe_forget(self)
         return data

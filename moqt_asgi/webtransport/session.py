@@ -123,10 +123,10 @@ class WebTransportStream(BidiStream):
         return not self._send_done
 
     # receive half
-    async def read(self, max_bytes: int = 65536) -> bytes:
+    async def read(self, max_bytes: int = 65536, min_bytes: int = 1) -> bytes:
         if self._buffer is None:
             raise StreamError(ErrorCode.UNEXPECTED_STREAM, "stream is send-only")
-        data = await self._buffer.read(max_bytes)
+        data = await self._buffer.read(max_bytes, min_bytes)
         if not data or (self._buffer.finished and not self._buffer.buffered):
             self._session._maybe_forget(self)
         return data
