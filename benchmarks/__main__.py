@@ -13,17 +13,23 @@ import pstats
 import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 
 from .common import Certificate, Result, RunOnce, Workload, size_label, temporary_certificate, workloads
 from .native import moq_native
 from .raw_aioquic import raw_download, raw_upload
 from .relay import RelayUnavailable, moq_relay
+from .webtransport import SIZES as WT_SIZES
+from .webtransport import wt_aioquic, wt_hypercorn, wt_native
 
 RAW = "raw aioquic, server -> client"
 RAW_UP = "raw aioquic, client -> server"
 NATIVE = "moqt-asgi pub -> sub"
 RELAY = "moqt-asgi pub -> relay -> sub"
-ORDER = (RAW, RAW_UP, NATIVE, RELAY)
+WT_RAW = "aioquic WebTransport, server -> client"
+WT_HYPERCORN = "moqt-asgi pub -> sub, Hypercorn"
+WT_NATIVE = "moqt-asgi pub -> sub, serve"
+ORDER = (RAW, RAW_UP, NATIVE, RELAY, WT_RAW, WT_HYPERCORN, WT_NATIVE)
 
 Scenario = Callable[[Certificate], AbstractAsyncContextManager[RunOnce]]
 SCENARIOS: dict[str, tuple[str, Scenario]] = {
@@ -31,7 +37,39 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "raw-up": (RAW_UP, raw_upload),
     "native": (NATIVE, moq_native),
     "relay": (RELAY, moq_relay),
+    "wt-aioquic": (WT_RAW, wt_aioquic),
+    "wt-hypercorn": (WT_HYPERCORN, wt_hypercorn),
+    "wt-serve": (WT_NATIVE, wt_native),
 }
+ONLY_SIZES: dict[str, tuple[int, ...]] = {WT_RAW: WT_SIZES, WT_HYPERCORN: WT_SIZES, WT_NATIVE: WT_SIZES}
+"""Scenarios measured at some frame sizes only."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """One printed table: its scenarios and the one every ratio is taken against."""
+
+    title: str
+    scenarios: tuple[str, ...]
+    baseline: str
+    column: str
+    footnote: str
+
+
+TABLES = (
+    Table("native QUIC (ALPN moql)", (RAW, RAW_UP, NATIVE, RELAY), RAW, "vs raw aioquic",
+          f"vs raw aioquic: MB/s over the '{RAW}' row of the same frame size; the moqt-asgi rows also send "
+          "from server to client."),
+    Table("WebTransport (HTTP/3)", (WT_RAW, WT_HYPERCORN, WT_NATIVE), WT_RAW, "vs aioquic WT",
+          f"vs aioquic WT: MB/s over the '{WT_RAW}' row of the same frame size; every WebTransport row uses "
+          "moqt-asgi's WebTransport client."),
+)
+
+
+def measures(scenario: str, workload: Workload) -> bool:
+    """Whether ``scenario`` is measured at this workload's frame size."""
+    sizes = ONLY_SIZES.get(scenario)
+    return sizes is None or workload.frame_size in sizes
 
 
 async def run_all(keys: list[str], certificate: Certificate, loads: list[Workload], repeat: int,
@@ -50,14 +88,18 @@ async def run_all(keys: list[str], certificate: Certificate, loads: list[Workloa
             try:
                 runners[name] = await stack.enter_async_context(factory(certificate))
             except RelayUnavailable as exc:
-                results += [Result(name, workload, error=str(exc)) for workload in loads]
+                results += [Result(name, workload, error=str(exc)) for workload in loads if measures(name, workload)]
             except Exception as exc:
-                results += [Result(name, workload, error=f"setup failed: {exc!r}") for workload in loads]
+                results += [Result(name, workload, error=f"setup failed: {exc!r}")
+                            for workload in loads if measures(name, workload)]
         for workload in loads:
-            progress(f"{size_label(workload.frame_size)} frames: {', '.join(runners)}")
-            row = {name: Result(name, workload) for name in runners}
+            chosen = {name: run_once for name, run_once in runners.items() if measures(name, workload)}
+            if not chosen:
+                continue
+            progress(f"{size_label(workload.frame_size)} frames: {', '.join(chosen)}")
+            row = {name: Result(name, workload) for name in chosen}
             for round_ in range(repeat + 1):
-                for name, run_once in runners.items():
+                for name, run_once in chosen.items():
                     result = row[name]
                     if result.error is not None:
                         continue
@@ -72,17 +114,17 @@ async def run_all(keys: list[str], certificate: Certificate, loads: list[Workloa
     return results
 
 
-def format_table(results: list[Result]) -> str:
-    raw = {r.workload.frame_size: r for r in results if r.scenario == RAW and not r.error}
-    header = ("scenario", "frame size", "MB/s", "frames/s", "vs raw aioquic", "notes")
+def format_table(results: list[Result], baseline: str = RAW, column: str = "vs raw aioquic") -> str:
+    baselines = {r.workload.frame_size: r for r in results if r.scenario == baseline and not r.error}
+    header = ("scenario", "frame size", "MB/s", "frames/s", column, "notes")
     rows: list[tuple[str, ...]] = []
     for result in results:
         label = size_label(result.workload.frame_size)
         if result.error:
             rows.append((result.scenario, label, "-", "-", "-", result.error))
             continue
-        baseline = raw.get(result.workload.frame_size)
-        ratio = f"{result.mb_per_s / baseline.mb_per_s:.2f}" if baseline is not None else "-"
+        reference = baselines.get(result.workload.frame_size)
+        ratio = f"{result.mb_per_s / reference.mb_per_s:.2f}" if reference is not None else "-"
         notes = [f"spread {result.spread * 100:.0f}%"]
         worst = min(result.samples, key=lambda s: s.delivered)
         if worst.delivered < 1.0:
@@ -129,7 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", action="append", choices=list(SCENARIOS), help="run only this scenario (repeatable)")
     parser.add_argument("--size", dest="sizes", action="append", type=int,
                         help="run only this frame size in bytes: 65536, 1024 or 100 (repeatable)")
-    parser.add_argument("--quiet", action="store_true", help="print only the table")
+    parser.add_argument("--quiet", action="store_true", help="print only the tables")
     parser.add_argument("--profile", action="store_true",
                         help="run under cProfile and print where the time went (slower; combine with --only/--size)")
     args = parser.parse_args(argv)
@@ -143,7 +185,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _area(filename: str) -> str:
     """Which part of the stack a profiled function belongs to."""
     path = filename.replace("\\", "/")
-    for marker in ("moqt_asgi/", "aioquic/", "benchmarks/"):
+    for marker in ("moqt_asgi/", "aioquic/", "hypercorn/", "benchmarks/"):
         if marker in path:
             return marker + path.split(marker, 1)[1]
     if "asyncio/" in path:
@@ -182,9 +224,13 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}; "
           f"all endpoints in one process on 127.0.0.1; best of {args.repeat} runs after a warm-up; MB = 10^6 bytes")
-    print(format_table(results))
-    print(f"vs raw aioquic: MB/s over the '{RAW}' row of the same frame size; the moqt-asgi rows also send "
-          "from server to client.")
+    tables = [(table, [r for r in results if r.scenario in table.scenarios]) for table in TABLES]
+    tables = [(table, rows) for table, rows in tables if rows]
+    for table, rows in tables:
+        if len(tables) > 1:
+            print(f"\n{table.title}:")
+        print(format_table(rows, table.baseline, table.column))
+        print(table.footnote)
     with contextlib.suppress(BrokenPipeError):
         sys.stdout.flush()
 

@@ -27,6 +27,14 @@ H6  ``hypercorn.asyncio.udp_server.UDPServer``: a queue of 1000 datagrams
     instead of 10 (the stock one drops packets under load); ``run`` is
     woken while stopping, so shutdown ends when the last connection does
     instead of waiting out ``graceful_timeout``.
+H7  ``QuicProtocol.send_all`` (asyncio and uvloop workers): the QUIC timer is
+    an event-loop timer re-armed only when aioquic's deadline moves earlier,
+    instead of Hypercorn cancelling, awaiting and recreating a timer task
+    after every flush (which cost several event-loop steps per datagram).
+    When it fires it runs Hypercorn's ``_handle_timer`` work in a task. The
+    datagrams go straight to the UDP transport rather than through one
+    awaited ``UDPServer.protocol_send`` each. Under trio the stock
+    ``send_all`` is kept.
 
 The application is never awaited from the QUIC loop: sessions feed
 bounded buffers, and the app runs in its own task.
@@ -46,13 +54,14 @@ from typing import Any
 
 import aioquic
 import hypercorn.asyncio.udp_server as hc_udp_server
+import hypercorn.asyncio.worker_context as hc_worker_context
 import hypercorn.protocol.h3 as hc_h3
 import hypercorn.protocol.quic as hc_quic
 from aioquic.h3.connection import H3Connection, H3Stream
 from aioquic.h3.events import DatagramReceived, DataReceived, HeadersReceived, WebTransportStreamDataReceived
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, StopSendingReceived, StreamReset
-from hypercorn.events import Closed
+from hypercorn.events import Closed, RawData
 from hypercorn.protocol.events import Body, EndBody
 
 from ..protocol.limits import DEFAULT_LIMITS, Limits
@@ -370,9 +379,10 @@ class WebTransportQuicConnection(QuicConnection):
                 limit.value = limit.sent = MAX_STREAMS
 
 
-# -- H3, H4, H6 (wrappers) and installation
+# -- H3, H4, H6, H7 (wrappers) and installation
 _ORIGINALS: dict[str, Any] = {}
 _applied = False
+_STOCK_PROTOCOL_SEND = getattr(hc_udp_server.UDPServer, "protocol_send", None)
 
 
 def _quic_protocol_init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -388,10 +398,107 @@ def _quic_protocol_init(self: Any, *args: Any, **kwargs: Any) -> None:
 
 
 async def _quic_protocol_send_all(self: Any, connection: Any) -> None:
-    await _ORIGINALS["QuicProtocol.send_all"](self, connection)
+    if isinstance(connection.task, hc_worker_context.AsyncioSingleTask):  # H7
+        quic = connection.quic
+        datagrams = quic.datagrams_to_send(now=self.context.time())
+        send = self.send
+        server: Any = getattr(send, "__self__", None)
+        if getattr(send, "__func__", None) is _STOCK_PROTOCOL_SEND and server.transport is not None:
+            sendto = server.transport.sendto  # what UDPServer.protocol_send does, without a coroutine per datagram
+            for data, address in datagrams:
+                sendto(data, address)
+        else:
+            for data, address in datagrams:
+                await send(RawData(data=data, address=address))
+        _QuicTimer.of(self, connection).arm(quic.get_timer())
+    else:
+        await _ORIGINALS["QuicProtocol.send_all"](self, connection)
     h3 = connection.h3
     if isinstance(h3, WebTransportH3Protocol):
         h3.after_transmit()
+
+
+# -- H7
+class _QuicTimer:
+    """The timer of one of Hypercorn's QUIC connections, on the asyncio event loop.
+
+    Stock Hypercorn restarts a task after every flush (``AsyncioSingleTask.restart``:
+    cancel the sleeping task, await it, create a new one). Here one
+    ``loop.call_at`` handle is kept per connection. It is replaced only when
+    aioquic's deadline moves earlier; when the deadline moved later, the
+    handle fires early and is simply set again. A due timer runs what
+    Hypercorn's ``_handle_timer`` does after its sleep, in a task of the
+    server's task group; unlike the stock task, that work is never cancelled
+    halfway by the next flush.
+    """
+
+    __slots__ = ("armed_at", "connection", "deadline", "handle", "loop", "protocol", "running")
+
+    def __init__(self, protocol: Any, connection: Any) -> None:
+        self.protocol = protocol
+        self.connection = connection
+        self.loop = asyncio.get_running_loop()
+        self.deadline: float | None = None
+        """When aioquic wants ``handle_timer`` called (None: no timer)."""
+        self.handle: asyncio.TimerHandle | None = None
+        self.armed_at = 0.0
+        """When :attr:`handle` fires."""
+        self.running = False
+        """A task handling the expired timer is scheduled or running (it re-arms when done)."""
+
+    @classmethod
+    def of(cls, protocol: Any, connection: Any) -> _QuicTimer:
+        timer: _QuicTimer | None = getattr(connection, "moqt_timer", None)
+        if timer is None:
+            timer = cls(protocol, connection)
+            connection.moqt_timer = timer
+        return timer
+
+    def arm(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        if self.running:
+            return
+        handle = self.handle
+        if deadline is None:
+            if handle is not None:
+                handle.cancel()
+                self.handle = None
+        elif handle is None:
+            self._set(deadline)
+        elif deadline < self.armed_at:
+            handle.cancel()
+            self._set(deadline)
+
+    def _set(self, deadline: float) -> None:
+        self.armed_at = deadline
+        self.handle = self.loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        deadline = self.deadline
+        if deadline is None:
+            return
+        if deadline > self.armed_at:  # the deadline moved later since this handle was set
+            self._set(deadline)
+            return
+        try:
+            self.protocol.task_group.spawn(self._expired, deadline)
+        except RuntimeError:  # the server's task group is finished: the connection is gone
+            self.deadline = None
+        else:
+            self.running = True
+
+    async def _expired(self, due: float) -> None:
+        try:
+            deadline = self.deadline
+            if deadline is not None and deadline <= due:  # not moved later by a flush since it fired
+                connection = self.connection
+                # As aioquic's own protocol does: never earlier than the deadline (the loop may fire a bit early).
+                connection.quic.handle_timer(now=max(deadline, self.loop.time()))
+                await self.protocol._handle_events(connection, None)  # ends with send_all: a new deadline
+        finally:
+            self.running = False
+            self.arm(self.deadline)
 
 
 def _udp_server_init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -438,6 +545,8 @@ def check_compatible() -> None:
         (hc_h3.H3Protocol, "_create_stream"), (hc_h3.H3Protocol, "handle"), (hc_h3.H3Protocol, "stream_send"),
         (hc_quic.QuicProtocol, "send_all"), (hc_quic.QuicProtocol, "_handle_events"),
         (hc_udp_server.UDPServer, "run"), (hc_udp_server.UDPServer, "datagram_received"),
+        (hc_udp_server.UDPServer, "protocol_send"),
+        (hc_worker_context, "AsyncioSingleTask"), (hc_quic.QuicProtocol, "_handle_timer"),
         (H3Connection, "create_webtransport_stream"), (H3Connection, "_get_or_create_stream"),
         (H3Connection, "send_datagram"), (H3Stream, "is_ended"),
     ]
@@ -447,7 +556,7 @@ def check_compatible() -> None:
 
 
 def apply(*, force: bool = False) -> None:
-    """Install H1 to H6 into Hypercorn (idempotent). Raises :class:`IncompatibleHypercorn`."""
+    """Install H1 to H7 into Hypercorn (idempotent). Raises :class:`IncompatibleHypercorn`."""
     global _applied
     if _applied:
         return
@@ -463,7 +572,7 @@ def apply(*, force: bool = False) -> None:
     setattr(hc_h3, "H3Connection", WebTransportH3Connection)  # H1  # noqa: B010
     setattr(hc_quic, "H3Protocol", WebTransportH3Protocol)  # H2  # noqa: B010
     setattr(hc_quic.QuicProtocol, "__init__", _quic_protocol_init)  # H3  # noqa: B010
-    setattr(hc_quic.QuicProtocol, "send_all", _quic_protocol_send_all)  # H4  # noqa: B010
+    setattr(hc_quic.QuicProtocol, "send_all", _quic_protocol_send_all)  # H4, H7  # noqa: B010
     setattr(hc_quic, "QuicConnection", WebTransportQuicConnection)  # H5  # noqa: B010
     setattr(hc_udp_server.UDPServer, "__init__", _udp_server_init)  # H6  # noqa: B010
     setattr(hc_udp_server.UDPServer, "run", _udp_server_run)  # H6  # noqa: B010
