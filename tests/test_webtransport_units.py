@@ -95,3 +95,18 @@ def test_unsupported_versions_are_refused_with_a_clear_warning(monkeypatch: pyte
     assert "hypercorn 9.9" in (wt.install_error() or "")
     monkeypatch.undo()
     assert wt.install() is True and wt.install_error() is None
+
+
+def test_early_streams_are_bounded_and_handed_over_in_order() -> None:
+    from moqt_asgi.webtransport.early import EarlyStreams
+
+    early = EarlyStreams(max_streams=2, max_bytes=10)
+    assert early.hold(0, 4, b"abc", False)
+    assert early.hold(0, 8, b"de", True)
+    assert not early.hold(0, 12, b"x", False)  # a third stream: over the stream limit
+    assert early.hold(0, 4, b"fgh", True)
+    assert not early.hold(0, 8, b"too much", False)  # over the byte limit: stream 8 is dropped whole
+    assert 8 not in early and 4 in early and early.buffered == 6
+    assert early.take(0) == [(4, b"abc", False), (4, b"fgh", True)]
+    assert early.buffered == 0 and 4 not in early
+    assert early.hold(16, 20, b"y", False) and early.take_stream_ids(16) == {20}

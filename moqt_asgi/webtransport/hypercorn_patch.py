@@ -67,6 +67,7 @@ from hypercorn.protocol.events import Body, EndBody
 from ..protocol.limits import DEFAULT_LIMITS, Limits
 from .asgi import build_scope
 from .capsules import H3_INTERNAL_ERROR, H3_NO_ERROR, WT_BUFFERED_STREAM_REJECTED, WT_SESSION_GONE
+from .early import EarlyStreams
 from .h3 import WebTransportH3Connection
 from .session import SessionHost, WebTransportSession
 
@@ -128,9 +129,7 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
         self.h3 = self.connection
         self.wt_sessions: dict[int, WebTransportSession] = {}
         self._ended: OrderedDict[int, None] = OrderedDict()
-        self._early: dict[int, list[tuple[int, bytes, bool]]] = {}
-        self._early_streams: dict[int, int] = {}
-        self._early_bytes = 0
+        self._early = EarlyStreams(MAX_EARLY_STREAMS, MAX_EARLY_BYTES)
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._shutdown_watch: asyncio.Task[None] | None = None
@@ -202,44 +201,21 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
 
     def _hold_early(self, session_id: int, stream_id: int, data: bytes, ended: bool) -> None:
         """Keep (bounded) the data of a stream whose CONNECT has not been seen yet."""
-        if stream_id not in self._early_streams:
-            if len(self._early_streams) >= MAX_EARLY_STREAMS:
-                self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
-                return
-            self._early_streams[stream_id] = session_id
-        if self._early_bytes + len(data) > MAX_EARLY_BYTES:
-            self._drop_early(stream_id)
+        if not self._early.hold(session_id, stream_id, data, ended):
             self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
-            return
-        self._early_bytes += len(data)
-        self._early.setdefault(session_id, []).append((stream_id, data, ended))
-
-    def _drop_early(self, stream_id: int) -> None:
-        session_id = self._early_streams.pop(stream_id, None)
-        if session_id is None:
-            return
-        chunks = self._early.get(session_id, [])
-        kept = [chunk for chunk in chunks if chunk[0] != stream_id]
-        self._early_bytes -= sum(len(chunk[1]) for chunk in chunks if chunk[0] == stream_id)
-        if kept:
-            self._early[session_id] = kept
-        else:
-            self._early.pop(session_id, None)
 
     def _refuse_early(self, session_id: int) -> None:
         """``session_id`` turned out to be a plain request: refuse streams that claimed it."""
-        for stream_id, _, _ in self._early.pop(session_id, []):
-            if self._early_streams.pop(stream_id, None) is not None:
-                self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
-        self._early_bytes = sum(len(c[1]) for chunks in self._early.values() for c in chunks)
+        for stream_id in self._early.take_stream_ids(session_id):
+            self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
 
     def _route_reset(self, stream_id: int, code: int) -> None:
         connect = self.wt_sessions.get(stream_id)
         if connect is not None:
             connect._on_connect_reset(code)
             return
-        if stream_id in self._early_streams:
-            self._drop_early(stream_id)
+        if stream_id in self._early:
+            self._early.drop(stream_id)
             return
         for session in self.wt_sessions.values():
             if session.owns(stream_id) or stream_id in session._stopped:
@@ -259,9 +235,7 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
     # -- sessions
     async def _open_session(self, event: HeadersReceived) -> None:
         stream_id = event.stream_id
-        self._early_streams = {sid: ses for sid, ses in self._early_streams.items() if ses != stream_id}
-        early = self._early.pop(stream_id, [])
-        self._early_bytes -= sum(len(chunk[1]) for chunk in early)
+        early = self._early.take(stream_id)
         if self.context.terminated.is_set() or not _asyncio_running() or event.stream_ended:
             status = b"503" if self.context.terminated.is_set() else b"501" if not _asyncio_running() else b"400"
             if status == b"501":

@@ -38,6 +38,7 @@ from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingRece
 from ..protocol.limits import DEFAULT_LIMITS, Limits
 from .asgi import ASGIApp, Message, build_scope
 from .capsules import H3_INTERNAL_ERROR, H3_NO_ERROR, WT_BUFFERED_STREAM_REJECTED, WT_SESSION_GONE
+from .early import EarlyStreams
 from .h3 import WebTransportH3Connection
 from .session import SessionHost, WebTransportSession
 
@@ -96,9 +97,7 @@ class H3ServerConnection(SessionHost):
         self.closing = False
         self.terminated = False
         self._ended: OrderedDict[int, None] = OrderedDict()
-        self._early: dict[int, list[tuple[int, bytes, bool]]] = {}
-        self._early_streams: dict[int, int] = {}
-        self._early_bytes = 0
+        self._early = EarlyStreams(MAX_EARLY_STREAMS, MAX_EARLY_BYTES)
         self._flush_scheduled = False
         self._writable: list[asyncio.Future[None]] = []
 
@@ -171,8 +170,6 @@ class H3ServerConnection(SessionHost):
         for request in list(self.requests.values()):
             request.disconnect()
         self._early.clear()
-        self._early_streams.clear()
-        self._early_bytes = 0
         self._wake_writable()
 
     # -- WebTransport streams and sessions
@@ -189,39 +186,12 @@ class H3ServerConnection(SessionHost):
 
     def _hold_early(self, session_id: int, stream_id: int, data: bytes, ended: bool) -> None:
         """Keep (bounded) the data of a stream whose CONNECT has not arrived yet."""
-        if stream_id not in self._early_streams:
-            if len(self._early_streams) >= MAX_EARLY_STREAMS:
-                self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
-                return
-            self._early_streams[stream_id] = session_id
-        if self._early_bytes + len(data) > MAX_EARLY_BYTES:
-            self._drop_early(stream_id)
+        if not self._early.hold(session_id, stream_id, data, ended):
             self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
-            return
-        self._early_bytes += len(data)
-        self._early.setdefault(session_id, []).append((stream_id, data, ended))
-
-    def _drop_early(self, stream_id: int) -> None:
-        session_id = self._early_streams.pop(stream_id, None)
-        if session_id is None:
-            return
-        chunks = self._early.pop(session_id, [])
-        kept = [chunk for chunk in chunks if chunk[0] != stream_id]
-        self._early_bytes -= sum(len(chunk[1]) for chunk in chunks if chunk[0] == stream_id)
-        if kept:
-            self._early[session_id] = kept
-
-    def _take_early(self, session_id: int) -> list[tuple[int, bytes, bool]]:
-        chunks = self._early.pop(session_id, [])
-        for stream_id, data, _ in chunks:
-            self._early_streams.pop(stream_id, None)
-            self._early_bytes -= len(data)
-        return chunks
 
     def _refuse_early(self, session_id: int) -> None:
         """``session_id`` turned out to be a plain request: refuse the streams that claimed it."""
-        refused = {stream_id for stream_id, _, _ in self._take_early(session_id)}
-        for stream_id in refused:
+        for stream_id in self._early.take_stream_ids(session_id):
             self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
 
     def _route_reset(self, stream_id: int, code: int) -> None:
@@ -229,8 +199,8 @@ class H3ServerConnection(SessionHost):
             connect._on_connect_reset(code)
         elif (request := self.requests.get(stream_id)) is not None:
             request.disconnect()
-        elif stream_id in self._early_streams:
-            self._drop_early(stream_id)
+        elif stream_id in self._early:
+            self._early.drop(stream_id)
         else:
             for session in self.sessions.values():
                 if session.owns(stream_id) or stream_id in session._stopped:
@@ -250,7 +220,7 @@ class H3ServerConnection(SessionHost):
 
     def _open_session(self, event: HeadersReceived) -> None:
         stream_id = event.stream_id
-        early = self._take_early(stream_id)
+        early = self._early.take(stream_id)
         if self.closing or event.stream_ended:
             self._respond(stream_id, 503 if self.closing else 400)
             for sid in {sid for sid, _, _ in early}:
