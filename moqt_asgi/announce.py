@@ -33,13 +33,16 @@ class AnnouncementReader:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def _update(self, path: str, active: bool) -> None:
+    def _update(self, path: str, active: bool, hops: tuple[int, ...] = (), *, refresh: bool = False) -> None:
+        if active and refresh and path in self.active:
+            self.active[path].hops = hops
+            return
         if active:
             if path in self.active:
                 raise ProtocolError(ErrorCode.DUPLICATE, f"broadcast {path!r} announced twice")
             if len(self.active) >= self._max_active:
                 raise ProtocolError(ErrorCode.TOO_LARGE, f"more than {self._max_active} active broadcasts")
-            announcement = Announcement(path)
+            announcement = Announcement(path, hops=hops)
             self.active[path] = announcement
             self._queue.append(announcement)
             self._wake()

@@ -14,6 +14,7 @@ from typing import Any
 
 from .mux import TrackMux
 from .protocol.limits import DEFAULT_LIMITS, Limits
+from .protocol.versions import ALPN_LITE, DEFAULT_VERSIONS, Version, choose_alpn, ordered, protocols_for
 from .request import SetupRequest
 from .routing import OriginCheck, Route, SetupHandler, origin_allowed
 
@@ -42,8 +43,12 @@ class MoQ:
     def __init__(self, *, routes: Sequence[Route] = (), mux: TrackMux | None = None,
                  allow_origins: OriginCheck = None, app: ASGIApp | None = None,
                  on_startup: Sequence[Hook] = (), on_shutdown: Sequence[Hook] = (),
-                 limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS, versions: Sequence[Version] = DEFAULT_VERSIONS) -> None:
         self.routes: list[Route] = list(routes)
+        self.versions: tuple[Version, ...] = ordered(versions)
+        """The versions sessions may use, preferred first (restrict it to force one)."""
+        if not self.versions:
+            raise ValueError("an app needs at least one version")
         self.mux = mux if mux is not None else TrackMux()
         self.allow_origins = allow_origins
         self.app = app
@@ -173,14 +178,21 @@ class MoQ:
             await send({"type": "webtransport.close", "status": status})
             return
         accept: Message = {"type": "webtransport.accept"}
-        if "moql" in scope.get("subprotocols", ()):
-            accept["subprotocol"] = "moql"  # moq-lite with the version chosen in SETUP
+        offered = list(scope.get("subprotocols", ()))
+        protocol = choose_alpn(offered, protocols_for(self.versions)) if offered else None
+        if offered and protocol is None:
+            logger.info("WebTransport client offered no protocol we speak: %s", ", ".join(offered))
+            await send({"type": "webtransport.close", "status": 400})
+            return
+        if protocol is not None:
+            accept["subprotocol"] = protocol  # the wt-protocol response header
         await send(accept)
         from .serving import serve_connection  # serving imports this module
 
         query = scope.get("query_string", b"").decode("latin-1")
         target = f"{path}?{query}" if query else path
-        await serve_connection(self, connection, transport="webtransport", target=target, headers=headers)
+        await serve_connection(self, connection, transport="webtransport", target=target, headers=headers,
+                               protocol=None if protocol == ALPN_LITE else protocol)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -15,7 +15,7 @@ from .mux import TrackMux
 from .native import NATIVE_SCHEMES, QuicSettings, dial_quic, parse_url
 from .protocol.errors import MoQError
 from .protocol.limits import DEFAULT_LIMITS, Limits
-from .protocol.versions import SETUP_VERSIONS, Version
+from .protocol.versions import DEFAULT_VERSIONS, Version
 from .session import Session
 from .webtransport.client import dial_webtransport
 
@@ -26,14 +26,17 @@ SCHEMES = (*NATIVE_SCHEMES, "https")
 
 async def dial(url: str, *, mux: TrackMux | None = None, fingerprint: str | None = None, insecure: bool = False,
                cafile: str | None = None, quic: QuicSettings | None = None, limits: Limits = DEFAULT_LIMITS,
-               setup_timeout: float = 10.0, versions: tuple[Version, ...] = SETUP_VERSIONS,
+               setup_timeout: float = 10.0, versions: Sequence[Version] = DEFAULT_VERSIONS,
                headers: Sequence[tuple[str, str]] = (), log: logging.Logger = logger) -> Session:
     """Connect to ``url`` and set up a MoQ session (already running).
 
-    * ``moql://host:port/path`` or ``moqt://...``: native QUIC, ALPN ``moql``.
+    * ``moql://host:port/path`` or ``moqt://...``: native QUIC; the ALPN list
+      offers each of ``versions`` (``moq-lite-06`` … ``-03``, ``moql`` for
+      lite-02/01, ``moq-00`` for gomoqt's dialect) and the server picks.
     * ``https://host:port/path?query``: WebTransport (extended CONNECT on
       HTTP/3); a refusal in HTTP raises :class:`~moqt_asgi.SetupRejected`
-      with the status as its ``code``.
+      with the status as its ``code``. The versions go in the
+      ``wt-available-protocols`` header; the server's ``wt-protocol`` picks.
 
     The port is required (a URL without one raises :class:`MoQError` at
     once). The server certificate is checked against ``fingerprint``

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from .protocol.errors import ErrorCode, ProtocolError, SetupRejected, StreamError
 from .protocol.limits import Limits
 from .protocol.lite import Codec
-from .protocol.messages import ClientSetup, Parameters, ServerSetup
+from .protocol.lite_wire import LiteUni
+from .protocol.messages import ClientSetup, LiteSetup, Parameters, ServerSetup
 from .protocol.setup import (
     PARAM_IMPLEMENTATION,
     PARAM_PATH,
@@ -23,7 +24,16 @@ from .protocol.setup import (
     encode_client_setup,
     encode_server_setup,
 )
-from .protocol.versions import SETUP_VERSIONS, Version, choose_version, version_by_number
+from .protocol.versions import (
+    ALPN_GOMOQT,
+    DEFAULT_VERSIONS,
+    GOMOQT_DIALECT,
+    SETUP_VERSIONS,
+    Version,
+    choose_version,
+    lookup_version,
+    version_by_alpn,
+)
 from .reader import StreamReader
 from .transport.base import BidiStream, Connection
 
@@ -103,10 +113,82 @@ async def client_setup(connection: Connection, limits: Limits, *, path: str | No
     except StreamError as exc:
         raise SetupRejected(exc.code, "the server refused the session") from None
     server = decode_server_setup(framing, body, limits)
-    version = version_by_number(server.version)
+    version = lookup_version(server.version)
     if version is None or version not in versions:
         raise ProtocolError(ErrorCode.VERSION, f"server chose version {server.version:#x}, which we did not offer")
     return version.new_codec(limits), stream, reader
 
 
-__all__ = ["SetupOffer", "choose_version", "client_setup", "read_client_setup", "reject_setup", "send_server_setup"]
+# -- lite-05+: each side writes one SETUP on its own uni stream
+async def read_lite_setup(connection: Connection, codec: Codec, limits: Limits) -> LiteSetup:
+    """The peer's SETUP: its first uni stream must be the SETUP stream (no timeout here)."""
+    stream = await connection.accept_uni()
+    reader = StreamReader(stream)
+    kind = await reader.read_varint()
+    if kind != LiteUni.SETUP:
+        raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, f"the first uni stream has type {kind:#x}, not SETUP")
+    setup: LiteSetup = codec.decode_setup(await reader.read_message(limits.max_message_size))  # type: ignore[attr-defined]
+    return setup
+
+
+async def send_lite_setup(connection: Connection, codec: Codec, setup: LiteSetup) -> None:
+    stream = await connection.open_uni()
+    stream.write(codec.encode_setup_stream(setup), end=True)  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True)
+class ClientStart:
+    """What a client's handshake produced: the codec and, for lite-01/02, the open session stream."""
+
+    codec: Codec
+    session_stream: tuple[BidiStream, StreamReader] | None = None
+    peer_setup: LiteSetup | None = None
+
+
+async def start_client(connection: Connection, limits: Limits, *, protocol: str | None, path: str | None,
+                       versions: tuple[Version, ...] = DEFAULT_VERSIONS, timeout: float = 10.0) -> ClientStart:
+    """Run the client's side of session start for the negotiated ``protocol``.
+
+    ``protocol`` is the ALPN (native QUIC) or the server's ``wt-protocol``
+    (WebTransport; ``None`` if it sent none). ``path`` goes in the SETUP where
+    the version carries one (native QUIC); pass ``None`` over WebTransport.
+    """
+    fixed = version_by_alpn(protocol)
+    if fixed is not None:
+        if fixed not in versions:
+            raise ProtocolError(ErrorCode.VERSION, f"server chose {fixed.name}, which we did not offer")
+        codec = fixed.new_codec(limits)
+        if not fixed.uni_setup:
+            return ClientStart(codec)
+        await send_lite_setup(connection, codec, LiteSetup(path=path))
+        try:
+            async with asyncio.timeout(timeout):
+                peer = await read_lite_setup(connection, codec, limits)
+        except StreamError as exc:
+            raise SetupRejected(exc.code, "the server refused the session") from None
+        return ClientStart(codec, peer_setup=peer)
+    if protocol == ALPN_GOMOQT or (GOMOQT_DIALECT in versions and not any(v in SETUP_VERSIONS for v in versions)):
+        if GOMOQT_DIALECT not in versions:
+            raise ProtocolError(ErrorCode.VERSION, "server chose gomoqt's moq-00, which we did not offer")
+        codec, stream, reader = await client_setup(connection, limits, path=path, versions=(GOMOQT_DIALECT,),
+                                                   framing=SetupFraming.LEGACY, timeout=timeout)
+        return ClientStart(codec, (stream, reader))
+    offered = tuple(v for v in versions if v in SETUP_VERSIONS)
+    if not offered:
+        raise ProtocolError(ErrorCode.VERSION, f"server chose {protocol or 'SETUP negotiation'}, which we did not offer")
+    codec, stream, reader = await client_setup(connection, limits, path=path, versions=offered, timeout=timeout)
+    return ClientStart(codec, (stream, reader))
+
+
+__all__ = [
+    "ClientStart",
+    "SetupOffer",
+    "choose_version",
+    "client_setup",
+    "read_client_setup",
+    "read_lite_setup",
+    "reject_setup",
+    "send_lite_setup",
+    "send_server_setup",
+    "start_client",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 
 from .paths import has_prefix, normalize_path
@@ -24,8 +25,10 @@ TrackHandler = Callable[[TrackWriter], Awaitable[None]]
 class Announcement:
     """The lifetime of one broadcast path being available."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, hops: tuple[int, ...] = ()) -> None:
         self.path = normalize_path(path)
+        self.hops = hops
+        """Hop ids of the relays this broadcast came through, origin first (``()`` for a local one)."""
         self._active = True
         self._ended: asyncio.Event | None = None
         self._callbacks: list[Callable[[Announcement], None]] = []
@@ -107,7 +110,9 @@ class AnnouncementWatcher:
 class TrackMux:
     """Routes subscriptions by broadcast path and serves announcements by prefix."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hop_id: int | None = None) -> None:
+        self.hop_id = hop_id if hop_id is not None else secrets.randbits(52) | 1
+        """This origin's id in announce hop lists (lite-04+): announcements carrying it are loops."""
         self._routes: dict[str, tuple[Announcement, TrackHandler]] = {}
         self._watchers: set[AnnouncementWatcher] = set()
 

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import ssl
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -31,11 +31,11 @@ from aioquic.quic.configuration import QuicConfiguration
 from cryptography.hazmat.primitives import serialization
 
 from .app import ASGIApp, MoQ
-from .handshake import client_setup
+from .handshake import start_client
 from .mux import TrackMux
 from .protocol.errors import ErrorCode, MoQError, SessionClosed
 from .protocol.limits import DEFAULT_LIMITS, Limits
-from .protocol.versions import ALPN_LITE, SETUP_VERSIONS, Version
+from .protocol.versions import DEFAULT_VERSIONS, Version, native_alpns, ordered
 from .serving import serve_connection
 from .session import Session
 from .transport.quic import QuicProtocol, QuicTransport
@@ -114,7 +114,7 @@ class QuicServer:
 
     def __init__(self, app: MoQ, *, host: str = "127.0.0.1", port: int = 4433, certfile: str, keyfile: str,
                  quic: QuicSettings | None = None, setup_timeout: float = 10.0,
-                 versions: tuple[Version, ...] = SETUP_VERSIONS, log: logging.Logger = logger,
+                 versions: Sequence[Version] | None = None, log: logging.Logger = logger,
                  webtransport: bool = True, root_path: str = "", asgi_app: ASGIApp | None = None) -> None:
         self.app = app
         self.host = host
@@ -123,7 +123,8 @@ class QuicServer:
         self.keyfile = keyfile
         self.quic = quic or QuicSettings()
         self.setup_timeout = setup_timeout
-        self.versions = versions
+        self.versions: tuple[Version, ...] = ordered(versions if versions is not None else app.versions)
+        """Versions this server speaks (default: the app's); each has its own ALPN, ``moql`` covers lite-01/02."""
         self.log = log
         self.webtransport = webtransport
         self.root_path = root_path
@@ -148,7 +149,8 @@ class QuicServer:
 
     @property
     def alpn_protocols(self) -> list[str]:
-        return [ALPN_LITE, *H3_ALPN] if self.webtransport else [ALPN_LITE]
+        alpns = list(native_alpns(self.versions))
+        return [*alpns, *H3_ALPN] if self.webtransport else alpns
 
     async def start(self) -> None:
         configuration = self.quic.configuration(is_client=False, alpn=self.alpn_protocols)
@@ -168,12 +170,12 @@ class QuicServer:
             self.log.info("serving MoQ on moql://%s:%d", *self.address)
 
     def _on_handshake(self, transport: QuicTransport) -> None:
-        if transport.alpn != ALPN_LITE:
+        if transport.alpn not in native_alpns(self.versions):
             self.log.info("closing connection with unsupported ALPN %r", transport.alpn)
             transport.close(ErrorCode.VERSION, "unsupported ALPN")
             return
         self._spawn(serve_connection(self.app, transport, transport="quic", versions=self.versions,
-                                     setup_timeout=self.setup_timeout, log=self.log))
+                                     protocol=transport.alpn, setup_timeout=self.setup_timeout, log=self.log))
 
     def _on_h3(self, protocol: ServerProtocol) -> H3ServerConnection:
         from .webtransport.native_h3 import H3ServerConnection  # the webtransport package imports this module
@@ -247,13 +249,18 @@ def _check_fingerprint(protocol: QuicProtocol, expected: str) -> None:
 async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str | None = None,
                     insecure: bool = False, cafile: str | None = None, quic: QuicSettings | None = None,
                     limits: Limits = DEFAULT_LIMITS, setup_timeout: float = 10.0,
-                    versions: tuple[Version, ...] = SETUP_VERSIONS,
+                    versions: Sequence[Version] = DEFAULT_VERSIONS,
                     log: logging.Logger = logger) -> Session:
-    """Connect to ``moql://host:port/path`` and set up a session (already running)."""
+    """Connect to ``moql://host:port/path`` and set up a session (already running).
+
+    The ALPN list offers every one of ``versions`` (newest first); the server
+    picks, and the session speaks what it picked (:attr:`Session.version_name`).
+    """
     scheme, host, port, target = parse_url(url)
     if scheme not in NATIVE_SCHEMES:
         raise MoQError(f"{scheme}:// is WebTransport: use dial_webtransport (or dial)")
-    configuration = (quic or QuicSettings()).configuration(is_client=True, alpn=[ALPN_LITE])
+    chosen = ordered(versions)
+    configuration = (quic or QuicSettings()).configuration(is_client=True, alpn=list(native_alpns(chosen)))
     configuration.server_name = host
     if fingerprint or insecure:
         configuration.verify_mode = ssl.CERT_NONE
@@ -269,8 +276,8 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
             if fingerprint:
                 _check_fingerprint(protocol, fingerprint)
             transport = protocol.moq_transport
-            codec, stream, reader = await client_setup(transport, limits, path=target, versions=versions,
-                                                       timeout=setup_timeout)
+            start = await start_client(transport, limits, protocol=transport.alpn, path=target, versions=chosen,
+                                       timeout=setup_timeout)
     except TimeoutError:
         await stack.aclose()
         raise MoQError(f"no session with {url} within {setup_timeout:.1f}s") from None
@@ -280,11 +287,12 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
     except BaseException:
         await stack.aclose()
         raise
-    session = Session(transport, codec, mux=mux, limits=limits, is_client=True, path=target,
-                      session_stream=(stream, reader), logger_=log, timeout=setup_timeout)
+    session = Session(transport, start.codec, mux=mux, limits=limits, is_client=True, path=target,
+                      session_stream=start.session_stream, logger_=log, timeout=setup_timeout)
+    session.peer_setup = start.peer_setup
     session.add_cleanup(stack.aclose)
     session.start()
-    log.info("session established with %s using %s", url, codec.name)
+    log.info("session established with %s using %s", url, start.codec.name)
     return session
 
 

@@ -12,31 +12,61 @@ import logging
 from collections.abc import Mapping
 
 from .app import MoQ
-from .handshake import SetupOffer, read_client_setup, reject_setup, send_server_setup
+from .handshake import (
+    SetupOffer,
+    read_client_setup,
+    read_lite_setup,
+    reject_setup,
+    send_lite_setup,
+    send_server_setup,
+)
 from .mux import TrackMux
 from .protocol.errors import ErrorCode, ProtocolError, SessionClosed, StreamError
-from .protocol.versions import SETUP_VERSIONS, Version, choose_version, version_name
+from .protocol.limits import Limits
+from .protocol.messages import LiteSetup
+from .protocol.setup import SetupFraming
+from .protocol.versions import (
+    ALPN_GOMOQT,
+    GOMOQT_DIALECT,
+    Version,
+    choose_version,
+    ordered,
+    setup_versions,
+    version_by_alpn,
+    version_name,
+)
+from .reader import StreamReader
 from .request import Acceptor, SetupRequest, Transport, status_to_code
 from .session import Session
-from .transport.base import Connection
+from .transport.base import BidiStream, Connection
 
 logger = logging.getLogger("moqt_asgi.server")
 
 
 async def serve_connection(app: MoQ, connection: Connection, *, transport: Transport = "quic",
-                           versions: tuple[Version, ...] = SETUP_VERSIONS, setup_timeout: float = 10.0,
-                           log: logging.Logger = logger, target: str | None = None,
+                           protocol: str | None = None, versions: tuple[Version, ...] | None = None,
+                           setup_timeout: float = 10.0, log: logging.Logger = logger, target: str | None = None,
                            headers: Mapping[str, str] | None = None) -> None:
     """Run one connection from setup to close. Never raises for peer misbehaviour.
 
+    ``protocol`` is what the transport negotiated: the ALPN on native QUIC,
+    the ``wt-protocol`` we answered on WebTransport (``None`` if none). A
+    ``moq-lite-0N`` protocol fixes the version; ``moql`` (or none) means a
+    SETUP exchange on the first bidi stream; ``moq-00`` means gomoqt's
+    dialect (an IETF ``0x20`` setup there is refused with a version error).
+    ``versions`` (default: the app's) restricts what may be chosen.
+
     ``target`` (``/path?query``) and ``headers`` come from the transport when
     it has them (WebTransport's CONNECT); the request then uses them instead
-    of the setup's Path parameter, and ``headers["origin"]`` as its origin.
+    of the setup's path, and ``headers["origin"]`` as its origin.
     """
-    limits = app.limits
+    versions = ordered(versions if versions is not None else app.versions)
+    fixed = version_by_alpn(protocol)
     try:
-        async with asyncio.timeout(setup_timeout):
-            offer = await read_client_setup(connection, limits)
+        if fixed is not None:
+            start = await _start_fixed(connection, fixed, versions, app, setup_timeout, log)
+        else:
+            start = await _start_negotiated(connection, protocol, versions, app, setup_timeout, log)
     except TimeoutError:
         log.info("no session setup within %.1fs; closing", setup_timeout)
         connection.close(ErrorCode.TIMEOUT, "setup timeout")
@@ -49,32 +79,26 @@ async def serve_connection(app: MoQ, connection: Connection, *, transport: Trans
         log.debug("connection ended during setup: %s", exc)
         connection.close(ErrorCode.CANCEL)
         return
-
-    request = SetupRequest.from_target(offer.path if target is None else target, client=connection.peer_address,
-                                       versions=offer.setup.versions, transport=transport,
-                                       headers=dict(headers or {}), origin=(headers or {}).get("origin"))
+    if start is None:
+        return
+    path_target = target if target is not None else start.path
+    request = SetupRequest.from_target(path_target, client=connection.peer_address, versions=start.offered,
+                                       transport=transport, headers=dict(headers or {}),
+                                       origin=(headers or {}).get("origin"))
     session_box: list[Session] = []
     decided = asyncio.Event()
 
     async def accept(mux: TrackMux) -> Session:
-        version = choose_version(offer.setup.versions, versions)
-        if version is None:
-            offered = ", ".join(version_name(v) for v in offer.setup.versions)
-            log.info("no common version (peer offered %s)", offered)
-            _reject(connection, offer, ErrorCode.VERSION, "no common version")
-            raise ProtocolError(ErrorCode.VERSION, f"no common version; peer offered {offered}")
-        codec = send_server_setup(offer, version, limits)
-        session = Session(connection, codec, mux=mux, limits=limits, is_client=False, path=request.path,
-                          session_stream=(offer.stream, offer.reader), logger_=log, timeout=setup_timeout)
-        session.start()
+        session = await start.accept(mux, request.path)
         session_box.append(session)
         decided.set()
-        log.info("session accepted: %s path=%r from %s", version.name, request.path, request.client)
+        log.info("session accepted: %s over %s path=%r from %s", session.version_name, transport, request.path,
+                 request.client)
         return session
 
     async def reject(status: int, reason: str) -> None:
         log.info("session rejected with %d (%s) path=%r", status, reason, request.path)
-        _reject(connection, offer, status_to_code(status), reason)
+        start.reject(status_to_code(status), reason)
         decided.set()
 
     request._acceptor = Acceptor(accept, reject)
@@ -94,6 +118,81 @@ async def serve_connection(app: MoQ, connection: Connection, *, transport: Trans
         connection.close(ErrorCode.CANCEL)
 
 
-def _reject(connection: Connection, offer: SetupOffer, code: int, reason: str) -> None:
-    reject_setup(offer, code)
-    connection.close(code, reason[:100])
+class _Start:
+    """A connection whose version is known, waiting for the application's decision."""
+
+    def __init__(self, connection: Connection, version: Version, limits: Limits, timeout: float, log: logging.Logger,
+                 *, offer: SetupOffer | None = None, path: str | None = None,
+                 peer_setup: LiteSetup | None = None) -> None:
+        self.connection = connection
+        self.version = version
+        self.limits = limits
+        self.timeout = timeout
+        self.log = log
+        self.offer = offer
+        self.path = path
+        self.peer_setup = peer_setup
+        self.offered: tuple[int, ...] = offer.setup.versions if offer is not None else (version.number,)
+        connection.error_codes = version.codec.error_codes
+
+    async def accept(self, mux: TrackMux, path: str) -> Session:
+        if self.offer is not None:
+            codec = send_server_setup(self.offer, self.version, self.limits)
+            stream: tuple[BidiStream, StreamReader] | None = (self.offer.stream, self.offer.reader)
+        else:
+            codec = self.version.new_codec(self.limits)
+            stream = None
+            if self.version.uni_setup:
+                await send_lite_setup(self.connection, codec, LiteSetup())
+        session = Session(self.connection, codec, mux=mux, limits=self.limits, is_client=False, path=path,
+                          session_stream=stream, logger_=self.log, timeout=self.timeout)
+        session.peer_setup = self.peer_setup
+        session.start()
+        return session
+
+    def reject(self, code: int, reason: str) -> None:
+        if self.offer is not None:
+            reject_setup(self.offer, code)
+        self.connection.close(code, reason[:100])
+
+
+async def _start_fixed(connection: Connection, version: Version, versions: tuple[Version, ...], app: MoQ,
+                       timeout: float, log: logging.Logger) -> _Start | None:
+    """lite-03+: the ALPN chose the version; 05+ also read the client's SETUP (its path, on native QUIC)."""
+    if version not in versions:
+        raise ProtocolError(ErrorCode.VERSION, f"{version.name} is not enabled on this server")
+    path = None
+    peer = None
+    if version.uni_setup:
+        async with asyncio.timeout(timeout):
+            peer = await read_lite_setup(connection, version.new_codec(app.limits), app.limits)
+        path = peer.path
+    return _Start(connection, version, app.limits, timeout, log, path=path, peer_setup=peer)
+
+
+async def _start_negotiated(connection: Connection, protocol: str | None, versions: tuple[Version, ...], app: MoQ,
+                            timeout: float, log: logging.Logger) -> _Start | None:
+    """A SETUP exchange on the first bidi stream: lite-01/02 (``moql``) or gomoqt (``moq-00``)."""
+    async with asyncio.timeout(timeout):
+        offer = await read_client_setup(connection, app.limits)
+    candidates = setup_versions(versions)
+    if protocol == ALPN_GOMOQT:
+        if offer.framing is SetupFraming.COMPAT:
+            _refuse(connection, offer, "IETF moq-transport (moq-00 with a 0x20 setup) is not supported; "
+                                       "use moq-lite (moql, moq-lite-0N) or gomoqt's dialect", log)
+            return None
+        candidates = tuple(v for v in candidates if v is GOMOQT_DIALECT)
+    elif offer.framing is SetupFraming.COMPAT:
+        candidates = tuple(v for v in candidates if v is not GOMOQT_DIALECT)
+    version = choose_version(offer.setup.versions, candidates)
+    if version is None:
+        offered = ", ".join(version_name(v) for v in offer.setup.versions)
+        _refuse(connection, offer, f"no common version; peer offered {offered}", log)
+        return None
+    return _Start(connection, version, app.limits, timeout, log, offer=offer, path=offer.path)
+
+
+def _refuse(connection: Connection, offer: SetupOffer, reason: str, log: logging.Logger) -> None:
+    log.info("refusing session: %s", reason)
+    reject_setup(offer, ErrorCode.VERSION)
+    connection.close(ErrorCode.VERSION, reason[:100])

@@ -16,20 +16,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import publisher, subscriber
 from .announce import AnnouncementReader
 from .mux import TrackMux
-from .paths import join_path, normalize_path, strip_prefix
-from .protocol.errors import (
-    ErrorCode,
-    MoQError,
-    ProtocolError,
-    SessionClosed,
-    StreamError,
-    SubscribeError,
-)
+from .protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError
 from .protocol.limits import Limits
 from .protocol.lite import BidiStreamType, Codec, UniStreamType
-from .protocol.messages import Announce, AnnounceInit, AnnouncePlease, Subscribe
+from .protocol.lite_wire import LiteBidi, LiteUni
+from .protocol.messages import Goaway, LiteSetup, SubscribeUpdate, TrackInfo
+from .protocol.versions import features_of
 from .protocol.wire import encode_varint
 from .reader import StreamReader
 from .scheduler import SendScheduler
@@ -74,6 +69,13 @@ class Session:
         self._closed_event = asyncio.Event()
         self._close_reason: SessionClosed | None = None
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
+        self.features = features_of(codec)
+        self.peer_setup: LiteSetup | None = None
+        """The peer's lite-05+ SETUP (path, role, probe level...), if its version has one."""
+        self._bidi_handlers = _bidi_handlers(codec)
+        self._goaway = asyncio.Event()
+        self._goaway_uri: str | None = None
+        connection.error_codes = codec.error_codes
 
     # -- identity
     @property
@@ -236,23 +238,34 @@ class Session:
             if isinstance(stream, SendStream):
                 stream.reset(ErrorCode.TIMEOUT)
 
+    def _unknown_stream(self, stream: ReceiveStream, what: str) -> None:
+        """lite-01/02 and gomoqt close the session; lite-03+ refuse just that stream."""
+        if self.features.unknown_stream_fatal:
+            raise ProtocolError(ErrorCode.UNEXPECTED_STREAM, what)
+        self.log.debug("refusing stream %d: %s", stream.stream_id, what)
+        stream.stop(ErrorCode.UNEXPECTED_STREAM)
+        if isinstance(stream, SendStream):
+            stream.reset(ErrorCode.UNEXPECTED_STREAM)
+
     async def _serve_bidi(self, stream: BidiStream) -> None:
         reader = StreamReader(stream)
         kind = await self._with_timeout(reader.read_varint())
-        if kind == BidiStreamType.ANNOUNCE:
-            await self._serve_announce(stream, reader)
-        elif kind == BidiStreamType.SUBSCRIBE:
-            await self._serve_subscribe(stream, reader)
-        elif kind == BidiStreamType.SESSION:
+        if kind == BidiStreamType.SESSION and self.features.session_stream:
             raise ProtocolError(ErrorCode.UNEXPECTED_STREAM, "a second session stream")
-        else:
-            raise ProtocolError(ErrorCode.UNEXPECTED_STREAM, f"unknown bidi stream type {kind:#x}")
+        serve = self._bidi_handlers.get(kind)
+        if serve is None:
+            self._unknown_stream(stream, f"unknown bidi stream type {kind:#x}")
+            return
+        await serve(self, stream, reader)
 
     async def _serve_uni(self, stream: ReceiveStream) -> None:
         reader = StreamReader(stream)
         kind = await self._with_timeout(reader.read_varint())
+        if kind == LiteUni.SETUP and self.features.setup_stream:
+            raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, "a second SETUP stream")
         if kind != UniStreamType.GROUP:
-            raise ProtocolError(ErrorCode.UNEXPECTED_STREAM, f"unknown uni stream type {kind:#x}")
+            self._unknown_stream(stream, f"unknown uni stream type {kind:#x}")
+            return
         header = self.codec.decode_group_header(
             await self._with_timeout(reader.read_message(self.limits.max_message_size)))
         subscription = self._subscriptions.get(header.subscribe_id)
@@ -260,7 +273,7 @@ class Session:
             self.log.debug("group %d for unknown subscription %d", header.sequence, header.subscribe_id)
             stream.stop(ErrorCode.NOT_FOUND)
             return
-        subscription._push_group(GroupReader(subscription, reader, header.sequence))
+        subscription._push_group(GroupReader(subscription, reader, header.sequence, header.frame_start))
 
     async def _session_stream_loop(self, stream: BidiStream, reader: StreamReader) -> None:
         """lite-01/02 keep the setup stream open for SESSION_INFO; its end ends the session."""
@@ -275,194 +288,105 @@ class Session:
             return
         self.close(0, "session stream finished by peer")
 
-    # -- serving announce requests (we publish)
-    async def _serve_announce(self, stream: BidiStream, reader: StreamReader) -> None:
-        please = self.codec.decode_announce_please(
-            await self._with_timeout(reader.read_message(self.limits.max_message_size)))
-        prefix = normalize_path(please.prefix)
-        watcher = self.mux.watch(prefix)
+    # -- GOAWAY (lite-04+)
+    @property
+    def goaway_uri(self) -> str | None:
+        """The peer's GOAWAY redirect once one arrived (``""``: go away, no new address), else ``None``."""
+        return self._goaway_uri
+
+    async def wait_goaway(self) -> str:
+        """Wait for the peer's GOAWAY; returns its URI (``""`` for none). Raises if the session closes first."""
+        waiter = asyncio.ensure_future(self._goaway.wait())
+        closed = asyncio.ensure_future(self._closed_event.wait())
         try:
-            suffixes = tuple(strip_prefix(path, prefix) for path in watcher.initial())
-            stream.write(self.codec.encode_announce_init(AnnounceInit(suffixes)))
-            forward = asyncio.ensure_future(self._forward_announcements(stream, watcher, prefix))
-            try:
-                if not await reader.at_eof():
-                    raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "unexpected data on an announce stream")
-            finally:
-                forward.cancel()
-                with contextlib.suppress(asyncio.CancelledError, MoQError):
-                    await forward
-            with contextlib.suppress(MoQError):
-                stream.write(b"", end=True)
+            await asyncio.wait({waiter, closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            watcher.close()
+            waiter.cancel()
+            closed.cancel()
+        if self._goaway_uri is None:
+            raise self._close_reason or SessionClosed()
+        return self._goaway_uri
 
-    async def _forward_announcements(self, stream: BidiStream, watcher: Any, prefix: str) -> None:
-        while True:
-            path, active = await watcher.next()
-            stream.write(self.codec.encode_announce(Announce(active, strip_prefix(path, prefix))))
+    def _goaway_received(self, uri: str) -> None:
+        if self._goaway_uri is not None:
+            raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, "a second GOAWAY")
+        if uri and self.is_client is False:
+            raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, "a client may not redirect the server")
+        self._goaway_uri = uri
+        self.log.info("peer sent GOAWAY%s", f" to {uri}" if uri else "")
+        self._goaway.set()
 
-    # -- serving subscriptions (we publish)
-    async def _serve_subscribe(self, stream: BidiStream, reader: StreamReader) -> None:
-        msg: Subscribe = self.codec.decode_subscribe(
-            await self._with_timeout(reader.read_message(self.limits.max_message_size)))
-        if msg.subscribe_id in self._published:
-            self.log.warning("duplicate subscribe id %d", msg.subscribe_id)
-            stream.reset(ErrorCode.DUPLICATE)
-            stream.stop(ErrorCode.DUPLICATE)
-            return
-        if len(self._published) >= self.limits.max_subscriptions:
-            stream.reset(ErrorCode.BOUNDS_EXCEEDED)
-            stream.stop(ErrorCode.BOUNDS_EXCEEDED)
-            return
-        broadcast = normalize_path(msg.broadcast)
-        route = self.mux.route(broadcast)
-        if route is None:
-            self.log.debug("subscribe %d to unknown broadcast %r", msg.subscribe_id, broadcast)
-            stream.reset(ErrorCode.NOT_FOUND)
-            stream.stop(ErrorCode.NOT_FOUND)
-            return
-        announcement, handler = route
-        writer = TrackWriter(self, stream, msg.subscribe_id, broadcast, msg.track, msg.priority)
-        self._published[msg.subscribe_id] = writer
-        self.log.debug("serving subscription %d to %s/%s", msg.subscribe_id, broadcast, msg.track)
-        try:
-            await _first_of(
-                self._run_track_handler(handler, writer),
-                self._watch_subscriber(stream, reader, writer),
-                announcement.wait_ended(),
-            )
-            if not writer.closed:
-                await writer.close()
-        finally:
-            writer._cancelled()
-            self._published.pop(msg.subscribe_id, None)
+    async def send_goaway(self, uri: str = "") -> None:
+        """Tell the peer to go away (lite-04+), optionally to ``uri`` (servers only)."""
+        if not self.features.goaway:
+            raise MoQError(f"{self.version_name} has no GOAWAY")
+        if uri and self.is_client:
+            raise MoQError("only a server may redirect its peer")
+        stream = await self.connection.open_bi()
+        stream.write(encode_varint(LiteBidi.GOAWAY) + self.codec.encode_goaway(Goaway(uri)), end=True)  # type: ignore[attr-defined]
 
-    async def _run_track_handler(self, handler: Any, writer: TrackWriter) -> None:
-        try:
-            await handler(writer)
-        except StreamError as exc:
-            # A stream of this track was stopped (a group the subscriber dropped, say) and the handler
-            # gave up: the track is over, so the subscriber must hear it rather than wait forever.
-            writer.close_with_error(exc.code)
-            raise
-        except SessionClosed:
-            raise
-        except Exception:
-            self.log.exception("track handler for %s/%s failed", writer.broadcast, writer.track)
-            writer.close_with_error(ErrorCode.CANCEL)
-
-    async def _watch_subscriber(self, stream: BidiStream, reader: StreamReader, writer: TrackWriter) -> None:
-        """Returns when the subscriber unsubscribes (FIN or reset)."""
-        try:
-            while (body := await reader.read_message_or_eof(self.limits.max_message_size)) is not None:
-                update = self.codec.decode_subscribe_update(body)
-                writer.priority = update.priority
-        except StreamError:
-            return
-        except ProtocolError as exc:
-            self.log.warning("subscription %d: %s", writer.subscribe_id, exc)
-            writer.close_with_error(exc.code)
-
-    # -- subscribing (we consume)
-    async def subscribe(self, broadcast: str, track: str, *, priority: int = 0) -> TrackReader:
-        """Subscribe to ``track`` of ``broadcast``; returns once the publisher accepted.
-
-        Raises :class:`SubscribeError` with the publisher's code if refused.
-        """
+    # -- what we ask of the peer (see subscriber.py)
+    async def _ready(self) -> None:
         await self._started.wait()
         if self.closed:
             raise self._close_reason or SessionClosed()
-        broadcast = normalize_path(broadcast)
-        subscribe_id = next(self._subscribe_ids)
-        stream = await self.connection.open_bi()
-        reader = TrackReader(self, stream, subscribe_id, broadcast, track, priority)
-        self._subscriptions[subscribe_id] = reader
-        stream.write(encode_varint(BidiStreamType.SUBSCRIBE)
-                     + self.codec.encode_subscribe(Subscribe(subscribe_id, broadcast, track, priority)))
-        stream_reader = StreamReader(stream)
-        try:
-            body = await self._with_timeout(stream_reader.read_message_or_eof(self.limits.max_message_size))
-            if body is None:
-                raise SubscribeError(ErrorCode.CANCEL, f"publisher ended {broadcast}/{track} before accepting it")
-            self.codec.decode_subscribe_ok(body)
-        except StreamError as exc:
-            self._subscriptions.pop(subscribe_id, None)
-            raise SubscribeError(exc.code, f"subscription to {broadcast}/{track} refused with code {exc.code}") from None
-        except BaseException:
-            self._subscriptions.pop(subscribe_id, None)
-            stream.reset(ErrorCode.CANCEL)
-            raise
-        self._spawn(self._watch_publisher(reader, stream_reader), f"subscription-{subscribe_id}")
-        return reader
 
-    async def _watch_publisher(self, track: TrackReader, reader: StreamReader) -> None:
-        try:
-            if not await reader.at_eof():
-                raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "unexpected data after SUBSCRIBE_OK")
-            track._end()
-        except StreamError as exc:
-            track._end(SubscribeError(exc.code, f"publisher aborted {track.broadcast}/{track.track} with code {exc.code}"))
-        except MoQError as exc:
-            track._end(exc)
-            raise
-        except asyncio.CancelledError:
-            track._end(self._close_reason or SessionClosed(0, "session closed"))
-            raise
-        finally:
-            self._subscriptions.pop(track.subscribe_id, None)
+    async def subscribe(self, broadcast: str, track: str, *, priority: int = 0, ordered: bool = False,
+                        max_latency_ms: int = 0, start_group: int | None = None,
+                        end_group: int | None = None) -> TrackReader:
+        """Subscribe to ``track`` of ``broadcast``.
+
+        Returns once the publisher accepted (lite-01..04), or on lite-05+ at
+        its first response or group (a publisher that has no group yet leaves
+        the subscription pending: it is returned after the session timeout).
+        ``start_group`` / ``end_group`` bound the groups wanted (lite-03+),
+        ``max_latency_ms`` lets the publisher skip stale groups (0: no limit).
+        Raises :class:`SubscribeError` with the publisher's code if refused.
+        """
+        await self._ready()
+        return await subscriber.subscribe(self, broadcast, track, priority=priority, ordered=ordered,
+                                          max_latency_ms=max_latency_ms, start_group=start_group, end_group=end_group)
+
+    def update_subscription(self, track: TrackReader, *, priority: int | None = None, max_latency_ms: int = 0,
+                            start_group: int | None = None, end_group: int | None = None) -> None:
+        """Send SUBSCRIBE_UPDATE (lite-03+ and gomoqt) for ``track``."""
+        subscriber.update(self, track, SubscribeUpdate(track.priority if priority is None else priority, False,
+                                                       max_latency_ms, start_group, end_group))
+
+    async def announced(self, prefix: str = "") -> AnnouncementReader:
+        """Ask the peer for its broadcasts under ``prefix``; iterate the result for changes."""
+        await self._ready()
+        return await subscriber.announced(self, prefix)
+
+    async def fetch(self, broadcast: str, track: str, group: int, *, priority: int = 0) -> list[bytes]:
+        """The frames of group ``group`` from the publisher's cache (lite-03+)."""
+        await self._ready()
+        return await subscriber.fetch(self, broadcast, track, group, priority=priority)
+
+    async def track_info(self, broadcast: str, track: str) -> TrackInfo:
+        """The publisher's TRACK_INFO (priority, max latency, timescale; lite-05+)."""
+        await self._ready()
+        return await subscriber.track_info(self, broadcast, track)
 
     def _forget_subscription(self, track: TrackReader) -> None:
         self._subscriptions.pop(track.subscribe_id, None)
 
-    # -- discovering (we consume announcements)
-    async def announced(self, prefix: str = "") -> AnnouncementReader:
-        """Ask the peer for its broadcasts under ``prefix``; iterate the result for changes."""
-        await self._started.wait()
-        if self.closed:
-            raise self._close_reason or SessionClosed()
-        prefix = normalize_path(prefix)
-        stream = await self.connection.open_bi()
-        stream.write(encode_varint(BidiStreamType.ANNOUNCE) + self.codec.encode_announce_please(AnnouncePlease(prefix)))
-        reader = StreamReader(stream)
-        try:
-            init = self.codec.decode_announce_init(
-                await self._with_timeout(reader.read_message(self.limits.max_message_size)))
-        except BaseException:
-            stream.reset(ErrorCode.CANCEL)
-            raise
-        announcements = AnnouncementReader(stream, prefix, self.limits.max_announcements)
-        for suffix in init.suffixes:
-            announcements._update(join_path(prefix, normalize_path(suffix)), True)
-        self._spawn(self._read_announcements(announcements, reader), f"announced-{stream.stream_id}")
-        return announcements
 
-    async def _read_announcements(self, announcements: AnnouncementReader, reader: StreamReader) -> None:
-        try:
-            while (body := await reader.read_message_or_eof(self.limits.max_message_size)) is not None:
-                msg = self.codec.decode_announce(body)
-                announcements._update(join_path(announcements.prefix, normalize_path(msg.suffix)), msg.active)
-        except ProtocolError as exc:
-            announcements._fail(exc)
-            reader.stream.stop(exc.code)
-            raise
-        except (StreamError, SessionClosed) as exc:
-            announcements._fail(exc)
-            return
-        finally:
-            announcements._finish()
+Serve = Callable[[Session, BidiStream, StreamReader], Awaitable[None]]
+
+_HANDLERS: dict[int, Serve] = {
+    LiteBidi.ANNOUNCE: publisher.serve_announce,
+    LiteBidi.SUBSCRIBE: publisher.serve_subscribe,
+    LiteBidi.FETCH: publisher.serve_fetch,
+    LiteBidi.PROBE: publisher.serve_probe,
+    LiteBidi.GOAWAY: publisher.serve_goaway,
+    LiteBidi.TRACK: publisher.serve_track,
+}
 
 
-async def _first_of(*aws: Awaitable[Any]) -> None:
-    """Run ``aws`` together; when the first finishes, cancel the rest. Errors propagate."""
-    tasks = [asyncio.ensure_future(aw) for aw in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-            raise result
+def _bidi_handlers(codec: Codec) -> dict[int, Serve]:
+    """The peer-opened bidi stream types this codec's version has."""
+    kinds = getattr(codec, "bidi_stream_types", (LiteBidi.ANNOUNCE, LiteBidi.SUBSCRIBE))
+    return {int(kind): _HANDLERS[int(kind)] for kind in kinds}
+
 

@@ -8,12 +8,15 @@ Publisher side: :class:`TrackWriter` (one per incoming SUBSCRIBE) opens
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from .protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError, SubscribeError
-from .protocol.messages import GroupHeader, SubscribeOk
+from .protocol.lite_wire import FrameClock
+from .protocol.messages import GroupHeader, Subscribe, SubscribeEnd, SubscribeOk, SubscribeStart, SubscribeUpdate
+from .protocol.versions import features_of
 from .reader import StreamReader
 from .transport.base import BidiStream, SendStream
 
@@ -21,28 +24,64 @@ if TYPE_CHECKING:
     from .session import Session
 
 
-class GroupWriter:
-    """Writes the frames of one group on its own unidirectional stream."""
+DEFAULT_TIMESCALE = 1000
+"""Frame timestamps (lite-05+) are milliseconds unless a track says otherwise."""
 
-    def __init__(self, track: TrackWriter, stream: SendStream, sequence: int) -> None:
+
+class GroupWriter:
+    """Writes the frames of one group on its own unidirectional stream.
+
+    A group outside the subscription's range, or one that went stale under
+    the subscriber's max latency, is *skipped*: writes to it are dropped
+    without error, so a handler need not know about either.
+    """
+
+    def __init__(self, track: TrackWriter, stream: SendStream | None, sequence: int) -> None:
         self.track = track
         self.sequence = sequence
         self._stream = stream
-        self._done = False
+        self._done = stream is None
+        self.skipped = stream is None
+        """True if the group is not being delivered (out of range, or stale)."""
+        self._opened = time.monotonic()
+        self._clock: FrameClock | None = FrameClock() if track._timestamps else None
 
     @property
     def closed(self) -> bool:
         return self._done
 
+    def _stale(self) -> bool:
+        track = self.track
+        return (track.max_latency_ms > 0 and track._next_sequence > self.sequence + 1
+                and (time.monotonic() - self._opened) * 1000 > track.max_latency_ms)
+
     async def _send(self, data: bytes, end: bool = False) -> None:
         if self._done:
+            if self.skipped:
+                return
             raise MoQError(f"group {self.sequence} is already closed")
+        if self._stale():
+            self.track.session.log.debug("group %d is older than the subscriber's max latency; skipped", self.sequence)
+            self.abort(ErrorCode.OLD)
+            self.skipped = True
+            return
+        assert self._stream is not None
         session = self.track.session
         await session._scheduler.send(self._stream, data, end=end, priority=self.track.priority, sequence=self.sequence)
 
-    async def write_frame(self, payload: bytes) -> None:
-        """Send one frame; waits while the connection is congested."""
-        await self._send(self.track.session.codec.encode_frame(payload))
+    async def write_frame(self, payload: bytes, timestamp: int | None = None) -> None:
+        """Send one frame; waits while the connection is congested.
+
+        ``timestamp`` (lite-05+, in the track's timescale) defaults to the wall
+        clock; older versions carry no timestamps and ignore it.
+        """
+        codec = self.track.session.codec
+        if self._clock is None:
+            await self._send(codec.encode_frame(payload))
+            return
+        if timestamp is None:
+            timestamp = int(time.time() * self.track.timescale)
+        await self._send(codec.encode_timed_frame(payload, self._clock, timestamp))  # type: ignore[attr-defined]
 
     async def close(self) -> None:
         """End the group cleanly (FIN)."""
@@ -50,11 +89,13 @@ class GroupWriter:
             await self._send(b"", end=True)
             self._done = True
             self.track._groups.discard(self)
+        self.track._group_closed(self)
 
     def abort(self, code: int = ErrorCode.CANCEL) -> None:
         """Abandon the group (reset)."""
         if not self._done:
             self._done = True
+            assert self._stream is not None
             self._stream.reset(code)
             self.track._groups.discard(self)
 
@@ -64,47 +105,93 @@ class TrackWriter:
 
     ``accept()`` confirms the subscription (sent automatically with the first
     group); ``close()`` ends the track cleanly; ``close_with_error(code)``
-    refuses or aborts it.
+    refuses or aborts it. The subscriber's wishes are attributes:
+    ``start_group`` / ``end_group`` (``None``: latest / unbounded),
+    ``max_latency_ms`` (0: no limit), ``ordered`` and ``priority``; the
+    engine enforces the range and the latency, and they change when the
+    subscriber sends SUBSCRIBE_UPDATE.
     """
 
-    def __init__(self, session: Session, stream: BidiStream, subscribe_id: int, broadcast: str, track: str,
-                 priority: int) -> None:
+    def __init__(self, session: Session, stream: BidiStream, request: Subscribe, broadcast: str) -> None:
         self.session = session
-        self.subscribe_id = subscribe_id
+        self.subscribe_id = request.subscribe_id
         self.broadcast = broadcast
-        self.track = track
-        self.priority = priority
+        self.track = request.track
+        self.priority = request.priority
+        self.ordered = request.ordered
+        self.max_latency_ms = request.max_latency_ms
+        self.start_group = request.start_group
+        self.end_group = request.end_group
+        self.timescale = DEFAULT_TIMESCALE
         self._stream = stream
+        features = features_of(session.codec)
+        self._timestamps = features.frame_timestamps
+        self._start_end = features.subscribe_start_end
         self._accepted = False
+        self._started = False
         self._closed = False
         self._next_sequence = 0
         self._groups: set[GroupWriter] = set()
+        self._finished = asyncio.Event()
 
     @property
     def closed(self) -> bool:
         return self._closed
 
+    def _update(self, update: SubscribeUpdate) -> None:
+        self.priority = update.priority
+        self.ordered = update.ordered
+        self.max_latency_ms = update.max_latency_ms
+        self.start_group = update.start_group
+        self.end_group = update.end_group
+
     def accept(self) -> None:
-        """Send SUBSCRIBE_OK now (once)."""
+        """Confirm the subscription now (once). lite-05+ has no confirmation before the first group."""
         if self._accepted or self._closed:
             return
         self._accepted = True
-        self._stream.write(self.session.codec.encode_subscribe_ok(SubscribeOk(self.priority)))
+        if not self._start_end:
+            self._stream.write(self.session.codec.encode_subscribe_ok(SubscribeOk(self.priority)))
+
+    def _start(self, sequence: int) -> None:
+        if self._start_end and not self._started:
+            self._started = True
+            self._stream.write(self.session.codec.encode_subscribe_response(  # type: ignore[attr-defined]
+                SubscribeStart(sequence)))
+
+    def _in_range(self, sequence: int) -> bool:
+        if self.start_group is not None and sequence < self.start_group:
+            return False
+        return self.end_group is None or sequence <= self.end_group
 
     async def open_group(self, sequence: int | None = None) -> GroupWriter:
-        """Start group ``sequence`` (default: one after the last)."""
+        """Start group ``sequence`` (default: one after the last).
+
+        A group outside the subscription's range comes back already
+        :attr:`GroupWriter.skipped`; writing to it does nothing.
+        """
         if self._closed:
             raise MoQError(f"track {self.track!r} is closed")
         if sequence is None:
             sequence = self._next_sequence
         self._next_sequence = max(self._next_sequence, sequence + 1)
         self.accept()
+        if not self._in_range(sequence):
+            group = GroupWriter(self, None, sequence)
+            if self.end_group is not None and sequence > self.end_group:
+                self._finished.set()
+            return group
+        self._start(sequence)
         stream = await self.session.connection.open_uni()
         group = GroupWriter(self, stream, sequence)
         self._groups.add(group)
         header = self.session.codec.encode_group_header(GroupHeader(self.subscribe_id, sequence))
         await group._send(header)
         return group
+
+    def _group_closed(self, group: GroupWriter) -> None:
+        if self.end_group is not None and group.sequence >= self.end_group:
+            self._finished.set()  # the last group of a bounded subscription is out: the track is done
 
     async def write_group(self, *frames: bytes) -> None:
         """Write a whole group of ``frames`` and close it."""
@@ -120,6 +207,13 @@ class TrackWriter:
         self.accept()
         self._closed = True
         try:
+            if self._start_end:
+                end = self._next_sequence
+                if self.end_group is not None:
+                    end = min(end, self.end_group + 1)
+                self._start(end)
+                self._stream.write(self.session.codec.encode_subscribe_response(  # type: ignore[attr-defined]
+                    SubscribeEnd(end)))
             self._stream.write(b"", end=True)
         except (StreamError, SessionClosed):
             pass
@@ -144,10 +238,15 @@ class TrackWriter:
 class GroupReader:
     """Frames of one received group, in order. Iterate with ``async for``."""
 
-    def __init__(self, track: TrackReader, reader: StreamReader, sequence: int) -> None:
+    def __init__(self, track: TrackReader, reader: StreamReader, sequence: int, frame_start: int = 0) -> None:
         self.track = track
         self.sequence = sequence
+        self.frame_start = frame_start
+        """Index of the first frame on this stream (lite-06; non-zero when a subscription starts mid-group)."""
+        self.timestamp: int | None = None
+        """Timestamp of the frame read last (lite-05+, in the track's timescale), else ``None``."""
         self._reader = reader
+        self._clock = FrameClock() if track._timestamps else None
 
     async def read_frame(self) -> bytes | None:
         """The next frame, or ``None`` at the end of the group.
@@ -158,6 +257,8 @@ class GroupReader:
         try:
             if await reader.at_eof():
                 return None
+            if self._clock is not None:
+                self.timestamp = self._clock.decode(await reader.read_varint())
             size = await reader.read_varint()
             self.track.session.codec.check_frame_size(size)
             return await reader.read_exact(size)
@@ -197,7 +298,16 @@ class TrackReader:
         self._ended = False
         self._error: BaseException | None = None
         self._closed = False
+        self._timestamps = features_of(session.codec).frame_timestamps
         self.dropped_groups = 0
+        self.end_group: int | None = None
+        """lite-05+: the first sequence the publisher said it will never deliver (SUBSCRIBE_END)."""
+        self.start_group: int | None = None
+        """lite-05+: the first group the publisher will deliver (SUBSCRIBE_START)."""
+        self.dropped_ranges: list[tuple[int, int, int]] = []
+        """SUBSCRIBE_DROP notices (lite-03+): ``(first, last, error code)``, most recent last, at most 64."""
+        self._responded = asyncio.Event()
+        self._started_once = False
 
     @property
     def ended(self) -> bool:
@@ -209,6 +319,7 @@ class TrackReader:
             self._waiter.set_result(None)
 
     def _push_group(self, group: GroupReader) -> None:
+        self._responded.set()
         if self._closed:
             group.stop(ErrorCode.CANCEL)
             return
@@ -219,6 +330,7 @@ class TrackReader:
         self._wake()
 
     def _end(self, error: BaseException | None = None) -> None:
+        self._responded.set()
         if not self._ended:
             self._ended = True
             self._error = error

@@ -15,7 +15,7 @@ import moq
 import pytest
 
 from moqt_asgi import Broadcast, MoQ, Session, TrackMux, dial_quic
-from moqt_asgi.protocol.lite import LITE_02
+from moqt_asgi.protocol.lite06 import LITE_06
 
 from .conftest import Certs
 from .helpers import native_server
@@ -93,7 +93,7 @@ async def test_moqrs_client_publishes_and_our_server_subscribes(certs: Certs) ->
                 sent.append(frames)
                 await asyncio.sleep(0.15 if g == 0 else 0.05)
             got = [await asyncio.wait_for(received.get(), TIMEOUT) for _ in range(3)]
-    assert versions == [LITE_02]
+    assert versions == [LITE_06]  # the newest both sides speak
     # the first group may race the subscription; every group we got is byte-identical
     for path, sequence, frames in got:
         assert path == "pub/cam"
@@ -126,7 +126,7 @@ async def test_our_client_subscribes_to_moqrs_server() -> None:
         broadcast.announce()
         session: Session = await dial_quic(f"moql://127.0.0.1:{port}/room?jwt=abc", fingerprint=fingerprint)
         async with session:
-            assert session.version == LITE_02
+            assert session.version == LITE_06
             announcements = await session.announced("demo")
             if "demo/clock" not in announcements.active:
                 await asyncio.wait_for(announcements.next(), TIMEOUT)

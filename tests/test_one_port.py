@@ -21,7 +21,8 @@ import moq
 import pytest
 
 from moqt_asgi import Broadcast, MoQ, MoQError, QuicServer, SetupRejected, TrackMux, dial
-from moqt_asgi.protocol.lite import LITE_02
+from moqt_asgi.protocol.lite03 import LITE_03
+from moqt_asgi.protocol.lite06 import LITE_06
 from moqt_asgi.relay import Relay
 
 from .conftest import ROOT, Certs
@@ -85,7 +86,7 @@ async def publish_ours(url: str, fingerprint: str, stop: asyncio.Event) -> None:
     mux.publish(BROADCAST, broadcast)
     session = await dial(url, fingerprint=fingerprint, mux=mux)
     async with session:
-        assert session.version == LITE_02
+        assert session.version == LITE_06
         g = 0
         while not stop.is_set():
             group = video.append_group()
@@ -149,7 +150,7 @@ async def relay_roundtrip(port: int, fingerprint: str, publisher: str) -> None:
 async def test_moql_publisher_reaches_https_subscribers_on_one_port(certs: Certs, publisher: str) -> None:
     app = relay_app()
     async with native_server(app, str(certs.cert), str(certs.key)) as server:
-        assert server.alpn_protocols == ["moql", "h3"]
+        assert server.alpn_protocols == ["moq-lite-06", "moq-lite-05", "moq-lite-04", "moq-lite-03", "moql", "moq-00", "h3"]
         await relay_roundtrip(server.address[1], certs.fingerprint, publisher)
 
 
@@ -193,9 +194,11 @@ async def test_refusals_and_http_match_hypercorn(certs: Certs, kind: str) -> Non
         session_id, response = await client.connect_session("/rooms/1", offered)
         assert response.status == 200
         assert response.headers[b"sec-webtransport-http3-draft"] == b"draft02"
-        assert response.headers[b"wt-protocol"] == b'"moql"'
+        assert response.headers[b"wt-protocol"] == b'"moq-lite-03"'  # the newest offered
         await client.wait_for(lambda: all(r.ended for r in client.responses.values() if r.status != 200))
-        assert requests == []  # no SETUP was sent, so no setup handler ran
+        # lite-03 has no SETUP: the version came with the CONNECT, so the setup handler ran at once
+        await client.wait_for(lambda: len(requests) == 1)
+        assert requests[0].versions == (LITE_03,) and requests[0].path == "/rooms/1"
         client.close_session(session_id, 0, "")
         hello = await client.get("/hello?name=h3")
         assert (hello.status, bytes(hello.body)) == (200, b"hello h3")
@@ -285,7 +288,7 @@ async def test_webtransport_can_be_turned_off(certs: Certs) -> None:
         server = QuicServer(app, host="127.0.0.1", port=0, certfile=str(certs.cert), keyfile=str(certs.key),
                             webtransport=False)
         await stack.enter_async_context(server)
-        assert server.alpn_protocols == ["moql"]
+        assert "h3" not in server.alpn_protocols and "moql" in server.alpn_protocols
         with pytest.raises(MoQError, match="could not connect"):  # no common ALPN
             await dial(f"https://127.0.0.1:{server.address[1]}/", fingerprint=certs.fingerprint, setup_timeout=3)
         session = await dial(f"moql://127.0.0.1:{server.address[1]}/", fingerprint=certs.fingerprint)

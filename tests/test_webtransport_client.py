@@ -8,7 +8,7 @@ import moq
 import pytest
 
 from moqt_asgi import Broadcast, SetupRejected, TrackMux, dial_webtransport
-from moqt_asgi.protocol.lite import LITE_02
+from moqt_asgi.protocol.lite06 import LITE_06
 
 from .conftest import Certs
 from .test_webtransport_moq import counter_app
@@ -23,7 +23,7 @@ async def test_dial_webtransport_subscribes_through_hypercorn(certs: Certs) -> N
         url = f"https://127.0.0.1:{port}/rooms/5?k=v"
         session = await dial_webtransport(url, fingerprint=certs.fingerprint, headers=[("Origin", "https://good.test")])
         async with session:
-            assert session.version == LITE_02
+            assert session.version == LITE_06
             reader = await session.subscribe("demo", "count")
             got = []
             async with asyncio.timeout(TIMEOUT):
@@ -34,7 +34,7 @@ async def test_dial_webtransport_subscribes_through_hypercorn(certs: Certs) -> N
         assert all(frames[0].startswith(b"n=") for frames in got)
         [request] = requests
         assert (request.path, request.query, request.origin) == ("/rooms/5", "k=v", "https://good.test")
-        assert request.headers["wt-available-protocols"] == '"moql"'
+        assert request.headers["wt-available-protocols"] == '"moq-lite-06", "moq-lite-05", "moq-lite-04", "moq-lite-03", "moql"'
 
 
 async def test_dial_webtransport_refused_in_http(certs: Certs) -> None:
@@ -71,7 +71,7 @@ async def test_dial_webtransport_against_moqrs_server_both_directions() -> None:
             mux.publish("py/cam", ours)
             session = await dial_webtransport(f"https://127.0.0.1:{port}/room", fingerprint=fingerprint, mux=mux)
             async with session:
-                assert session.version == LITE_02
+                assert session.version == LITE_06
                 reader = await session.subscribe("rs/clock", "seconds")
                 consumer = await (await asyncio.wait_for(origin.consume().announced_broadcast("py/cam"), TIMEOUT)
                                   ).subscribe_track("video")

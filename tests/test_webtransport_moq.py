@@ -16,7 +16,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route as HTTPRoute
 
 from moqt_asgi import Broadcast, MoQ, SetupRequest
-from moqt_asgi.protocol.lite import LITE_02
+from moqt_asgi.protocol.lite06 import LITE_06
 
 from .conftest import Certs
 from .wt_client import hypercorn_server, wt_client
@@ -83,7 +83,7 @@ async def test_moqrs_subscribes_over_webtransport_beside_http(certs: Certs) -> N
         [request] = requests
         assert (request.path, request.query, request.path_params) == ("/rooms/7", "token=abc", {"room": "7"})
         assert request.transport == "webtransport"
-        assert request.session is not None and request.session.version == LITE_02
+        assert request.session is not None and request.session.version == LITE_06
         assert request.client is not None and request.client[0] == "127.0.0.1"
         assert "moql" in request.headers.get("wt-available-protocols", "")
         assert request.origin is None  # moq-rs sends no Origin
@@ -110,7 +110,7 @@ async def test_app_wide_origin_check_and_moql_echo(certs: Certs) -> None:
     async with hypercorn_server(app, str(certs.cert), str(certs.key)) as port, wt_client(port) as client:
         _, response = await client.connect_session("/rooms/1", [(b"origin", b"https://other.test")])
         assert response.status == 403
-        offered = [(b"origin", b"https://good.test"), (b"wt-available-protocols", b'"moq-lite-03", "moql"')]
+        offered = [(b"origin", b"https://good.test"), (b"wt-available-protocols", b'"moq-lite-99", "moql"')]
         _, response = await client.connect_session("/rooms/1", offered)
         assert response.status == 200
         assert response.headers[b"wt-protocol"] == b'"moql"'

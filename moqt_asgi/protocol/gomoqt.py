@@ -20,6 +20,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import ClassVar
 
+from .codes import GOMOQT_CODES, ErrorCodes
 from .errors import APPLICATION_CODE_BASE, ErrorCode, ProtocolError
 from .lite import Codec
 from .lite_wire import Features
@@ -43,6 +44,7 @@ class GomoqtCodec(Codec):
     accepts_subscribe_update = True
     setup_framing: ClassVar[SetupFraming] = SetupFraming.LEGACY
     features: ClassVar[Features] = Features(subscribe_update=True, one_byte_stream_type=True)
+    error_codes: ClassVar[ErrorCodes] = GOMOQT_CODES
 
     # -- stream types: one raw byte
     def encode_stream_type(self, kind: int) -> bytes:

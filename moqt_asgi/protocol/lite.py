@@ -8,7 +8,9 @@ engine never branches on version numbers itself, it asks the codec.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import ClassVar
 
+from .codes import FLAT_CODES, ErrorCodes
 from .errors import ErrorCode, ProtocolError
 from .limits import Limits
 from .messages import (
@@ -49,6 +51,8 @@ class Codec:
     name: str = "moq-lite-02"
     subscribe_ok_has_priority: bool = False
     accepts_subscribe_update: bool = False
+    error_codes: ClassVar[ErrorCodes] = FLAT_CODES
+    """How this dialect numbers reset, stop-sending and close codes on the wire."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits

@@ -21,6 +21,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import ClassVar
 
+from .codes import SCOPED_CODES, ErrorCodes
 from .errors import ErrorCode, ProtocolError
 from .lite import Codec
 from .lite_wire import (
@@ -98,6 +99,7 @@ class Lite03Codec(Codec):
     uni_stream_types: ClassVar[frozenset[LiteUni]] = frozenset({LiteUni.GROUP})
     response_types: ClassVar[type[IntEnum]] = SubscribeResponseType
     accepts_restart_status: ClassVar[bool] = False
+    error_codes: ClassVar[ErrorCodes] = SCOPED_CODES
 
     # -- stream types
     def encode_stream_type(self, kind: int) -> bytes:

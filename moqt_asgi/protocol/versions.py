@@ -71,6 +71,10 @@ ALPN_VERSIONS: tuple[Version, ...] = (LITE_06_VERSION, LITE_05_VERSION, LITE_04_
 """Versions chosen by ALPN, newest first (the order moq-rs offers them)."""
 
 ALL_VERSIONS: tuple[Version, ...] = (*ALPN_VERSIONS, *SETUP_VERSIONS, GOMOQT_DIALECT)
+"""Everything this package speaks, in our order of preference (newest first, the dialect last)."""
+
+DEFAULT_VERSIONS = ALL_VERSIONS
+"""What servers and clients offer unless configured otherwise."""
 
 ALPN_TO_VERSION: dict[str, Version] = {v.alpn: v for v in ALPN_VERSIONS if v.alpn is not None}
 """ALPN (or WebTransport protocol) -> the version it selects."""
@@ -120,6 +124,40 @@ def choose_alpn(offered: Iterable[str], supported: Sequence[str] = ALPN_PREFEREN
     return None
 
 
+def ordered(versions: Iterable[Version]) -> tuple[Version, ...]:
+    """``versions`` in our order of preference, duplicates dropped."""
+    wanted = set(versions)
+    unknown = wanted - set(ALL_VERSIONS)
+    if unknown:
+        raise ValueError(f"unknown versions: {sorted(v.name for v in unknown)}")
+    return tuple(v for v in ALL_VERSIONS if v in wanted)
+
+
+def protocols_for(versions: Iterable[Version]) -> tuple[str, ...]:
+    """The ALPNs / WebTransport protocols that reach ``versions``, preferred first.
+
+    ``moql`` stands for every SETUP-negotiated lite version; gomoqt's native
+    ``moq-00`` is added by :func:`native_alpns` only (over WebTransport
+    gomoqt sends no protocol list and is recognised by its SETUP).
+    """
+    chosen = ordered(versions)
+    out = [v.alpn for v in chosen if v.alpn is not None]
+    if any(v in SETUP_VERSIONS for v in chosen):
+        out.append(ALPN_LITE)
+    return tuple(out)
+
+
+def native_alpns(versions: Iterable[Version]) -> tuple[str, ...]:
+    """The ALPNs a native QUIC endpoint offers for ``versions``."""
+    chosen = ordered(versions)
+    return (*protocols_for(chosen), *((ALPN_GOMOQT,) if GOMOQT_DIALECT in chosen else ()))
+
+
+def setup_versions(versions: Iterable[Version]) -> tuple[Version, ...]:
+    """Of ``versions``, those negotiated inside a SETUP exchange (lite-01/02, gomoqt)."""
+    return tuple(v for v in ordered(versions) if v.bidi_setup)
+
+
 def features_of(codec: Codec | type[Codec]) -> Features:
     """What a codec's version has; lite-01/02 codecs predate the ``features`` attribute."""
     features = getattr(codec, "features", None)
@@ -128,6 +166,7 @@ def features_of(codec: Codec | type[Codec]) -> Features:
 
 __all__ = [
     "ALL_VERSIONS",
+    "DEFAULT_VERSIONS",
     "ALPN_GOMOQT",
     "ALPN_H3",
     "ALPN_LITE",
@@ -148,6 +187,10 @@ __all__ = [
     "choose_version",
     "features_of",
     "lookup_version",
+    "native_alpns",
+    "ordered",
+    "protocols_for",
+    "setup_versions",
     "version_by_alpn",
     "version_by_number",
     "version_name",

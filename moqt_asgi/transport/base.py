@@ -8,6 +8,11 @@ native QUIC (aioquic), WebTransport, and an in-memory pair for tests.
 Writes never block: the engine asks :meth:`Connection.backlog` how many
 bytes are queued but not yet sent, and :meth:`Connection.on_writable` to
 learn when that drops, and decides itself what to hand over next.
+
+Codes cross this interface in the engine's flat code space
+(:class:`~moqt_asgi.protocol.errors.ErrorCode`) both ways. Each connection
+translates them for the wire with its :attr:`Connection.error_codes` (set by
+the engine once the version is known), only when it resets, stops or closes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import abc
 import asyncio
 from collections.abc import Callable
 
+from ..protocol.codes import FLAT_CODES, ErrorCodes
 from ..protocol.errors import SessionClosed, StreamError
 
 
@@ -67,6 +73,13 @@ class BidiStream(ReceiveStream, SendStream, abc.ABC):
 
 class Connection(abc.ABC):
     """One transport connection carrying one MoQ session."""
+
+    error_codes: ErrorCodes = FLAT_CODES
+    """How reset, stop-sending and close codes are numbered on the wire (settable per connection).
+
+    Every method takes and reports our flat codes; the transport applies
+    this map when a code goes out or comes in.
+    """
 
     @abc.abstractmethod
     async def open_bi(self) -> BidiStream: ...

@@ -3,6 +3,10 @@
 Data written on one side is delivered to the other on the next event-loop
 iteration, so the engine's tasks interleave as they would on a network.
 Used by the tests and by examples that need no sockets.
+
+Reset, stop-sending and close codes go through both ends' ``error_codes``
+maps as they would through a wire: the sending end's ``*_out``, then the
+receiving end's ``*_in``.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from .buffers import ReceiveBuffer
 class _Half:
     """One direction of a stream: a writer on one side, a buffer on the other."""
 
-    def __init__(self, writer_conn: MemoryConnection, reader_conn: MemoryConnection, stream_id: int) -> None:
+    def __init__(self, writer_conn: MemoryConnection, reader_conn: MemoryConnection, stream_id: int, *,
+                 bidi: bool = False) -> None:
         self.writer_conn = writer_conn
         self.reader_conn = reader_conn
         self.stream_id = stream_id
+        self.bidi = bidi
         self.buffer = ReceiveBuffer(reader_conn.max_stream_buffer, on_overflow=self._overflow)
         self.in_flight = 0
         self.fin_sent = False
@@ -59,17 +65,19 @@ class _Half:
     def reset(self, code: int) -> None:
         if self.reset_code is not None or (self.fin_sent and self.in_flight == 0 and self.buffer.finished):
             return
-        self.reset_code = code
-        self.buffer.fail(StreamError(code, f"peer reset stream {self.stream_id} with code {code}"))
+        wire = self.writer_conn.error_codes.stream_out(code, bidi=self.bidi)
+        self.reset_code = seen = self.reader_conn.error_codes.stream_in(wire, bidi=self.bidi)
+        self.buffer.fail(StreamError(seen, f"peer reset stream {self.stream_id} with code {seen}"))
 
     # reader side
     def receiver_stop(self, code: int) -> None:
         if self.stop_code is not None:
             return
-        self.stop_code = code
+        wire = self.reader_conn.error_codes.stream_out(code, bidi=self.bidi)
+        self.stop_code = seen = self.writer_conn.error_codes.stream_in(wire, bidi=self.bidi)
         self.buffer.fail(StreamError(code, f"stream {self.stream_id} was stopped locally"))
         for callback in self.stopped_callbacks:
-            callback(code)
+            callback(seen)
         self.stopped_callbacks.clear()
 
 
@@ -172,7 +180,7 @@ class MemoryConnection(Connection):
             raise self._closed
         peer = self._peer()
         sid = self._new_id()
-        out, back = _Half(self, peer, sid), _Half(peer, self, sid)
+        out, back = _Half(self, peer, sid, bidi=True), _Half(peer, self, sid, bidi=True)
         for conn in (self, peer):
             conn._track(out)
             conn._track(back)
@@ -229,7 +237,8 @@ class MemoryConnection(Connection):
             return
         self._terminate(SessionClosed(code, reason, remote=False))
         if self.peer is not None:
-            self.peer._terminate(SessionClosed(code, reason, remote=True))
+            seen = self.peer.error_codes.session_in(self.error_codes.session_out(code))
+            self.peer._terminate(SessionClosed(seen, reason, remote=True))
 
     def abort(self) -> None:
         """Vanish without a close: the peer sees a transport error, as after an idle timeout."""

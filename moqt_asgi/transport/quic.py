@@ -6,6 +6,11 @@ here awaits application code: event handlers only push bytes into bounded
 buffers and wake waiters. Transmission is coalesced to once per event-loop
 iteration, and the engine sees how many bytes are queued but unsent so it can
 decide what to hand over next (aioquic itself sends streams round-robin).
+
+Reset, stop-sending and close codes are translated with the connection's
+``error_codes`` map (see :mod:`moqt_asgi.protocol.codes`). Incoming stream
+codes that lie in WebTransport's HTTP/3 range are unmapped first, whatever
+the map: moq-rs sends them that way on native QUIC on every version.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 from aioquic.quic.connection import stream_is_client_initiated, stream_is_unidirectional
 
+from ..protocol.codes import app_to_http, clamp_app_code, http_to_app
 from ..protocol.errors import ErrorCode, SessionClosed, StreamError
 from ..protocol.limits import DEFAULT_LIMITS, Limits
 from .base import BidiStream, Connection, ReceiveStream, SendStream
@@ -179,7 +185,7 @@ class QuicTransport(Connection):
         if self._closed is not None:
             return
         self._terminate(SessionClosed(code, reason, remote=False))
-        self.protocol.close(error_code=code, reason_phrase=reason)
+        self.protocol.close(error_code=self.error_codes.session_out(code), reason_phrase=reason)
 
     async def wait_closed(self) -> SessionClosed:
         await self._closed_event.wait()
@@ -256,11 +262,21 @@ class QuicTransport(Connection):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
+    # -- error codes: ours (flat) <-> the wire
+    def _stream_code_out(self, stream_id: int, code: int) -> int:
+        codes = self.error_codes
+        wire = codes.stream_out(code, bidi=not stream_id & 2)
+        return app_to_http(clamp_app_code(wire)) if codes.wt_mapped_on_quic else wire
+
+    def _stream_code_in(self, stream_id: int, wire: int) -> int:
+        unmapped = http_to_app(wire)
+        return self.error_codes.stream_in(wire if unmapped is None else unmapped, bidi=not stream_id & 2)
+
     def _reset_stream(self, stream_id: int, code: int) -> None:
         if self._closed is not None:
             return
         try:
-            self.protocol._quic.reset_stream(stream_id, code)
+            self.protocol._quic.reset_stream(stream_id, self._stream_code_out(stream_id, code))
         except ValueError:
             return
         self._schedule_flush()
@@ -269,7 +285,7 @@ class QuicTransport(Connection):
         if self._closed is not None:
             return
         try:
-            self.protocol._quic.stop_stream(stream_id, code)
+            self.protocol._quic.stop_stream(stream_id, self._stream_code_out(stream_id, code))
         except ValueError:
             return
         self._schedule_flush()
@@ -315,16 +331,20 @@ class QuicTransport(Connection):
             else:
                 self._stopped.discard(event.stream_id)
             if stream is not None and stream._buffer is not None:
-                message = f"peer reset stream {event.stream_id} with code {event.error_code}"
-                stream._buffer.fail(StreamError(event.error_code, message))
+                code = self._stream_code_in(event.stream_id, event.error_code)
+                message = f"peer reset stream {event.stream_id} with code {code}"
+                stream._buffer.fail(StreamError(code, message))
                 self._maybe_forget(stream)
         elif isinstance(event, events.StopSendingReceived):
             stream = self._streams.get(event.stream_id)
             if stream is not None:
-                stream._peer_stopped(event.error_code)
+                stream._peer_stopped(self._stream_code_in(event.stream_id, event.error_code))
                 self._maybe_forget(stream)
         elif isinstance(event, events.ConnectionTerminated):
-            self._terminate(SessionClosed(event.error_code, event.reason_phrase, remote=True))
+            code = event.error_code
+            if event.frame_type is None:  # an application close; transport-level closes keep their code
+                code = self.error_codes.session_in(code)
+            self._terminate(SessionClosed(code, event.reason_phrase, remote=True))
 
     def _incoming(self, stream_id: int) -> QuicStream | None:
         is_client = self.protocol._quic.configuration.is_client

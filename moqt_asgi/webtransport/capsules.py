@@ -4,7 +4,8 @@
   ``n`` in RESET_STREAM / STOP_SENDING as the HTTP/3 code
   ``0x52e4a40fa8db + n + n // 0x1e`` (the range skips the reserved
   ``0x1f * N + 0x21`` code points). :func:`app_to_http` and
-  :func:`http_to_app` convert.
+  :func:`http_to_app` convert; they live in :mod:`moqt_asgi.protocol.codes`
+  (native QUIC uses them too) and are re-exported here.
 * Capsules on the CONNECT stream (RFC 9297 framing: varint type, varint
   length, value): CLOSE_WEBTRANSPORT_SESSION (``0x2843``: u32 code and a
   UTF-8 reason of at most 1024 bytes) and DRAIN_WEBTRANSPORT_SESSION
@@ -16,11 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..protocol.codes import MAX_APP_CODE, WT_CODE_FIRST, WT_CODE_LAST, app_to_http, http_to_app
 from ..protocol.wire import NeedMore, decode_varint, encode_varint
-
-WT_CODE_FIRST = 0x52E4A40FA8DB
-WT_CODE_LAST = 0x52E5AC983162
-MAX_APP_CODE = 0xFFFFFFFF
 
 WT_BUFFERED_STREAM_REJECTED = 0x3994BD84
 """HTTP/3 code for a stream refused because its session is unknown or has too many buffered streams."""
@@ -35,21 +33,6 @@ CAPSULE_DRAIN = 0x78AE
 MAX_REASON_BYTES = 1024
 MAX_CAPSULE_SIZE = 4 + MAX_REASON_BYTES
 """Largest known capsule we buffer; bigger known capsules are a protocol error."""
-
-
-def app_to_http(code: int) -> int:
-    """The HTTP/3 error code carrying WebTransport application code ``code`` (0..2**32-1)."""
-    if not 0 <= code <= MAX_APP_CODE:
-        raise ValueError(f"WebTransport application error codes are 32-bit, got {code}")
-    return WT_CODE_FIRST + code + code // 0x1E
-
-
-def http_to_app(code: int) -> int | None:
-    """The application code inside HTTP/3 code ``code``, or ``None`` if it carries none."""
-    if not WT_CODE_FIRST <= code <= WT_CODE_LAST or (code - 0x21) % 0x1F == 0:
-        return None
-    shifted = code - WT_CODE_FIRST
-    return shifted - shifted // 0x1F
 
 
 def encode_capsule(capsule_type: int, value: bytes = b"") -> bytes:
@@ -156,13 +139,16 @@ def _decode_known(capsule_type: int, value: bytes) -> Capsule:
 __all__ = [
     "CAPSULE_CLOSE",
     "CAPSULE_DRAIN",
+    "MAX_APP_CODE",
+    "WT_BUFFERED_STREAM_REJECTED",
+    "WT_CODE_FIRST",
+    "WT_CODE_LAST",
+    "WT_SESSION_GONE",
     "Capsule",
     "CapsuleError",
     "CapsuleParser",
     "CloseCapsule",
     "DrainCapsule",
-    "WT_BUFFERED_STREAM_REJECTED",
-    "WT_SESSION_GONE",
     "app_to_http",
     "encode_close",
     "encode_drain",

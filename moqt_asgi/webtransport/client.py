@@ -23,14 +23,14 @@ from aioquic.h3.connection import H3_ALPN
 from aioquic.h3.events import DatagramReceived, DataReceived, HeadersReceived, WebTransportStreamDataReceived
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived, StreamReset
 
-from ..handshake import client_setup
+from ..handshake import start_client
 from ..mux import TrackMux
 from ..native import QuicSettings, _check_fingerprint, parse_url
-from ..protocol.errors import ErrorCode, MoQError, SessionClosed, SetupRejected
+from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, SetupRejected
 from ..protocol.limits import DEFAULT_LIMITS, Limits
-from ..protocol.versions import SETUP_VERSIONS, Version
+from ..protocol.versions import DEFAULT_VERSIONS, Version, ordered, protocols_for
 from ..session import Session
-from .asgi import sf_string
+from .asgi import parse_sf_string_list, sf_string
 from .capsules import H3_INTERNAL_ERROR, WT_SESSION_GONE
 from .h3 import WebTransportH3Connection
 from .session import SessionHost, WebTransportSession
@@ -51,8 +51,11 @@ class WebTransportClientProtocol(QuicConnectionProtocol, SessionHost):
         self._flush_scheduled = False
 
     async def open_session(self, authority: str, target: str,
-                           headers: Sequence[tuple[bytes, bytes]] = ()) -> WebTransportSession:
-        """Send the CONNECT and wait for the answer; raises :class:`SetupRejected` on a non-2xx status."""
+                           headers: Sequence[tuple[bytes, bytes]] = ()) -> tuple[WebTransportSession, str | None]:
+        """Send the CONNECT and wait for the answer; raises :class:`SetupRejected` on a non-2xx status.
+
+        Returns the session and the server's ``wt-protocol`` choice (``None`` if it made none).
+        """
         session_id = self._quic.get_next_available_stream_id()
         session = WebTransportSession(self, session_id, limits=self.limits)
         self.sessions[session_id] = session
@@ -71,7 +74,7 @@ class WebTransportClientProtocol(QuicConnectionProtocol, SessionHost):
             session._terminate(SessionClosed(status, "CONNECT refused", remote=True))
             raise SetupRejected(status, f"the server answered the WebTransport CONNECT with {status}")
         session._established()
-        return session
+        return session, _chosen_protocol(answer)
 
     # -- events (never raise: an exception here would be lost inside aioquic)
     def quic_event_received(self, event: QuicEvent) -> None:
@@ -151,10 +154,19 @@ class WebTransportClientProtocol(QuicConnectionProtocol, SessionHost):
         self.h3.finish_webtransport_sending(stream_id)
 
 
+def _chosen_protocol(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The server's ``wt-protocol`` answer (an SF string), or ``None`` if it sent none or garbage."""
+    for name, value in headers:
+        if name == b"wt-protocol":
+            chosen = parse_sf_string_list(value.decode("latin-1"))
+            return chosen[0] if len(chosen) == 1 else None
+    return None
+
+
 async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprint: str | None = None,
                             insecure: bool = False, cafile: str | None = None, quic: QuicSettings | None = None,
                             limits: Limits = DEFAULT_LIMITS, setup_timeout: float = 10.0,
-                            versions: tuple[Version, ...] = SETUP_VERSIONS,
+                            versions: Sequence[Version] = DEFAULT_VERSIONS,
                             headers: Sequence[tuple[str, str]] = (),
                             log: logging.Logger = logger) -> Session:
     """Connect to ``https://host:port/path?query`` over WebTransport and set up a MoQ session.
@@ -173,7 +185,9 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
     elif cafile:
         configuration.load_verify_locations(cafile)
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    extra = [(b"wt-available-protocols", sf_string("moql"))]
+    chosen = ordered(versions)
+    offer = protocols_for(chosen)
+    extra = [(b"wt-available-protocols", b", ".join(sf_string(p) for p in offer))] if offer else []
     extra += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
     stack = contextlib.AsyncExitStack()
     try:
@@ -184,9 +198,11 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
             assert isinstance(protocol, WebTransportClientProtocol)
             if fingerprint:
                 _check_fingerprint(protocol, fingerprint)  # type: ignore[arg-type]
-            connection = await protocol.open_session(authority, target, extra)
-            codec, stream, reader = await client_setup(connection, limits, path=None, versions=versions,
-                                                       timeout=setup_timeout)
+            connection, chosen_protocol = await protocol.open_session(authority, target, extra)
+            if chosen_protocol is not None and chosen_protocol not in offer:
+                raise ProtocolError(ErrorCode.VERSION, f"server chose {chosen_protocol!r}, which we did not offer")
+            start = await start_client(connection, limits, protocol=chosen_protocol, path=None, versions=chosen,
+                                       timeout=setup_timeout)
     except TimeoutError:
         await stack.aclose()
         raise MoQError(f"no session with {url} within {setup_timeout:.1f}s") from None
@@ -201,11 +217,12 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
         connection.close(int(ErrorCode.CANCEL))
         await stack.aclose()
 
-    session = Session(connection, codec, mux=mux, limits=limits, is_client=True, path=target,
-                      session_stream=(stream, reader), logger_=log, timeout=setup_timeout)
+    session = Session(connection, start.codec, mux=mux, limits=limits, is_client=True, path=target,
+                      session_stream=start.session_stream, logger_=log, timeout=setup_timeout)
+    session.peer_setup = start.peer_setup
     session.add_cleanup(close_connection)
     session.start()
-    log.info("WebTransport session established with %s using %s", url, codec.name)
+    log.info("WebTransport session established with %s using %s", url, start.codec.name)
     return session
 
 

@@ -12,6 +12,12 @@ an extended CONNECT with ``:protocol = webtransport`` arrives and owns
 * datagrams (a bounded queue: the oldest is dropped when full),
 * the WebTransport application error-code mapping for resets and stops.
 
+Codes are translated in two steps: the connection's ``error_codes`` map
+(the MoQ dialect's numbering, see :mod:`moqt_asgi.protocol.codes`) between
+our flat codes and the application codes, then WebTransport's HTTP/3
+mapping between application codes and the wire. CLOSE_WEBTRANSPORT_SESSION
+carries the dialect's session close code.
+
 Everything the HTTP/3 layer calls (``_on_*`` methods) runs inside the QUIC
 event loop: it never awaits and never raises. The :class:`SessionHost`
 (the Hypercorn integration) owns the QUIC and HTTP/3 connections and the
@@ -29,12 +35,12 @@ from typing import Any, Literal
 
 from aioquic.quic.connection import stream_is_client_initiated, stream_is_unidirectional
 
+from ..protocol.codes import clamp_app_code
 from ..protocol.errors import ErrorCode, MoQError, SessionClosed, StreamError
 from ..protocol.limits import DEFAULT_LIMITS, Limits
 from ..transport.base import BidiStream, Connection, ReceiveStream, SendStream
 from ..transport.buffers import ReceiveBuffer
 from .capsules import (
-    MAX_APP_CODE,
     WT_BUFFERED_STREAM_REJECTED,
     WT_SESSION_GONE,
     CapsuleError,
@@ -86,7 +92,7 @@ class SessionHost(abc.ABC):
 
 def _wire_code(code: int) -> int:
     """An engine error code as the HTTP/3 code on the wire (clamped to 32 bits)."""
-    return app_to_http(min(max(int(code), 0), MAX_APP_CODE))
+    return app_to_http(clamp_app_code(code))
 
 
 def _engine_code(http_code: int) -> int:
@@ -109,7 +115,7 @@ class WebTransportStream(BidiStream):
         self._stop_code: int | None = None
         self._stopped_callbacks: list[Callable[[int], None]] = []
         self.peer_reset_code: int | None = None
-        """The application code of the peer's RESET_STREAM, once it arrived."""
+        """The code of the peer's RESET_STREAM once it arrived, through the session's ``error_codes`` map."""
 
     def __repr__(self) -> str:
         return f"<WebTransportStream {self.stream_id} of session {self._session.session_id}>"
@@ -363,8 +369,8 @@ class WebTransportSession(Connection):
         if self.state == "pending":
             self.reject(403)
             return
-        code = min(max(int(code), 0), MAX_APP_CODE)
-        self._send_connect_end(encode_close(code, reason))
+        code = clamp_app_code(code)
+        self._send_connect_end(encode_close(clamp_app_code(self.error_codes.session_out(code)), reason))
         self._terminate(SessionClosed(code, reason, remote=False))
 
     async def wait_closed(self) -> SessionClosed:
@@ -512,7 +518,7 @@ class WebTransportSession(Connection):
         if self._closed is not None and not wire:
             return
         try:
-            self.host.quic.reset_stream(stream_id, code if wire else _wire_code(code))
+            self.host.quic.reset_stream(stream_id, code if wire else self._stream_code_out(stream_id, code))
         except ValueError:
             return
         self.host.transmit_soon()
@@ -523,10 +529,19 @@ class WebTransportSession(Connection):
         if self._closed is None:
             self._stopped.add(stream_id)
         try:
-            self.host.quic.stop_stream(stream_id, code if wire else _wire_code(code))
+            self.host.quic.stop_stream(stream_id, code if wire else self._stream_code_out(stream_id, code))
         except ValueError:
             return
         self.host.transmit_soon()
+
+    def _stream_code_out(self, stream_id: int, code: int) -> int:
+        return _wire_code(self.error_codes.stream_out(code, bidi=not stream_id & 2))
+
+    def _stream_code_in(self, stream_id: int, http_code: int) -> int:
+        code = http_to_app(http_code)
+        if code is None:  # not an application code (an HTTP/3 one): the stream was cancelled
+            return int(ErrorCode.CANCEL)
+        return self.error_codes.stream_in(code, bidi=not stream_id & 2)
 
     def _sending_finished(self, stream: WebTransportStream) -> None:
         if not stream_is_unidirectional(stream.stream_id):
@@ -574,7 +589,7 @@ class WebTransportSession(Connection):
         stream = self._streams.get(stream_id)
         if stream is None or stream._buffer is None:
             return
-        code = _engine_code(http_code)
+        code = self._stream_code_in(stream_id, http_code)
         stream.peer_reset_code = code
         stream._buffer.fail(StreamError(code, f"peer reset stream {stream_id} with code {code}"))
         self._maybe_forget(stream)
@@ -583,7 +598,7 @@ class WebTransportSession(Connection):
         stream = self._streams.get(stream_id)
         if stream is None:
             return
-        stream._peer_stopped(_engine_code(http_code))
+        stream._peer_stopped(self._stream_code_in(stream_id, http_code))
         if not stream_is_unidirectional(stream_id):
             self.host.finish_sending(stream_id)
         self._maybe_forget(stream)
@@ -610,7 +625,7 @@ class WebTransportSession(Connection):
         for capsule in capsules:
             if isinstance(capsule, CloseCapsule):
                 self._send_connect_end(b"")
-                self._terminate(SessionClosed(capsule.code, capsule.reason, remote=True))
+                self._terminate(SessionClosed(self.error_codes.session_in(capsule.code), capsule.reason, remote=True))
                 return
             if not self.draining:
                 self.draining = True
