@@ -7,23 +7,33 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from moqt_asgi.app import MoQ
-from moqt_asgi.handshake import client_setup
+from moqt_asgi.handshake import start_client
 from moqt_asgi.mux import TrackMux
 from moqt_asgi.native import QuicServer
 from moqt_asgi.protocol.limits import DEFAULT_LIMITS, Limits
+from moqt_asgi.protocol.versions import ALPN_GOMOQT, GOMOQT_DIALECT, SETUP_VERSIONS, Version
 from moqt_asgi.request import SetupRequest
 from moqt_asgi.serving import serve_connection
 from moqt_asgi.session import Session
 from moqt_asgi.transport.memory import MemoryConnection, memory_pair
 
 
+def protocol_of(version: Version) -> str | None:
+    """The ALPN that selects ``version`` (``None``: a SETUP exchange picks it)."""
+    if version is GOMOQT_DIALECT:
+        return ALPN_GOMOQT
+    return version.alpn
+
+
 @contextlib.asynccontextmanager
 async def memory_sessions(app: MoQ | None = None, *, client_mux: TrackMux | None = None, path: str = "/",
-                          limits: Limits = DEFAULT_LIMITS
+                          limits: Limits = DEFAULT_LIMITS, version: Version | None = None
                           ) -> AsyncIterator[tuple[Session, Session, MemoryConnection, MemoryConnection]]:
     """A client session connected to ``app`` over the in-memory transport.
 
-    Yields ``(client, server, client_conn, server_conn)``.
+    ``version`` forces one version (as its ALPN would on native QUIC); the
+    default is a lite-01/02 SETUP exchange. Yields ``(client, server,
+    client_conn, server_conn)``.
     """
     app = app or MoQ(limits=limits)
     client_conn, server_conn = memory_pair()
@@ -35,10 +45,12 @@ async def memory_sessions(app: MoQ | None = None, *, client_mux: TrackMux | None
         await original(request)
 
     app.handle_setup = capture  # type: ignore[method-assign]
-    serving = asyncio.ensure_future(serve_connection(app, server_conn, transport="memory"))
-    codec, stream, reader = await client_setup(client_conn, limits, path=path)
-    client = Session(client_conn, codec, mux=client_mux, limits=limits, is_client=True, path=path,
-                     session_stream=(stream, reader))
+    protocol = None if version is None else protocol_of(version)
+    versions = SETUP_VERSIONS if version is None else (version,)
+    serving = asyncio.ensure_future(serve_connection(app, server_conn, transport="memory", protocol=protocol))
+    start = await start_client(client_conn, limits, protocol=protocol, path=path, versions=versions)
+    client = Session(client_conn, start.codec, mux=client_mux, limits=limits, is_client=True, path=path,
+                     session_stream=start.session_stream)
     client.start()
     for _ in range(1000):
         if requests and requests[0].session is not None:
