@@ -18,6 +18,7 @@ from .mux import TrackMux
 from .native import QuicServer
 from .producer import Broadcast
 from .protocol.errors import MoQError
+from .protocol.versions import ALL_VERSIONS, DEFAULT_VERSIONS, Version
 from .session import Session
 
 
@@ -49,7 +50,7 @@ async def _serve(args: argparse.Namespace) -> None:
     host, port = _host_port(args.bind)
     await app.startup()
     server = QuicServer(app, host=host, port=port, certfile=args.certfile, keyfile=args.keyfile,
-                        webtransport=not args.no_webtransport)
+                        webtransport=not args.no_webtransport, versions=args.versions)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -68,7 +69,7 @@ async def _serve(args: argparse.Namespace) -> None:
 async def _dial(args: argparse.Namespace, mux: TrackMux | None = None) -> Session:
     headers = [("origin", args.origin)] if args.origin else []
     return await dial(args.url, mux=mux, fingerprint=args.fingerprint, insecure=args.insecure, cafile=args.cafile,
-                      headers=headers)
+                      headers=headers, versions=args.versions or DEFAULT_VERSIONS)
 
 
 async def _sub(args: argparse.Namespace) -> None:
@@ -112,6 +113,22 @@ def _cert(args: argparse.Namespace) -> None:
     print(f"certificate: {cert}\nkey: {key}\nsha256: {fingerprint}")
 
 
+def parse_versions(value: str) -> tuple[Version, ...]:
+    """``moq-lite-06,moq-lite-02`` (names as in ``--help``) to versions."""
+    by_name = {v.name: v for v in ALL_VERSIONS}
+    chosen = []
+    for name in (part.strip() for part in value.split(",") if part.strip()):
+        if name not in by_name:
+            raise argparse.ArgumentTypeError(f"unknown version {name!r}; known: {', '.join(by_name)}")
+        chosen.append(by_name[name])
+    if not chosen:
+        raise argparse.ArgumentTypeError("no version given")
+    return tuple(chosen)
+
+
+VERSIONS_HELP = "comma-separated versions to allow (default all: " + ", ".join(v.name for v in ALL_VERSIONS) + ")"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m moqt_asgi", description="Media over QUIC (moq-lite) tools")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -123,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-webtransport", action="store_true", help="offer only ALPN moql (no HTTP/3)")
     serve.add_argument("--certfile", required=True)
     serve.add_argument("--keyfile", required=True)
+    serve.add_argument("--versions", type=parse_versions, default=None, help=VERSIONS_HELP)
 
     def client_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("url", help="moql://host:port/path (native QUIC) or https://host:port/path (WebTransport)")
@@ -132,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--insecure", action="store_true", help="do not verify the server certificate")
         command.add_argument("--cafile", help="trust this CA bundle")
         command.add_argument("--origin", help="Origin header for the WebTransport CONNECT (https:// only)")
+        command.add_argument("--versions", type=parse_versions, default=None, help=VERSIONS_HELP)
 
     sub = commands.add_parser("sub", help="print each frame of a track as a line")
     client_options(sub)

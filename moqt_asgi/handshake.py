@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from .protocol.codes import GOMOQT_SETUP_CODES
 from .protocol.errors import ErrorCode, ProtocolError, SetupRejected, StreamError
 from .protocol.limits import Limits
 from .protocol.lite import Codec
@@ -170,6 +171,7 @@ async def start_client(connection: Connection, limits: Limits, *, protocol: str 
     if protocol == ALPN_GOMOQT or (GOMOQT_DIALECT in versions and not any(v in SETUP_VERSIONS for v in versions)):
         if GOMOQT_DIALECT not in versions:
             raise ProtocolError(ErrorCode.VERSION, "server chose gomoqt's moq-00, which we did not offer")
+        connection.error_codes = GOMOQT_SETUP_CODES  # gomoqt refuses with session codes on the session stream
         codec, stream, reader = await client_setup(connection, limits, path=path, versions=(GOMOQT_DIALECT,),
                                                    framing=SetupFraming.LEGACY, timeout=timeout)
         return ClientStart(codec, (stream, reader))

@@ -292,6 +292,7 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
     session.peer_setup = start.peer_setup
     session.add_cleanup(stack.aclose)
     session.start()
+    await session._started.wait()
     log.info("session established with %s using %s", url, start.codec.name)
     return session
 

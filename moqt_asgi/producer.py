@@ -1,27 +1,36 @@
 """Produce once, deliver to every subscriber.
 
 A :class:`Broadcast` holds named :class:`TrackProducer` objects. Each group a
-producer appends is kept in memory while it is among the newest few, and
-every current subscriber is fed from that same copy; a new subscriber starts
-at the latest group. A subscriber that falls behind skips to newer groups:
-slow readers lose old groups, never memory.
+producer appends is kept in memory while it is among the newest few
+(``cached_groups``), and every current subscriber is fed from that same copy.
+A new subscriber starts at the latest group, or at the ``start_group`` it
+asked for if that is still cached; a subscriber that falls behind skips to
+newer groups: slow readers lose old groups, never memory. Finished cached
+groups also answer FETCH (:meth:`Broadcast.fetch_group`), and every frame
+keeps its timestamp (lite-05+ carries it on the wire).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from .paths import normalize_path
 from .protocol.errors import ErrorCode, MoQError, StreamError
+from .protocol.messages import TrackInfo
+from .track import DEFAULT_TIMESCALE
 
 if TYPE_CHECKING:
     from .track import TrackWriter
 
 DEFAULT_CACHED_GROUPS = 2
 DEFAULT_MAX_GROUP_BYTES = 64 * 1024 * 1024
+
+FetchedGroup = list[tuple[bytes, int | None]]
+"""The frames of one group as FETCH serves them: ``(payload, timestamp)`` each."""
 
 
 class _Signal:
@@ -44,14 +53,24 @@ class _Signal:
 
 
 class GroupProducer:
-    """One group of frames, written once and read by any number of subscribers."""
+    """One group of frames, written once and read by any number of subscribers.
 
-    def __init__(self, sequence: int, max_bytes: int = DEFAULT_MAX_GROUP_BYTES) -> None:
+    Each frame keeps a timestamp in the track's ``timescale`` (units per
+    second; milliseconds by default), the wall clock unless the writer gives one.
+    """
+
+    def __init__(self, sequence: int, max_bytes: int = DEFAULT_MAX_GROUP_BYTES, *,
+                 timescale: int = DEFAULT_TIMESCALE) -> None:
         self.sequence = sequence
         self.frames: list[bytes] = []
+        self.timestamps: list[int] = []
+        """One per frame, in the track's timescale."""
         self.size = 0
         self.finished = False
         self.error: int | None = None
+        self.timescale = timescale
+        self.created = time.monotonic()
+        """When the group was started (``time.monotonic()``), for max-latency decisions."""
         self._max_bytes = max_bytes
         self._signal = _Signal()
 
@@ -59,13 +78,23 @@ class GroupProducer:
     def done(self) -> bool:
         return self.finished or self.error is not None
 
-    def write_frame(self, payload: bytes) -> None:
+    def age_ms(self, now: float | None = None) -> float:
+        """Milliseconds since the group was started."""
+        return ((time.monotonic() if now is None else now) - self.created) * 1000
+
+    def write_frame(self, payload: bytes, timestamp: int | None = None) -> None:
+        """Append a frame; ``timestamp`` (in the track's timescale) defaults to the wall clock."""
         if self.done:
             raise MoQError(f"group {self.sequence} is already {'finished' if self.finished else 'aborted'}")
         if self.size + len(payload) > self._max_bytes:
             self.abort(ErrorCode.TOO_LARGE)
             raise MoQError(f"group {self.sequence} would exceed {self._max_bytes} bytes")
+        if timestamp is None:
+            timestamp = int(time.time() * self.timescale)
+        elif timestamp < 0:
+            raise ValueError(f"timestamp must not be negative, got {timestamp}")
         self.frames.append(bytes(payload))
+        self.timestamps.append(timestamp)
         self.size += len(payload)
         self._signal.fire()
 
@@ -79,6 +108,10 @@ class GroupProducer:
             self.error = int(code)
             self._signal.fire()
 
+    def timed_frames(self) -> FetchedGroup:
+        """The frames written so far, each with its timestamp."""
+        return list(zip(self.frames, self.timestamps, strict=True))
+
     async def wait_frames(self, have: int) -> list[bytes]:
         """Frames after the first ``have``; empty once the group is done and fully read."""
         while have >= len(self.frames) and not self.done:
@@ -87,7 +120,7 @@ class GroupProducer:
             raise StreamError(self.error, f"group {self.sequence} was aborted")
         return self.frames[have:]
 
-    async def __aiter__(self):  # type: ignore[no-untyped-def]
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         have = 0
         while frames := await self.wait_frames(have):
             have += len(frames)
@@ -96,12 +129,22 @@ class GroupProducer:
 
 
 class TrackProducer:
-    """The publishing side of one track: append groups, write frames."""
+    """The publishing side of one track: append groups, write frames.
+
+    The newest ``cached_groups`` groups are kept: late subscribers may start
+    from any of them, and finished ones answer FETCH. ``priority``,
+    ``max_latency_ms`` and ``timescale`` are what TRACK_INFO (lite-05+) reports.
+    """
 
     def __init__(self, name: str, *, priority: int = 0, cached_groups: int = DEFAULT_CACHED_GROUPS,
-                 max_group_bytes: int = DEFAULT_MAX_GROUP_BYTES) -> None:
+                 max_group_bytes: int = DEFAULT_MAX_GROUP_BYTES, max_latency_ms: int = 0,
+                 timescale: int = DEFAULT_TIMESCALE) -> None:
+        if timescale <= 0:
+            raise ValueError(f"timescale must be positive, got {timescale}")
         self.name = name
         self.priority = priority
+        self.max_latency_ms = max_latency_ms
+        self.timescale = timescale
         self._groups: deque[GroupProducer] = deque(maxlen=max(1, cached_groups))
         self._next_sequence = 0
         self._max_group_bytes = max_group_bytes
@@ -115,8 +158,28 @@ class TrackProducer:
         return self.finished or self.error is not None
 
     @property
+    def cached_groups(self) -> int:
+        """How many of the newest groups are kept."""
+        return self._groups.maxlen or 1
+
+    @property
     def latest(self) -> GroupProducer | None:
         return self._groups[-1] if self._groups else None
+
+    def cached(self) -> list[GroupProducer]:
+        """The groups still kept, oldest first."""
+        return list(self._groups)
+
+    def group(self, sequence: int) -> GroupProducer | None:
+        """Group ``sequence`` if it is still cached."""
+        for group in self._groups:
+            if group.sequence == sequence:
+                return group
+        return None
+
+    def info(self) -> TrackInfo:
+        """This track's TRACK_INFO."""
+        return TrackInfo(priority=self.priority, max_latency_ms=self.max_latency_ms, timescale=self.timescale)
 
     def create_group(self, sequence: int) -> GroupProducer:
         """Start group ``sequence``; later appends continue after it."""
@@ -125,7 +188,7 @@ class TrackProducer:
         latest = self.latest
         if latest is not None and sequence <= latest.sequence:
             raise MoQError(f"group {sequence} is not newer than group {latest.sequence}")
-        group = GroupProducer(sequence, self._max_group_bytes)
+        group = GroupProducer(sequence, self._max_group_bytes, timescale=self.timescale)
         if len(self._groups) == self._groups.maxlen:
             evicted = self._groups[0]
             if not evicted.done:
@@ -140,10 +203,10 @@ class TrackProducer:
     def append_group(self) -> GroupProducer:
         return self.create_group(self._next_sequence)
 
-    def write_frame(self, payload: bytes) -> None:
+    def write_frame(self, payload: bytes, timestamp: int | None = None) -> None:
         """Write a group holding just this frame."""
         group = self.append_group()
-        group.write_frame(payload)
+        group.write_frame(payload, timestamp)
         group.finish()
 
     def finish(self) -> None:
@@ -161,8 +224,16 @@ class TrackProducer:
                 group.abort(code)
             self._signal.fire()
 
-    def subscribe(self) -> TrackConsumer:
-        return TrackConsumer(self)
+    def fetch(self, sequence: int) -> FetchedGroup | None:
+        """The frames of group ``sequence`` if it is cached and finished, else ``None``."""
+        group = self.group(sequence)
+        if group is None or not group.finished:
+            return None
+        return group.timed_frames()
+
+    def subscribe(self, start_group: int | None = None) -> TrackConsumer:
+        """A reader from the latest group on, or from ``start_group`` (see :class:`TrackConsumer`)."""
+        return TrackConsumer(self, start_group)
 
     async def _next_after(self, sequence: int | None) -> GroupProducer | None:
         while True:
@@ -180,11 +251,26 @@ class TrackProducer:
 
 
 class TrackConsumer:
-    """Reads a :class:`TrackProducer` from its latest group on, skipping what it missed."""
+    """Reads a :class:`TrackProducer`, skipping what it missed.
 
-    def __init__(self, producer: TrackProducer) -> None:
+    It starts at the latest group, or with ``start_group`` at that group if
+    it is still cached, else at the oldest cached group after it (waiting for
+    it if it lies in the future).
+    """
+
+    def __init__(self, producer: TrackProducer, start_group: int | None = None) -> None:
         self.producer = producer
-        self._last: int | None = None
+        self._last: int | None = None if start_group is None else start_group - 1
+
+    @property
+    def position(self) -> int | None:
+        """The sequence of the group returned last (``None`` before the first)."""
+        return self._last
+
+    def skip_to(self, sequence: int) -> None:
+        """Continue at ``sequence`` or later; never goes back to a group already passed."""
+        if self._last is None or sequence - 1 > self._last:
+            self._last = sequence - 1
 
     async def next_group(self) -> GroupProducer | None:
         group = await self.producer._next_after(self._last)
@@ -202,25 +288,59 @@ class TrackConsumer:
         return group
 
 
-async def serve_producer(producer: TrackProducer, writer: TrackWriter, *, max_groups_in_flight: int = 2) -> None:
+def _stale(producer: TrackProducer, group: GroupProducer, max_latency_ms: int) -> bool:
+    """Older than the subscriber's max latency while a newer group exists (as the engine judges open groups)."""
+    latest = producer.latest
+    return (max_latency_ms > 0 and latest is not None and latest.sequence > group.sequence
+            and group.age_ms() > max_latency_ms)
+
+
+async def serve_producer(producer: TrackProducer, writer: TrackWriter, *, max_groups_in_flight: int | None = None) -> None:
     """Deliver ``producer`` to one subscription until the track ends.
 
+    The subscription's wishes are honoured, and re-read before each group so
+    a SUBSCRIBE_UPDATE takes effect: ``start_group`` (start there if still
+    cached, else at the oldest cached group after it, or wait for it),
+    ``end_group`` (stop once it is sent; the track then ends cleanly) and
+    ``max_latency_ms`` (a cached group older than that, with a newer one
+    available, is skipped rather than sent late).
+
     Groups are sent concurrently (newer ones first, by the session's
-    scheduler). When more than ``max_groups_in_flight`` are still being sent,
-    the oldest is abandoned with a reset: a slow subscriber loses old groups.
+    scheduler). When more than ``max_groups_in_flight`` (default: the
+    producer's cache size, at least 2) are still being sent, the oldest is
+    abandoned with a reset: a slow subscriber loses old groups.
     """
+    limit = max_groups_in_flight if max_groups_in_flight is not None else max(2, producer.cached_groups)
+    writer.timescale = producer.timescale
     writer.accept()
-    consumer = producer.subscribe()
+    start = writer.start_group
+    consumer = producer.subscribe(start)
     producer.subscribers += 1
     failure: int | None = None
     try:
         async with asyncio.TaskGroup() as tg:
             in_flight: deque[asyncio.Task[None]] = deque()
-            async for group in consumer:
+            while True:
+                end = writer.end_group
+                position = consumer.position
+                if end is not None and position is not None and position >= end:
+                    break  # everything up to the end group was handed out
+                if writer.start_group != start:  # moved by SUBSCRIBE_UPDATE
+                    start = writer.start_group
+                    if start is not None:
+                        consumer.skip_to(start)
+                group = await consumer.next_group()
+                if group is None:
+                    break
+                end, start = writer.end_group, writer.start_group
+                if end is not None and group.sequence > end:
+                    break
+                if (start is not None and group.sequence < start) or _stale(producer, group, writer.max_latency_ms):
+                    continue
                 in_flight.append(tg.create_task(_send_group(group, writer)))
                 while in_flight and in_flight[0].done():
                     in_flight.popleft()
-                while len(in_flight) > max_groups_in_flight:
+                while len(in_flight) > limit:
                     in_flight.popleft().cancel()
     except* StreamError as group:
         failure = next(e.code for e in group.exceptions if isinstance(e, StreamError))
@@ -237,9 +357,10 @@ async def _send_group(group: GroupProducer, writer: TrackWriter) -> None:
     try:
         have = 0
         while frames := await group.wait_frames(have):
+            timestamps = group.timestamps[have:have + len(frames)]
             have += len(frames)
-            for frame in frames:
-                await out.write_frame(frame)
+            for frame, timestamp in zip(frames, timestamps, strict=True):
+                await out.write_frame(frame, timestamp)
         await out.close()
     except asyncio.CancelledError:
         out.abort(ErrorCode.OLD)
@@ -252,7 +373,9 @@ class Broadcast:
     """A named set of tracks published together.
 
     ``on_missing_track(name)`` may create tracks on demand (a relay does);
-    without it, unknown names are refused with ``NOT_FOUND``.
+    without it, unknown names are refused with ``NOT_FOUND``. As a track
+    handler it also answers FETCH (:meth:`fetch_group`) and TRACK
+    (:meth:`track_info`) from its tracks.
     """
 
     def __init__(self, path: str = "", *, on_missing_track: Callable[[str], TrackProducer | None] | None = None) -> None:
@@ -260,10 +383,12 @@ class Broadcast:
         self._tracks: dict[str, TrackProducer] = {}
         self._on_missing_track = on_missing_track
 
-    def create_track(self, name: str, *, priority: int = 0, cached_groups: int = DEFAULT_CACHED_GROUPS) -> TrackProducer:
+    def create_track(self, name: str, *, priority: int = 0, cached_groups: int = DEFAULT_CACHED_GROUPS,
+                     max_latency_ms: int = 0, timescale: int = DEFAULT_TIMESCALE) -> TrackProducer:
         if name in self._tracks and not self._tracks[name].done:
             raise MoQError(f"track {name!r} already exists in broadcast {self.path!r}")
-        track = TrackProducer(name, priority=priority, cached_groups=cached_groups)
+        track = TrackProducer(name, priority=priority, cached_groups=cached_groups, max_latency_ms=max_latency_ms,
+                              timescale=timescale)
         self._tracks[name] = track
         return track
 
@@ -289,6 +414,16 @@ class Broadcast:
         for track in self._tracks.values():
             track.finish()
         self._tracks.clear()
+
+    async def fetch_group(self, track: str, sequence: int) -> FetchedGroup | None:
+        """FETCH: the frames (with timestamps) of a finished cached group, else ``None`` (refused as NOT_FOUND)."""
+        producer = self._tracks.get(track)
+        return producer.fetch(sequence) if producer is not None else None
+
+    def track_info(self, track: str) -> TrackInfo | None:
+        """TRACK (lite-05+): the track's priority, max latency and timescale; ``None`` for an unknown track."""
+        producer = self.get_track(track)
+        return producer.info() if producer is not None else None
 
     async def __call__(self, writer: TrackWriter) -> None:
         """Serve one subscription (this makes a Broadcast a track handler)."""

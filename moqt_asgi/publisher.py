@@ -221,8 +221,7 @@ async def serve_fetch(session: Session, stream: BidiStream, reader: StreamReader
         for payload, _ in frames:
             out += codec.encode_frame(payload)
     await session._scheduler.send(stream, bytes(out), end=True, priority=msg.priority, sequence=msg.group)
-    with contextlib.suppress(StreamError, SessionClosed):
-        await reader.at_eof()
+    await _expect_fin(reader)
 
 
 # -- track info (lite-05+)
@@ -238,8 +237,7 @@ async def serve_track(session: Session, stream: BidiStream, reader: StreamReader
     if info is None:
         info = TrackInfo(priority=0, max_latency_ms=0, timescale=DEFAULT_TIMESCALE)
     stream.write(codec.encode_track_info(info), end=True)
-    with contextlib.suppress(StreamError, SessionClosed):
-        await reader.at_eof()
+    await _expect_fin(reader)
 
 
 # -- probe (lite-03+): the peer's bitrate and RTT reports; we read them and report nothing ourselves
@@ -260,8 +258,16 @@ async def serve_goaway(session: Session, stream: BidiStream, reader: StreamReade
     codec: Any = session.codec
     msg = codec.decode_goaway(await session._with_timeout(reader.read_message(session.limits.max_message_size)))
     session._goaway_received(msg.uri)
-    with contextlib.suppress(StreamError, SessionClosed):
-        await reader.at_eof()
+    await _expect_fin(reader)
+
+
+async def _expect_fin(reader: StreamReader) -> None:
+    """The rest of a one-message request stream: FIN (or a reset); anything more breaks the protocol."""
+    try:
+        if not await reader.at_eof():
+            raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "unexpected data after a request")
+    except (StreamError, SessionClosed):
+        pass
 
 
 async def _first_of(*aws: Any) -> None:

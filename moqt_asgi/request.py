@@ -59,9 +59,13 @@ class SetupRequest:
 
     @classmethod
     def from_target(cls, target: str | None, **kwargs: object) -> SetupRequest:
-        """Build from a path that may carry ``?query``."""
+        """Build from a path that may carry ``?query``.
+
+        A session that carries no path at all (lite-03/04 on native QUIC, or a
+        client that sent none) is at the root, ``"/"``.
+        """
         path, _, query = (target or "").partition("?")
-        return cls(path=path, query=query, **kwargs)  # type: ignore[arg-type]
+        return cls(path=path or "/", query=query, **kwargs)  # type: ignore[arg-type]
 
     @property
     def decided(self) -> bool:

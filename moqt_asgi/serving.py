@@ -21,6 +21,7 @@ from .handshake import (
     send_server_setup,
 )
 from .mux import TrackMux
+from .protocol.codes import GOMOQT_SETUP_CODES, SCOPED_CODES
 from .protocol.errors import ErrorCode, ProtocolError, SessionClosed, StreamError
 from .protocol.limits import Limits
 from .protocol.messages import LiteSetup
@@ -148,6 +149,7 @@ class _Start:
                           session_stream=stream, logger_=self.log, timeout=self.timeout)
         session.peer_setup = self.peer_setup
         session.start()
+        await session._started.wait()  # running: the handler may spawn into it at once
         return session
 
     def reject(self, code: int, reason: str) -> None:
@@ -159,6 +161,7 @@ class _Start:
 async def _start_fixed(connection: Connection, version: Version, versions: tuple[Version, ...], app: MoQ,
                        timeout: float, log: logging.Logger) -> _Start | None:
     """lite-03+: the ALPN chose the version; 05+ also read the client's SETUP (its path, on native QUIC)."""
+    connection.error_codes = version.codec.error_codes  # the ALPN fixed the dialect: a refused SETUP speaks it too
     if version not in versions:
         raise ProtocolError(ErrorCode.VERSION, f"{version.name} is not enabled on this server")
     path = None
@@ -172,24 +175,36 @@ async def _start_fixed(connection: Connection, version: Version, versions: tuple
 
 async def _start_negotiated(connection: Connection, protocol: str | None, versions: tuple[Version, ...], app: MoQ,
                             timeout: float, log: logging.Logger) -> _Start | None:
-    """A SETUP exchange on the first bidi stream: lite-01/02 (``moql``) or gomoqt (``moq-00``)."""
+    """A SETUP exchange on the first bidi stream: lite-01/02 (``moql``) or gomoqt (``moq-00``).
+
+    Setup failures on ``moq-00`` close with gomoqt's session codes, except an
+    IETF ``0x20`` setup, refused in IETF numbering (0x15, version negotiation failed).
+    """
+    if protocol == ALPN_GOMOQT:
+        connection.error_codes = GOMOQT_SETUP_CODES
     async with asyncio.timeout(timeout):
         offer = await read_client_setup(connection, app.limits)
     candidates = setup_versions(versions)
     if protocol == ALPN_GOMOQT:
         if offer.framing is SetupFraming.COMPAT:
-            _refuse(connection, offer, "IETF moq-transport (moq-00 with a 0x20 setup) is not supported; "
-                                       "use moq-lite (moql, moq-lite-0N) or gomoqt's dialect", log)
+            connection.error_codes = SCOPED_CODES
+            _refuse(connection, offer, "IETF moq-transport (a 0x20 setup on moq-00) is not supported; "
+                                       "speak moq-lite or gomoqt's dialect", log)
             return None
         candidates = tuple(v for v in candidates if v is GOMOQT_DIALECT)
     elif offer.framing is SetupFraming.COMPAT:
         candidates = tuple(v for v in candidates if v is not GOMOQT_DIALECT)
     version = choose_version(offer.setup.versions, candidates)
     if version is None:
+        if offer.framing is SetupFraming.LEGACY and GOMOQT_DIALECT.number in offer.setup.versions:
+            connection.error_codes = GOMOQT_SETUP_CODES  # gomoqt over WebTransport
         offered = ", ".join(version_name(v) for v in offer.setup.versions)
         _refuse(connection, offer, f"no common version; peer offered {offered}", log)
         return None
-    return _Start(connection, version, app.limits, timeout, log, offer=offer, path=offer.path)
+    start = _Start(connection, version, app.limits, timeout, log, offer=offer, path=offer.path)
+    if version is GOMOQT_DIALECT:
+        connection.error_codes = GOMOQT_SETUP_CODES  # until the session starts (a rejection resets its stream)
+    return start
 
 
 def _refuse(connection: Connection, offer: SetupOffer, reason: str, log: logging.Logger) -> None:

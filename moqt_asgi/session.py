@@ -218,7 +218,10 @@ class Session:
                 stream = await self.connection.accept_bi()
             except SessionClosed:
                 return
-            self._spawn(self._reset_on_timeout(stream, self._serve_bidi(stream)), f"bidi-{stream.stream_id}")
+            try:
+                self._spawn(self._reset_on_timeout(stream, self._serve_bidi(stream)), f"bidi-{stream.stream_id}")
+            except SessionClosed:
+                return
 
     async def _accept_uni_loop(self) -> None:
         while True:
@@ -226,7 +229,10 @@ class Session:
                 stream = await self.connection.accept_uni()
             except SessionClosed:
                 return
-            self._spawn(self._reset_on_timeout(stream, self._serve_uni(stream)), f"uni-{stream.stream_id}")
+            try:
+                self._spawn(self._reset_on_timeout(stream, self._serve_uni(stream)), f"uni-{stream.stream_id}")
+            except SessionClosed:
+                return
 
     async def _reset_on_timeout(self, stream: ReceiveStream, coro: Awaitable[None]) -> None:
         """A peer that opens a stream and stalls before its first message loses the stream, not the session."""

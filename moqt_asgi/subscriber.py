@@ -30,11 +30,14 @@ from .protocol.messages import (
 from .protocol.wire import encode_varint
 from .reader import StreamReader
 from .track import TrackReader
+from .transport.base import BidiStream
 
 if TYPE_CHECKING:
     from .session import Session
 
 MAX_DROP_NOTICES = 64
+STRAGGLER_GRACE = 0.1
+"""Seconds a cleanly ended subscription still accepts groups sent before its end."""
 
 
 async def _read_response(session: Session, reader: StreamReader) -> Any:
@@ -49,6 +52,13 @@ async def _read_response(session: Session, reader: StreamReader) -> Any:
     msg_type = await reader.read_varint()
     body = await reader.read_message(limit)
     return codec.decode_subscribe_response(msg_type, body)
+
+
+def _refuse_answer(stream: BidiStream, exc: ProtocolError) -> None:
+    """The answer to one of our requests broke the protocol: the caller gets ``exc``, the peer its code on this stream."""
+    with contextlib.suppress(MoQError):
+        stream.stop(exc.code)
+        stream.reset(exc.code)
 
 
 def _apply_response(track: TrackReader, msg: Any) -> None:
@@ -105,6 +115,12 @@ async def subscribe(session: Session, broadcast: str, track: str, *, priority: i
     except StreamError as exc:
         session._subscriptions.pop(subscribe_id, None)
         raise SubscribeError(exc.code, f"subscription to {broadcast}/{track} refused with code {exc.code}") from None
+    except ProtocolError as exc:
+        session._subscriptions.pop(subscribe_id, None)
+        if first is not None:
+            first.cancel()
+        _refuse_answer(stream, exc)
+        raise
     except BaseException:
         session._subscriptions.pop(subscribe_id, None)
         if first is not None:
@@ -129,6 +145,7 @@ async def _watch_publisher(session: Session, track: TrackReader, reader: StreamR
                     isinstance(msg, SubscribeOk | SubscribeStart) and track._started_once):
                 raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "a second subscribe response")
             _apply_response(track, msg)
+        await _await_stragglers(track)
         track._end()
     except StreamError as exc:
         track._end(SubscribeError(exc.code, f"publisher aborted {track.broadcast}/{track.track} with code {exc.code}"))
@@ -142,6 +159,27 @@ async def _watch_publisher(session: Session, track: TrackReader, reader: StreamR
         raise
     finally:
         session._subscriptions.pop(track.subscribe_id, None)
+
+
+async def _await_stragglers(track: TrackReader) -> None:
+    """Groups sent before a track's clean end travel on their own streams and may arrive after it: take them a while longer.
+
+    lite-05+ says where the track ended (SUBSCRIBE_END), so this returns as
+    soon as the group before that bound is in; otherwise after :data:`STRAGGLER_GRACE`.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STRAGGLER_GRACE
+    while not track._closed:
+        end = track.end_group
+        newest = track.newest_group
+        if end is not None and (end <= (track.start_group or 0) or (newest is not None and newest >= end - 1)):
+            return
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        track._arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(track._arrived.wait(), remaining)
 
 
 def update(session: Session, track: TrackReader, msg: SubscribeUpdate) -> None:
@@ -173,6 +211,9 @@ async def announced(session: Session, prefix: str) -> AnnouncementReader:
             state.peer_hop = ok.hop_id
             for _ in range(ok.active_count):
                 await session._with_timeout(state.read_one(reader))
+    except ProtocolError as exc:
+        _refuse_answer(stream, exc)
+        raise
     except BaseException:
         stream.reset(ErrorCode.CANCEL)
         raise
@@ -216,7 +257,12 @@ class _AnnounceState:
         path = join_path(self.announcements.prefix, normalize_path(suffix))
         if active and self.session.mux.hop_id in hops:
             self.session.log.debug("ignoring %r: its route already passes through us", path)
+            if path not in self.ignored and (len(self.ignored) + len(self.announcements.active)
+                                             >= self.session.limits.max_announcements):
+                raise ProtocolError(ErrorCode.TOO_LARGE, f"more than {self.session.limits.max_announcements} announcements")
             self.ignored.add(path)
+            if refresh and path in self.announcements.active:
+                self.announcements._update(path, False)  # a route that turned into a loop ends here
             return True
         if path in self.ignored:
             if not active:
@@ -244,6 +290,12 @@ async def _read_announcements(announcements: AnnouncementReader, reader: StreamR
 # -- fetch and track info
 async def fetch(session: Session, broadcast: str, track: str, group: int, *, priority: int = 0) -> list[bytes]:
     """The frames of one group from the publisher's cache (lite-03+)."""
+    return [payload for payload, _ in await fetch_timed(session, broadcast, track, group, priority=priority)]
+
+
+async def fetch_timed(session: Session, broadcast: str, track: str, group: int, *,
+                      priority: int = 0) -> list[tuple[bytes, int | None]]:
+    """Like :func:`fetch`, each frame with its timestamp (lite-05+; ``None`` before)."""
     codec: Any = session.codec
     if not session.features.fetch:
         raise MoQError(f"{session.version_name} has no FETCH")
@@ -252,21 +304,23 @@ async def fetch(session: Session, broadcast: str, track: str, group: int, *, pri
     stream.write(b"", end=True)
     reader = StreamReader(stream)
     clock = codec.new_frame_clock() if session.features.frame_timestamps else None
-    frames: list[bytes] = []
+    frames: list[tuple[bytes, int | None]] = []
     total = 0
     try:
         async with asyncio.timeout(session.timeout):
             while not await reader.at_eof():
-                if clock is not None:
-                    clock.decode(await reader.read_varint())
+                timestamp = clock.decode(await reader.read_varint()) if clock is not None else None
                 size = await reader.read_varint()
                 codec.check_frame_size(size)
                 total += size
                 if total > session.limits.max_message_size * 64 or len(frames) >= 1 << 16:
                     raise ProtocolError(ErrorCode.TOO_LARGE, "fetched group is too large")
-                frames.append(await reader.read_exact(size))
+                frames.append((await reader.read_exact(size), timestamp))
     except StreamError as exc:
         raise SubscribeError(exc.code, f"fetch of {broadcast}/{track} group {group} refused with code {exc.code}") from None
+    except ProtocolError as exc:
+        _refuse_answer(stream, exc)
+        raise
     except BaseException:
         with contextlib.suppress(MoQError):
             stream.stop(ErrorCode.CANCEL)
@@ -288,10 +342,13 @@ async def track_info(session: Session, broadcast: str, track: str) -> TrackInfo:
             await session._with_timeout(reader.read_message(session.limits.max_message_size)))
     except StreamError as exc:
         raise SubscribeError(exc.code, f"no track info for {broadcast}/{track} (code {exc.code})") from None
+    except ProtocolError as exc:
+        _refuse_answer(stream, exc)
+        raise
     finally:
         with contextlib.suppress(MoQError):
             stream.stop(ErrorCode.CANCEL)
     return info
 
 
-__all__ = ["announced", "fetch", "subscribe", "track_info", "update"]
+__all__ = ["announced", "fetch", "fetch_timed", "subscribe", "track_info", "update"]

@@ -98,6 +98,7 @@ class GroupWriter:
             assert self._stream is not None
             self._stream.reset(code)
             self.track._groups.discard(self)
+            self.track._check_finished()
 
 
 class TrackWriter:
@@ -133,6 +134,7 @@ class TrackWriter:
         self._next_sequence = 0
         self._groups: set[GroupWriter] = set()
         self._finished = asyncio.Event()
+        self._end_passed = False
 
     @property
     def closed(self) -> bool:
@@ -179,7 +181,8 @@ class TrackWriter:
         if not self._in_range(sequence):
             group = GroupWriter(self, None, sequence)
             if self.end_group is not None and sequence > self.end_group:
-                self._finished.set()
+                self._end_passed = True
+                self._check_finished()
             return group
         self._start(sequence)
         stream = await self.session.connection.open_uni()
@@ -191,7 +194,14 @@ class TrackWriter:
 
     def _group_closed(self, group: GroupWriter) -> None:
         if self.end_group is not None and group.sequence >= self.end_group:
-            self._finished.set()  # the last group of a bounded subscription is out: the track is done
+            self._end_passed = True
+        self._check_finished()
+
+    def _check_finished(self) -> None:
+        # The last group of a bounded subscription is out and none before it is still being sent: the track is done.
+        end = self.end_group
+        if self._end_passed and end is not None and not any(g.sequence <= end for g in self._groups):
+            self._finished.set()
 
     async def write_group(self, *frames: bytes) -> None:
         """Write a whole group of ``frames`` and close it."""
@@ -308,6 +318,9 @@ class TrackReader:
         """SUBSCRIBE_DROP notices (lite-03+): ``(first, last, error code)``, most recent last, at most 64."""
         self._responded = asyncio.Event()
         self._started_once = False
+        self.newest_group: int | None = None
+        """The highest group sequence received so far."""
+        self._arrived = asyncio.Event()
 
     @property
     def ended(self) -> bool:
@@ -320,6 +333,9 @@ class TrackReader:
 
     def _push_group(self, group: GroupReader) -> None:
         self._responded.set()
+        if self.newest_group is None or group.sequence > self.newest_group:
+            self.newest_group = group.sequence
+        self._arrived.set()
         if self._closed:
             group.stop(ErrorCode.CANCEL)
             return

@@ -36,10 +36,11 @@ def cli(*args: str) -> list[str]:
 def serve(certs: Certs) -> Iterator[object]:
     processes: list[subprocess.Popen[str]] = []
 
-    def start(app: str) -> str:
+    def start(app: str, *extra: str) -> str:
         port = free_udp_port()
         process = subprocess.Popen(
-            cli("serve", app, "--bind", f"127.0.0.1:{port}", "--certfile", str(certs.cert), "--keyfile", str(certs.key)),
+            cli("serve", app, "--bind", f"127.0.0.1:{port}", "--certfile", str(certs.cert), "--keyfile", str(certs.key),
+                *extra),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         processes.append(process)
@@ -83,6 +84,24 @@ def test_sub_cli_prints_clock_frames(serve: object, certs: Certs) -> None:
     assert len(lines) == 2
     stamps = [datetime.datetime.fromisoformat(line) for line in lines]
     assert stamps[0].tzinfo is not None and stamps[1] > stamps[0]
+
+
+@pytest.mark.parametrize("version", ["moq-lite-04", "moq-lite-01"])
+def test_versions_flag_restricts_serve_and_sub(serve: object, certs: Certs, version: str) -> None:
+    url = serve("examples.clock:moq", "--versions", version)  # type: ignore[operator]
+    for offered in (None, f"moq-lite-06,{version}"):
+        extra = ("--versions", offered) if offered else ()
+        result = subprocess.run(cli("-v", "sub", url, "clock", "seconds", "--fingerprint", certs.fingerprint,
+                                    "--count", "1", *extra), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+        assert result.returncode == 0, result.stderr
+        assert f"using {version}" in result.stderr
+        datetime.datetime.fromisoformat(result.stdout.strip())
+    refused = subprocess.run(cli("sub", url, "clock", "seconds", "--fingerprint", certs.fingerprint, "--count", "1",
+                                 "--versions", "moq-lite-05"), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    assert refused.returncode != 0 and "error" in refused.stderr
+    bad = subprocess.run(cli("sub", url, "c", "t", "--versions", "moq-lite-99"), capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert bad.returncode == 2 and "unknown version 'moq-lite-99'" in bad.stderr
 
 
 def test_moqrs_subscribes_to_served_clock(serve: object, certs: Certs) -> None:

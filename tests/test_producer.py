@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from moqt_asgi import ErrorCode, StreamError, TrackProducer
+from moqt_asgi import Broadcast, ErrorCode, StreamError, TrackProducer
+from moqt_asgi.protocol.messages import TrackInfo
 
 
 async def read(group_iter: object) -> list[bytes]:
@@ -71,3 +73,88 @@ async def test_group_size_limit() -> None:
         group.write_frame(b"123456")
     assert group.error == ErrorCode.TOO_LARGE
     await asyncio.sleep(0)
+
+
+async def test_frames_keep_timestamps_given_or_wall_clock_in_the_track_timescale() -> None:
+    track = TrackProducer("t")
+    group = track.append_group()
+    group.write_frame(b"given", 42)
+    before = int(time.time() * 1000)
+    group.write_frame(b"clock")
+    after = int(time.time() * 1000)
+    assert group.timestamps[0] == 42 and before <= group.timestamps[1] <= after
+    with pytest.raises(ValueError):
+        group.write_frame(b"negative", -1)
+    video = TrackProducer("v", timescale=90_000)
+    before = int(time.time() * 90_000)
+    video.write_frame(b"frame")
+    assert video.latest is not None and video.latest.timestamps[0] >= before
+    with pytest.raises(ValueError):
+        TrackProducer("bad", timescale=0)
+
+
+async def test_fetch_returns_only_finished_cached_groups() -> None:
+    track = TrackProducer("t", cached_groups=2)
+    for n in range(3):
+        track.write_frame(bytes([n]), 100 + n)
+    writing = track.append_group()
+    writing.write_frame(b"part", 7)
+    assert track.fetch(0) is None and track.fetch(1) is None  # evicted
+    assert track.fetch(2) == [(b"\x02", 102)]
+    assert track.fetch(3) is None  # not finished
+    writing.finish()
+    assert track.fetch(3) == [(b"part", 7)]
+    assert track.fetch(4) is None
+
+
+async def test_broadcast_fetch_and_track_info() -> None:
+    broadcast = Broadcast("b")
+    track = broadcast.create_track("video", priority=3, cached_groups=4, max_latency_ms=250, timescale=90_000)
+    track.write_frame(b"key", 9000)
+    assert await broadcast.fetch_group("video", 0) == [(b"key", 9000)]
+    assert await broadcast.fetch_group("video", 1) is None
+    assert await broadcast.fetch_group("audio", 0) is None
+    assert broadcast.track_info("video") == TrackInfo(priority=3, max_latency_ms=250, timescale=90_000)
+    assert broadcast.track_info("audio") is None
+
+
+async def test_consumer_start_group_cached_evicted_or_future() -> None:
+    track = TrackProducer("t", cached_groups=3)
+    for n in range(5):  # groups 2, 3, 4 stay cached
+        track.write_frame(bytes([n]))
+    cached = track.subscribe(3)
+    assert [(await cached.next_group()).sequence for _ in range(2)] == [3, 4]  # type: ignore[union-attr]
+    evicted = track.subscribe(0)
+    first = await evicted.next_group()
+    assert first is not None and first.sequence == 2
+    future = track.subscribe(7)
+    waiting = asyncio.ensure_future(future.next_group())
+    for n in range(5, 7):
+        track.write_frame(bytes([n]))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+    track.write_frame(b"\x07")
+    group = await asyncio.wait_for(waiting, 1)
+    assert group is not None and group.sequence == 7
+
+
+async def test_consumer_skip_to_never_goes_back() -> None:
+    track = TrackProducer("t", cached_groups=8)
+    for n in range(6):
+        track.write_frame(bytes([n]))
+    consumer = track.subscribe(0)
+    assert (await consumer.next_group()).sequence == 0  # type: ignore[union-attr]
+    consumer.skip_to(4)
+    assert (await consumer.next_group()).sequence == 4  # type: ignore[union-attr]
+    consumer.skip_to(1)
+    assert (await consumer.next_group()).sequence == 5  # type: ignore[union-attr]
+    assert consumer.position == 5
+
+
+async def test_group_age_for_max_latency() -> None:
+    track = TrackProducer("t")
+    track.write_frame(b"x")
+    group = track.latest
+    assert group is not None
+    group.created -= 2
+    assert group.age_ms() >= 2000

@@ -12,7 +12,8 @@ closes, never on the per-frame path:
   stream codes in WebTransport's HTTP/3 mapping (:func:`app_to_http`) even
   though no WebTransport is involved (``wt_mapped_on_quic``); session close
   codes go unmapped.
-* :data:`GOMOQT_CODES`: gomoqt's per-scope tables (:mod:`.gomoqt`).
+* :data:`GOMOQT_CODES`: gomoqt's per-scope tables (:mod:`.gomoqt`), and
+  :data:`GOMOQT_SETUP_CODES` for its session setup.
 
 Application codes (``64 + n``) pass through every map. The HTTP/3 mapping
 functions live here, with no dependency on the WebTransport package, so
@@ -152,20 +153,47 @@ class GomoqtErrorCodes(ErrorCodes):
         return from_gomoqt(code, ErrorScope.SUBSCRIBE if bidi else ErrorScope.GROUP)
 
 
+class GomoqtSetupErrorCodes(GomoqtErrorCodes):
+    """gomoqt's tables while a session is being set up.
+
+    gomoqt refuses a session by resetting the session stream (the only bidi
+    stream at that point) with a *session* code, so bidi stream codes use the
+    session scope here. The session switches to :data:`GOMOQT_CODES` once it
+    starts.
+    """
+
+    __slots__ = ()
+
+    name: ClassVar[str] = "gomoqt-setup"
+
+    def stream_out(self, code: int, *, bidi: bool) -> int:
+        from .gomoqt import ErrorScope, to_gomoqt
+
+        return to_gomoqt(code, ErrorScope.SESSION if bidi else ErrorScope.GROUP)
+
+    def stream_in(self, code: int, *, bidi: bool) -> int:
+        from .gomoqt import ErrorScope, from_gomoqt
+
+        return from_gomoqt(code, ErrorScope.SESSION if bidi else ErrorScope.GROUP)
+
+
 FLAT_CODES = ErrorCodes()
 SCOPED_CODES = ScopedErrorCodes()
 GOMOQT_CODES = GomoqtErrorCodes()
+GOMOQT_SETUP_CODES = GomoqtSetupErrorCodes()
 
 
 __all__ = [
     "FLAT_CODES",
     "GOMOQT_CODES",
+    "GOMOQT_SETUP_CODES",
     "MAX_APP_CODE",
     "SCOPED_CODES",
     "WT_CODE_FIRST",
     "WT_CODE_LAST",
     "ErrorCodes",
     "GomoqtErrorCodes",
+    "GomoqtSetupErrorCodes",
     "ScopedErrorCodes",
     "app_to_http",
     "clamp_app_code",

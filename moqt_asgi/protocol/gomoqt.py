@@ -10,7 +10,8 @@ It is lite-02 with these differences, all handled here at the codec edge:
 * Priority in SUBSCRIBE and SUBSCRIBE_UPDATE is a varint (0..255), and
   SUBSCRIBE_UPDATE is allowed. ANNOUNCE's status is a varint.
 * Broadcast paths start with ``/``; announce prefixes start and end with ``/``
-  (the root is ``"/"``). Suffixes are relative, as ours are.
+  (the root is ``"/"``). Suffixes are relative, as ours are, and never empty:
+  a prefix lists what lies under it, not the broadcast at the prefix itself.
 * Errors are numbered per scope (session, announce, subscribe, group);
   :func:`to_gomoqt` / :func:`from_gomoqt` translate our :class:`~.errors.ErrorCode`.
 """
@@ -24,7 +25,7 @@ from .codes import GOMOQT_CODES, ErrorCodes
 from .errors import APPLICATION_CODE_BASE, ErrorCode, ProtocolError
 from .lite import Codec
 from .lite_wire import Features
-from .messages import Announce, AnnouncePlease, ClientSetup, Parameters
+from .messages import Announce, AnnounceInit, AnnouncePlease, ClientSetup, Parameters
 from .setup import PARAM_PATH, SetupFraming, path_parameter
 from .wire import Reader, encode_string, encode_varint
 
@@ -87,6 +88,15 @@ class GomoqtCodec(Codec):
         prefix = reader.string(self.limits.max_path_length)
         reader.expect_end("ANNOUNCE_PLEASE")
         return AnnouncePlease(self.prefix_from_wire(prefix))
+
+    # -- a prefix is a directory: gomoqt lists only what lies strictly under it, never the
+    #    broadcast at the prefix itself (an empty suffix would read as the path "/p/", not "/p")
+    def encode_announce_init(self, msg: AnnounceInit) -> bytes:
+        return super().encode_announce_init(AnnounceInit(tuple(suffix for suffix in msg.suffixes if suffix)))
+
+    def encode_announce(self, msg: Announce) -> bytes:
+        """ANNOUNCE for ``msg``, or ``b""`` (nothing to send) for an empty suffix."""
+        return super().encode_announce(msg) if msg.suffix else b""
 
     # -- ANNOUNCE status is a varint (same bytes for 0 and 1)
     def decode_announce(self, body: bytes) -> Announce:

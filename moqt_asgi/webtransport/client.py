@@ -222,6 +222,7 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
     session.peer_setup = start.peer_setup
     session.add_cleanup(close_connection)
     session.start()
+    await session._started.wait()
     log.info("WebTransport session established with %s using %s", url, start.codec.name)
     return session
 
