@@ -162,7 +162,7 @@ async def wt_aioquic(certificate: Certificate) -> AsyncIterator[RunOnce]:
 
             async def run_once(workload: Workload) -> Sample:
                 target = f"/?size={workload.frame_size}&frames={workload.frames}"
-                session = await client.open_session(f"{HOST}:{port}", target)
+                session, _ = await client.open_session(f"{HOST}:{port}", target)
                 try:
                     stream = await asyncio.wait_for(session.accept_uni(), 10)
                     received = 0
