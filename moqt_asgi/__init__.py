@@ -2,7 +2,7 @@
 
 from .announce import AnnouncementReader
 from .app import MoQ, accept_all
-from .client import dial
+from .client import Client, dial
 from .mux import Announcement, TrackHandler, TrackMux
 from .native import QuicServer, QuicSettings, dial_quic
 from .producer import Broadcast, GroupProducer, TrackConsumer, TrackProducer, serve_producer
@@ -18,7 +18,9 @@ from .protocol.errors import (
 from .protocol.limits import Limits
 from .request import SetupRequest
 from .routing import Route
+from .server import Server, ServerClosed, default_router, handle, handle_func, new_router
 from .session import Session
+from .tickets import ClientTicketStore, SessionTicketStore
 from .track import GroupReader, GroupWriter, TrackReader, TrackWriter
 from .webtransport import WebTransportSession, dial_webtransport
 from .webtransport import install as install_webtransport
@@ -31,6 +33,8 @@ __all__ = [
     "Announcement",
     "AnnouncementReader",
     "Broadcast",
+    "Client",
+    "ClientTicketStore",
     "ErrorCode",
     "GroupProducer",
     "GroupReader",
@@ -42,8 +46,11 @@ __all__ = [
     "QuicServer",
     "QuicSettings",
     "Route",
+    "Server",
+    "ServerClosed",
     "Session",
     "SessionClosed",
+    "SessionTicketStore",
     "SetupRejected",
     "SetupRequest",
     "StreamError",
@@ -56,10 +63,14 @@ __all__ = [
     "TrackWriter",
     "WebTransportSession",
     "accept_all",
+    "default_router",
     "dial",
     "dial_quic",
     "dial_webtransport",
+    "handle",
+    "handle_func",
     "install_webtransport",
+    "new_router",
     "serve_producer",
     "__version__",
 ]

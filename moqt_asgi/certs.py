@@ -2,6 +2,9 @@
 
 Browsers accept ``serverCertificateHashes`` only for ECDSA certificates
 valid for at most 14 days; :func:`generate_certificate` makes exactly that.
+
+:func:`certificate_chain_size` measures what a server sends in its TLS
+Certificate message; see :data:`CERT_CHAIN_WARN_BYTES` for why it matters.
 """
 
 from __future__ import annotations
@@ -15,6 +18,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+ANTI_AMPLIFICATION_BUDGET = 3 * 1200
+"""What a QUIC server may send before the client's address is validated (RFC 9000 section 8.1):
+three times what it received, and a client's first Initial is usually 1200 bytes."""
+
+CERT_CHAIN_WARN_BYTES = 3000
+"""Largest certificate chain (sum of DER sizes) that fits the first flight with room to spare.
+
+The rest of the server's first flight takes about 600 bytes of the 3600-byte budget: ServerHello
+(~90), EncryptedExtensions with the QUIC transport parameters (~150), CertificateVerify (~80 with
+ECDSA P-256, ~520 with RSA-4096), Finished (~36), TLS framing and the QUIC packet headers and AEAD
+tags of two or three packets (~100). A larger chain makes the server stop and wait for the
+client's next packet: one extra round trip on every full handshake."""
 
 
 def generate_certificate(hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), days: int = 10) -> tuple[bytes, bytes]:
@@ -51,6 +67,16 @@ def certificate_fingerprint(cert_pem: bytes) -> str:
     """Lower-case hex SHA-256 of the certificate's DER encoding."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def certificate_chain_size(certfile: str | Path) -> int:
+    """Total DER size in bytes of every certificate in the PEM file ``certfile`` (leaf and intermediates).
+
+    This is, give or take 3 bytes per certificate of TLS framing, what the
+    server's Certificate message carries in its first flight.
+    """
+    certificates = x509.load_pem_x509_certificates(Path(certfile).read_bytes())
+    return sum(len(cert.public_bytes(serialization.Encoding.DER)) for cert in certificates)
 
 
 def write_certificate(directory: str | Path, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),

@@ -15,10 +15,10 @@ from .app import MoQ
 from .certs import write_certificate
 from .client import dial
 from .mux import TrackMux
-from .native import QuicServer
 from .producer import Broadcast
 from .protocol.errors import MoQError
 from .protocol.versions import ALL_VERSIONS, DEFAULT_VERSIONS, Version
+from .server import Server
 from .session import Session
 
 
@@ -46,24 +46,36 @@ def _host_port(bind: str) -> tuple[str, int]:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    """Serve until SIGTERM/SIGINT: the first runs ``shutdown(--graceful-timeout)``, a second forces ``close()``."""
     app = load_app(args.app)
     host, port = _host_port(args.bind)
-    await app.startup()
-    server = QuicServer(app, host=host, port=port, certfile=args.certfile, keyfile=args.keyfile,
-                        webtransport=not args.no_webtransport, versions=args.versions)
-    stop = asyncio.Event()
+    server = Server(addr=f"{host}:{port}", certfile=args.certfile, keyfile=args.keyfile, handler=app,
+                    webtransport=not args.no_webtransport, versions=args.versions)
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[bool]] = []
+
+    def on_signal() -> None:
+        if not stopping:
+            logging.getLogger("moqt_asgi.cli").warning(
+                "shutting down (up to %.1fs; signal again to stop now)", args.graceful_timeout)
+            stopping.append(loop.create_task(server.shutdown(args.graceful_timeout)))
+        else:
+            stopping.append(loop.create_task(server.close()))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await server.start()
         authority = f"{server.address[0]}:{server.address[1]}"
         also = "" if args.no_webtransport else f" and https://{authority}/ (WebTransport)"
         print(f"serving {args.app} on moql://{authority}/{also}", flush=True)
-        await stop.wait()
+        await server.listen_and_serve()
+        await asyncio.gather(*stopping, return_exceptions=True)
     finally:
-        await server.close()
-        await app.shutdown()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if not server.closed:
+            await server.close()
 
 
 async def _dial(args: argparse.Namespace, mux: TrackMux | None = None) -> Session:
@@ -141,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--certfile", required=True)
     serve.add_argument("--keyfile", required=True)
     serve.add_argument("--versions", type=parse_versions, default=None, help=VERSIONS_HELP)
+    serve.add_argument("--graceful-timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="on SIGTERM/SIGINT: GOAWAY, then wait this long before closing sessions (default 5); "
+                            "a second signal stops at once")
 
     def client_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("url", help="moql://host:port/path (native QUIC) or https://host:port/path (WebTransport)")

@@ -8,15 +8,21 @@ same TLS options.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
-from collections.abc import Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from .mux import TrackMux
 from .native import NATIVE_SCHEMES, QuicSettings, dial_quic, parse_url
-from .protocol.errors import MoQError
+from .protocol.errors import MoQError, SessionClosed
 from .protocol.limits import DEFAULT_LIMITS, Limits
 from .protocol.versions import DEFAULT_VERSIONS, Version
 from .session import Session
+from .tickets import ClientTicketStore
 from .webtransport.client import dial_webtransport
 
 logger = logging.getLogger("moqt_asgi.client")
@@ -27,7 +33,8 @@ SCHEMES = (*NATIVE_SCHEMES, "https")
 async def dial(url: str, *, mux: TrackMux | None = None, fingerprint: str | None = None, insecure: bool = False,
                cafile: str | None = None, quic: QuicSettings | None = None, limits: Limits = DEFAULT_LIMITS,
                setup_timeout: float = 10.0, versions: Sequence[Version] = DEFAULT_VERSIONS,
-               headers: Sequence[tuple[str, str]] = (), log: logging.Logger = logger) -> Session:
+               headers: Sequence[tuple[str, str]] = (), log: logging.Logger = logger,
+               tickets: ClientTicketStore | None = None) -> Session:
     """Connect to ``url`` and set up a MoQ session (already running).
 
     * ``moql://host:port/path`` or ``moqt://...``: native QUIC; the ALPN list
@@ -44,16 +51,171 @@ async def dial(url: str, *, mux: TrackMux | None = None, fingerprint: str | None
     ``headers`` go on the WebTransport CONNECT (``origin``, for instance);
     native QUIC has no headers, so passing some with a ``moql://`` URL is
     an error.
+
+    ``tickets`` (a :class:`~moqt_asgi.tickets.ClientTicketStore`) keeps the
+    server's TLS session ticket so the next dial to the same host and port
+    resumes, with 0-RTT early data if ``quic.allow_0rtt`` (see :mod:`moqt_asgi.tickets`).
     """
     scheme, _, _, _ = parse_url(url)
     if scheme == "https":
         return await dial_webtransport(url, mux=mux, fingerprint=fingerprint, insecure=insecure, cafile=cafile,
                                        quic=quic, limits=limits, setup_timeout=setup_timeout, versions=versions,
-                                       headers=headers, log=log)
+                                       headers=headers, log=log, tickets=tickets)
     if headers:
         raise MoQError(f"{scheme}:// has no HTTP headers to send; use an https:// URL for WebTransport")
     return await dial_quic(url, mux=mux, fingerprint=fingerprint, insecure=insecure, cafile=cafile, quic=quic,
-                           limits=limits, setup_timeout=setup_timeout, versions=versions, log=log)
+                           limits=limits, setup_timeout=setup_timeout, versions=versions, log=log, tickets=tickets)
 
 
-__all__ = ["SCHEMES", "dial"]
+DialFunc = Callable[..., Awaitable[Session]]
+GoawayCallback = Callable[[Session, str], Awaitable[None] | None]
+
+
+@dataclass(eq=False)
+class Client:
+    """A MoQ client configured by fields (gomoqt's ``moqt.Client``); it tracks the sessions it dials.
+
+    ``dial_quic_func`` / ``dial_webtransport_func`` replace the dialers for
+    ``moql://`` / ``https://`` URLs (same keyword arguments as
+    :func:`~moqt_asgi.native.dial_quic` / ``dial_webtransport``).
+    ``on_goaway(session, uri)`` is called when a server sends GOAWAY (see
+    :meth:`reconnect`); stop with :meth:`close` or :meth:`shutdown`.
+    """
+
+    fingerprint: str | None = None
+    cafile: str | None = None
+    insecure: bool = False
+    quic: QuicSettings | None = None
+    limits: Limits = DEFAULT_LIMITS
+    versions: Sequence[Version] = DEFAULT_VERSIONS
+    setup_timeout: float = 10.0
+    headers: Sequence[tuple[str, str]] = ()
+    logger: logging.Logger = logger
+    dial_quic_func: DialFunc = dial_quic
+    dial_webtransport_func: DialFunc = dial_webtransport
+    on_goaway: GoawayCallback | None = None
+
+    def __post_init__(self) -> None:
+        self._urls: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def sessions(self) -> list[Session]:
+        """The sessions dialled by this client and still open."""
+        return [session for session in list(self._urls) if not session.closed]
+
+    def url_of(self, session: Session) -> str:
+        """The URL ``session`` was dialled with."""
+        return self._urls[session]
+
+    async def dial(self, url: str, mux: TrackMux | None = None) -> Session:
+        """Set up a session with ``url`` (``moql://``, ``moqt://`` or ``https://``) and track it."""
+        if self._closed:
+            raise MoQError("the client is closed")
+        scheme, _, _, _ = parse_url(url)
+        options = dict(mux=mux, fingerprint=self.fingerprint, insecure=self.insecure, cafile=self.cafile,
+                       quic=self.quic, limits=self.limits, setup_timeout=self.setup_timeout, versions=self.versions,
+                       log=self.logger)
+        if scheme == "https":
+            session = await self.dial_webtransport_func(url, headers=self.headers, **options)
+        else:
+            if self.headers:
+                raise MoQError(f"{scheme}:// has no HTTP headers to send; use an https:// URL for WebTransport")
+            session = await self.dial_quic_func(url, **options)
+        self._urls[session] = url
+        if self.on_goaway is not None and session.features.goaway:
+            task = asyncio.get_running_loop().create_task(self._watch_goaway(session, self.on_goaway))
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
+        return session
+
+    async def _watch_goaway(self, session: Session, callback: GoawayCallback) -> None:
+        try:
+            uri = await session.wait_goaway()
+        except SessionClosed:
+            return
+        try:
+            result = callback(session, uri)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            self.logger.exception("on_goaway callback failed")
+
+    def goaway_target(self, session: Session, uri: str) -> str:
+        """Where to go after GOAWAY ``uri``: the URI itself, a path on the same server, or (``""``) the same URL."""
+        url = self._urls.get(session, "")
+        if not uri:
+            return url
+        if uri.startswith("/"):
+            parts = urlsplit(url)
+            return f"{parts.scheme}://{parts.netloc}{uri}"
+        return uri
+
+    async def reconnect(self, session: Session, mux: TrackMux | None = None) -> Session:
+        """Wait for the server's GOAWAY on ``session``, dial where it points, then close ``session``.
+
+        The new session uses ``mux`` (default: the old session's). Without a
+        URI in the GOAWAY the same URL is dialled again. Raises
+        :class:`SessionClosed` if ``session`` closes before any GOAWAY.
+        """
+        uri = await session.wait_goaway()
+        target = self.goaway_target(session, uri)
+        self.logger.info("GOAWAY: reconnecting to %s", target)
+        new = await self.dial(target, mux=session.mux if mux is None else mux)
+        await session.aclose()
+        return new
+
+    async def close(self) -> bool:
+        """Close every session now (code 0). False (logged) if already closed."""
+        if self._closed:
+            self.logger.info("client already closed")
+            return False
+        self._closed = True
+        sessions = self.sessions
+        for session in sessions:
+            session.close(0, "client closed")
+        await self._stop(sessions)
+        return True
+
+    async def shutdown(self, timeout: float = 5.0) -> bool:
+        """Leave gracefully: GOAWAY (no URI) on lite-04+, close each session once idle, force the rest at the deadline.
+
+        Idle is :func:`~moqt_asgi.server.session_idle`: no subscription
+        served or open. Sessions still busy at the deadline are closed with
+        the GOAWAY-timeout code. Returns True if none had to be; False if
+        some had, or if the client was already closed (logged).
+        """
+        from .server import drain
+
+        if self._closed:
+            self.logger.info("client already closed")
+            return False
+        self._closed = True
+        deadline = asyncio.get_running_loop().time() + timeout
+        sessions = self.sessions
+        for session in sessions:
+            if session.features.goaway:
+                try:
+                    await session.send_goaway()
+                except Exception as exc:
+                    self.logger.debug("could not send GOAWAY to %r: %s", session, exc)
+        clean = await drain(sessions, deadline, self.logger, close_when_idle=set(sessions))
+        await self._stop(sessions)
+        return clean
+
+    async def _stop(self, sessions: list[Session]) -> None:
+        await asyncio.gather(*(session.wait_closed() for session in sessions), return_exceptions=True)
+        for task in list(self._watchers):
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self._closed:
+            await self.close()
+
+
+__all__ = ["SCHEMES", "Client", "dial"]

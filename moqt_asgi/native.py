@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import hashlib
 import logging
@@ -28,16 +29,19 @@ from aioquic.h3.connection import H3_ALPN
 from aioquic.h3.connection import ErrorCode as H3ErrorCode
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.tls import SessionTicket
 from cryptography.hazmat.primitives import serialization
 
 from .app import ASGIApp, MoQ
+from .certs import ANTI_AMPLIFICATION_BUDGET, CERT_CHAIN_WARN_BYTES, certificate_chain_size
 from .handshake import start_client
 from .mux import TrackMux
 from .protocol.errors import ErrorCode, MoQError, SessionClosed
 from .protocol.limits import DEFAULT_LIMITS, Limits
 from .protocol.versions import DEFAULT_VERSIONS, Version, native_alpns, ordered
-from .serving import serve_connection
+from .serving import serve_connection, session_hook
 from .session import Session
+from .tickets import ClientTicketStore, SessionTicketStore, TicketSlot
 from .transport.quic import QuicProtocol, QuicTransport
 
 if TYPE_CHECKING:
@@ -56,6 +60,10 @@ class QuicSettings:
     max_datagram_frame_size: int | None = 65536
     max_data: int = 16 * 1024 * 1024
     max_stream_data: int = 4 * 1024 * 1024
+    allow_0rtt: bool = False
+    """Server: issue tickets that permit 0-RTT early data and accept it. Client: offer early data
+    when the stored ticket permits it. Either way tickets still give 1-RTT resumption. 0-RTT data
+    can be replayed by an attacker: only enable it for requests that are safe to repeat."""
 
     def configuration(self, *, is_client: bool, alpn: list[str]) -> QuicConfiguration:
         return QuicConfiguration(
@@ -74,16 +82,24 @@ class ServerProtocol(QuicProtocol):
     ``moql`` connections behave exactly like :class:`QuicProtocol`. When the
     client negotiates ``h3`` and ``on_h3`` is given, every later event goes
     to the :class:`~moqt_asgi.webtransport.native_h3.H3ServerConnection` it
-    returns instead.
+    returns instead (``None``: it refused the connection and closed it).
     """
 
-    def __init__(self, *args: Any, on_h3: Callable[[ServerProtocol], H3ServerConnection] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_h3: Callable[[ServerProtocol], H3ServerConnection | None] | None = None,
+                 early_data: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_h3 = on_h3
+        self._early_data = early_data
         self.h3: H3ServerConnection | None = None
 
     def quic_event_received(self, event: quic_events.QuicEvent) -> None:
+        if isinstance(event, quic_events.ProtocolNegotiated) and not self._early_data:
+            # aioquic's server TLS always advertises early data in the tickets it issues (sent
+            # after the client's Finished, so after this event): take the permission out.
+            self._quic.tls._max_early_data = None
+        elif isinstance(event, quic_events.HandshakeCompleted):
+            self.moq_transport.resumed = event.session_resumed
+            self.moq_transport.early_data_accepted = event.early_data_accepted
         h3 = self.h3
         if h3 is not None:
             h3.quic_event_received(event)
@@ -91,6 +107,8 @@ class ServerProtocol(QuicProtocol):
               and event.alpn_protocol in H3_ALPN):
             try:
                 self.h3 = self._on_h3(self)
+                if self.h3 is None:
+                    self._on_h3 = None
             except Exception:  # an exception here would kill the whole listener
                 logger.exception("could not start HTTP/3 on a connection; closing it")
                 self._quic.close(error_code=H3ErrorCode.H3_INTERNAL_ERROR, reason_phrase="internal error")
@@ -110,12 +128,19 @@ class QuicServer:
     run the app through its ASGI interface: ``webtransport`` scopes for
     WebTransport CONNECTs and ``http`` scopes for other requests. ``asgi_app``
     replaces the app for HTTP/3 only (an ASGI app that routes to ``app``, say).
+
+    The server issues TLS session tickets and keeps them in ``tickets`` (a
+    fresh :class:`~moqt_asgi.tickets.SessionTicketStore` by default; share one
+    between servers so clients resume on any of them), so returning clients
+    resume without a certificate exchange. With ``quic.allow_0rtt`` the
+    tickets also permit 0-RTT early data, which the server then accepts.
     """
 
     def __init__(self, app: MoQ, *, host: str = "127.0.0.1", port: int = 4433, certfile: str, keyfile: str,
                  quic: QuicSettings | None = None, setup_timeout: float = 10.0,
                  versions: Sequence[Version] | None = None, log: logging.Logger = logger,
-                 webtransport: bool = True, root_path: str = "", asgi_app: ASGIApp | None = None) -> None:
+                 webtransport: bool = True, root_path: str = "", asgi_app: ASGIApp | None = None,
+                 tickets: SessionTicketStore | None = None) -> None:
         self.app = app
         self.host = host
         self.port = port
@@ -135,6 +160,13 @@ class QuicServer:
         self._connections: set[asyncio.Task[None]] = set()
         self._h3: weakref.WeakSet[H3ServerConnection] = weakref.WeakSet()
         self._address: tuple[str, int] | None = None
+        self.tickets = tickets if tickets is not None else SessionTicketStore()
+        """Session tickets this server issued (see :mod:`moqt_asgi.tickets`)."""
+        self._sessions: set[Session] = set()
+        self.draining = False
+        """While True, new connections are refused (closed with code 0, "server is shutting down")."""
+        self.on_session: Callable[[Session], None] | None = None
+        """Called with every session this server accepts (native QUIC and WebTransport)."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -159,17 +191,58 @@ class QuicServer:
             # aioquic clients close the connection and Chromium silently drops every datagram.
             configuration.max_datagram_frame_size = 65536
         configuration.load_cert_chain(self.certfile, self.keyfile)
+        self._check_certificate_size()
         create_protocol = functools.partial(ServerProtocol, on_handshake=self._on_handshake, limits=self.app.limits,
-                                            on_h3=self._on_h3 if self.webtransport else None)
+                                            on_h3=self._on_h3 if self.webtransport else None,
+                                            early_data=self.quic.allow_0rtt)
         self._server = await quic_serve(self.host, self.port, configuration=configuration,
-                                        create_protocol=create_protocol)
+                                        create_protocol=create_protocol,
+                                        session_ticket_fetcher=self._fetch_ticket,
+                                        session_ticket_handler=self.tickets.add)
         self._address = None
         if self.webtransport:
             self.log.info("serving MoQ on moql://%s:%d and https://%s:%d (WebTransport)", *self.address, *self.address)
         else:
             self.log.info("serving MoQ on moql://%s:%d", *self.address)
 
+    @property
+    def sessions(self) -> list[Session]:
+        """The MoQ sessions accepted on this server and not yet closed."""
+        return [session for session in self._sessions if not session.closed]
+
+    def _session_accepted(self, session: Session) -> None:
+        self._sessions.add(session)
+
+        async def forget() -> None:
+            self._sessions.discard(session)
+
+        session.add_cleanup(forget)
+        if self.on_session is not None:
+            self.on_session(session)
+
+    def _check_certificate_size(self) -> None:
+        size = certificate_chain_size(self.certfile)
+        if size > CERT_CHAIN_WARN_BYTES:
+            self.log.warning(
+                "the certificate chain in %s is %d bytes: with the rest of the first flight it does not fit the "
+                "%d bytes a QUIC server may send before the client's address is validated, so every full "
+                "handshake costs an extra round trip; use an ECDSA P-256 certificate and a shorter chain "
+                "(under %d bytes; `python -m moqt_asgi cert` makes one for development)",
+                self.certfile, size, ANTI_AMPLIFICATION_BUDGET, CERT_CHAIN_WARN_BYTES)
+
+    def _fetch_ticket(self, label: bytes) -> SessionTicket | None:
+        ticket = self.tickets.pop(label)
+        if ticket is not None and ticket.max_early_data_size is not None and not self.quic.allow_0rtt:
+            # aioquic accepts early data whenever a resumed client offers it: refuse to resume a
+            # ticket that permits it (issued while 0-RTT was allowed, or by another server).
+            return None
+        return ticket
+
     def _on_handshake(self, transport: QuicTransport) -> None:
+        if self.draining:
+            self.log.info("refusing a connection: the server is shutting down")
+            transport.close(0, "server is shutting down")
+            return
         if transport.alpn not in native_alpns(self.versions):
             self.log.info("closing connection with unsupported ALPN %r", transport.alpn)
             transport.close(ErrorCode.VERSION, "unsupported ALPN")
@@ -177,8 +250,14 @@ class QuicServer:
         self._spawn(serve_connection(self.app, transport, transport="quic", versions=self.versions,
                                      protocol=transport.alpn, setup_timeout=self.setup_timeout, log=self.log))
 
-    def _on_h3(self, protocol: ServerProtocol) -> H3ServerConnection:
+    def _on_h3(self, protocol: ServerProtocol) -> H3ServerConnection | None:
         from .webtransport.native_h3 import H3ServerConnection  # the webtransport package imports this module
+
+        if self.draining:
+            self.log.info("refusing an HTTP/3 connection: the server is shutting down")
+            protocol._quic.close(error_code=H3ErrorCode.H3_NO_ERROR, reason_phrase="server is shutting down")
+            protocol.transmit()
+            return None
 
         connection = H3ServerConnection(protocol, self.asgi_app, spawn=self._spawn, limits=self.app.limits,
                                         server=self.address, state=self.state, root_path=self.root_path)
@@ -186,7 +265,9 @@ class QuicServer:
         return connection
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        context = contextvars.copy_context()
+        context.run(session_hook.set, self._session_accepted)  # the registry, for native and WebTransport alike
+        task = asyncio.get_running_loop().create_task(coro, context=context)
         self._connections.add(task)
         task.add_done_callback(self._connections.discard)
 
@@ -238,6 +319,8 @@ def parse_url(url: str) -> tuple[str, str, int, str]:
 
 
 def _check_fingerprint(protocol: QuicProtocol, expected: str) -> None:
+    if protocol._quic.tls.session_resumed:
+        return  # no certificate: the ticket was only offered under this same pinned fingerprint
     cert = protocol._quic.tls._peer_certificate
     if cert is None:
         raise MoQError("server sent no certificate")
@@ -250,31 +333,43 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
                     insecure: bool = False, cafile: str | None = None, quic: QuicSettings | None = None,
                     limits: Limits = DEFAULT_LIMITS, setup_timeout: float = 10.0,
                     versions: Sequence[Version] = DEFAULT_VERSIONS,
-                    log: logging.Logger = logger) -> Session:
+                    log: logging.Logger = logger, tickets: ClientTicketStore | None = None) -> Session:
     """Connect to ``moql://host:port/path`` and set up a session (already running).
 
     The ALPN list offers every one of ``versions`` (newest first); the server
     picks, and the session speaks what it picked (:attr:`Session.version_name`).
+
+    With ``tickets``, the ticket the server sends is kept there and the next
+    dial to the same host and port offers it to resume (with 0-RTT early data
+    if ``quic.allow_0rtt`` and the ticket permits it). The session's
+    :class:`~moqt_asgi.transport.quic.QuicTransport` (``session.connection``)
+    tells whether it ``resumed`` and whether ``early_data_accepted``.
     """
     scheme, host, port, target = parse_url(url)
     if scheme not in NATIVE_SCHEMES:
         raise MoQError(f"{scheme}:// is WebTransport: use dial_webtransport (or dial)")
     chosen = ordered(versions)
-    configuration = (quic or QuicSettings()).configuration(is_client=True, alpn=list(native_alpns(chosen)))
+    settings = quic or QuicSettings()
+    configuration = settings.configuration(is_client=True, alpn=list(native_alpns(chosen)))
     configuration.server_name = host
     if fingerprint or insecure:
         configuration.verify_mode = ssl.CERT_NONE
     elif cafile:
         configuration.load_verify_locations(cafile)
+    ticket_slot = use_tickets(configuration, tickets, host, port, early_data=settings.allow_0rtt,
+                              trust=trust_label(fingerprint, insecure, cafile))
     stack = contextlib.AsyncExitStack()
     try:
         async with asyncio.timeout(setup_timeout):
             protocol_factory: Callable[..., Any] = functools.partial(QuicProtocol, limits=limits)
             protocol = await stack.enter_async_context(
-                quic_connect(host, port, configuration=configuration, create_protocol=protocol_factory))
+                quic_connect(host, port, configuration=configuration, create_protocol=protocol_factory,
+                             session_ticket_handler=ticket_slot))
             assert isinstance(protocol, QuicProtocol)
             if fingerprint:
                 _check_fingerprint(protocol, fingerprint)
+            if ticket_slot is not None:
+                ticket_slot.verified()
             transport = protocol.moq_transport
             start = await start_client(transport, limits, protocol=transport.alpn, path=target, versions=chosen,
                                        timeout=setup_timeout)
@@ -293,8 +388,37 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
     session.add_cleanup(stack.aclose)
     session.start()
     await session._started.wait()
-    log.info("session established with %s using %s", url, start.codec.name)
+    log.info("session established with %s using %s%s", url, start.codec.name,
+             resumption_note(transport.resumed, transport.early_data_accepted))
     return session
+
+
+def trust_label(fingerprint: str | None, insecure: bool, cafile: str | None) -> str:
+    """How a dial verifies the server, as :class:`ClientTicketStore` files its tickets."""
+    if fingerprint:
+        return "sha256:" + fingerprint.lower().replace(":", "")
+    if insecure:
+        return "insecure"
+    return f"cafile:{cafile}" if cafile else "system"
+
+
+def use_tickets(configuration: QuicConfiguration, tickets: ClientTicketStore | None, host: str, port: int, *,
+                early_data: bool, trust: str) -> TicketSlot | None:
+    """Offer ``tickets``' ticket for ``host:port`` on ``configuration``; the handler that keeps the next one.
+
+    Call :meth:`TicketSlot.verified` once the server's certificate has passed the checks.
+    """
+    if tickets is None:
+        return None
+    configuration.session_ticket = tickets.take(host, port, trust=trust, early_data=early_data)
+    return tickets.slot(host, port, trust)
+
+
+def resumption_note(resumed: bool, early_data_accepted: bool) -> str:
+    """`` (resumed, 0-RTT accepted)``, `` (resumed)`` or nothing, for log lines."""
+    if not resumed:
+        return ""
+    return " (resumed, 0-RTT accepted)" if early_data_accepted else " (resumed)"
 
 
 __all__ = ["QuicServer", "QuicSettings", "ServerProtocol", "SessionClosed", "dial_quic", "parse_url"]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .app import MoQ
 from .handshake import (
@@ -43,11 +44,21 @@ from .transport.base import BidiStream, Connection
 
 logger = logging.getLogger("moqt_asgi.server")
 
+SessionHook = Callable[[Session], None]
+
+session_hook: contextvars.ContextVar[SessionHook | None] = contextvars.ContextVar("moqt_session_hook", default=None)
+"""Called with every session :func:`serve_connection` accepts in this context.
+
+A server sets it for the tasks it runs (native connections and ASGI
+``webtransport`` scopes alike) to keep a registry of live sessions; an
+explicit ``on_session`` argument takes precedence.
+"""
+
 
 async def serve_connection(app: MoQ, connection: Connection, *, transport: Transport = "quic",
                            protocol: str | None = None, versions: tuple[Version, ...] | None = None,
                            setup_timeout: float = 10.0, log: logging.Logger = logger, target: str | None = None,
-                           headers: Mapping[str, str] | None = None) -> None:
+                           headers: Mapping[str, str] | None = None, on_session: SessionHook | None = None) -> None:
     """Run one connection from setup to close. Never raises for peer misbehaviour.
 
     ``protocol`` is what the transport negotiated: the ALPN on native QUIC,
@@ -60,7 +71,11 @@ async def serve_connection(app: MoQ, connection: Connection, *, transport: Trans
     ``target`` (``/path?query``) and ``headers`` come from the transport when
     it has them (WebTransport's CONNECT); the request then uses them instead
     of the setup's path, and ``headers["origin"]`` as its origin.
+
+    ``on_session`` (default: the :data:`session_hook` of this context) is
+    called with the session as soon as it is accepted and running.
     """
+    hook = on_session if on_session is not None else session_hook.get()
     versions = ordered(versions if versions is not None else app.versions)
     fixed = version_by_alpn(protocol)
     try:
@@ -93,6 +108,11 @@ async def serve_connection(app: MoQ, connection: Connection, *, transport: Trans
         session = await start.accept(mux, request.path)
         session_box.append(session)
         decided.set()
+        if hook is not None:
+            try:
+                hook(session)
+            except Exception:
+                log.exception("session hook failed")
         log.info("session accepted: %s over %s path=%r from %s", session.version_name, transport, request.path,
                  request.client)
         return session

@@ -33,6 +33,16 @@ WT_CODE_LAST = 0x52E5AC983162
 """The HTTP/3 code carrying WebTransport application code ``2**32 - 1``."""
 MAX_APP_CODE = 0xFFFFFFFF
 """WebTransport application error codes are 32-bit."""
+GOAWAY_TIMEOUT = 0x30
+"""Session close code for a peer that did not leave within a GOAWAY's grace period.
+
+An internal value outside :class:`~.errors.ErrorCode` (below the application
+range); the scoped and gomoqt dialects map it on the way out to their session
+code ``0x10`` (GOAWAY_TIMEOUT). The flat codes of lite-01/02 have no such
+code: use :func:`goaway_timeout_code`. Read back from the wire it is
+``ErrorCode.TIMEOUT``.
+"""
+_SESSION_GOAWAY_TIMEOUT = 0x10  # moq-rs's and gomoqt's session code
 
 
 def app_to_http(code: int) -> int:
@@ -104,7 +114,7 @@ class ScopedErrorCodes(ErrorCodes):
     wt_mapped_on_quic: ClassVar[bool] = True
 
     def session_out(self, code: int) -> int:
-        return to_session_code(code)
+        return _SESSION_GOAWAY_TIMEOUT if code == GOAWAY_TIMEOUT else to_session_code(code)
 
     def session_in(self, code: int) -> int:
         return from_session_code(code)
@@ -135,6 +145,8 @@ class GomoqtErrorCodes(ErrorCodes):
     def session_out(self, code: int) -> int:
         from .gomoqt import ErrorScope, to_gomoqt
 
+        if code == GOAWAY_TIMEOUT:
+            return _SESSION_GOAWAY_TIMEOUT
         return to_gomoqt(code, ErrorScope.SESSION)
 
     def session_in(self, code: int) -> int:
@@ -183,10 +195,16 @@ GOMOQT_CODES = GomoqtErrorCodes()
 GOMOQT_SETUP_CODES = GomoqtSetupErrorCodes()
 
 
+def goaway_timeout_code(codes: ErrorCodes) -> int:
+    """The close code for "did not leave after GOAWAY" in dialect ``codes``: ``TIMEOUT`` (3) where flat."""
+    return GOAWAY_TIMEOUT if isinstance(codes, (ScopedErrorCodes, GomoqtErrorCodes)) else 3
+
+
 __all__ = [
     "FLAT_CODES",
     "GOMOQT_CODES",
     "GOMOQT_SETUP_CODES",
+    "GOAWAY_TIMEOUT",
     "MAX_APP_CODE",
     "SCOPED_CODES",
     "WT_CODE_FIRST",
@@ -196,6 +214,7 @@ __all__ = [
     "GomoqtSetupErrorCodes",
     "ScopedErrorCodes",
     "app_to_http",
+    "goaway_timeout_code",
     "clamp_app_code",
     "http_to_app",
 ]

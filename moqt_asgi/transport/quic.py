@@ -114,6 +114,10 @@ class QuicTransport(Connection):
         self.protocol = protocol
         self.limits = limits
         self.alpn: str | None = None
+        self.resumed = False
+        """The TLS handshake resumed an earlier session from a ticket (no certificate exchange)."""
+        self.early_data_accepted = False
+        """0-RTT early data was offered with a ticket and accepted by the server."""
         self._streams: dict[int, QuicStream] = {}
         # Streams we stopped reading: aioquic still reports what the peer sent before it saw
         # STOP_SENDING, which must not look like a new stream once we have forgotten the old one.
@@ -384,6 +388,8 @@ class QuicProtocol(QuicConnectionProtocol):
         try:
             if isinstance(event, events.HandshakeCompleted):
                 self.moq_transport.alpn = event.alpn_protocol
+                self.moq_transport.resumed = event.session_resumed
+                self.moq_transport.early_data_accepted = event.early_data_accepted
                 if self._on_handshake is not None:
                     self._on_handshake(self.moq_transport)
             else:

@@ -21,15 +21,16 @@ from aioquic.asyncio.client import connect as quic_connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN
 from aioquic.h3.events import DatagramReceived, DataReceived, HeadersReceived, WebTransportStreamDataReceived
-from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived, StreamReset
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StopSendingReceived, StreamReset
 
 from ..handshake import start_client
 from ..mux import TrackMux
-from ..native import QuicSettings, _check_fingerprint, parse_url
+from ..native import QuicSettings, _check_fingerprint, parse_url, resumption_note, trust_label, use_tickets
 from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, SetupRejected
 from ..protocol.limits import DEFAULT_LIMITS, Limits
 from ..protocol.versions import DEFAULT_VERSIONS, Version, ordered, protocols_for
 from ..session import Session
+from ..tickets import ClientTicketStore
 from .asgi import parse_sf_string_list, sf_string
 from .capsules import H3_INTERNAL_ERROR, WT_SESSION_GONE
 from .h3 import WebTransportH3Connection
@@ -49,6 +50,10 @@ class WebTransportClientProtocol(QuicConnectionProtocol, SessionHost):
         self.sessions: dict[int, WebTransportSession] = {}
         self._responses: dict[int, asyncio.Future[list[tuple[bytes, bytes]]]] = {}
         self._flush_scheduled = False
+        self.resumed = False
+        """The TLS handshake resumed an earlier session from a ticket (no certificate exchange)."""
+        self.early_data_accepted = False
+        """0-RTT early data was offered with a ticket and accepted by the server."""
 
     async def open_session(self, authority: str, target: str,
                            headers: Sequence[tuple[bytes, bytes]] = ()) -> tuple[WebTransportSession, str | None]:
@@ -86,7 +91,10 @@ class WebTransportClientProtocol(QuicConnectionProtocol, SessionHost):
             self.transmit()
 
     def _handle(self, event: QuicEvent) -> None:
-        if isinstance(event, StreamReset):
+        if isinstance(event, HandshakeCompleted):
+            self.resumed = event.session_resumed
+            self.early_data_accepted = event.early_data_accepted
+        elif isinstance(event, StreamReset):
             self._route(event.stream_id, event.error_code, stop=False)
         elif isinstance(event, StopSendingReceived):
             self._route(event.stream_id, event.error_code, stop=True)
@@ -168,22 +176,30 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
                             limits: Limits = DEFAULT_LIMITS, setup_timeout: float = 10.0,
                             versions: Sequence[Version] = DEFAULT_VERSIONS,
                             headers: Sequence[tuple[str, str]] = (),
-                            log: logging.Logger = logger) -> Session:
+                            log: logging.Logger = logger, tickets: ClientTicketStore | None = None) -> Session:
     """Connect to ``https://host:port/path?query`` over WebTransport and set up a MoQ session.
 
     ``headers`` are added to the CONNECT (``origin``, for instance). The
     certificate is checked against ``fingerprint`` (SHA-256 hex), ``cafile``,
     or the system roots, unless ``insecure``.
+
+    ``tickets`` keeps the server's session ticket for the next dial to the
+    same host and port, which then resumes (see :func:`~moqt_asgi.native.dial_quic`);
+    ``session.connection.host`` (the :class:`WebTransportClientProtocol`)
+    tells whether it ``resumed`` and whether ``early_data_accepted``.
     """
     scheme, host, port, target = parse_url(url)
     if scheme != "https":
         raise MoQError(f"{scheme}:// is native QUIC: use dial_quic")
-    configuration = (quic or QuicSettings()).configuration(is_client=True, alpn=list(H3_ALPN))
+    settings = quic or QuicSettings()
+    configuration = settings.configuration(is_client=True, alpn=list(H3_ALPN))
     configuration.server_name = host
     if fingerprint or insecure:
         configuration.verify_mode = ssl.CERT_NONE
     elif cafile:
         configuration.load_verify_locations(cafile)
+    ticket_slot = use_tickets(configuration, tickets, host, port, early_data=settings.allow_0rtt,
+                              trust=trust_label(fingerprint, insecure, cafile))
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     chosen = ordered(versions)
     offer = protocols_for(chosen)
@@ -194,10 +210,13 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
         async with asyncio.timeout(setup_timeout):
             factory = functools.partial(WebTransportClientProtocol, limits=limits)
             protocol = await stack.enter_async_context(
-                quic_connect(host, port, configuration=configuration, create_protocol=factory))
+                quic_connect(host, port, configuration=configuration, create_protocol=factory,
+                             session_ticket_handler=ticket_slot))
             assert isinstance(protocol, WebTransportClientProtocol)
             if fingerprint:
                 _check_fingerprint(protocol, fingerprint)  # type: ignore[arg-type]
+            if ticket_slot is not None:
+                ticket_slot.verified()
             connection, chosen_protocol = await protocol.open_session(authority, target, extra)
             if chosen_protocol is not None and chosen_protocol not in offer:
                 raise ProtocolError(ErrorCode.VERSION, f"server chose {chosen_protocol!r}, which we did not offer")
@@ -223,7 +242,8 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
     session.add_cleanup(close_connection)
     session.start()
     await session._started.wait()
-    log.info("WebTransport session established with %s using %s", url, start.codec.name)
+    log.info("WebTransport session established with %s using %s%s", url, start.codec.name,
+             resumption_note(protocol.resumed, protocol.early_data_accepted))
     return session
 
 

@@ -1,0 +1,339 @@
+"""``Server``: a MoQ server configured by fields, with immediate and graceful stopping.
+
+The shape follows gomoqt's ``moqt.Server``: set the fields, then
+``await server.listen_and_serve()``; stop it with :meth:`Server.close` (now)
+or :meth:`Server.shutdown` (GOAWAY, then a grace period). Setup handlers go
+in a router, which is simply a :class:`~.app.MoQ` app: :func:`handle` and
+:func:`handle_func` register on :data:`default_router`, :func:`new_router`
+makes another. See ``docs/server-client.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .app import MoQ
+from .native import QuicServer, QuicSettings
+from .protocol.codes import goaway_timeout_code
+from .protocol.errors import MoQError
+from .protocol.limits import Limits
+from .protocol.versions import Version
+from .routing import SetupHandler
+from .serving import serve_connection
+from .session import Session
+from .transport.base import Connection
+
+logger = logging.getLogger("moqt_asgi.server")
+
+POLL_INTERVAL = 0.05
+"""How often a graceful stop looks at its sessions (seconds)."""
+
+default_router = MoQ()
+"""The router a :class:`Server` uses when its ``handler`` is unset."""
+
+
+def new_router(**options: object) -> MoQ:
+    """A new, empty router: a :class:`MoQ` app (``options`` go to its constructor)."""
+    return MoQ(**options)  # type: ignore[arg-type]
+
+
+def handle(path: str, handler: SetupHandler) -> None:
+    """Route setup requests for ``path`` (path parameters allowed) to ``handler`` on :data:`default_router`."""
+    default_router.add_route(path, handler)
+
+
+def handle_func(path: str, func: SetupHandler) -> None:
+    """The same as :func:`handle` (in Python a handler is a function)."""
+    default_router.add_route(path, func)
+
+
+def session_idle(session: Session) -> bool:
+    """True when a session has no work in flight.
+
+    Idle means: no subscription of the peer's is being served by us and no
+    subscription of ours is open. Announcement streams do not count (they
+    stay open for the life of a session).
+    """
+    return not session._published and not session._subscriptions
+
+
+class ServerClosed(MoQError):
+    """The server is closed (or closing): it cannot serve again."""
+
+
+async def drain(sessions: list[Session], deadline: float, log: logging.Logger, *,
+                close_when_idle: set[Session]) -> bool:
+    """Wait until every session in ``sessions`` closed, or ``deadline`` (loop time).
+
+    Sessions in ``close_when_idle`` are closed (code 0) as soon as they are
+    idle (:func:`session_idle`). At the deadline the rest are closed with
+    ``GOAWAY_TIMEOUT``. Returns True if none had to be closed that way.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        for session in list(close_when_idle):
+            if session.closed:
+                close_when_idle.discard(session)
+            elif session_idle(session):
+                log.info("closing idle session %r", session)
+                close_when_idle.discard(session)
+                session.close(0, "shutting down")
+        live = [session for session in sessions if not session.closed]
+        if not live:
+            return True
+        if loop.time() >= deadline:
+            break
+        await asyncio.sleep(min(POLL_INTERVAL, max(deadline - loop.time(), 0.0)))
+    log.info("%d session(s) still open after the grace period; closing them", len(live))
+    for session in live:
+        session.close(goaway_timeout_code(session.codec.error_codes), "goaway timeout")
+    await asyncio.gather(*(session.wait_closed() for session in live), return_exceptions=True)
+    return False
+
+
+async def _send_goaway(session: Session, uri: str, log: logging.Logger) -> None:
+    try:
+        await session.send_goaway(uri)
+        log.info("sent GOAWAY%s to %r", f" ({uri})" if uri else "", session)
+    except Exception as exc:  # the session may be closing under us
+        log.debug("could not send GOAWAY to %r: %s", session, exc)
+
+
+@dataclass(eq=False)
+class Server:
+    """A MoQ server: native QUIC (``moql``, ``moq-lite-0N``, ``moq-00``) and WebTransport on one UDP port.
+
+    Configure it by its fields, then ``await listen_and_serve()`` (or use it
+    as an async context manager, which starts it and closes it on exit).
+    ``handler`` is the router: a :class:`MoQ` app (:data:`default_router`
+    when ``None``). ``limits`` and ``versions`` default to the handler's.
+    """
+
+    addr: str = "127.0.0.1:4433"
+    """``host:port`` (UDP); port 0 picks a free one (see :attr:`address`)."""
+    certfile: str | None = None
+    keyfile: str | None = None
+    quic: QuicSettings = field(default_factory=QuicSettings)
+    setup_timeout: float = 10.0
+    limits: Limits | None = None
+    versions: Sequence[Version] | None = None
+    handler: MoQ | None = None
+    logger: logging.Logger = logger
+    webtransport: bool = True
+    lifespan: bool = True
+    """Run the handler's startup hooks on start and its shutdown hooks once stopped."""
+
+    def __post_init__(self) -> None:
+        self._quic_server: QuicServer | None = None
+        self._own_sessions: set[Session] = set()
+        self._state = "new"  # new -> serving -> stopping -> closed
+        self._done = asyncio.Event()
+        self._goaway_uri: str | None = None
+        self._started_lifespan = False
+        self._forced = False
+        self._address: tuple[str, int] | None = None
+
+    # -- configuration
+    @property
+    def app(self) -> MoQ:
+        """The handler actually served (with ``limits`` applied when set)."""
+        app = self.handler if self.handler is not None else default_router
+        if self.limits is not None and self.limits is not app.limits:
+            app = copy.copy(app)  # shares routes and mux; only the limits differ
+            app.limits = self.limits
+        return app
+
+    def _host_port(self) -> tuple[str, int]:
+        host, _, port = self.addr.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"addr must be HOST:PORT, got {self.addr!r}")
+        return host.strip("[]"), int(port)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound ``(host, port)`` once started (kept after the server stopped)."""
+        if self._address is None:
+            raise MoQError("server is not started")
+        return self._address
+
+    @property
+    def closed(self) -> bool:
+        return self._state == "closed"
+
+    @property
+    def sessions(self) -> list[Session]:
+        """Live sessions: those accepted by the listener and those given to :meth:`handle_connection`."""
+        listed = self._quic_server.sessions if self._quic_server is not None else []
+        return [*listed, *(s for s in self._own_sessions if not s.closed)]
+
+    # -- serving
+    async def start(self) -> None:
+        """Bind and start accepting connections (returns at once)."""
+        if self._state != "new":
+            raise ServerClosed("the server was already started") if self._state == "serving" else \
+                ServerClosed("the server is closed")
+        if not self.certfile or not self.keyfile:
+            raise MoQError("a Server needs certfile and keyfile")
+        app = self.app
+        host, port = self._host_port()
+        server = QuicServer(app, host=host, port=port, certfile=self.certfile, keyfile=self.keyfile, quic=self.quic,
+                            setup_timeout=self.setup_timeout, versions=self.versions, log=self.logger,
+                            webtransport=self.webtransport)
+        server.on_session = self._session_accepted
+        if self.lifespan:
+            await app.startup()
+            self._started_lifespan = True
+        try:
+            await server.start()
+        except BaseException:
+            await self._end_lifespan()
+            raise
+        self._quic_server = server
+        self._address = server.address
+        self._state = "serving"
+
+    async def listen_and_serve(self) -> None:
+        """Start (unless started) and serve until :meth:`close` or :meth:`shutdown` has finished."""
+        if self._state == "new":
+            await self.start()
+        elif self._state == "closed":
+            raise ServerClosed("the server is closed")
+        await self._done.wait()
+
+    async def handle_connection(self, connection: Connection, *, protocol: str | None = None,
+                                transport: str = "quic") -> None:
+        """Serve one already-established connection (a QUIC or WebTransport :class:`Connection`) to its end.
+
+        ``protocol`` is what the transport negotiated (ALPN or ``wt-protocol``).
+        Its session joins :attr:`sessions`, so :meth:`close` and
+        :meth:`shutdown` stop it too.
+        """
+        if self._state in ("stopping", "closed"):
+            connection.close(0, "server is shutting down")
+            raise ServerClosed("the server is shutting down")
+        app = self.app
+        versions = tuple(self.versions) if self.versions is not None else None
+
+        def track(session: Session) -> None:
+            self._own_sessions.add(session)
+
+            async def forget() -> None:
+                self._own_sessions.discard(session)
+
+            session.add_cleanup(forget)
+            self._session_accepted(session)
+
+        await serve_connection(app, connection, transport=transport, protocol=protocol,  # type: ignore[arg-type]
+                               versions=versions, setup_timeout=self.setup_timeout, log=self.logger, on_session=track)
+
+    def _session_accepted(self, session: Session) -> None:
+        if self._state == "stopping" and self._goaway_uri is not None and session.features.goaway:
+            session.spawn(_send_goaway(session, self._goaway_uri, self.logger), "goaway")
+
+    # -- stopping
+    async def close(self) -> bool:
+        """Close every session now (code 0, no error) and the listener.
+
+        Returns True if this call closed the server; False (and a log line)
+        if it was already closed or closing. A :meth:`shutdown` in progress
+        is cut short: its sessions close at once.
+        """
+        if self._state == "closed":
+            self.logger.info("server already closed")
+            return False
+        already_stopping = self._state == "stopping"
+        self._state = "stopping"
+        self._forced = True
+        for session in self.sessions:
+            session.close(0, "server closed")
+        if already_stopping:
+            self.logger.info("server is already shutting down; its sessions were closed now")
+            await self._done.wait()
+            return False
+        await self._finish()
+        return True
+
+    async def shutdown(self, timeout: float = 5.0, *, uri: str = "") -> bool:
+        """Stop gracefully: refuse new connections, GOAWAY, wait, then close what is left.
+
+        * Sessions on lite-04+ get GOAWAY (with ``uri`` as the new-session
+          address, if given) and ``timeout`` seconds to leave.
+        * Older sessions (no GOAWAY in their version) are closed with code 0
+          as soon as they are idle (:func:`session_idle`).
+        * At the deadline every remaining session is closed with the
+          GOAWAY-timeout code (0x10 for moq-rs and gomoqt), then the listener.
+
+        Returns True if every session ended before the deadline; False if
+        some had to be closed, or if the server was already stopping (logged).
+        """
+        if self._state in ("stopping", "closed"):
+            self.logger.info("server is already %s", "closed" if self._state == "closed" else "shutting down")
+            if self._state == "stopping":
+                await self._done.wait()
+            return False
+        self._state = "stopping"
+        self._goaway_uri = uri
+        deadline = asyncio.get_running_loop().time() + timeout
+        started = time.monotonic()
+        if self._quic_server is not None:
+            self._quic_server.draining = True
+        sessions = self.sessions
+        old = set()
+        sends = []
+        for session in sessions:
+            if session.features.goaway:
+                sends.append(_send_goaway(session, uri, self.logger))
+            else:
+                old.add(session)
+        await asyncio.gather(*sends)
+        clean = True
+        while True:  # sessions accepted while we wait (setups in flight) get the same treatment
+            clean = await drain(sessions, deadline, self.logger, close_when_idle=old) and clean
+            late = [s for s in self.sessions if s not in sessions]
+            if not late or self._state != "stopping":
+                break
+            sessions = late
+            old = {s for s in late if not s.features.goaway}
+        clean = clean and not self._forced
+        self.logger.info("shutdown %s after %.2fs", "finished" if clean else "forced", time.monotonic() - started)
+        await self._finish()
+        return clean
+
+    async def _finish(self) -> None:
+        server, self._quic_server = self._quic_server, None
+        try:
+            if server is not None:
+                await server.close()
+            for session in list(self._own_sessions):
+                with contextlib.suppress(Exception):
+                    await session.aclose()
+        finally:
+            await self._end_lifespan()
+            self._state = "closed"
+            self._done.set()
+
+    async def _end_lifespan(self) -> None:
+        if self._started_lifespan:
+            self._started_lifespan = False
+            try:
+                await self.app.shutdown()
+            except Exception:
+                self.logger.exception("shutdown hook failed")
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._state != "closed":
+            await self.close()
+
+
+__all__ = ["Server", "ServerClosed", "default_router", "drain", "handle", "handle_func", "new_router",
+           "session_idle"]
