@@ -387,7 +387,7 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
     session.peer_setup = start.peer_setup
     session.add_cleanup(stack.aclose)
     session.start()
-    await session._started.wait()
+    await session.wait_started()
     log.info("session established with %s using %s%s", url, start.codec.name,
              resumption_note(transport.resumed, transport.early_data_accepted))
     return session

@@ -169,7 +169,7 @@ class _Start:
                           session_stream=stream, logger_=self.log, timeout=self.timeout)
         session.peer_setup = self.peer_setup
         session.start()
-        await session._started.wait()  # running: the handler may spawn into it at once
+        await session.wait_started()  # running: the handler may spawn into it at once
         return session
 
     def reject(self, code: int, reason: str) -> None:

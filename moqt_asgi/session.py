@@ -105,6 +105,10 @@ class Session:
             self._runner = asyncio.get_running_loop().create_task(self.run(), name=f"moq-session-{id(self):x}")
         return self._runner
 
+    async def wait_started(self) -> None:
+        """Wait until :meth:`start` has the session running (its TaskGroup open, so :meth:`spawn` works)."""
+        await self._started.wait()
+
     async def run(self) -> None:
         """Serve the session until it closes. Everything it starts stops before this returns."""
         if self._runner is None:

@@ -241,7 +241,7 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
     session.peer_setup = start.peer_setup
     session.add_cleanup(close_connection)
     session.start()
-    await session._started.wait()
+    await session.wait_started()
     log.info("WebTransport session established with %s using %s%s", url, start.codec.name,
              resumption_note(protocol.resumed, protocol.early_data_accepted))
     return session
