@@ -43,7 +43,8 @@ class MoQ:
     def __init__(self, *, routes: Sequence[Route] = (), mux: TrackMux | None = None,
                  allow_origins: OriginCheck = None, app: ASGIApp | None = None,
                  on_startup: Sequence[Hook] = (), on_shutdown: Sequence[Hook] = (),
-                 limits: Limits = DEFAULT_LIMITS, versions: Sequence[Version] = DEFAULT_VERSIONS) -> None:
+                 limits: Limits = DEFAULT_LIMITS, versions: Sequence[Version] = DEFAULT_VERSIONS,
+                 goaway_uri: str = "") -> None:
         self.routes: list[Route] = list(routes)
         self.versions: tuple[Version, ...] = ordered(versions)
         """The versions sessions may use, preferred first (restrict it to force one)."""
@@ -55,6 +56,8 @@ class MoQ:
         self.limits = limits
         self.on_startup: list[Hook] = list(on_startup)
         self.on_shutdown: list[Hook] = list(on_shutdown)
+        self.goaway_uri = goaway_uri
+        """Where GOAWAY sends WebTransport clients when the ASGI server stops (``""``: nowhere in particular)."""
 
     # -- registration
     def add_route(self, path: str, handler: SetupHandler, *, allow_origins: OriginCheck = None,
@@ -148,6 +151,11 @@ class MoQ:
         CONNECT: 403 for a disallowed origin, 404 for a path no route
         matches. The MoQ setup then arrives on the first bidi stream; its
         request carries the CONNECT's path, query and headers.
+
+        When the server says it is stopping (the session's ``on_shutdown``),
+        the MoQ session is stopped as :meth:`Server.shutdown <moqt_asgi.server.Server.shutdown>`
+        would: GOAWAY (to :attr:`goaway_uri`) on lite-04+, a close once idle
+        on older versions, the GOAWAY-timeout close at the deadline.
         """
         message = await receive()
         if message["type"] != "webtransport.connect":
@@ -188,11 +196,13 @@ class MoQ:
             accept["subprotocol"] = protocol  # the wt-protocol response header
         await send(accept)
         from .serving import serve_connection  # serving imports this module
+        from .stopping import stop_on_shutdown
 
         query = scope.get("query_string", b"").decode("latin-1")
         target = f"{path}?{query}" if query else path
+        stopper = stop_on_shutdown(getattr(connection, "on_shutdown", None), uri=self.goaway_uri)
         await serve_connection(self, connection, transport="webtransport", target=target, headers=headers,
-                               protocol=None if protocol == ALPN_LITE else protocol)
+                               protocol=None if protocol == ALPN_LITE else protocol, on_session=stopper)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -9,7 +9,9 @@ receive
     ``{stream, data, end_stream}``, ``webtransport.stream.reset``
     ``{stream, error_code}``, ``webtransport.stream.stop_sending``
     ``{stream, error_code}``, ``webtransport.datagram.receive {data}``,
-    ``webtransport.drain``, ``webtransport.disconnect {code, reason}`` (last).
+    ``webtransport.drain``, ``webtransport.shutdown {timeout}`` (the server is
+    stopping and closes the session in ``timeout`` seconds),
+    ``webtransport.disconnect {code, reason}`` (last).
 send
     ``webtransport.accept {headers?, subprotocol?}``, ``webtransport.close
     {code?, reason?}`` (before accept: ``{status?, headers?}``, default 403),
@@ -22,7 +24,8 @@ send
 ``scope["extensions"]["moqt.connection"]["connection"]`` is the session
 itself (a :class:`~moqt_asgi.transport.base.Connection`) for applications
 that would rather not pay for a dict per chunk; such an application stops
-calling ``receive()`` after the accept.
+calling ``receive()`` after the accept, and learns that the server is
+stopping from the session (:meth:`~.session.WebTransportSession.on_shutdown`).
 """
 
 from __future__ import annotations
@@ -251,9 +254,14 @@ class WebTransportASGI:
         self._spawn(self._datagram_loop())
         self._spawn(self._closed_watch())
         session.on_drain(lambda: self._put({"type": "webtransport.drain"}))
+        session.on_shutdown(self._on_shutdown)
         early, self._early_opened = self._early_opened, []
         for stream in early:
             self._track(stream)
+
+    def _on_shutdown(self, left: float) -> None:
+        if not self.session.is_closed:
+            self._put({"type": "webtransport.shutdown", "timeout": left})
 
     def _track(self, stream: WebTransportStream) -> None:
         if stream.writable:

@@ -15,7 +15,11 @@ H2  ``hypercorn.protocol.quic.H3Protocol`` → :class:`WebTransportH3Protocol`:
     served through the ASGI ``webtransport`` scope; raw QUIC resets,
     STOP_SENDING and connection ends reach the session; every other request
     keeps Hypercorn's behaviour; an exception closes that one connection
-    instead of the UDP listener.
+    instead of the UDP listener. When the worker stops, every session is
+    told so (:meth:`WebTransportSession.request_shutdown`, the ASGI
+    ``webtransport.shutdown`` message: a MoQ app sends GOAWAY) with a grace
+    within ``graceful_timeout`` (:func:`shutdown_grace`) and gets DRAIN;
+    what is left after the grace is closed, then the QUIC connection.
 H3  ``QuicProtocol.__init__``: ``max_datagram_frame_size = 65536`` (HTTP
     datagrams are announced, so the transport parameter must be too), and a
     loud warning when ``workers > 1`` (one UDP socket shared by several
@@ -26,7 +30,9 @@ H5  ``hypercorn.protocol.quic.QuicConnection`` → a subclass allowing 1000
 H6  ``hypercorn.asyncio.udp_server.UDPServer``: a queue of 1000 datagrams
     instead of 10 (the stock one drops packets under load); ``run`` is
     woken while stopping, so shutdown ends when the last connection does
-    instead of waiting out ``graceful_timeout``.
+    instead of waiting out ``graceful_timeout`` (a warning says when open
+    connections or applications remained as that timeout ran out); once
+    stopped, the UDP socket is closed (Hypercorn leaves it open).
 H7  ``QuicProtocol.send_all`` (asyncio and uvloop workers): the QUIC timer is
     an event-loop timer re-armed only when aioquic's deadline moves earlier,
     instead of Hypercorn cancelling, awaiting and recreating a timer task
@@ -59,7 +65,7 @@ import hypercorn.protocol.h3 as hc_h3
 import hypercorn.protocol.quic as hc_quic
 from aioquic.h3.connection import H3Connection, H3Stream
 from aioquic.h3.events import DatagramReceived, DataReceived, HeadersReceived, WebTransportStreamDataReceived
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.events import ConnectionTerminated, StopSendingReceived, StreamReset
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol.events import Body, EndBody
@@ -81,7 +87,9 @@ MAX_DATAGRAM_FRAME_SIZE = 65536
 MAX_EARLY_STREAMS = 32
 MAX_EARLY_BYTES = 256 * 1024
 MAX_ENDED_SESSIONS = 256
-SHUTDOWN_GRACE = 1.0
+_CLOSING_STATES = (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING, QuicConnectionState.TERMINATED)
+SHUTDOWN_MARGIN = 0.5
+"""Seconds of Hypercorn's ``graceful_timeout`` kept for closing the connections after the sessions' grace."""
 
 
 class IncompatibleHypercorn(RuntimeError):
@@ -106,6 +114,17 @@ def _asyncio_running() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def shutdown_grace(graceful_timeout: float) -> float:
+    """How long WebTransport sessions get to end once Hypercorn stops.
+
+    Hypercorn cancels whatever still runs ``graceful_timeout`` seconds after
+    it began to stop; the sessions' grace ends :data:`SHUTDOWN_MARGIN` before
+    that (half of it for timeouts under a second), so that the sessions and
+    their QUIC connections are closed while Hypercorn still waits for them.
+    """
+    return max(0.0, graceful_timeout - SHUTDOWN_MARGIN, graceful_timeout * 0.5)
 
 
 def _app_limits(app: object) -> Limits:
@@ -282,21 +301,28 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
             self._all_ended.set()
 
     async def _watch_shutdown(self) -> None:
-        """When the worker stops: DRAIN every session, close what remains, then the connection."""
+        """When the worker stops: tell every session, DRAIN it, wait out the grace, close what remains."""
         await self.context.terminated.wait()
+        graceful_timeout = float(self.config.graceful_timeout)
+        grace = shutdown_grace(graceful_timeout)
         for session in list(self.wt_sessions.values()):
-            with contextlib.suppress(Exception):
-                session.drain()
+            session.request_shutdown(grace)
+            if session.state == "accepted":
+                with contextlib.suppress(Exception):
+                    session.drain()
         if self.wt_sessions:
             self._all_ended.clear()
+            # the application closes its sessions at the deadline: give that close a moment to land
+            slack = min(0.25, (graceful_timeout - grace) / 2)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_ended.wait(), min(SHUTDOWN_GRACE, self.config.graceful_timeout / 2))
+                await asyncio.wait_for(self._all_ended.wait(), grace + slack)
         for session in list(self.wt_sessions.values()):
             if session.state == "pending":
                 session.reject(503)
             else:
                 session.close(0, "server shutting down")
         if not self.streams:
+            await self._flush()  # the sessions' last capsules go out before CONNECTION_CLOSE
             self.quic.close(error_code=H3_NO_ERROR, reason_phrase="server shutting down")
         self.transmit_soon()
 
@@ -484,8 +510,27 @@ async def _udp_server_run(self: Any) -> None:
     waker = asyncio.ensure_future(_wake_on_shutdown(self))
     try:
         await _ORIGINALS["UDPServer.run"](self)
+    except asyncio.CancelledError:
+        if self.context.terminated.is_set():
+            _report_cut(self)
+        raise
     finally:
         waker.cancel()
+        if self.context.terminated.is_set() and self.transport is not None:
+            self.transport.close()  # Hypercorn never closes its UDP sockets (a programmatic serve() would leak them)
+
+
+def _report_cut(server: Any) -> None:
+    """Hypercorn's ``graceful_timeout`` ran out while ``server`` was stopping: say what it cut short."""
+    connections = getattr(getattr(server, "protocol", None), "connections", {})
+    quics = {id(c.quic): c.quic for c in connections.values()}
+    live = sum(getattr(quic, "_state", None) not in _CLOSING_STATES for quic in quics.values())
+    if live:
+        logger.warning("%d QUIC connection(s) still open when Hypercorn's graceful_timeout ran out", live)
+    elif quics:  # closed already: only QUIC's closing period was cut short
+        logger.debug("Hypercorn's graceful_timeout ended the closing period of %d QUIC connection(s)", len(quics))
+    else:
+        logger.warning("applications still running when Hypercorn's graceful_timeout ran out")
 
 
 async def _wake_on_shutdown(server: Any) -> None:
@@ -565,4 +610,5 @@ __all__ = [
     "apply",
     "applied",
     "check_compatible",
+    "shutdown_grace",
 ]

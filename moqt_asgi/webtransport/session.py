@@ -10,7 +10,10 @@ an extended CONNECT with ``:protocol = webtransport`` arrives and owns
 * the CONNECT stream: the ``200`` (or an error status), and the capsules
   CLOSE_WEBTRANSPORT_SESSION and DRAIN_WEBTRANSPORT_SESSION both ways,
 * datagrams (a bounded queue: the oldest is dropped when full),
-* the WebTransport application error-code mapping for resets and stops.
+* the WebTransport application error-code mapping for resets and stops,
+* the server's "stopping" signal (:meth:`WebTransportSession.request_shutdown`,
+  :meth:`WebTransportSession.on_shutdown`): how long the application has to
+  end the session before the server closes it.
 
 Codes are translated in two steps: the connection's ``error_codes`` map
 (the MoQ dialect's numbering, see :mod:`moqt_asgi.protocol.codes`) between
@@ -29,6 +32,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -226,6 +230,8 @@ class WebTransportSession(Connection):
         self._decided = asyncio.Event()
         self._writable_waiters: list[Callable[[], None]] = []
         self._drain_callbacks: list[Callable[[], None]] = []
+        self._shutdown_deadline: float | None = None
+        self._shutdown_callbacks: list[Callable[[float], None]] = []
         self._datagrams: deque[bytes] = deque()
         self._datagram_waiter: asyncio.Future[None] | None = None
         self._capsules = CapsuleParser()
@@ -371,6 +377,12 @@ class WebTransportSession(Connection):
             return
         code = clamp_app_code(code)
         self._send_connect_end(encode_close(clamp_app_code(self.error_codes.session_out(code)), reason))
+        # aioquic serves streams round-robin: put the CONNECT stream first, so that the peer reads the
+        # CLOSE capsule before the stream resets below (else it may take a reset for the session's end)
+        queue, connect = getattr(self.host.quic, "_streams_queue", None), self.host.quic._streams.get(self.session_id)
+        if isinstance(queue, list) and connect in queue:
+            queue.remove(connect)
+            queue.insert(0, connect)
         self._terminate(SessionClosed(code, reason, remote=False))
 
     async def wait_closed(self) -> SessionClosed:
@@ -389,6 +401,37 @@ class WebTransportSession(Connection):
             callback()
         else:
             self._drain_callbacks.append(callback)
+
+    # -- the server is stopping
+    def shutdown_left(self) -> float | None:
+        """Seconds left before the server closes this session (0 when past); None if it is not stopping."""
+        if self._shutdown_deadline is None:
+            return None
+        return max(0.0, self._shutdown_deadline - time.monotonic())
+
+    def request_shutdown(self, timeout: float) -> None:
+        """Server side: the server is stopping and closes this session in ``timeout`` seconds.
+
+        Calls the :meth:`on_shutdown` callbacks; only the first request counts.
+        Nothing is sent to the peer (:meth:`drain` does that).
+        """
+        if self._shutdown_deadline is None:
+            self._shutdown_deadline = time.monotonic() + max(0.0, timeout)
+            self._fire_shutdown()
+
+    def on_shutdown(self, callback: Callable[[float], None]) -> None:
+        """Call ``callback(seconds_left)`` once when the server is stopping (at once if it already is)."""
+        self._shutdown_callbacks.append(callback)
+        if self._shutdown_deadline is not None:
+            self._fire_shutdown()
+
+    def _fire_shutdown(self) -> None:
+        callbacks, self._shutdown_callbacks = self._shutdown_callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self.shutdown_left() or 0.0)
+            except Exception:
+                logger.exception("on_shutdown callback failed")
 
     def _send_capsule(self, capsule: bytes, *, end: bool) -> None:
         if self._connect_fin_sent:
