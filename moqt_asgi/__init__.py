@@ -21,6 +21,7 @@ from .routing import Route
 from .server import Server, ServerClosed, default_router, handle, handle_func, new_router
 from .session import Session
 from .tickets import ClientTicketStore, SessionTicketStore
+from .tls import TLSConfig, TLSConfigError
 from .track import GroupReader, GroupWriter, TrackReader, TrackWriter
 from .webtransport import WebTransportSession, dial_webtransport
 from .webtransport import install as install_webtransport
@@ -55,6 +56,8 @@ __all__ = [
     "SetupRequest",
     "StreamError",
     "SubscribeError",
+    "TLSConfig",
+    "TLSConfigError",
     "TrackConsumer",
     "TrackHandler",
     "TrackMux",

@@ -3,7 +3,9 @@
 ``moql://`` and ``moqt://`` dial native QUIC (:func:`~moqt_asgi.native.dial_quic`);
 ``https://`` dials WebTransport over HTTP/3
 (:func:`~moqt_asgi.webtransport.client.dial_webtransport`). Both take the
-same TLS options.
+same TLS options: the ``fingerprint``/``cafile``/``insecure`` shortcuts, and
+``tls`` (a :class:`~moqt_asgi.tls.TLSConfig` or an :class:`ssl.SSLContext`)
+for everything else.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import ssl
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from .protocol.limits import DEFAULT_LIMITS, Limits
 from .protocol.versions import DEFAULT_VERSIONS, Version
 from .session import Session
 from .tickets import ClientTicketStore
+from .tls import TLSConfig
 from .webtransport.client import dial_webtransport
 
 logger = logging.getLogger("moqt_asgi.client")
@@ -34,7 +38,7 @@ async def dial(url: str, *, mux: TrackMux | None = None, fingerprint: str | None
                cafile: str | None = None, quic: QuicSettings | None = None, limits: Limits = DEFAULT_LIMITS,
                setup_timeout: float = 10.0, versions: Sequence[Version] = DEFAULT_VERSIONS,
                headers: Sequence[tuple[str, str]] = (), log: logging.Logger = logger,
-               tickets: ClientTicketStore | None = None) -> Session:
+               tickets: ClientTicketStore | None = None, tls: TLSConfig | ssl.SSLContext | None = None) -> Session:
     """Connect to ``url`` and set up a MoQ session (already running).
 
     * ``moql://host:port/path`` or ``moqt://...``: native QUIC; the ALPN list
@@ -48,6 +52,10 @@ async def dial(url: str, *, mux: TrackMux | None = None, fingerprint: str | None
     The port is required (a URL without one raises :class:`MoQError` at
     once). The server certificate is checked against ``fingerprint``
     (SHA-256 hex), ``cafile``, or the system roots, unless ``insecure``.
+    ``tls`` (a :class:`~moqt_asgi.tls.TLSConfig` or an :class:`ssl.SSLContext`)
+    gives the other TLS options: CA directory or data, another server name,
+    cipher suites, a key log file; the shortcuts fill in what it leaves unset
+    (a different value in both places is an error).
     ``headers`` go on the WebTransport CONNECT (``origin``, for instance);
     native QUIC has no headers, so passing some with a ``moql://`` URL is
     an error.
@@ -60,11 +68,12 @@ async def dial(url: str, *, mux: TrackMux | None = None, fingerprint: str | None
     if scheme == "https":
         return await dial_webtransport(url, mux=mux, fingerprint=fingerprint, insecure=insecure, cafile=cafile,
                                        quic=quic, limits=limits, setup_timeout=setup_timeout, versions=versions,
-                                       headers=headers, log=log, tickets=tickets)
+                                       headers=headers, log=log, tickets=tickets, tls=tls)
     if headers:
         raise MoQError(f"{scheme}:// has no HTTP headers to send; use an https:// URL for WebTransport")
     return await dial_quic(url, mux=mux, fingerprint=fingerprint, insecure=insecure, cafile=cafile, quic=quic,
-                           limits=limits, setup_timeout=setup_timeout, versions=versions, log=log, tickets=tickets)
+                           limits=limits, setup_timeout=setup_timeout, versions=versions, log=log, tickets=tickets,
+                           tls=tls)
 
 
 DialFunc = Callable[..., Awaitable[Session]]
@@ -83,8 +92,16 @@ class Client:
     """
 
     fingerprint: str | None = None
+    """Accept exactly the server certificate with this SHA-256 fingerprint (a shortcut for ``tls``'s field)."""
     cafile: str | None = None
+    """PEM file of CA certificates to trust (a shortcut, as ``fingerprint``)."""
     insecure: bool = False
+    """Accept any certificate (a shortcut, as ``fingerprint``). For tests only."""
+    tls: TLSConfig | ssl.SSLContext | None = None
+    """The other TLS options: a :class:`~moqt_asgi.tls.TLSConfig`, or an :class:`ssl.SSLContext` (its
+    verify mode, CA certificates and key log file are carried over). The shortcuts fill
+    in what it leaves unset; a different value in both places is an error at :meth:`dial`. The dial
+    functions get it as ``tls=`` (only when set)."""
     quic: QuicSettings | None = None
     limits: Limits = DEFAULT_LIMITS
     versions: Sequence[Version] = DEFAULT_VERSIONS
@@ -114,9 +131,11 @@ class Client:
         if self._closed:
             raise MoQError("the client is closed")
         scheme, _, _, _ = parse_url(url)
-        options = dict(mux=mux, fingerprint=self.fingerprint, insecure=self.insecure, cafile=self.cafile,
-                       quic=self.quic, limits=self.limits, setup_timeout=self.setup_timeout, versions=self.versions,
-                       log=self.logger)
+        options: dict[str, object] = dict(mux=mux, fingerprint=self.fingerprint, insecure=self.insecure,
+                                          cafile=self.cafile, quic=self.quic, limits=self.limits,
+                                          setup_timeout=self.setup_timeout, versions=self.versions, log=self.logger)
+        if self.tls is not None:
+            options["tls"] = self.tls
         if scheme == "https":
             session = await self.dial_webtransport_func(url, headers=self.headers, **options)
         else:

@@ -15,6 +15,7 @@ import contextvars
 import functools
 import hashlib
 import logging
+import socket
 import ssl
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
@@ -33,8 +34,8 @@ from aioquic.tls import SessionTicket
 from cryptography.hazmat.primitives import serialization
 
 from .app import ASGIApp, MoQ
-from .certs import ANTI_AMPLIFICATION_BUDGET, CERT_CHAIN_WARN_BYTES, certificate_chain_size
-from .handshake import start_client
+from .certs import ANTI_AMPLIFICATION_BUDGET, CERT_CHAIN_WARN_BYTES
+from .handshake import ClientStart, start_client
 from .mux import TrackMux
 from .protocol.errors import ErrorCode, MoQError, SessionClosed
 from .protocol.limits import DEFAULT_LIMITS, Limits
@@ -42,6 +43,7 @@ from .protocol.versions import DEFAULT_VERSIONS, Version, native_alpns, ordered
 from .serving import serve_connection, session_hook
 from .session import Session
 from .tickets import ClientTicketStore, SessionTicketStore, TicketSlot
+from .tls import ServerCredentials, TLSConfig, client_tls, server_tls
 from .transport.quic import QuicProtocol, QuicTransport
 
 if TYPE_CHECKING:
@@ -60,10 +62,25 @@ class QuicSettings:
     max_datagram_frame_size: int | None = 65536
     max_data: int = 16 * 1024 * 1024
     max_stream_data: int = 4 * 1024 * 1024
+    max_streams_bidi: int = 1000
+    """Concurrent bidirectional streams the peer may open (MoQ: one per subscription, announce, fetch)."""
+    max_streams_uni: int = 1000
+    """Concurrent unidirectional streams the peer may open (MoQ: one per group in flight)."""
     allow_0rtt: bool = False
-    """Server: issue tickets that permit 0-RTT early data and accept it. Client: offer early data
-    when the stored ticket permits it. Either way tickets still give 1-RTT resumption. 0-RTT data
-    can be replayed by an attacker: only enable it for requests that are safe to repeat."""
+    """Server: issue tickets that permit 0-RTT early data, accept it, and start a native session on
+    it before the handshake completes. Client: when the stored ticket permits it, write the session
+    start (the SETUP) as early data. Either way tickets still give 1-RTT resumption. A server
+    forgets a ticket once presented, so a replayed first flight is not accepted again by the
+    servers sharing that ticket store (servers with separate stores would each accept it once)."""
+
+    def __post_init__(self) -> None:
+        if self.max_streams_bidi < 1 or self.max_streams_uni < 1:
+            raise ValueError("max_streams_bidi and max_streams_uni must be at least 1")
+
+    @property
+    def max_streams(self) -> tuple[int, int]:
+        """``(bidi, uni)``, as :class:`~moqt_asgi.transport.quic.QuicProtocol` takes them."""
+        return self.max_streams_bidi, self.max_streams_uni
 
     def configuration(self, *, is_client: bool, alpn: list[str]) -> QuicConfiguration:
         return QuicConfiguration(
@@ -83,11 +100,13 @@ class ServerProtocol(QuicProtocol):
     client negotiates ``h3`` and ``on_h3`` is given, every later event goes
     to the :class:`~moqt_asgi.webtransport.native_h3.H3ServerConnection` it
     returns instead (``None``: it refused the connection and closed it).
+    With ``early_data`` (0-RTT allowed), a native connection whose early data
+    was accepted starts its session at once (``transport.started_early``).
     """
 
     def __init__(self, *args: Any, on_h3: Callable[[ServerProtocol], H3ServerConnection | None] | None = None,
                  early_data: bool = True, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, early_start=early_data, **kwargs)
         self._on_h3 = on_h3
         self._early_data = early_data
         self.h3: H3ServerConnection | None = None
@@ -136,16 +155,18 @@ class QuicServer:
     tickets also permit 0-RTT early data, which the server then accepts.
     """
 
-    def __init__(self, app: MoQ, *, host: str = "127.0.0.1", port: int = 4433, certfile: str, keyfile: str,
-                 quic: QuicSettings | None = None, setup_timeout: float = 10.0,
+    def __init__(self, app: MoQ, *, host: str = "127.0.0.1", port: int = 4433, certfile: str | None = None,
+                 keyfile: str | None = None, quic: QuicSettings | None = None, setup_timeout: float = 10.0,
                  versions: Sequence[Version] | None = None, log: logging.Logger = logger,
                  webtransport: bool = True, root_path: str = "", asgi_app: ASGIApp | None = None,
-                 tickets: SessionTicketStore | None = None) -> None:
+                 tickets: SessionTicketStore | None = None, tls: TLSConfig | ssl.SSLContext | None = None) -> None:
         self.app = app
         self.host = host
         self.port = port
         self.certfile = certfile
         self.keyfile = keyfile
+        self.tls = tls
+        """The certificate and TLS options (:class:`~moqt_asgi.tls.TLSConfig`); ``certfile``/``keyfile`` fill it in."""
         self.quic = quic or QuicSettings()
         self.setup_timeout = setup_timeout
         self.versions: tuple[Version, ...] = ordered(versions if versions is not None else app.versions)
@@ -157,6 +178,8 @@ class QuicServer:
         self.state: dict[str, Any] = {}
         """Copied into every ASGI scope's ``state`` (``webtransport`` and ``http``)."""
         self._server: AioquicServer | None = None
+        self._serving_elsewhere = False
+        self._protocols: weakref.WeakSet[ServerProtocol] = weakref.WeakSet()
         self._connections: set[asyncio.Task[None]] = set()
         self._h3: weakref.WeakSet[H3ServerConnection] = weakref.WeakSet()
         self._address: tuple[str, int] | None = None
@@ -170,11 +193,14 @@ class QuicServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._server is None:
-            raise MoQError("server is not started")
+        """The bound ``(host, port)``; under aioquic's own ``serve()`` (see :meth:`serve_arguments`), known
+        once a first connection has arrived."""
         if self._address is None:
-            transport = self._server._transport
-            assert transport is not None
+            transport = self._server._transport if self._server is not None else next(
+                (p._transport for p in list(self._protocols) if p._transport is not None), None)
+            if transport is None:
+                raise MoQError("server is not started" if self._server is None and not self._serving_elsewhere
+                               else "no connection has arrived yet to tell the address")
             sockname = transport.get_extra_info("sockname")
             self._address = str(sockname[0]), int(sockname[1])
         return self._address
@@ -184,26 +210,72 @@ class QuicServer:
         alpns = list(native_alpns(self.versions))
         return [*alpns, *H3_ALPN] if self.webtransport else alpns
 
-    async def start(self) -> None:
-        configuration = self.quic.configuration(is_client=False, alpn=self.alpn_protocols)
-        if self.webtransport and not configuration.max_datagram_frame_size:
-            # HTTP/3 announces H3_DATAGRAM, which requires the transport parameter: without it
-            # aioquic clients close the connection and Chromium silently drops every datagram.
-            configuration.max_datagram_frame_size = 65536
-        configuration.load_cert_chain(self.certfile, self.keyfile)
-        self._check_certificate_size()
-        create_protocol = functools.partial(ServerProtocol, on_handshake=self._on_handshake, limits=self.app.limits,
-                                            on_h3=self._on_h3 if self.webtransport else None,
-                                            early_data=self.quic.allow_0rtt)
-        self._server = await quic_serve(self.host, self.port, configuration=configuration,
-                                        create_protocol=create_protocol,
-                                        session_ticket_fetcher=self._fetch_ticket,
-                                        session_ticket_handler=self.tickets.add)
+    async def start(self, *, sock: socket.socket | None = None) -> None:
+        """Bind ``host:port`` and serve; with ``sock``, serve on that bound UDP socket instead.
+
+        The server owns ``sock`` from then on: :meth:`close` closes it (as Go's
+        ``Serve(listener)`` does). TLS settings are read and checked first: a
+        :class:`~moqt_asgi.tls.TLSConfigError` says what is wrong.
+        """
+        arguments = self._serve_arguments()
+        if sock is None:
+            self._server = await quic_serve(self.host, self.port, **arguments)
+        else:
+            self._check_socket(sock)
+            _, self._server = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: AioquicServer(**arguments), sock=sock)
+        self._serving_elsewhere = False
         self._address = None
         if self.webtransport:
             self.log.info("serving MoQ on moql://%s:%d and https://%s:%d (WebTransport)", *self.address, *self.address)
         else:
             self.log.info("serving MoQ on moql://%s:%d", *self.address)
+
+    def quic_configuration(self) -> QuicConfiguration:
+        """The server's aioquic configuration: every ALPN it serves, the QUIC settings and TLS (checked)."""
+        configuration = self.quic.configuration(is_client=False, alpn=self.alpn_protocols)
+        if self.webtransport and not configuration.max_datagram_frame_size:
+            # HTTP/3 announces H3_DATAGRAM, which requires the transport parameter: without it
+            # aioquic clients close the connection and Chromium silently drops every datagram.
+            configuration.max_datagram_frame_size = 65536
+        tls = server_tls(self.tls, certfile=self.certfile, keyfile=self.keyfile)
+        self._check_certificate_size(tls.apply_server(configuration))
+        return configuration
+
+    def create_protocol(self, *args: Any, **kwargs: Any) -> ServerProtocol:
+        """aioquic's ``create_protocol``: a connection served by this server."""
+        protocol = ServerProtocol(*args, on_handshake=self._on_handshake, limits=self.app.limits,
+                                  on_h3=self._on_h3 if self.webtransport else None,
+                                  early_data=self.quic.allow_0rtt, max_streams=self.quic.max_streams, **kwargs)
+        self._protocols.add(protocol)
+        return protocol
+
+    def serve_arguments(self) -> dict[str, Any]:
+        """Keyword arguments for ``aioquic.asyncio.serve(host, port, **arguments)``, to serve through it.
+
+        ``configuration`` (ALPNs, QUIC settings, TLS), ``create_protocol``,
+        ``session_ticket_fetcher`` and ``session_ticket_handler``. Connections
+        made that way are this server's: :attr:`sessions`, ``draining`` and
+        :meth:`close` cover them, but the aioquic server and its socket stay
+        the caller's to close.
+        """
+        arguments = self._serve_arguments()
+        self._serving_elsewhere = True
+        self.log.info("serving MoQ through aioquic's serve() (%s)", "moql and WebTransport" if self.webtransport else "moql")
+        return arguments
+
+    def _serve_arguments(self) -> dict[str, Any]:
+        return dict(configuration=self.quic_configuration(), create_protocol=self.create_protocol,
+                    session_ticket_fetcher=self._fetch_ticket, session_ticket_handler=self.tickets.add)
+
+    @staticmethod
+    def _check_socket(sock: socket.socket) -> None:
+        if sock.type != socket.SOCK_DGRAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            raise MoQError(f"QUIC needs a UDP socket (AF_INET or AF_INET6, SOCK_DGRAM), got {sock!r}")
+        if sock.fileno() < 0:
+            raise MoQError("the socket is closed")
+        if sock.getsockname()[1] == 0:
+            raise MoQError("the socket is not bound: bind it to an address first")
 
     @property
     def sessions(self) -> list[Session]:
@@ -220,15 +292,15 @@ class QuicServer:
         if self.on_session is not None:
             self.on_session(session)
 
-    def _check_certificate_size(self) -> None:
-        size = certificate_chain_size(self.certfile)
+    def _check_certificate_size(self, credentials: ServerCredentials) -> None:
+        size = credentials.size
         if size > CERT_CHAIN_WARN_BYTES:
             self.log.warning(
                 "the certificate chain in %s is %d bytes: with the rest of the first flight it does not fit the "
                 "%d bytes a QUIC server may send before the client's address is validated, so every full "
                 "handshake costs an extra round trip; use an ECDSA P-256 certificate and a shorter chain "
                 "(under %d bytes; `python -m moqt_asgi cert` makes one for development)",
-                self.certfile, size, ANTI_AMPLIFICATION_BUDGET, CERT_CHAIN_WARN_BYTES)
+                credentials.source, size, ANTI_AMPLIFICATION_BUDGET, CERT_CHAIN_WARN_BYTES)
 
     def _fetch_ticket(self, label: bytes) -> SessionTicket | None:
         ticket = self.tickets.pop(label)
@@ -292,6 +364,7 @@ class QuicServer:
             task.cancel()
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
+        await asyncio.sleep(0)  # the UDP transport closes its socket one loop step later: the port is free on return
 
     async def __aenter__(self) -> QuicServer:
         await self.start()
@@ -332,8 +405,8 @@ def _check_fingerprint(protocol: QuicProtocol, expected: str) -> None:
 async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str | None = None,
                     insecure: bool = False, cafile: str | None = None, quic: QuicSettings | None = None,
                     limits: Limits = DEFAULT_LIMITS, setup_timeout: float = 10.0,
-                    versions: Sequence[Version] = DEFAULT_VERSIONS,
-                    log: logging.Logger = logger, tickets: ClientTicketStore | None = None) -> Session:
+                    versions: Sequence[Version] = DEFAULT_VERSIONS, log: logging.Logger = logger,
+                    tickets: ClientTicketStore | None = None, tls: TLSConfig | ssl.SSLContext | None = None) -> Session:
     """Connect to ``moql://host:port/path`` and set up a session (already running).
 
     The ALPN list offers every one of ``versions`` (newest first); the server
@@ -351,37 +424,22 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
     chosen = ordered(versions)
     settings = quic or QuicSettings()
     configuration = settings.configuration(is_client=True, alpn=list(native_alpns(chosen)))
-    configuration.server_name = host
-    if fingerprint or insecure:
-        configuration.verify_mode = ssl.CERT_NONE
-    elif cafile:
-        configuration.load_verify_locations(cafile)
+    # tls and the shortcuts as one: the pin to check once connected, and how the server is trusted
+    pin, skip_verify, ca = client_tls(tls, fingerprint=fingerprint, insecure=insecure,
+                                      cafile=cafile).apply_client(configuration, host)
     ticket_slot = use_tickets(configuration, tickets, host, port, early_data=settings.allow_0rtt,
-                              trust=trust_label(fingerprint, insecure, cafile))
-    stack = contextlib.AsyncExitStack()
+                              trust=trust_label(pin, skip_verify, ca))
+    early_alpn = ticket_slot.early_alpn if ticket_slot is not None and settings.allow_0rtt else None
+    connect = functools.partial(_connect, url, host, port, target, configuration, limits=limits, versions=chosen,
+                                setup_timeout=setup_timeout, fingerprint=pin, ticket_slot=ticket_slot,
+                                max_streams=settings.max_streams)
     try:
-        async with asyncio.timeout(setup_timeout):
-            protocol_factory: Callable[..., Any] = functools.partial(QuicProtocol, limits=limits)
-            protocol = await stack.enter_async_context(
-                quic_connect(host, port, configuration=configuration, create_protocol=protocol_factory,
-                             session_ticket_handler=ticket_slot))
-            assert isinstance(protocol, QuicProtocol)
-            if fingerprint:
-                _check_fingerprint(protocol, fingerprint)
-            if ticket_slot is not None:
-                ticket_slot.verified()
-            transport = protocol.moq_transport
-            start = await start_client(transport, limits, protocol=transport.alpn, path=target, versions=chosen,
-                                       timeout=setup_timeout)
-    except TimeoutError:
-        await stack.aclose()
-        raise MoQError(f"no session with {url} within {setup_timeout:.1f}s") from None
-    except ConnectionError as exc:
-        await stack.aclose()
-        raise MoQError(f"could not connect to {url}: {exc}") from None
-    except BaseException:
-        await stack.aclose()
-        raise
+        stack, transport, start = await connect(early_alpn=early_alpn)
+    except _ProtocolChanged as changed:
+        log.info("%s chose %s, not the %s its 0-RTT data was written in; dialing again without the ticket",
+                 url, changed.alpn, early_alpn)
+        configuration.session_ticket = None
+        stack, transport, start = await connect(early_alpn=None)
     session = Session(transport, start.codec, mux=mux, limits=limits, is_client=True, path=target,
                       session_stream=start.session_stream, logger_=log, timeout=setup_timeout)
     session.peer_setup = start.peer_setup
@@ -393,13 +451,106 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
     return session
 
 
-def trust_label(fingerprint: str | None, insecure: bool, cafile: str | None) -> str:
-    """How a dial verifies the server, as :class:`ClientTicketStore` files its tickets."""
+class _ProtocolChanged(Exception):
+    """The server negotiated another ALPN than the one a 0-RTT start assumed."""
+
+    def __init__(self, alpn: str | None) -> None:
+        super().__init__(alpn)
+        self.alpn = alpn
+
+
+async def _connect(url: str, host: str, port: int, target: str, configuration: QuicConfiguration, *,
+                   limits: Limits, versions: tuple[Version, ...], setup_timeout: float, fingerprint: str | None,
+                   ticket_slot: TicketSlot | None, max_streams: tuple[int, int],
+                   early_alpn: str | None) -> tuple[contextlib.AsyncExitStack, QuicTransport, ClientStart]:
+    """Connect and run the client's session start; with ``early_alpn``, start it in 0-RTT data."""
+    stack = contextlib.AsyncExitStack()
+    check = functools.partial(_check_fingerprint, expected=fingerprint) if fingerprint else None
+    created: list[QuicProtocol] = []
+
+    def protocol_factory(*args: Any, **kwargs: Any) -> QuicProtocol:
+        made = QuicProtocol(*args, limits=limits, check_peer=check, max_streams=max_streams, **kwargs)
+        created.append(made)
+        return made
+
+    try:
+        async with asyncio.timeout(setup_timeout):
+            protocol = await stack.enter_async_context(
+                quic_connect(host, port, configuration=configuration, create_protocol=protocol_factory,
+                             session_ticket_handler=ticket_slot, wait_connected=early_alpn is None))
+            assert isinstance(protocol, QuicProtocol)
+            transport = protocol.moq_transport
+            if early_alpn is None:
+                if protocol.peer_check_error is not None:
+                    raise protocol.peer_check_error
+                start = await start_client(transport, limits, protocol=transport.alpn, path=target,
+                                           versions=versions, timeout=setup_timeout)
+            else:
+                start = await _start_early(protocol, early_alpn, limits=limits, target=target, versions=versions,
+                                           setup_timeout=setup_timeout)
+            if ticket_slot is not None:
+                ticket_slot.verified(transport.alpn)
+    except TimeoutError:
+        await stack.aclose()
+        raise MoQError(f"no session with {url} within {setup_timeout:.1f}s") from None
+    except ConnectionError as exc:
+        await stack.aclose()
+        closed = created[0].moq_transport._closed if created else None
+        reason = closed.reason if closed is not None and closed.reason else str(exc) or "connection closed"
+        raise MoQError(f"could not connect to {url}: {reason}") from None
+    except BaseException:
+        await stack.aclose()
+        raise
+    return stack, transport, start
+
+
+async def _start_early(protocol: QuicProtocol, alpn: str, *, limits: Limits, target: str,
+                       versions: tuple[Version, ...], setup_timeout: float) -> ClientStart:
+    """Write the session start as 0-RTT data in ``alpn``'s version, then confirm the handshake agrees.
+
+    The ClientHello and the first 0-RTT bytes leave together. If the server
+    refuses the early data, aioquic sends those bytes again under the
+    handshake keys. If it negotiates another ALPN, :class:`_ProtocolChanged`.
+    """
+    transport = protocol.moq_transport
+    transport.alpn = alpn
+    transport.started_early = True
+    connected = asyncio.ensure_future(protocol.wait_connected())
+    starting = asyncio.ensure_future(start_client(transport, limits, protocol=alpn, path=target, versions=versions,
+                                                  timeout=setup_timeout))
+    asyncio.get_running_loop().call_soon(protocol.transmit)  # after the start has written its first bytes
+    try:
+        await asyncio.wait({connected, starting}, return_when=asyncio.FIRST_EXCEPTION)
+        if not connected.done():
+            starting.result()  # the start failed before the handshake finished: its error is the answer
+        await connected
+        if protocol.peer_check_error is not None:
+            raise protocol.peer_check_error
+        if transport.alpn != alpn:
+            raise _ProtocolChanged(transport.alpn)
+        return await starting
+    finally:
+        for task in (connected, starting):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(connected, starting, return_exceptions=True)
+
+
+def trust_label(fingerprint: str | None, insecure: bool, ca: str | None) -> str:
+    """How a dial verifies the server, as :class:`ClientTicketStore` files its tickets.
+
+    ``ca`` describes the CA check: a CA file's path, or what
+    :meth:`TLSConfig.ca_label() <moqt_asgi.tls.TLSConfig.ca_label>` says
+    (``ca:...``: the CA files, directory and data, and a changed server name
+    or hostname check). ``None``: the default roots.
+    """
     if fingerprint:
         return "sha256:" + fingerprint.lower().replace(":", "")
     if insecure:
         return "insecure"
-    return f"cafile:{cafile}" if cafile else "system"
+    if not ca:
+        return "system"
+    return ca if ca.startswith("ca:") else f"cafile:{ca}"
 
 
 def use_tickets(configuration: QuicConfiguration, tickets: ClientTicketStore | None, host: str, port: int, *,
@@ -410,8 +561,13 @@ def use_tickets(configuration: QuicConfiguration, tickets: ClientTicketStore | N
     """
     if tickets is None:
         return None
-    configuration.session_ticket = tickets.take(host, port, trust=trust, early_data=early_data)
-    return tickets.slot(host, port, trust)
+    taken = tickets.take_with_alpn(host, port, trust=trust, early_data=early_data)
+    slot = tickets.slot(host, port, trust)
+    if taken is not None:
+        configuration.session_ticket, alpn = taken
+        if taken[0].max_early_data_size is not None and alpn in (configuration.alpn_protocols or ()):
+            slot.early_alpn = alpn
+    return slot
 
 
 def resumption_note(resumed: bool, early_data_accepted: bool) -> str:

@@ -1,8 +1,10 @@
 """``Server``: a MoQ server configured by fields, with immediate and graceful stopping.
 
 The shape follows gomoqt's ``moqt.Server``: set the fields, then
-``await server.listen_and_serve()``; stop it with :meth:`Server.close` (now)
-or :meth:`Server.shutdown` (GOAWAY, then a grace period). Setup handlers go
+``await server.listen_and_serve()`` (or :meth:`Server.serve_quic_listener`
+on a socket of your own, or :meth:`Server.quic_serve_arguments` for
+aioquic's ``serve()``); stop it with :meth:`Server.close` (now) or
+:meth:`Server.shutdown` (GOAWAY, then a grace period). Setup handlers go
 in a router, which is simply a :class:`~.app.MoQ` app: :func:`handle` and
 :func:`handle_func` register on :data:`default_router`, :func:`new_router`
 makes another. See ``docs/server-client.md``.
@@ -14,9 +16,12 @@ import asyncio
 import contextlib
 import copy
 import logging
+import socket
+import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .app import MoQ
 from .native import QuicServer, QuicSettings
@@ -27,6 +32,8 @@ from .protocol.versions import Version
 from .routing import SetupHandler
 from .serving import serve_connection
 from .session import Session
+from .tickets import SessionTicketStore
+from .tls import TLSConfig, server_tls
 from .transport.base import Connection
 
 logger = logging.getLogger("moqt_asgi.server")
@@ -113,12 +120,25 @@ class Server:
     as an async context manager, which starts it and closes it on exit).
     ``handler`` is the router: a :class:`MoQ` app (:data:`default_router`
     when ``None``). ``limits`` and ``versions`` default to the handler's.
+
+    Besides its own ``addr``, a server serves on sockets given to
+    :meth:`serve_quic_listener` and on connections made by aioquic's
+    ``serve()`` with :meth:`quic_serve_arguments`; :attr:`sessions`,
+    :meth:`close` and :meth:`shutdown` cover them all, and they share one
+    session-ticket store.
     """
 
     addr: str = "127.0.0.1:4433"
     """``host:port`` (UDP); port 0 picks a free one (see :attr:`address`)."""
     certfile: str | None = None
+    """PEM certificate chain (a shortcut for ``tls``'s field of the same name)."""
     keyfile: str | None = None
+    """PEM private key (a shortcut, as ``certfile``)."""
+    tls: TLSConfig | ssl.SSLContext | None = None
+    """Certificate and TLS options: a :class:`~moqt_asgi.tls.TLSConfig` (files, or ``cryptography``
+    objects), or an :class:`ssl.SSLContext`, which cannot give its certificate back and so needs
+    ``certfile``/``keyfile`` too. ``certfile``/``keyfile`` fill in what it leaves unset; a different
+    value in both places is an error. Checked by :meth:`start`, before anything binds."""
     quic: QuicSettings = field(default_factory=QuicSettings)
     setup_timeout: float = 10.0
     limits: Limits | None = None
@@ -130,7 +150,10 @@ class Server:
     """Run the handler's startup hooks on start and its shutdown hooks once stopped."""
 
     def __post_init__(self) -> None:
-        self._quic_server: QuicServer | None = None
+        self._quic_servers: list[QuicServer] = []
+        self._tickets = SessionTicketStore()
+        self._starting = asyncio.Lock()
+        self._app: MoQ | None = None
         self._own_sessions: set[Session] = set()
         self._state = "new"  # new -> serving -> stopping -> closed
         self._done = asyncio.Event()
@@ -157,9 +180,20 @@ class Server:
 
     @property
     def address(self) -> tuple[str, int]:
-        """The bound ``(host, port)`` once started (kept after the server stopped)."""
+        """The bound ``(host, port)`` of the first listener once started (kept after the server stopped).
+
+        Under aioquic's ``serve()`` (:meth:`quic_serve_arguments`) it is known once a connection has arrived.
+        """
         if self._address is None:
-            raise MoQError("server is not started")
+            unknown = MoQError("server is not started")
+            for server in self._quic_servers:
+                try:
+                    self._address = server.address
+                    break
+                except MoQError as exc:
+                    unknown = exc
+            else:
+                raise unknown
         return self._address
 
     @property
@@ -169,34 +203,84 @@ class Server:
     @property
     def sessions(self) -> list[Session]:
         """Live sessions: those accepted by the listener and those given to :meth:`handle_connection`."""
-        listed = self._quic_server.sessions if self._quic_server is not None else []
+        listed = [session for server in self._quic_servers for session in server.sessions]
         return [*listed, *(s for s in self._own_sessions if not s.closed)]
 
     # -- serving
     async def start(self) -> None:
-        """Bind and start accepting connections (returns at once)."""
-        if self._state != "new":
-            raise ServerClosed("the server was already started") if self._state == "serving" else \
-                ServerClosed("the server is closed")
-        if not self.certfile or not self.keyfile:
-            raise MoQError("a Server needs certfile and keyfile")
-        app = self.app
+        """Bind ``addr`` and start accepting connections (returns at once).
+
+        TLS settings are read and checked first: a bad one raises
+        :class:`~moqt_asgi.tls.TLSConfigError` before anything binds.
+        """
+        if self._state == "serving":
+            raise ServerClosed("the server was already started")
         host, port = self._host_port()
-        server = QuicServer(app, host=host, port=port, certfile=self.certfile, keyfile=self.keyfile, quic=self.quic,
-                            setup_timeout=self.setup_timeout, versions=self.versions, log=self.logger,
-                            webtransport=self.webtransport)
-        server.on_session = self._session_accepted
-        if self.lifespan:
-            await app.startup()
-            self._started_lifespan = True
+        await self._add_listener(lambda server: server.start(), host=host, port=port)
+
+    async def serve_quic_listener(self, sock: socket.socket) -> None:
+        """Serve on ``sock``, a bound UDP socket, until :meth:`close` or :meth:`shutdown` has finished.
+
+        gomoqt's ``ServeQUICListener``. The server owns ``sock`` from this
+        call on and closes it when it stops, or at once if it cannot serve
+        (as Go's ``Serve(listener)`` does); pass ``sock.dup()`` to keep a
+        socket of your own open. On a server already serving, ``sock`` is one
+        more listener. :attr:`address` stays the first listener's.
+        """
         try:
-            await server.start()
+            await self._add_listener(lambda server: server.start(sock=sock))
         except BaseException:
-            await self._end_lifespan()
+            sock.close()
             raise
-        self._quic_server = server
-        self._address = server.address
-        self._state = "serving"
+        await self._done.wait()
+
+    async def quic_serve_arguments(self) -> dict[str, Any]:
+        """Serve through aioquic's own ``serve()``: ``await aioquic.asyncio.serve(host, port, **arguments)``.
+
+        Starts the server without a socket of its own and returns the keyword
+        arguments that make aioquic's server ours: ``configuration`` (every
+        ALPN we serve, the QUIC settings and TLS), ``create_protocol``,
+        ``session_ticket_fetcher`` and ``session_ticket_handler``. Its
+        connections are this server's: :attr:`sessions`, :meth:`close` and
+        :meth:`shutdown` cover them, and connections arriving after that are
+        refused. The aioquic server and its socket are yours to close.
+        """
+        arguments: dict[str, Any] = {}
+
+        async def prepare(server: QuicServer) -> None:
+            arguments.update(server.serve_arguments())
+
+        await self._add_listener(prepare)
+        return arguments
+
+    async def _add_listener(self, listen: Callable[[QuicServer], Awaitable[None]], *, host: str = "127.0.0.1",
+                            port: int = 0) -> QuicServer:
+        async with self._starting:
+            if self._state in ("stopping", "closed"):
+                raise ServerClosed("the server is closed" if self._state == "closed" else
+                                   "the server is shutting down")
+            tls = server_tls(self.tls, certfile=self.certfile, keyfile=self.keyfile)
+            tls.load_server_credentials()  # a bad certificate or key fails here, before any startup hook
+            first = self._state == "new"
+            if self._app is None:
+                self._app = self.app
+            app = self._app
+            server = QuicServer(app, host=host, port=port, tls=tls, quic=self.quic, setup_timeout=self.setup_timeout,
+                                versions=self.versions, log=self.logger, webtransport=self.webtransport,
+                                tickets=self._tickets)
+            server.on_session = self._session_accepted
+            if first and self.lifespan:
+                await app.startup()
+                self._started_lifespan = True
+            try:
+                await listen(server)
+            except BaseException:
+                if first:
+                    await self._end_lifespan()
+                raise
+            self._quic_servers.append(server)
+            self._state = "serving"
+            return server
 
     async def listen_and_serve(self) -> None:
         """Start (unless started) and serve until :meth:`close` or :meth:`shutdown` has finished."""
@@ -250,6 +334,8 @@ class Server:
         already_stopping = self._state == "stopping"
         self._state = "stopping"
         self._forced = True
+        for server in self._quic_servers:
+            server.draining = True
         for session in self.sessions:
             session.close(0, "server closed")
         if already_stopping:
@@ -281,8 +367,8 @@ class Server:
         self._goaway_uri = uri
         deadline = asyncio.get_running_loop().time() + timeout
         started = time.monotonic()
-        if self._quic_server is not None:
-            self._quic_server.draining = True
+        for server in self._quic_servers:
+            server.draining = True
         sessions = self.sessions
         old = set()
         sends = []
@@ -306,9 +392,12 @@ class Server:
         return clean
 
     async def _finish(self) -> None:
-        server, self._quic_server = self._quic_server, None
+        servers, self._quic_servers = self._quic_servers, []
         try:
-            if server is not None:
+            for server in servers:
+                with contextlib.suppress(MoQError):
+                    self._address = self._address or server.address
+                server.draining = True  # under aioquic's serve(), later connections are refused
                 await server.close()
             for session in list(self._own_sessions):
                 with contextlib.suppress(Exception):
@@ -322,7 +411,7 @@ class Server:
         if self._started_lifespan:
             self._started_lifespan = False
             try:
-                await self.app.shutdown()
+                await (self._app or self.app).shutdown()
             except Exception:
                 self.logger.exception("shutdown hook failed")
 

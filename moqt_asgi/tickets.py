@@ -99,7 +99,7 @@ class ClientTicketStore:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
         self.max_size = max_size
-        self._tickets: OrderedDict[tuple[str, int], tuple[str, SessionTicket]] = OrderedDict()
+        self._tickets: OrderedDict[tuple[str, int], tuple[str, SessionTicket, str | None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._tickets)
@@ -107,11 +107,16 @@ class ClientTicketStore:
     def __contains__(self, key: object) -> bool:
         return key in self._tickets
 
-    def put(self, server_name: str, port: int, ticket: SessionTicket, trust: str = "") -> None:
-        """Keep ``ticket`` for ``server_name:port``, obtained from a server verified as ``trust``."""
+    def put(self, server_name: str, port: int, ticket: SessionTicket, trust: str = "", *,
+            alpn: str | None = None) -> None:
+        """Keep ``ticket`` for ``server_name:port``, obtained from a server verified as ``trust``.
+
+        ``alpn`` is the protocol the connection that received it negotiated:
+        0-RTT data is written in that protocol before the server confirms it.
+        """
         key = (server_name, port)
         self._tickets.pop(key, None)
-        self._tickets[key] = (trust, ticket)
+        self._tickets[key] = (trust, ticket, alpn)
         while len(self._tickets) > self.max_size:
             self._tickets.popitem(last=False)
 
@@ -122,13 +127,19 @@ class ClientTicketStore:
         dropped). With ``early_data=False`` the ticket is returned without its
         early-data permission, so the client resumes but does not attempt 0-RTT.
         """
+        taken = self.take_with_alpn(server_name, port, trust=trust, early_data=early_data)
+        return taken[0] if taken is not None else None
+
+    def take_with_alpn(self, server_name: str, port: int, *, trust: str = "",
+                       early_data: bool = True) -> tuple[SessionTicket, str | None] | None:
+        """Like :meth:`take`, with the ALPN the ticket's connection negotiated (``None`` if unknown)."""
         entry = self._tickets.pop((server_name, port), None)
         if entry is None or entry[0] != trust or not entry[1].is_valid:
             return None
         ticket = entry[1]
         if not early_data and ticket.max_early_data_size is not None:
             ticket = dataclasses.replace(ticket, max_early_data_size=None)
-        return ticket
+        return ticket, entry[2]
 
     def slot(self, server_name: str, port: int, trust: str = "") -> TicketSlot:
         """An aioquic ``session_ticket_handler`` for one connection to ``server_name:port``.
@@ -151,19 +162,23 @@ class TicketSlot:
         self.trust = trust
         self._verified = False
         self._pending: SessionTicket | None = None
+        self.alpn: str | None = None
+        self.early_alpn: str | None = None
+        """Set by the dialer when the ticket it offers permits 0-RTT: the ALPN to write early data in."""
 
     def __call__(self, ticket: SessionTicket) -> None:
         if self._verified:
-            self.store.put(self.server_name, self.port, ticket, self.trust)
+            self.store.put(self.server_name, self.port, ticket, self.trust, alpn=self.alpn)
         else:
             self._pending = ticket
 
-    def verified(self) -> None:
-        """The server passed the certificate check: keep its tickets from now on."""
+    def verified(self, alpn: str | None = None) -> None:
+        """The server passed the certificate check (and negotiated ``alpn``): keep its tickets from now on."""
         self._verified = True
+        self.alpn = alpn
         if self._pending is not None:
             ticket, self._pending = self._pending, None
-            self.store.put(self.server_name, self.port, ticket, self.trust)
+            self.store.put(self.server_name, self.port, ticket, self.trust, alpn=alpn)
 
 
 __all__ = ["ClientTicketStore", "SessionTicketStore", "TicketSlot"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from moqt_asgi import ErrorCode, MoQ, TrackWriter, dial_quic
+from moqt_asgi import ErrorCode, MoQ, QuicSettings, TrackWriter, dial_quic
 
 from .conftest import Certs
 from .helpers import native_server
@@ -88,3 +88,42 @@ async def test_data_after_a_local_stop_is_not_a_new_stream() -> None:
     # a genuinely new stream still gets through
     transport.handle_event(events.StreamDataReceived(data=b"\x00", end_stream=True, stream_id=7))
     assert (await asyncio.wait_for(transport.accept_uni(), 1)).stream_id == 7
+
+
+async def test_stream_limits_come_from_quic_settings(certs: Certs) -> None:
+    """300 groups open at once: all arrive with the default limit; a subscriber allowing 128 gets 128."""
+    app = MoQ()
+    release = asyncio.Event()
+
+    async def handler(track: TrackWriter) -> None:
+        groups = []
+        for n in range(300):
+            group = await track.open_group()
+            await group.write_frame(n.to_bytes(2, "big"))
+            groups.append(group)  # none is closed until the subscriber has seen what it can
+        await release.wait()
+        for group in groups:
+            await group.close()
+
+    app.mux.publish("b", handler)
+
+    async def open_groups(settings: QuicSettings) -> int:
+        async with native_server(app, str(certs.cert), str(certs.key)) as server:
+            host, port = server.address
+            session = await dial_quic(f"moql://{host}:{port}/", fingerprint=certs.fingerprint, quic=settings)
+            async with session:
+                assert session.connection.protocol._quic._remote_max_streams_bidi == 1000  # type: ignore[attr-defined]
+                track = await session.subscribe("b", "t")
+                seen = 0
+                with contextlib.suppress(TimeoutError):
+                    while seen < 300:
+                        group = await asyncio.wait_for(track.next_group(), 1.0)
+                        assert group is not None
+                        assert await group.read_frame() == group.sequence.to_bytes(2, "big")
+                        seen += 1
+                release.set()
+            release.clear()
+            return seen
+
+    assert await open_groups(QuicSettings()) == 300
+    assert await open_groups(QuicSettings(max_streams_uni=128)) == 128

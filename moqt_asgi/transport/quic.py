@@ -118,6 +118,11 @@ class QuicTransport(Connection):
         """The TLS handshake resumed an earlier session from a ticket (no certificate exchange)."""
         self.early_data_accepted = False
         """0-RTT early data was offered with a ticket and accepted by the server."""
+        self.handshake_complete = False
+        """The TLS handshake has completed (a 0-RTT session may run before it does)."""
+        self.started_early = False
+        """Server: the session started on 0-RTT data, before the handshake completed.
+        Client: the session's first bytes (SETUP, if the version has one) went out as 0-RTT data."""
         self._streams: dict[int, QuicStream] = {}
         # Streams we stopped reading: aioquic still reports what the peer sent before it saw
         # STOP_SENDING, which must not look like a new stream once we have forgotten the old one.
@@ -370,7 +375,12 @@ class QuicProtocol(QuicConnectionProtocol):
     """aioquic protocol that feeds a :class:`QuicTransport`.
 
     ``on_handshake(transport)`` is called once the TLS handshake completes
-    and the ALPN is known.
+    and the ALPN is known; with ``early_start`` (a server), already when the
+    client's 0-RTT early data was accepted, so a session offered in 0-RTT is
+    answered in the server's first flight. ``check_peer(protocol)`` (a
+    client) runs as the handshake completes, before anything else is sent:
+    if it raises, the connection is closed and :attr:`peer_check_error` holds
+    the error.
     """
 
     def __init__(
@@ -378,25 +388,59 @@ class QuicProtocol(QuicConnectionProtocol):
         *args: Any,
         on_handshake: Callable[[QuicTransport], None] | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        early_start: bool = False,
+        check_peer: Callable[[QuicProtocol], None] | None = None,
+        max_streams: tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if max_streams is not None:
+            # aioquic has no setting for these (its fixed default is 128 each); the connection is not
+            # yet initialised, so they go out in the transport parameters
+            for limit, value in zip((self._quic._local_max_streams_bidi, self._quic._local_max_streams_uni),
+                                    max_streams, strict=True):
+                limit.value = limit.sent = value
         self.moq_transport = QuicTransport(self, limits)
         self._on_handshake = on_handshake
+        self._early_start = early_start
+        self._check_peer = check_peer
+        self.peer_check_error: Exception | None = None
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
+        transport = self.moq_transport
         try:
             if isinstance(event, events.HandshakeCompleted):
-                self.moq_transport.alpn = event.alpn_protocol
-                self.moq_transport.resumed = event.session_resumed
-                self.moq_transport.early_data_accepted = event.early_data_accepted
-                if self._on_handshake is not None:
-                    self._on_handshake(self.moq_transport)
+                transport.alpn = event.alpn_protocol
+                transport.resumed = event.session_resumed
+                transport.early_data_accepted = event.early_data_accepted
+                transport.handshake_complete = True
+                if self._check_peer is not None and not self._peer_checked():
+                    return
+                if self._on_handshake is not None and not transport.started_early:
+                    self._on_handshake(transport)
+            elif isinstance(event, events.ProtocolNegotiated):
+                tls = self._quic.tls
+                if self._early_start and self._on_handshake is not None and tls.early_data_accepted:
+                    transport.alpn = event.alpn_protocol
+                    transport.resumed = transport.early_data_accepted = transport.started_early = True
+                    self._on_handshake(transport)
             else:
-                self.moq_transport.handle_event(event)
+                transport.handle_event(event)
         except Exception:  # an exception here would kill the whole listener
             logger.exception("error handling QUIC event %r; closing the connection", event)
-            self.moq_transport.close(ErrorCode.TRANSPORT, "internal error")
+            transport.close(ErrorCode.TRANSPORT, "internal error")
+
+    def _peer_checked(self) -> bool:
+        assert self._check_peer is not None
+        try:
+            self._check_peer(self)
+        except Exception as exc:
+            self.peer_check_error = exc
+            # a transport close with the TLS bad_certificate alert (0x100 + 42), sent when this datagram's
+            # events are done: before anything else goes out under the new keys
+            self._quic.close(error_code=0x100 + 42, frame_type=0x06, reason_phrase="bad certificate")
+            return False
+        return True
 
     def transmit(self) -> None:
         super().transmit()

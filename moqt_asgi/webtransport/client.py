@@ -31,6 +31,7 @@ from ..protocol.limits import DEFAULT_LIMITS, Limits
 from ..protocol.versions import DEFAULT_VERSIONS, Version, ordered, protocols_for
 from ..session import Session
 from ..tickets import ClientTicketStore
+from ..tls import TLSConfig, client_tls
 from .asgi import parse_sf_string_list, sf_string
 from .capsules import H3_INTERNAL_ERROR, WT_SESSION_GONE
 from .h3 import WebTransportH3Connection
@@ -175,13 +176,16 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
                             insecure: bool = False, cafile: str | None = None, quic: QuicSettings | None = None,
                             limits: Limits = DEFAULT_LIMITS, setup_timeout: float = 10.0,
                             versions: Sequence[Version] = DEFAULT_VERSIONS,
-                            headers: Sequence[tuple[str, str]] = (),
-                            log: logging.Logger = logger, tickets: ClientTicketStore | None = None) -> Session:
+                            headers: Sequence[tuple[str, str]] = (), log: logging.Logger = logger,
+                            tickets: ClientTicketStore | None = None,
+                            tls: TLSConfig | ssl.SSLContext | None = None) -> Session:
     """Connect to ``https://host:port/path?query`` over WebTransport and set up a MoQ session.
 
     ``headers`` are added to the CONNECT (``origin``, for instance). The
     certificate is checked against ``fingerprint`` (SHA-256 hex), ``cafile``,
-    or the system roots, unless ``insecure``.
+    or the system roots, unless ``insecure``; ``tls`` (a
+    :class:`~moqt_asgi.tls.TLSConfig` or an :class:`ssl.SSLContext`) gives
+    every other TLS option, and the shortcuts fill in what it leaves unset.
 
     ``tickets`` keeps the server's session ticket for the next dial to the
     same host and port, which then resumes (see :func:`~moqt_asgi.native.dial_quic`);
@@ -193,13 +197,11 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
         raise MoQError(f"{scheme}:// is native QUIC: use dial_quic")
     settings = quic or QuicSettings()
     configuration = settings.configuration(is_client=True, alpn=list(H3_ALPN))
-    configuration.server_name = host
-    if fingerprint or insecure:
-        configuration.verify_mode = ssl.CERT_NONE
-    elif cafile:
-        configuration.load_verify_locations(cafile)
+    # tls and the shortcuts as one: the pin to check once connected, and how the server is trusted
+    pin, skip_verify, ca = client_tls(tls, fingerprint=fingerprint, insecure=insecure,
+                                      cafile=cafile).apply_client(configuration, host)
     ticket_slot = use_tickets(configuration, tickets, host, port, early_data=settings.allow_0rtt,
-                              trust=trust_label(fingerprint, insecure, cafile))
+                              trust=trust_label(pin, skip_verify, ca))
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     chosen = ordered(versions)
     offer = protocols_for(chosen)
@@ -213,8 +215,8 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
                 quic_connect(host, port, configuration=configuration, create_protocol=factory,
                              session_ticket_handler=ticket_slot))
             assert isinstance(protocol, WebTransportClientProtocol)
-            if fingerprint:
-                _check_fingerprint(protocol, fingerprint)  # type: ignore[arg-type]
+            if pin:
+                _check_fingerprint(protocol, pin)  # type: ignore[arg-type]
             if ticket_slot is not None:
                 ticket_slot.verified()
             connection, chosen_protocol = await protocol.open_session(authority, target, extra)

@@ -1,0 +1,207 @@
+"""0-RTT session start over real UDP: the SETUP travels in early data and the server answers at once.
+
+A :class:`~moqt_asgi.netsim.UdpRelay` between client and server records the
+QUIC packet types on the wire, so these tests see the 0-RTT packets rather
+than trusting the endpoints' own flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from moqt_asgi import ClientTicketStore, MoQ, QuicServer, QuicSettings, Session, SessionTicketStore, TrackWriter, dial
+from moqt_asgi.certs import write_certificate
+from moqt_asgi.netsim import UdpRelay, packet_types
+from moqt_asgi.protocol.errors import MoQError
+from moqt_asgi.protocol.versions import (
+    ALL_VERSIONS,
+    GOMOQT_DIALECT,
+    LITE_01_VERSION,
+    LITE_02_VERSION,
+    LITE_03_VERSION,
+    LITE_04_VERSION,
+    LITE_05_VERSION,
+    LITE_06_VERSION,
+    Version,
+)
+from moqt_asgi.transport.quic import QuicTransport
+
+from .conftest import Certs
+
+WAIT = 10
+ZERO_RTT = QuicSettings(allow_0rtt=True)
+SETUP_VERSIONS = [LITE_06_VERSION, LITE_05_VERSION, LITE_02_VERSION, LITE_01_VERSION, GOMOQT_DIALECT]
+"""Versions whose client writes a SETUP before anything else: that SETUP is the early data."""
+
+
+def clock_app(versions: tuple[Version, ...]) -> MoQ:
+    app = MoQ(versions=versions)
+
+    async def handler(track: TrackWriter) -> None:
+        group = await track.open_group()
+        await group.write_frame(b"tick")
+        await group.close()
+
+    app.mux.publish("clock", handler)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def server(certfile: Path, keyfile: Path, versions: tuple[Version, ...], *, port: int = 0,
+                 tickets: SessionTicketStore | None = None) -> AsyncIterator[tuple[QuicServer, list[Session]]]:
+    quic = QuicServer(clock_app(versions), host="127.0.0.1", port=port, certfile=str(certfile), keyfile=str(keyfile),
+                      quic=ZERO_RTT, webtransport=False, tickets=tickets)
+    accepted: list[Session] = []
+    quic.on_session = accepted.append
+    await quic.start()
+    try:
+        yield quic, accepted
+    finally:
+        await quic.close()
+
+
+def transport_of(session: Session) -> QuicTransport:
+    assert isinstance(session.connection, QuicTransport)
+    return session.connection
+
+
+async def read_tick(session: Session) -> None:
+    track = await session.subscribe("clock", "seconds")
+    group = await asyncio.wait_for(track.next_group(), WAIT)
+    assert group is not None
+    assert await asyncio.wait_for(group.read_frame(), WAIT) == b"tick"
+
+
+def test_packet_types_reads_coalesced_long_headers() -> None:
+    cid = bytes(8)
+    initial = bytes([0xC0]) + b"\x00\x00\x00\x01" + b"\x08" + cid + b"\x08" + cid + b"\x00" + b"\x02" + b"ab"
+    zero_rtt = bytes([0xD0]) + b"\x00\x00\x00\x01" + b"\x08" + cid + b"\x00" + b"\x41\x00" + bytes(256)
+    assert packet_types(initial + zero_rtt) == ["initial", "0-rtt"]
+    assert packet_types(initial + bytes(20)) == ["initial"]  # padding after the packet
+    assert packet_types(bytes([0x41]) + bytes(30)) == ["1-rtt"]
+    assert packet_types(initial[:7]) == ["unknown"]
+
+
+@pytest.mark.parametrize("version", SETUP_VERSIONS, ids=lambda v: v.name)
+async def test_setup_travels_in_0rtt_and_the_server_answers_before_the_handshake(
+        certs: Certs, version: Version, caplog: pytest.LogCaptureFixture) -> None:
+    store = ClientTicketStore()
+    async with server(certs.cert, certs.key, (version,)) as (quic, accepted), \
+            UdpRelay(quic.address) as relay:
+        url = f"moql://127.0.0.1:{relay.port}/"
+        first = await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT, versions=(version,))
+        async with first:
+            await read_tick(first)
+        assert "0-rtt" not in relay.packet_types("client")
+        assert not transport_of(accepted[0]).started_early
+
+        relay.clear()
+        with caplog.at_level(logging.INFO, logger="moqt_asgi"):
+            second = await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT, versions=(version,))
+        async with second:
+            client = transport_of(second)
+            assert (client.resumed, client.early_data_accepted, client.started_early) == (True, True, True)
+            assert "0-rtt" in relay.packet_types("client")
+            # the client's first datagram carries its ClientHello and the 0-RTT SETUP together
+            assert relay.log[0].direction == "client" and relay.log[0].packet_types[:2] == ["initial", "0-rtt"]
+            # the server started the session on the early data, before the client's Finished arrived
+            assert transport_of(accepted[1]).started_early
+            assert second.version_name == version.name
+            await read_tick(second)
+        assert "(resumed, 0-RTT accepted)" in caplog.text
+
+
+@pytest.mark.parametrize("version", [LITE_04_VERSION, LITE_03_VERSION], ids=lambda v: v.name)
+async def test_versions_without_setup_resume_with_nothing_to_send_early(certs: Certs, version: Version) -> None:
+    """lite-03/04 start without a SETUP: early data is permitted, but the client has nothing to put in it."""
+    store = ClientTicketStore()
+    async with server(certs.cert, certs.key, (version,)) as (quic, _), UdpRelay(quic.address) as relay:
+        url = f"moql://127.0.0.1:{relay.port}/"
+        async with await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT,
+                              versions=(version,)) as first:
+            await read_tick(first)  # by then the ticket has arrived
+        relay.clear()
+        async with await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT,
+                              versions=(version,)) as session:
+            client = transport_of(session)
+            assert (client.resumed, client.early_data_accepted) == (True, True)
+            assert "0-rtt" not in relay.packet_types("client")
+            await read_tick(session)
+
+
+async def test_refused_early_data_is_sent_again_after_the_handshake(certs: Certs) -> None:
+    """A server that does not know the ticket (a restart) refuses the 0-RTT SETUP; it still arrives."""
+    store = ClientTicketStore()
+    versions = (LITE_06_VERSION,)
+    async with contextlib.AsyncExitStack() as stack:
+        quic, _ = await stack.enter_async_context(server(certs.cert, certs.key, versions))
+        port = quic.address[1]
+        relay = await stack.enter_async_context(UdpRelay(("127.0.0.1", port)))
+        url = f"moql://127.0.0.1:{relay.port}/"
+        async with await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT) as first:
+            await read_tick(first)
+        await quic.close()
+        async with server(certs.cert, certs.key, versions, port=port) as (_, accepted):
+            relay.clear()
+            session = await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT)
+            async with session:
+                client = transport_of(session)
+                assert (client.resumed, client.early_data_accepted, client.started_early) == (False, False, True)
+                assert "0-rtt" in relay.packet_types("client")
+                assert not transport_of(accepted[0]).started_early
+                await read_tick(session)
+
+
+async def test_changed_protocol_redials_without_the_ticket(certs: Certs, caplog: pytest.LogCaptureFixture) -> None:
+    """The ticket came from a lite-06 connection; the server now speaks only lite-05: dial again, in full."""
+    store = ClientTicketStore()
+    tickets = SessionTicketStore()
+    both = (LITE_06_VERSION, LITE_05_VERSION)
+    async with server(certs.cert, certs.key, (LITE_06_VERSION,), tickets=tickets) as (quic, _):
+        port = quic.address[1]
+        async with await dial(f"moql://127.0.0.1:{port}/", fingerprint=certs.fingerprint, tickets=store,
+                              quic=ZERO_RTT, versions=both) as session:
+            assert session.version_name == LITE_06_VERSION.name
+    async with server(certs.cert, certs.key, (LITE_05_VERSION,), port=port, tickets=tickets) as (quic, _):
+        with caplog.at_level(logging.INFO, logger="moqt_asgi"):
+            session = await dial(f"moql://127.0.0.1:{port}/", fingerprint=certs.fingerprint, tickets=store,
+                                 quic=ZERO_RTT, versions=both)
+        async with session:
+            assert session.version_name == LITE_05_VERSION.name
+            assert not transport_of(session).resumed  # the second attempt offered no ticket
+            await read_tick(session)
+        assert "dialing again without the ticket" in caplog.text
+
+
+async def test_impostor_never_receives_the_early_setup(certs: Certs, tmp_path: Path) -> None:
+    """Another certificate on the same port: the pinned fingerprint fails before the SETUP is sent again."""
+    store = ClientTicketStore()
+    versions = (LITE_06_VERSION,)
+    other_cert, other_key, _ = write_certificate(tmp_path)
+    async with contextlib.AsyncExitStack() as stack:
+        quic, _ = await stack.enter_async_context(server(certs.cert, certs.key, versions))
+        port = quic.address[1]
+        relay = await stack.enter_async_context(UdpRelay(("127.0.0.1", port)))
+        url = f"moql://127.0.0.1:{relay.port}/"
+        async with await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT) as first:
+            await read_tick(first)
+        await quic.close()
+        async with server(other_cert, other_key, versions, port=port) as (impostor, accepted):
+            relay.clear()
+            with pytest.raises(MoQError, match="fingerprint"):
+                await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT)
+            assert "0-rtt" in relay.packet_types("client")  # it was offered, and refused
+            await asyncio.sleep(0.3)  # time for anything the client might still send
+            assert accepted == []
+            assert impostor.connection_count == 0
+        assert ("127.0.0.1", relay.port) not in store  # no ticket from the impostor was kept
+
+
+def test_every_version_is_covered() -> None:
+    assert set(SETUP_VERSIONS) | {LITE_03_VERSION, LITE_04_VERSION} == set(ALL_VERSIONS)
