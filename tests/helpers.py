@@ -15,6 +15,7 @@ from moqt_asgi.protocol.versions import ALPN_GOMOQT, GOMOQT_DIALECT, SETUP_VERSI
 from moqt_asgi.request import SetupRequest
 from moqt_asgi.serving import serve_connection
 from moqt_asgi.session import Session
+from moqt_asgi.track import TrackWriter
 from moqt_asgi.transport.memory import MemoryConnection, memory_pair
 
 
@@ -78,3 +79,24 @@ async def native_server(app: MoQ, certfile: str, keyfile: str) -> AsyncIterator[
     finally:
         await server.close()
         await app.shutdown()
+
+
+def tick_app(versions: tuple[Version, ...] | None = None) -> MoQ:
+    """An app publishing broadcast ``clock``: every track subscribed gets one group holding ``b"tick"``."""
+    app = MoQ() if versions is None else MoQ(versions=versions)
+
+    async def seconds(track: TrackWriter) -> None:
+        group = await track.open_group()
+        await group.write_frame(b"tick")
+        await group.close()
+
+    app.mux.publish("clock", seconds)
+    return app
+
+
+async def read_tick(session: Session, wait: float = 10.0) -> bytes | None:
+    """Subscribe to ``clock/seconds`` (see :func:`tick_app`) and return its first frame."""
+    track = await session.subscribe("clock", "seconds")
+    group = await asyncio.wait_for(track.next_group(), wait)
+    assert group is not None
+    return await asyncio.wait_for(group.read_frame(), wait)

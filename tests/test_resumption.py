@@ -11,33 +11,22 @@ from collections.abc import AsyncIterator
 import pytest
 from aioquic.tls import CipherSuite, SessionTicket
 
-from moqt_asgi import ClientTicketStore, MoQ, QuicServer, QuicSettings, Session, SessionTicketStore, TrackWriter, dial
+from moqt_asgi import ClientTicketStore, QuicServer, QuicSettings, Session, SessionTicketStore, dial
 from moqt_asgi.native import trust_label
 from moqt_asgi.protocol.errors import MoQError
 from moqt_asgi.transport.quic import QuicTransport
 from moqt_asgi.webtransport.client import WebTransportClientProtocol
 
 from .conftest import Certs
+from .helpers import tick_app
 
 WAIT = 10
-
-
-def clock_app() -> MoQ:
-    app = MoQ()
-
-    async def handler(track: TrackWriter) -> None:
-        group = await track.open_group()
-        await group.write_frame(b"tick")
-        await group.close()
-
-    app.mux.publish("clock", handler)
-    return app
 
 
 @contextlib.asynccontextmanager
 async def server(certs: Certs, *, allow_0rtt: bool = False, tickets: SessionTicketStore | None = None
                  ) -> AsyncIterator[QuicServer]:
-    app = clock_app()
+    app = tick_app()
     await app.startup()
     quic = QuicServer(app, host="127.0.0.1", port=0, certfile=str(certs.cert), keyfile=str(certs.key),
                       quic=QuicSettings(allow_0rtt=allow_0rtt), tickets=tickets)

@@ -12,24 +12,13 @@ import aioquic.asyncio
 import moq
 import pytest
 
-from moqt_asgi import Client, MoQ, MoQError, Server, ServerClosed, Session, TLSConfig, TLSConfigError, TrackWriter, dial
+from moqt_asgi import Client, MoQError, Server, ServerClosed, TLSConfig, TLSConfigError, dial
 
 from .conftest import Certs
+from .helpers import read_tick, tick_app
 from .test_lifecycle import no_leaks
 
 WAIT = 10
-
-
-def clock_app() -> MoQ:
-    app = MoQ()
-
-    async def seconds(track: TrackWriter) -> None:
-        group = await track.open_group()
-        await group.write_frame(b"tick")
-        await group.close()
-
-    app.mux.publish("clock", seconds)
-    return app
 
 
 def udp_socket() -> socket.socket:
@@ -40,13 +29,6 @@ def udp_socket() -> socket.socket:
 
 def port_of(sock: socket.socket) -> int:
     return int(sock.getsockname()[1])
-
-
-async def read_clock(session: Session) -> bytes | None:
-    track = await session.subscribe("clock", "seconds")
-    group = await asyncio.wait_for(track.next_group(), WAIT)
-    assert group is not None
-    return await asyncio.wait_for(group.read_frame(), WAIT)
 
 
 async def moqrs_reads_clock(url: str, fingerprint: str) -> bytes:
@@ -94,12 +76,12 @@ async def listening(server: Server, sock: socket.socket) -> AsyncIterator[asynci
 async def test_serve_quic_listener_with_our_client_then_close(certs: Certs, scheme: str) -> None:
     async with no_leaks():
         sock = udp_socket()
-        server = Server(tls=TLSConfig(certfile=certs.cert, keyfile=certs.key), handler=clock_app())
+        server = Server(tls=TLSConfig(certfile=certs.cert, keyfile=certs.key), handler=tick_app())
         async with listening(server, sock) as serving:
             assert server.address == ("127.0.0.1", port_of(sock))
             client = Client(fingerprint=certs.fingerprint)
             session = await client.dial(f"{scheme}://127.0.0.1:{port_of(sock)}/")
-            assert await read_clock(session) == b"tick"
+            assert await read_tick(session) == b"tick"
             await wait_for_sessions(server, 1)
             assert await server.close() is True
             closed = await asyncio.wait_for(session.wait_closed(), WAIT)
@@ -113,12 +95,12 @@ async def test_serve_quic_listener_with_moqrs_then_shutdown(certs: Certs) -> Non
     async with no_leaks(fds_too=False):
         sock = udp_socket()
         port = port_of(sock)
-        server = Server(certfile=str(certs.cert), keyfile=str(certs.key), handler=clock_app())
+        server = Server(certfile=str(certs.cert), keyfile=str(certs.key), handler=tick_app())
         async with listening(server, sock) as serving:
             for scheme in ("moql", "https"):
                 assert await moqrs_reads_clock(f"{scheme}://127.0.0.1:{port}/", certs.fingerprint) == b"tick"
             ours = await dial(f"moql://127.0.0.1:{port}/", fingerprint=certs.fingerprint)
-            assert await read_clock(ours) == b"tick"
+            assert await read_tick(ours) == b"tick"
             await wait_for_sessions(server, 1)
 
             async def leave_on_goaway() -> str:
@@ -139,7 +121,7 @@ async def test_one_more_listener_on_a_serving_server(certs: Certs) -> None:
     async with no_leaks():
         mine = udp_socket()
         server = Server(addr="127.0.0.1:0", tls=TLSConfig(certfile=certs.cert, keyfile=certs.key),
-                        handler=clock_app())
+                        handler=tick_app())
         await server.start()
         first = server.address
         extra = udp_socket()
@@ -148,7 +130,7 @@ async def test_one_more_listener_on_a_serving_server(certs: Certs) -> None:
             sessions = [await dial(f"https://127.0.0.1:{port}/", fingerprint=certs.fingerprint)
                         for port in (first[1], port_of(extra))]
             for session in sessions:
-                assert await read_clock(session) == b"tick"
+                assert await read_tick(session) == b"tick"
             await wait_for_sessions(server, 2)
             assert await server.close() is True
             for session in sessions:
@@ -165,13 +147,13 @@ async def test_bad_sockets_and_bad_tls_are_refused_and_closed(certs: Certs) -> N
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         unbound = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for sock, message in ((tcp, "needs a UDP socket"), (unbound, "not bound")):
-            server = Server(tls=TLSConfig(certfile=certs.cert, keyfile=certs.key), handler=clock_app())
+            server = Server(tls=TLSConfig(certfile=certs.cert, keyfile=certs.key), handler=tick_app())
             with pytest.raises(MoQError, match=message):
                 await server.serve_quic_listener(sock)
             assert sock.fileno() == -1
             assert await server.close() is True  # lifespan ended, nothing left
         sock = udp_socket()
-        server = Server(tls=TLSConfig(certfile=certs.cert), handler=clock_app())
+        server = Server(tls=TLSConfig(certfile=certs.cert), handler=tick_app())
         with pytest.raises(TLSConfigError, match="set keyfile"):
             await server.serve_quic_listener(sock)
         assert sock.fileno() == -1
@@ -180,7 +162,7 @@ async def test_bad_sockets_and_bad_tls_are_refused_and_closed(certs: Certs) -> N
 # -- aioquic's own serve()
 async def test_aioquic_serve_with_our_arguments(certs: Certs) -> None:
     async with no_leaks(fds_too=False):
-        server = Server(tls=TLSConfig(certfile=certs.cert, keyfile=certs.key), handler=clock_app())
+        server = Server(tls=TLSConfig(certfile=certs.cert, keyfile=certs.key), handler=tick_app())
         arguments = await server.quic_serve_arguments()
         assert set(arguments) == {"configuration", "create_protocol", "session_ticket_fetcher",
                                   "session_ticket_handler"}
@@ -194,7 +176,7 @@ async def test_aioquic_serve_with_our_arguments(certs: Certs) -> None:
             sessions = [await dial(f"{scheme}://127.0.0.1:{port}/", fingerprint=certs.fingerprint)
                         for scheme in ("moql", "https")]
             for session in sessions:
-                assert await read_clock(session) == b"tick"
+                assert await read_tick(session) == b"tick"
             await wait_for_sessions(server, 2)
             assert await server.close() is True
             for session in sessions:

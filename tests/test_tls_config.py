@@ -24,13 +24,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from moqt_asgi import Client, ClientTicketStore, MoQ, MoQError, Server, Session, TLSConfig, TLSConfigError, TrackWriter, dial
+from moqt_asgi import Client, ClientTicketStore, MoQError, Server, Session, TLSConfig, TLSConfigError, dial
 from moqt_asgi.certs import certificate_chain_size
 from moqt_asgi.native import trust_label
 from moqt_asgi.tls import client_tls, server_tls
 from moqt_asgi.transport.quic import QuicTransport
 
 from .conftest import Certs
+from .helpers import read_tick, tick_app
 from .test_cert_size import write_rsa_chain
 from .test_lifecycle import no_leaks
 
@@ -118,23 +119,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
                directory / "other-ca.pem", directory / "key-encrypted.pem", "s3cret")
 
 
-def clock_app() -> MoQ:
-    app = MoQ()
-
-    async def seconds(track: TrackWriter) -> None:
-        group = await track.open_group()
-        await group.write_frame(b"tick")
-        await group.close()
-
-    app.mux.publish("clock", seconds)
-    return app
-
-
 
 @contextlib.asynccontextmanager
 async def serving(tls: TLSConfig | ssl.SSLContext | None, **options: object) -> AsyncIterator[Server]:
-    """A :class:`Server` on a free port of 127.0.0.1 serving :func:`clock_app`."""
-    async with Server(addr="127.0.0.1:0", handler=clock_app(), tls=tls, **options) as server:  # type: ignore[arg-type]
+    """A :class:`Server` on a free port of 127.0.0.1 serving :func:`tick_app`."""
+    async with Server(addr="127.0.0.1:0", handler=tick_app(), tls=tls, **options) as server:  # type: ignore[arg-type]
         yield server
 
 
@@ -145,10 +134,7 @@ def url_of(server: Server, scheme: str = "moql") -> str:
 async def read_clock(session: Session) -> bytes | None:
     """One frame of ``clock/seconds``, then close the session."""
     async with session:
-        track = await session.subscribe("clock", "seconds")
-        group = await asyncio.wait_for(track.next_group(), WAIT)
-        assert group is not None
-        return await asyncio.wait_for(group.read_frame(), WAIT)
+        return await read_tick(session, WAIT)
 
 
 def resumed(session: Session) -> bool:
@@ -309,7 +295,7 @@ async def test_moqrs_verifies_a_server_configured_with_objects(pki: Pki, scheme:
 
 # -- errors, raised when the server starts or the client dials
 async def test_server_without_certificate_fails_before_binding_or_startup(pki: Pki) -> None:
-    app = clock_app()
+    app = tick_app()
     started: list[bool] = []
 
     async def startup() -> None:

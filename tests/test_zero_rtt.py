@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from moqt_asgi import ClientTicketStore, MoQ, QuicServer, QuicSettings, Session, SessionTicketStore, TrackWriter, dial
+from moqt_asgi import ClientTicketStore, QuicServer, QuicSettings, Session, SessionTicketStore, dial
 from moqt_asgi.certs import write_certificate
 from moqt_asgi.netsim import UdpRelay, packet_types
 from moqt_asgi.protocol.errors import MoQError
@@ -33,6 +33,7 @@ from moqt_asgi.protocol.versions import (
 from moqt_asgi.transport.quic import QuicTransport
 
 from .conftest import Certs
+from .helpers import read_tick, tick_app
 
 WAIT = 10
 ZERO_RTT = QuicSettings(allow_0rtt=True)
@@ -40,22 +41,10 @@ SETUP_VERSIONS = [LITE_06_VERSION, LITE_05_VERSION, LITE_02_VERSION, LITE_01_VER
 """Versions whose client writes a SETUP before anything else: that SETUP is the early data."""
 
 
-def clock_app(versions: tuple[Version, ...]) -> MoQ:
-    app = MoQ(versions=versions)
-
-    async def handler(track: TrackWriter) -> None:
-        group = await track.open_group()
-        await group.write_frame(b"tick")
-        await group.close()
-
-    app.mux.publish("clock", handler)
-    return app
-
-
 @contextlib.asynccontextmanager
 async def server(certfile: Path, keyfile: Path, versions: tuple[Version, ...], *, port: int = 0,
                  tickets: SessionTicketStore | None = None) -> AsyncIterator[tuple[QuicServer, list[Session]]]:
-    quic = QuicServer(clock_app(versions), host="127.0.0.1", port=port, certfile=str(certfile), keyfile=str(keyfile),
+    quic = QuicServer(tick_app(versions), host="127.0.0.1", port=port, certfile=str(certfile), keyfile=str(keyfile),
                       quic=ZERO_RTT, webtransport=False, tickets=tickets)
     accepted: list[Session] = []
     quic.on_session = accepted.append
@@ -69,13 +58,6 @@ async def server(certfile: Path, keyfile: Path, versions: tuple[Version, ...], *
 def transport_of(session: Session) -> QuicTransport:
     assert isinstance(session.connection, QuicTransport)
     return session.connection
-
-
-async def read_tick(session: Session) -> None:
-    track = await session.subscribe("clock", "seconds")
-    group = await asyncio.wait_for(track.next_group(), WAIT)
-    assert group is not None
-    assert await asyncio.wait_for(group.read_frame(), WAIT) == b"tick"
 
 
 def test_packet_types_reads_coalesced_long_headers() -> None:
@@ -97,7 +79,7 @@ async def test_setup_travels_in_0rtt_and_the_server_answers_before_the_handshake
         url = f"moql://127.0.0.1:{relay.port}/"
         first = await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT, versions=(version,))
         async with first:
-            await read_tick(first)
+            assert await read_tick(first) == b"tick"
         assert "0-rtt" not in relay.packet_types("client")
         assert not transport_of(accepted[0]).started_early
 
@@ -113,7 +95,7 @@ async def test_setup_travels_in_0rtt_and_the_server_answers_before_the_handshake
             # the server started the session on the early data, before the client's Finished arrived
             assert transport_of(accepted[1]).started_early
             assert second.version_name == version.name
-            await read_tick(second)
+            assert await read_tick(second) == b"tick"
         assert "(resumed, 0-RTT accepted)" in caplog.text
 
 
@@ -125,14 +107,27 @@ async def test_versions_without_setup_resume_with_nothing_to_send_early(certs: C
         url = f"moql://127.0.0.1:{relay.port}/"
         async with await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT,
                               versions=(version,)) as first:
-            await read_tick(first)  # by then the ticket has arrived
+            assert await read_tick(first) == b"tick"  # by then the ticket has arrived
         relay.clear()
         async with await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT,
                               versions=(version,)) as session:
             client = transport_of(session)
             assert (client.resumed, client.early_data_accepted) == (True, True)
             assert "0-rtt" not in relay.packet_types("client")
-            await read_tick(session)
+            assert await read_tick(session) == b"tick"
+
+
+async def ticket_then_stop(stack: contextlib.AsyncExitStack, certs: Certs, store: ClientTicketStore,
+                           versions: tuple[Version, ...]) -> tuple[int, UdpRelay]:
+    """Serve, get a 0-RTT ticket through a relay (which stays, on ``stack``), stop the server: ``(port, relay)``."""
+    quic, _ = await stack.enter_async_context(server(certs.cert, certs.key, versions))
+    port = quic.address[1]
+    relay = await stack.enter_async_context(UdpRelay(("127.0.0.1", port)))
+    async with await dial(f"moql://127.0.0.1:{relay.port}/", fingerprint=certs.fingerprint, tickets=store,
+                          quic=ZERO_RTT) as first:
+        assert await read_tick(first) == b"tick"
+    await quic.close()
+    return port, relay
 
 
 async def test_refused_early_data_is_sent_again_after_the_handshake(certs: Certs) -> None:
@@ -140,13 +135,8 @@ async def test_refused_early_data_is_sent_again_after_the_handshake(certs: Certs
     store = ClientTicketStore()
     versions = (LITE_06_VERSION,)
     async with contextlib.AsyncExitStack() as stack:
-        quic, _ = await stack.enter_async_context(server(certs.cert, certs.key, versions))
-        port = quic.address[1]
-        relay = await stack.enter_async_context(UdpRelay(("127.0.0.1", port)))
+        port, relay = await ticket_then_stop(stack, certs, store, versions)
         url = f"moql://127.0.0.1:{relay.port}/"
-        async with await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT) as first:
-            await read_tick(first)
-        await quic.close()
         async with server(certs.cert, certs.key, versions, port=port) as (_, accepted):
             relay.clear()
             session = await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT)
@@ -155,7 +145,7 @@ async def test_refused_early_data_is_sent_again_after_the_handshake(certs: Certs
                 assert (client.resumed, client.early_data_accepted, client.started_early) == (False, False, True)
                 assert "0-rtt" in relay.packet_types("client")
                 assert not transport_of(accepted[0]).started_early
-                await read_tick(session)
+                assert await read_tick(session) == b"tick"
 
 
 async def test_changed_protocol_redials_without_the_ticket(certs: Certs, caplog: pytest.LogCaptureFixture) -> None:
@@ -175,7 +165,7 @@ async def test_changed_protocol_redials_without_the_ticket(certs: Certs, caplog:
         async with session:
             assert session.version_name == LITE_05_VERSION.name
             assert not transport_of(session).resumed  # the second attempt offered no ticket
-            await read_tick(session)
+            assert await read_tick(session) == b"tick"
         assert "dialing again without the ticket" in caplog.text
 
 
@@ -185,13 +175,8 @@ async def test_impostor_never_receives_the_early_setup(certs: Certs, tmp_path: P
     versions = (LITE_06_VERSION,)
     other_cert, other_key, _ = write_certificate(tmp_path)
     async with contextlib.AsyncExitStack() as stack:
-        quic, _ = await stack.enter_async_context(server(certs.cert, certs.key, versions))
-        port = quic.address[1]
-        relay = await stack.enter_async_context(UdpRelay(("127.0.0.1", port)))
+        port, relay = await ticket_then_stop(stack, certs, store, versions)
         url = f"moql://127.0.0.1:{relay.port}/"
-        async with await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT) as first:
-            await read_tick(first)
-        await quic.close()
         async with server(other_cert, other_key, versions, port=port) as (impostor, accepted):
             relay.clear()
             with pytest.raises(MoQError, match="fingerprint"):
