@@ -25,6 +25,7 @@ from .protocol.errors import MoQError, SessionClosed
 from .protocol.limits import DEFAULT_LIMITS, Limits
 from .protocol.versions import DEFAULT_VERSIONS, Version
 from .session import Session
+from .stopping import drain, send_goaway
 from .tickets import ClientTicketStore
 from .tls import TLSConfig
 from .webtransport.client import dial_webtransport
@@ -200,25 +201,18 @@ class Client:
     async def shutdown(self, timeout: float = 5.0) -> bool:
         """Leave gracefully: GOAWAY (no URI) on lite-04+, close each session once idle, force the rest at the deadline.
 
-        Idle is :func:`~moqt_asgi.server.session_idle`: no subscription
+        Idle is :func:`~moqt_asgi.stopping.session_idle`: no subscription
         served or open. Sessions still busy at the deadline are closed with
         the GOAWAY-timeout code. Returns True if none had to be; False if
         some had, or if the client was already closed (logged).
         """
-        from .server import drain
-
         if self._closed:
             self.logger.info("client already closed")
             return False
         self._closed = True
         deadline = asyncio.get_running_loop().time() + timeout
         sessions = self.sessions
-        for session in sessions:
-            if session.features.goaway:
-                try:
-                    await session.send_goaway()
-                except Exception as exc:
-                    self.logger.debug("could not send GOAWAY to %r: %s", session, exc)
+        await asyncio.gather(*(send_goaway(s, "", self.logger) for s in sessions if s.features.goaway))
         clean = await drain(sessions, deadline, self.logger, close_when_idle=set(sessions))
         await self._stop(sessions)
         return clean

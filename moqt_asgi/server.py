@@ -25,21 +25,18 @@ from typing import Any
 
 from .app import MoQ
 from .native import QuicServer, QuicSettings
-from .protocol.codes import goaway_timeout_code
 from .protocol.errors import MoQError
 from .protocol.limits import Limits
 from .protocol.versions import Version
 from .routing import SetupHandler
 from .serving import serve_connection
 from .session import Session
+from .stopping import drain, send_goaway, session_idle
 from .tickets import SessionTicketStore
 from .tls import TLSConfig, server_tls
 from .transport.base import Connection
 
 logger = logging.getLogger("moqt_asgi.server")
-
-POLL_INTERVAL = 0.05
-"""How often a graceful stop looks at its sessions (seconds)."""
 
 default_router = MoQ()
 """The router a :class:`Server` uses when its ``handler`` is unset."""
@@ -60,56 +57,8 @@ def handle_func(path: str, func: SetupHandler) -> None:
     default_router.add_route(path, func)
 
 
-def session_idle(session: Session) -> bool:
-    """True when a session has no work in flight.
-
-    Idle means: no subscription of the peer's is being served by us and no
-    subscription of ours is open. Announcement streams do not count (they
-    stay open for the life of a session).
-    """
-    return not session._published and not session._subscriptions
-
-
 class ServerClosed(MoQError):
     """The server is closed (or closing): it cannot serve again."""
-
-
-async def drain(sessions: list[Session], deadline: float, log: logging.Logger, *,
-                close_when_idle: set[Session]) -> bool:
-    """Wait until every session in ``sessions`` closed, or ``deadline`` (loop time).
-
-    Sessions in ``close_when_idle`` are closed (code 0) as soon as they are
-    idle (:func:`session_idle`). At the deadline the rest are closed with
-    ``GOAWAY_TIMEOUT``. Returns True if none had to be closed that way.
-    """
-    loop = asyncio.get_running_loop()
-    while True:
-        for session in list(close_when_idle):
-            if session.closed:
-                close_when_idle.discard(session)
-            elif session_idle(session):
-                log.info("closing idle session %r", session)
-                close_when_idle.discard(session)
-                session.close(0, "shutting down")
-        live = [session for session in sessions if not session.closed]
-        if not live:
-            return True
-        if loop.time() >= deadline:
-            break
-        await asyncio.sleep(min(POLL_INTERVAL, max(deadline - loop.time(), 0.0)))
-    log.info("%d session(s) still open after the grace period; closing them", len(live))
-    for session in live:
-        session.close(goaway_timeout_code(session.codec.error_codes), "goaway timeout")
-    await asyncio.gather(*(session.wait_closed() for session in live), return_exceptions=True)
-    return False
-
-
-async def _send_goaway(session: Session, uri: str, log: logging.Logger) -> None:
-    try:
-        await session.send_goaway(uri)
-        log.info("sent GOAWAY%s to %r", f" ({uri})" if uri else "", session)
-    except Exception as exc:  # the session may be closing under us
-        log.debug("could not send GOAWAY to %r: %s", session, exc)
 
 
 @dataclass(eq=False)
@@ -318,7 +267,7 @@ class Server:
 
     def _session_accepted(self, session: Session) -> None:
         if self._state == "stopping" and self._goaway_uri is not None and session.features.goaway:
-            session.spawn(_send_goaway(session, self._goaway_uri, self.logger), "goaway")
+            session.spawn(send_goaway(session, self._goaway_uri, self.logger), "goaway")
 
     # -- stopping
     async def close(self) -> bool:
@@ -374,7 +323,7 @@ class Server:
         sends = []
         for session in sessions:
             if session.features.goaway:
-                sends.append(_send_goaway(session, uri, self.logger))
+                sends.append(send_goaway(session, uri, self.logger))
             else:
                 old.add(session)
         await asyncio.gather(*sends)

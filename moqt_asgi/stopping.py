@@ -1,4 +1,8 @@
-"""Stopping one session the way :meth:`~moqt_asgi.server.Server.shutdown` stops all of its own.
+"""Stopping sessions gracefully: GOAWAY, close when idle, and a deadline.
+
+:meth:`~moqt_asgi.server.Server.shutdown` and :meth:`~moqt_asgi.client.Client.shutdown`
+stop their sessions with :func:`send_goaway` and :func:`drain`;
+:func:`stop_session` stops one session the same way.
 
 A server that is not a :class:`~moqt_asgi.server.Server` (Hypercorn, with
 WebTransport added by :mod:`moqt_asgi.webtransport.hypercorn_patch`) tells
@@ -16,11 +20,65 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from .protocol.codes import goaway_timeout_code
 from .protocol.errors import SessionClosed
 from .serving import SessionHook, session_hook
 from .session import Session
 
 logger = logging.getLogger("moqt_asgi.server")
+
+POLL_INTERVAL = 0.05
+"""How often a graceful stop looks at its sessions (seconds)."""
+
+
+def session_idle(session: Session) -> bool:
+    """True when a session has no work in flight.
+
+    Idle means: no subscription of the peer's is being served by us and no
+    subscription of ours is open. Announcement streams do not count (they
+    stay open for the life of a session).
+    """
+    return not session._published and not session._subscriptions
+
+
+async def drain(sessions: list[Session], deadline: float, log: logging.Logger, *,
+                close_when_idle: set[Session]) -> bool:
+    """Wait until every session in ``sessions`` closed, or ``deadline`` (loop time).
+
+    Sessions in ``close_when_idle`` are closed (code 0) as soon as they are
+    idle (:func:`session_idle`). At the deadline the rest are closed with
+    ``GOAWAY_TIMEOUT``. Returns True if none had to be closed that way.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        for session in list(close_when_idle):
+            if session.closed:
+                close_when_idle.discard(session)
+            elif session_idle(session):
+                log.info("closing idle session %r", session)
+                close_when_idle.discard(session)
+                session.close(0, "shutting down")
+        live = [session for session in sessions if not session.closed]
+        if not live:
+            return True
+        if loop.time() >= deadline:
+            break
+        await asyncio.sleep(min(POLL_INTERVAL, max(deadline - loop.time(), 0.0)))
+    log.info("%d session(s) still open after the grace period; closing them", len(live))
+    for session in live:
+        session.close(goaway_timeout_code(session.codec.error_codes), "goaway timeout")
+    await asyncio.gather(*(session.wait_closed() for session in live), return_exceptions=True)
+    return False
+
+
+async def send_goaway(session: Session, uri: str, log: logging.Logger) -> None:
+    """Send GOAWAY (with ``uri``, if any); a session closing under us is only logged."""
+    try:
+        await session.send_goaway(uri)
+        log.info("sent GOAWAY%s to %r", f" ({uri})" if uri else "", session)
+    except Exception as exc:  # the session may be closing under us
+        log.debug("could not send GOAWAY to %r: %s", session, exc)
+
 
 ShutdownSignal = Callable[[Callable[[float], None]], None]
 """``on_shutdown(callback)``: calls ``callback(seconds_left)`` once the server is stopping."""
@@ -32,15 +90,13 @@ async def stop_session(session: Session, timeout: float, *, uri: str = "", log: 
     * lite-04+: GOAWAY (``uri``: where to reconnect, ``""`` for nowhere in
       particular), then the peer has until the deadline to leave;
     * older versions: closed with code 0 as soon as it is idle
-      (:func:`~moqt_asgi.server.session_idle`);
+      (:func:`session_idle`);
     * at the deadline: closed with the GOAWAY-timeout code of its dialect.
     """
-    from .server import _send_goaway, drain  # the server module imports the app, which uses this one
-
     deadline = asyncio.get_running_loop().time() + timeout
     close_when_idle: set[Session] = set()
     if session.features.goaway:
-        await _send_goaway(session, uri, log)
+        await send_goaway(session, uri, log)
     else:
         close_when_idle.add(session)
     return await drain([session], deadline, log, close_when_idle=close_when_idle)
@@ -78,4 +134,5 @@ def _start_stopping(session: Session, left: float, uri: str, log: logging.Logger
         return
 
 
-__all__ = ["ShutdownSignal", "stop_on_shutdown", "stop_session"]
+__all__ = ["POLL_INTERVAL", "ShutdownSignal", "drain", "send_goaway", "session_idle", "stop_on_shutdown",
+           "stop_session"]

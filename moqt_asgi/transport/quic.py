@@ -22,7 +22,7 @@ from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
-from aioquic.quic.connection import stream_is_client_initiated, stream_is_unidirectional
+from aioquic.quic.connection import QuicConnection, stream_is_client_initiated, stream_is_unidirectional
 
 from ..protocol.codes import app_to_http, clamp_app_code, http_to_app
 from ..protocol.errors import ErrorCode, SessionClosed, StreamError
@@ -371,6 +371,20 @@ class QuicTransport(Connection):
             self._wake_writers()
 
 
+def set_stream_limits(quic: QuicConnection, bidi: int, uni: int, *, announced: bool = False) -> None:
+    """How many streams of each kind the peer may open at once (aioquic has no setting; its default is 128).
+
+    Before the handshake (``announced=False``) the values go out in the
+    transport parameters. Once they were announced, limits can only rise:
+    aioquic then sends MAX_STREAMS frames with its next packet.
+    """
+    for limit, value in ((quic._local_max_streams_bidi, bidi), (quic._local_max_streams_uni, uni)):
+        if announced:
+            limit.value = max(limit.value, value)
+        else:
+            limit.value = limit.sent = value
+
+
 class QuicProtocol(QuicConnectionProtocol):
     """aioquic protocol that feeds a :class:`QuicTransport`.
 
@@ -395,11 +409,7 @@ class QuicProtocol(QuicConnectionProtocol):
     ) -> None:
         super().__init__(*args, **kwargs)
         if max_streams is not None:
-            # aioquic has no setting for these (its fixed default is 128 each); the connection is not
-            # yet initialised, so they go out in the transport parameters
-            for limit, value in zip((self._quic._local_max_streams_bidi, self._quic._local_max_streams_uni),
-                                    max_streams, strict=True):
-                limit.value = limit.sent = value
+            set_stream_limits(self._quic, *max_streams)
         self.moq_transport = QuicTransport(self, limits)
         self._on_handshake = on_handshake
         self._early_start = early_start
@@ -407,28 +417,31 @@ class QuicProtocol(QuicConnectionProtocol):
         self.peer_check_error: Exception | None = None
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
-        transport = self.moq_transport
         try:
-            if isinstance(event, events.HandshakeCompleted):
-                transport.alpn = event.alpn_protocol
-                transport.resumed = event.session_resumed
-                transport.early_data_accepted = event.early_data_accepted
-                transport.handshake_complete = True
-                if self._check_peer is not None and not self._peer_checked():
-                    return
-                if self._on_handshake is not None and not transport.started_early:
-                    self._on_handshake(transport)
-            elif isinstance(event, events.ProtocolNegotiated):
-                tls = self._quic.tls
-                if self._early_start and self._on_handshake is not None and tls.early_data_accepted:
-                    transport.alpn = event.alpn_protocol
-                    transport.resumed = transport.early_data_accepted = transport.started_early = True
-                    self._on_handshake(transport)
+            if isinstance(event, (events.HandshakeCompleted, events.ProtocolNegotiated)):  # once per connection
+                self._handshake_event(event)
             else:
-                transport.handle_event(event)
+                self.moq_transport.handle_event(event)
         except Exception:  # an exception here would kill the whole listener
             logger.exception("error handling QUIC event %r; closing the connection", event)
-            transport.close(ErrorCode.TRANSPORT, "internal error")
+            self.moq_transport.close(ErrorCode.TRANSPORT, "internal error")
+
+    def _handshake_event(self, event: events.HandshakeCompleted | events.ProtocolNegotiated) -> None:
+        transport = self.moq_transport
+        if isinstance(event, events.ProtocolNegotiated):
+            if self._early_start and self._on_handshake is not None and self._quic.tls.early_data_accepted:
+                transport.alpn = event.alpn_protocol
+                transport.resumed = transport.early_data_accepted = transport.started_early = True
+                self._on_handshake(transport)
+            return
+        transport.alpn = event.alpn_protocol
+        transport.resumed = event.session_resumed
+        transport.early_data_accepted = event.early_data_accepted
+        transport.handshake_complete = True
+        if self._check_peer is not None and not self._peer_checked():
+            return
+        if self._on_handshake is not None and not transport.started_early:
+            self._on_handshake(transport)
 
     def _peer_checked(self) -> bool:
         assert self._check_peer is not None

@@ -71,6 +71,7 @@ from hypercorn.events import Closed, RawData
 from hypercorn.protocol.events import Body, EndBody
 
 from ..protocol.limits import DEFAULT_LIMITS, Limits
+from ..transport.quic import set_stream_limits
 from .asgi import build_scope
 from .capsules import H3_INTERNAL_ERROR, H3_NO_ERROR, WT_BUFFERED_STREAM_REJECTED, WT_SESSION_GONE
 from .early import EarlyStreams
@@ -374,9 +375,7 @@ class WebTransportQuicConnection(QuicConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for limit in (self._local_max_streams_bidi, self._local_max_streams_uni):
-            if limit.value < MAX_STREAMS:
-                limit.value = limit.sent = MAX_STREAMS
+        set_stream_limits(self, MAX_STREAMS, MAX_STREAMS)
 
 
 # -- H3, H4, H6, H7 (wrappers) and installation

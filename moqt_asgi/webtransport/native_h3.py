@@ -36,6 +36,7 @@ from aioquic.h3.events import DatagramReceived, DataReceived, HeadersReceived, W
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived, StreamReset
 
 from ..protocol.limits import DEFAULT_LIMITS, Limits
+from ..transport.quic import set_stream_limits
 from .asgi import ASGIApp, Message, build_scope
 from .capsules import H3_INTERNAL_ERROR, H3_NO_ERROR, WT_BUFFERED_STREAM_REJECTED, WT_SESSION_GONE
 from .early import EarlyStreams
@@ -79,10 +80,7 @@ class H3ServerConnection(SessionHost):
                  state: Mapping[str, Any] | None = None, root_path: str = "") -> None:
         self.protocol = protocol
         self.quic = protocol._quic
-        # Too late for the transport parameters (the handshake is under way), so aioquic
-        # announces the new limits in MAX_STREAMS frames with its next packet.
-        for limit in (self.quic._local_max_streams_bidi, self.quic._local_max_streams_uni):
-            limit.value = max(limit.value, MAX_STREAMS)
+        set_stream_limits(self.quic, MAX_STREAMS, MAX_STREAMS, announced=True)  # the handshake is under way
         self.h3 = WebTransportH3Connection(self.quic)  # sends SETTINGS with WebTransport and H3_DATAGRAM
         self.app = app
         self.spawn = spawn
