@@ -176,6 +176,10 @@ class Codec:
     def encode_frame(self, payload: bytes) -> bytes:
         return encode_varint(len(payload)) + payload
 
+    def encode_frame_header(self, size: int) -> bytes:
+        """What precedes a frame payload of ``size`` bytes (so the payload itself need not be copied)."""
+        return encode_varint(size)
+
     def check_frame_size(self, size: int) -> None:
         if size > self.limits.max_frame_size:
             raise ProtocolError(ErrorCode.TOO_LARGE, f"frame of {size} bytes exceeds the limit of {self.limits.max_frame_size}")

@@ -260,6 +260,10 @@ class Lite05Codec(Lite04Codec):
         """One FRAME: the timestamp delta, the size, the payload."""
         return clock.encode(timestamp) + encode_varint(len(payload)) + payload
 
+    def encode_timed_frame_header(self, size: int, clock: FrameClock, timestamp: int) -> bytes:
+        """What precedes a timed frame payload of ``size`` bytes: the timestamp delta and the size."""
+        return clock.encode(timestamp) + encode_varint(size)
+
     # -- datagrams
     def encode_datagram(self, msg: Datagram) -> bytes:
         data = encode_varint(msg.subscribe_id) + encode_varint(msg.sequence) + encode_varint(msg.timestamp) + msg.payload
