@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from .mux import AnnouncementWatcher
@@ -56,7 +57,8 @@ class _AnnounceEncoder:
         if self.features.announce_ids:
             from .protocol.lite06 import AnnounceIds
 
-            self._ids = AnnounceIds(session.limits.max_announcements)
+            # What we send is bounded by what our mux holds, not by what we accept from peers.
+            self._ids = AnnounceIds(sys.maxsize)
         self._sent: set[str] = set()
 
     def route_of(self, path: str) -> tuple[int, ...] | None:
@@ -96,25 +98,21 @@ class _AnnounceEncoder:
 
 async def serve_announce(session: Session, stream: BidiStream, reader: StreamReader) -> None:
     codec: Any = session.codec
-    features = session.features
     please = codec.decode_announce_please(
         await session._with_timeout(reader.read_message(session.limits.max_message_size)))
+    if session._announce_streams >= session.limits.max_announce_streams:
+        session.log.info("refusing announce request for %r: %d already open", please.prefix,
+                         session._announce_streams)
+        _refuse(stream, ErrorCode.BOUNDS_EXCEEDED)
+        return
     prefix = normalize_path(please.prefix)
+    session._announce_streams += 1
     watcher = session.mux.watch(prefix)
     try:
         encoder = _AnnounceEncoder(session, prefix, please.exclude_hop)
-        initial = [path for path in watcher.initial() if encoder.route_of(path) is not None]
-        if features.announce_init:
-            stream.write(codec.encode_announce_init(AnnounceInit(tuple(strip_prefix(p, prefix) for p in initial))))
-            encoder._sent.update(initial)
-        else:
-            out = bytearray()
-            if features.announce_ok:
-                out += codec.encode_announce_ok(AnnounceOk(session.mux.hop_id, len(initial)))
-            for path in initial:
-                out += encoder.encode(path, True)
-            stream.write(bytes(out))
-        forward = asyncio.ensure_future(_forward_announcements(stream, watcher, encoder))
+        await _send_initial(session, stream, encoder, [path for path in watcher.initial()
+                                                       if encoder.route_of(path) is not None])
+        forward = asyncio.ensure_future(_forward_announcements(session, stream, watcher, encoder))
         try:
             if not await reader.at_eof():
                 raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "unexpected data on an announce stream")
@@ -125,11 +123,67 @@ async def serve_announce(session: Session, stream: BidiStream, reader: StreamRea
         with contextlib.suppress(MoQError):
             stream.write(b"", end=True)
     finally:
+        session._announce_streams -= 1
         watcher.close()
 
 
-async def _forward_announcements(stream: BidiStream, watcher: AnnouncementWatcher, encoder: _AnnounceEncoder) -> None:
+_BATCH = 16 * 1024
+"""Announce messages are written in batches of about this many bytes."""
+
+
+async def _wait_for_room(session: Session, stream: BidiStream) -> None:
+    """Wait until the announce stream's unsent bytes are under ``Limits.announce_backlog``."""
+    limit = session.limits.announce_backlog
+    while stream.backlog() > limit and not session.connection.is_closed:
+        await session.connection.wait_writable()
+
+
+async def _send_initial(session: Session, stream: BidiStream, encoder: _AnnounceEncoder, initial: list[str]) -> None:
+    """The paths already active, in backlog-gated batches.
+
+    lite-01/02 put them in one ANNOUNCE_INIT; we fill it up to
+    ``Limits.max_sent_announce_init`` bytes and send the rest as ANNOUNCE
+    messages, so a peer reading with the usual 64 KiB message limit still
+    learns every path.
+    """
+    codec: Any = session.codec
+    features = session.features
+    out = bytearray()
+    rest = initial
+    if features.announce_init:
+        budget = session.limits.max_sent_announce_init - 16
+        suffixes: list[str] = []
+        for path in initial:
+            suffix = strip_prefix(path, encoder.prefix)
+            budget -= len(suffix.encode()) + 8
+            if budget < 0:
+                break
+            suffixes.append(suffix)
+        out += codec.encode_announce_init(AnnounceInit(tuple(suffixes)))
+        encoder._sent.update(initial[:len(suffixes)])
+        rest = initial[len(suffixes):]
+    elif features.announce_ok:
+        out += codec.encode_announce_ok(AnnounceOk(session.mux.hop_id, len(initial)))
+    for path in rest:
+        out += encoder.encode(path, True)
+        if len(out) >= _BATCH:
+            stream.write(bytes(out))
+            out.clear()
+            await _wait_for_room(session, stream)
+    stream.write(bytes(out))
+
+
+async def _forward_announcements(session: Session, stream: BidiStream, watcher: AnnouncementWatcher,
+                                 encoder: _AnnounceEncoder) -> None:
+    """Changes as they happen, never more than ``Limits.announce_backlog`` ahead of the peer.
+
+    While the peer is slow the watcher coalesces changes (one entry per
+    path), so a path toggled a thousand times costs one message.
+    """
     while True:
+        await _wait_for_room(session, stream)
+        if session.connection.is_closed:
+            return
         path, active = await watcher.next()
         data = encoder.encode(path, active)
         if data:
@@ -201,27 +255,55 @@ async def _watch_subscriber(session: Session, reader: StreamReader, writer: Trac
 
 # -- fetch (lite-03+): one group, answered with its frames and FIN
 async def serve_fetch(session: Session, stream: BidiStream, reader: StreamReader) -> None:
+    """Serve one FETCH from the cache, frame by frame through the scheduler.
+
+    Frames are sent by reference (never joined into a copy of the group), at
+    most ``Limits.max_fetches`` requests are served at once, and a reply the
+    peer does not read within ``Limits.fetch_timeout`` is reset.
+    """
     codec: Any = session.codec
-    msg = codec.decode_fetch(await session._with_timeout(reader.read_message(session.limits.max_message_size)))
-    route = session.mux.route(normalize_path(msg.broadcast))
-    fetch = getattr(route[1], "fetch_group", None) if route is not None else None
-    frames: FetchResult | None = await fetch(msg.track, msg.group) if fetch is not None else None
-    if frames is None:
-        session.log.debug("fetch of %s/%s group %d: not available", msg.broadcast, msg.track, msg.group)
-        _refuse(stream, ErrorCode.NOT_FOUND)
+    limits = session.limits
+    msg = codec.decode_fetch(await session._with_timeout(reader.read_message(limits.max_message_size)))
+    if session._fetches >= limits.max_fetches:
+        session.log.info("refusing fetch of %s/%s: %d already being served", msg.broadcast, msg.track, session._fetches)
+        _refuse(stream, ErrorCode.BOUNDS_EXCEEDED)
         return
-    end = len(frames) if msg.end_frame is None else min(len(frames), msg.end_frame + 1)
-    frames = frames[msg.start_frame:end]
-    out = bytearray()
-    if session.features.frame_timestamps:
-        clock = codec.new_frame_clock()
-        for payload, timestamp in frames:
-            out += codec.encode_timed_frame(payload, clock, timestamp or 0)
-    else:
-        for payload, _ in frames:
-            out += codec.encode_frame(payload)
-    await session._scheduler.send(stream, bytes(out), end=True, priority=msg.priority, sequence=msg.group)
+    session._fetches += 1
+    try:
+        route = session.mux.route(normalize_path(msg.broadcast))
+        fetch = getattr(route[1], "fetch_group", None) if route is not None else None
+        frames: FetchResult | None = await fetch(msg.track, msg.group) if fetch is not None else None
+        if frames is None:
+            session.log.debug("fetch of %s/%s group %d: not available", msg.broadcast, msg.track, msg.group)
+            _refuse(stream, ErrorCode.NOT_FOUND)
+            return
+        end = len(frames) if msg.end_frame is None else min(len(frames), msg.end_frame + 1)
+        try:
+            async with asyncio.timeout(limits.fetch_timeout):
+                await _send_fetched(session, stream, frames[msg.start_frame:end], msg.priority, msg.group)
+        except TimeoutError:
+            session.log.info("fetch of %s/%s group %d: the peer did not read it within %.0fs", msg.broadcast,
+                             msg.track, msg.group, limits.fetch_timeout)
+            _refuse(stream, ErrorCode.TIMEOUT)
+            return
+    finally:
+        session._fetches -= 1
     await _expect_fin(reader)
+
+
+async def _send_fetched(session: Session, stream: BidiStream, frames: FetchResult, priority: int, group: int) -> None:
+    codec: Any = session.codec
+    scheduler = session._scheduler
+    clock = codec.new_frame_clock() if session.features.frame_timestamps else None
+    last = len(frames) - 1
+    for index, (payload, timestamp) in enumerate(frames):
+        if clock is not None:
+            header = codec.encode_timed_frame_header(len(payload), clock, timestamp or 0)
+        else:
+            header = codec.encode_frame_header(len(payload))
+        await scheduler.send(stream, header, payload, end=index == last, priority=priority, sequence=group)
+    if not frames:
+        stream.write(b"", end=True)
 
 
 # -- track info (lite-05+)

@@ -63,6 +63,10 @@ class Session:
         self._subscribe_ids = itertools.count()
         self._subscriptions: dict[int, TrackReader] = {}
         self._published: dict[int, TrackWriter] = {}
+        self._fetches = 0
+        """FETCH requests being served (bounded by ``limits.max_fetches``)."""
+        self._announce_streams = 0
+        """Announce requests of the peer's being served (bounded by ``limits.max_announce_streams``)."""
         self._tg: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._started = asyncio.Event()

@@ -203,7 +203,9 @@ async def announced(session: Session, prefix: str) -> AnnouncementReader:
     state = _AnnounceState(session, announcements)
     try:
         if features.announce_init:
-            init = codec.decode_announce_init(await session._with_timeout(reader.read_message(limit)))
+            # every active path in one message: bounded by its own limit, not the control-message one
+            body = await session._with_timeout(reader.read_message(session.limits.max_announce_init_size))
+            init = codec.decode_announce_init(body)
             for suffix in init.suffixes:
                 announcements._update(join_path(prefix, normalize_path(suffix)), True)
         elif features.announce_ok:

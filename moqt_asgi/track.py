@@ -55,7 +55,7 @@ class GroupWriter:
         return (track.max_latency_ms > 0 and track._next_sequence > self.sequence + 1
                 and (time.monotonic() - self._opened) * 1000 > track.max_latency_ms)
 
-    async def _send(self, data: bytes, end: bool = False) -> None:
+    async def _send(self, data: bytes, end: bool = False, body: bytes = b"") -> None:
         if self._done:
             if self.skipped:
                 return
@@ -67,7 +67,8 @@ class GroupWriter:
             return
         assert self._stream is not None
         session = self.track.session
-        await session._scheduler.send(self._stream, data, end=end, priority=self.track.priority, sequence=self.sequence)
+        await session._scheduler.send(self._stream, data, body, end=end, priority=self.track.priority,
+                                      sequence=self.sequence)
 
     async def write_frame(self, payload: bytes, timestamp: int | None = None) -> None:
         """Send one frame; waits while the connection is congested.
@@ -77,11 +78,12 @@ class GroupWriter:
         """
         codec = self.track.session.codec
         if self._clock is None:
-            await self._send(codec.encode_frame(payload))
+            await self._send(codec.encode_frame_header(len(payload)), body=payload)
             return
         if timestamp is None:
             timestamp = int(time.time() * self.track.timescale)
-        await self._send(codec.encode_timed_frame(payload, self._clock, timestamp))  # type: ignore[attr-defined]
+        header = codec.encode_timed_frame_header(len(payload), self._clock, timestamp)  # type: ignore[attr-defined]
+        await self._send(header, body=payload)
 
     async def close(self) -> None:
         """End the group cleanly (FIN)."""

@@ -28,16 +28,19 @@ def protocol_of(version: Version) -> str | None:
 
 @contextlib.asynccontextmanager
 async def memory_sessions(app: MoQ | None = None, *, client_mux: TrackMux | None = None, path: str = "/",
-                          limits: Limits = DEFAULT_LIMITS, version: Version | None = None
+                          limits: Limits = DEFAULT_LIMITS, version: Version | None = None,
+                          flow_control: bool = False,
                           ) -> AsyncIterator[tuple[Session, Session, MemoryConnection, MemoryConnection]]:
     """A client session connected to ``app`` over the in-memory transport.
 
     ``version`` forces one version (as its ALPN would on native QUIC); the
-    default is a lite-01/02 SETUP exchange. Yields ``(client, server,
-    client_conn, server_conn)``.
+    default is a lite-01/02 SETUP exchange. With ``flow_control``, what
+    one side has not read stays in the other's backlog (a peer that stops
+    reading stalls its writer). Yields ``(client, server, client_conn,
+    server_conn)``.
     """
     app = app or MoQ(limits=limits)
-    client_conn, server_conn = memory_pair()
+    client_conn, server_conn = memory_pair(flow_control=flow_control)
     requests: list[SetupRequest] = []
     original = app.handle_setup
 

@@ -57,10 +57,23 @@ class _Half:
         loop.call_soon(self._deliver, data, end)
 
     def _deliver(self, data: bytes, end: bool) -> None:
-        self.in_flight -= len(data)
-        if self.reset_code is None and not self.reader_conn.is_closed:
+        delivered = self.reset_code is None and self.stop_code is None and not self.reader_conn.is_closed
+        if delivered:
             self.buffer.feed(data, end)
+        if not (delivered and self.reader_conn.flow_control):
+            self.in_flight -= len(data)
         self.writer_conn._notify_writable()
+
+    def consumed(self, size: int) -> None:
+        """The reader took ``size`` bytes: with flow control, that frees the writer's backlog."""
+        if size and self.reader_conn.flow_control:
+            self.in_flight = max(0, self.in_flight - size)
+            self.writer_conn._notify_writable()
+
+    def _discard_unread(self) -> None:
+        if self.reader_conn.flow_control and self.in_flight:
+            self.in_flight = 0
+            self.writer_conn._notify_writable()
 
     def reset(self, code: int) -> None:
         if self.reset_code is not None or (self.fin_sent and self.in_flight == 0 and self.buffer.finished):
@@ -68,6 +81,7 @@ class _Half:
         wire = self.writer_conn.error_codes.stream_out(code, bidi=self.bidi)
         self.reset_code = seen = self.reader_conn.error_codes.stream_in(wire, bidi=self.bidi)
         self.buffer.fail(StreamError(seen, f"peer reset stream {self.stream_id} with code {seen}"))
+        self._discard_unread()
 
     # reader side
     def receiver_stop(self, code: int) -> None:
@@ -76,6 +90,7 @@ class _Half:
         wire = self.reader_conn.error_codes.stream_out(code, bidi=self.bidi)
         self.stop_code = seen = self.writer_conn.error_codes.stream_in(wire, bidi=self.bidi)
         self.buffer.fail(StreamError(code, f"stream {self.stream_id} was stopped locally"))
+        self._discard_unread()
         for callback in self.stopped_callbacks:
             callback(seen)
         self.stopped_callbacks.clear()
@@ -108,7 +123,9 @@ class MemoryReceiveStream(ReceiveStream):
         self.stream_id = half.stream_id
 
     async def read(self, max_bytes: int = 65536, min_bytes: int = 1) -> bytes:
-        return await self._half.buffer.read(max_bytes, min_bytes)
+        data = await self._half.buffer.read(max_bytes, min_bytes)
+        self._half.consumed(len(data))
+        return data
 
     def stop(self, code: int) -> None:
         self._half.receiver_stop(code)
@@ -142,9 +159,13 @@ class MemoryBidiStream(BidiStream):
 class MemoryConnection(Connection):
     """One end of an in-memory connection; make a pair with :func:`memory_pair`."""
 
-    def __init__(self, name: str, max_stream_buffer: int = DEFAULT_LIMITS.max_stream_buffer) -> None:
+    def __init__(self, name: str, max_stream_buffer: int = DEFAULT_LIMITS.max_stream_buffer, *,
+                 flow_control: bool = False) -> None:
         self.name = name
         self.max_stream_buffer = max_stream_buffer
+        self.flow_control = flow_control
+        """Bytes written to this end count in the writer's backlog until read here (as when a
+        QUIC peer grants credit only as its application reads); off: until delivered."""
         self.peer: MemoryConnection | None = None
         self._bi: asyncio.Queue[MemoryBidiStream] = asyncio.Queue()
         self._uni: asyncio.Queue[MemoryReceiveStream] = asyncio.Queue()
@@ -267,9 +288,15 @@ class MemoryConnection(Connection):
             self._writable_waiters.append(callback)
 
 
-def memory_pair(max_stream_buffer: int = DEFAULT_LIMITS.max_stream_buffer) -> tuple[MemoryConnection, MemoryConnection]:
-    """Two connected in-memory connections: ``(client, server)``."""
-    client = MemoryConnection("client", max_stream_buffer)
-    server = MemoryConnection("server", max_stream_buffer)
+def memory_pair(max_stream_buffer: int = DEFAULT_LIMITS.max_stream_buffer, *,
+                flow_control: bool = False) -> tuple[MemoryConnection, MemoryConnection]:
+    """Two connected in-memory connections: ``(client, server)``.
+
+    With ``flow_control``, a writer's :meth:`~MemoryConnection.backlog` keeps
+    what the other end has not read yet, so a peer that stops reading makes
+    the writer wait, as QUIC flow control would.
+    """
+    client = MemoryConnection("client", max_stream_buffer, flow_control=flow_control)
+    server = MemoryConnection("server", max_stream_buffer, flow_control=flow_control)
     client.peer, server.peer = server, client
     return client, server
