@@ -32,8 +32,8 @@ Time
     and :attr:`Grant.expires_at` carries it so the session can be closed then;
     ``iat`` is informational.
 Keys
-    One key file (``--auth-key``): every token is checked with it, whatever
-    its ``kid``. A JWK set (``{"keys": [...]}``): the key named by ``kid``, or
+    One key file (``--auth-key``, read when loaded): every token is checked
+    with it, whatever its ``kid``. A JWK set (``{"keys": [...]}``): the key named by ``kid``, or
     the only key when the token has no ``kid``. A key directory
     (``--auth-key-dir``): ``{kid}.jwk``, read when first needed and again when
     the file changes; ``kid`` is required. The header's ``alg`` must equal the
@@ -51,8 +51,9 @@ answers 401 for every failure); ``nbf`` is enforced when present (moq-relay
 ignores it; moq-token never writes it); a token carrying ``aud`` is refused
 (as moq-relay, which has no audience to match); ``crit`` headers are refused;
 duplicate JSON members, non-integer times, and tokens over
-:data:`MAX_TOKEN_LENGTH` are refused; key URLs and the auth API are not
-supported. Connection paths are compared as given (no percent-decoding), as
+:data:`MAX_TOKEN_LENGTH` are refused; a single key file is read once
+(moq-relay rereads it for every connection); key URLs, the auth API and
+subdomain routing are not supported. Connection paths are compared as given (no percent-decoding), as
 moq-relay does.
 """
 
@@ -451,7 +452,7 @@ def query_token(query: str) -> str | None:
     for part in query.removeprefix("?").split("&"):
         name, _, value = part.partition("=")
         if value and unquote_plus(name) == "jwt":
-            token = unquote_plus(value) or token
+            token = unquote_plus(value)
     return token
 
 
