@@ -61,8 +61,10 @@ class AnnouncementReader:
 
     def _finish(self) -> None:
         self._done = True
+        # The stream or the session ended under them: the publisher did not withdraw them, it was lost.
+        lost = ErrorCode.TRANSPORT if isinstance(self._error, (SessionClosed, StreamError)) else None
         for announcement in self.active.values():
-            announcement.end()
+            announcement.end(lost)
         self.active.clear()
         self._wake()
 

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+from .auth import Authenticator, AuthError, Grant
 from .mux import TrackMux
 from .protocol.limits import DEFAULT_LIMITS, Limits
 from .protocol.versions import ALPN_LITE, DEFAULT_VERSIONS, Version, choose_alpn, ordered, protocols_for
@@ -44,7 +45,9 @@ class MoQ:
                  allow_origins: OriginCheck = None, app: ASGIApp | None = None,
                  on_startup: Sequence[Hook] = (), on_shutdown: Sequence[Hook] = (),
                  limits: Limits = DEFAULT_LIMITS, versions: Sequence[Version] = DEFAULT_VERSIONS,
-                 goaway_uri: str = "") -> None:
+                 goaway_uri: str = "", auth: Authenticator | None = None, require_origin: bool = False,
+                 max_sessions: int | None = None, max_sessions_per_address: int | None = None,
+                 setup_handler_timeout: float = 10.0) -> None:
         self.routes: list[Route] = list(routes)
         self.versions: tuple[Version, ...] = ordered(versions)
         """The versions sessions may use, preferred first (restrict it to force one)."""
@@ -58,6 +61,20 @@ class MoQ:
         self.on_shutdown: list[Hook] = list(on_shutdown)
         self.goaway_uri = goaway_uri
         """Where GOAWAY sends WebTransport clients when the ASGI server stops (``""``: nowhere in particular)."""
+        self.auth = auth
+        """Decides each session's :class:`~moqt_asgi.auth.Grant` from its path and ``?jwt=`` token
+        (refused with 401/403 otherwise); ``None``: every session may publish and read anything."""
+        self.require_origin = require_origin
+        """Refuse (403) sessions that send no ``Origin``. Origin checks protect browsers from other
+        sites' pages; they are not access control (native QUIC and non-browser clients send none)."""
+        self.max_sessions = max_sessions
+        """Most sessions at once, setups included (``None``: no limit); more are refused (503)."""
+        self.max_sessions_per_address = max_sessions_per_address
+        """Most sessions at once from one IP address (``None``: no limit)."""
+        self.setup_handler_timeout = setup_handler_timeout
+        """Seconds a setup handler has to accept or reject; then the session is refused (408, ``TIMEOUT``)."""
+        self._sessions = 0
+        self._per_address: dict[str, int] = {}
 
     # -- registration
     def add_route(self, path: str, handler: SetupHandler, *, allow_origins: OriginCheck = None,
@@ -90,6 +107,50 @@ class MoQ:
         for hook in self.on_shutdown:
             await hook()
 
+    # -- admission
+    def admit(self, client: tuple[str, int] | None) -> str | None:
+        """Count a new session from ``client``; the reason it is refused, or ``None`` (then :meth:`release` it)."""
+        address = client[0] if client else ""
+        if self.max_sessions is not None and self._sessions >= self.max_sessions:
+            return f"server is at its limit of {self.max_sessions} sessions"
+        held = self._per_address.get(address, 0)
+        if address and self.max_sessions_per_address is not None and held >= self.max_sessions_per_address:
+            return f"{address} holds {held} sessions already (the limit per address)"
+        self._sessions += 1
+        self._per_address[address] = held + 1
+        return None
+
+    def release(self, client: tuple[str, int] | None) -> None:
+        """A session counted by :meth:`admit` has ended."""
+        address = client[0] if client else ""
+        self._sessions = max(0, self._sessions - 1)
+        left = self._per_address.get(address, 0) - 1
+        if left > 0:
+            self._per_address[address] = left
+        else:
+            self._per_address.pop(address, None)
+
+    @property
+    def session_count(self) -> int:
+        """Sessions admitted and not yet ended (setups in progress included)."""
+        return self._sessions
+
+    def check_access(self, path: str, query: str, origin: str | None) -> tuple[int, str, Grant | None]:
+        """The app-wide checks of a session request: ``(status, reason, grant)``, status 0 when it may go on.
+
+        Origin (403), then :attr:`auth` (401/403). Route checks come after.
+        """
+        if self.require_origin and origin is None:
+            return 403, "an Origin header is required", None
+        if not origin_allowed(self.allow_origins, origin):
+            return 403, f"origin {origin!r} not allowed", None
+        if self.auth is None:
+            return 0, "", None
+        try:
+            return 0, "", self.auth.authorize(path, query)
+        except AuthError as exc:
+            return exc.status, exc.message, None
+
     # -- setup dispatch
     def resolve(self, path: str) -> tuple[Route | None, dict[str, str]]:
         for route in self.routes:
@@ -101,10 +162,13 @@ class MoQ:
     async def handle_setup(self, request: SetupRequest) -> None:
         """Route ``request`` to its handler; make sure it ends accepted or rejected."""
         request.default_mux = self.mux
-        if not origin_allowed(self.allow_origins, request.origin):
-            logger.info("origin %r not allowed", request.origin)
-            await request.reject(403, "origin not allowed")
+        status, reason, grant = self.check_access(request.path, request.query, request.origin)
+        if status:
+            logger.info("session for %r refused (%d): %s", request.path, status, reason)
+            await request.reject(status, reason)
             return
+        if grant is not None:
+            request.grant = grant
         if self.routes:
             route, request.path_params = self.resolve(request.path)
             if route is None:
@@ -166,10 +230,10 @@ class MoQ:
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         origin = headers.get("origin")
         path = scope.get("path") or "/"
-        status = 0
-        if not origin_allowed(self.allow_origins, origin):
-            logger.info("WebTransport origin %r not allowed", origin)
-            status = 403
+        query = scope.get("query_string", b"").decode("latin-1")
+        status, reason, _ = self.check_access(path, query, origin)
+        if status:
+            logger.info("WebTransport session for %r refused (%d): %s", path, status, reason)
         elif self.routes:
             route, _ = self.resolve(path)
             if route is None:
@@ -198,7 +262,6 @@ class MoQ:
         from .serving import serve_connection  # serving imports this module
         from .stopping import stop_on_shutdown
 
-        query = scope.get("query_string", b"").decode("latin-1")
         target = f"{path}?{query}" if query else path
         stopper = stop_on_shutdown(getattr(connection, "on_shutdown", None), uri=self.goaway_uri)
         await serve_connection(self, connection, transport="webtransport", target=target, headers=headers,

@@ -13,7 +13,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
-from .paths import has_prefix, normalize_path
+from .paths import has_prefix, join_path, normalize_path, strip_prefix
 from .track import TrackWriter
 
 logger = logging.getLogger("moqt_asgi.mux")
@@ -29,6 +29,8 @@ class Announcement:
         self.path = normalize_path(path)
         self.hops = hops
         """Hop ids of the relays this broadcast came through, origin first (``()`` for a local one)."""
+        self.error: int | None = None
+        """Why it ended, when not cleanly: the publisher was lost (its session failed), say."""
         self._active = True
         self._ended: asyncio.Event | None = None
         self._callbacks: list[Callable[[Announcement], None]] = []
@@ -40,11 +42,12 @@ class Announcement:
     def active(self) -> bool:
         return self._active
 
-    def end(self) -> None:
-        """Withdraw the announcement; idempotent."""
+    def end(self, error: int | None = None) -> None:
+        """Withdraw the announcement (``error``: not cleanly, with that code); idempotent."""
         if not self._active:
             return
         self._active = False
+        self.error = error
         if self._ended is not None:
             self._ended.set()
         callbacks, self._callbacks = self._callbacks, []
@@ -66,19 +69,24 @@ class Announcement:
 
 
 class AnnouncementWatcher:
-    """Changes under one prefix, coalesced so a slow reader costs one entry per path."""
+    """Changes under one prefix, coalesced so a slow reader costs one entry per path.
+
+    Paths are reported relative to the view it was made from (see
+    :meth:`TrackMux.scoped`).
+    """
 
     def __init__(self, mux: TrackMux, prefix: str) -> None:
-        self.prefix = normalize_path(prefix)
-        self._mux = mux
+        self._root = mux.root
+        self.prefix = join_path(self._root, normalize_path(prefix))
+        self._watchers = mux._watchers
         self._pending: dict[str, bool] = {}
-        self._delivered: set[str] = set(mux.active_paths(self.prefix))
+        self._delivered: set[str] = {path for path in mux._routes if has_prefix(path, self.prefix)}
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
 
     def initial(self) -> list[str]:
         """The paths already active when the watch began."""
-        return sorted(self._delivered)
+        return sorted(strip_prefix(path, self._root) for path in self._delivered)
 
     def _notify(self, path: str, active: bool) -> None:
         if self._closed or not has_prefix(path, self.prefix):
@@ -95,7 +103,7 @@ class AnnouncementWatcher:
                 active = self._pending.pop(path)
                 if active != (path in self._delivered):
                     (self._delivered.add if active else self._delivered.discard)(path)
-                    return path, active
+                    return strip_prefix(path, self._root), active
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -104,62 +112,117 @@ class AnnouncementWatcher:
 
     def close(self) -> None:
         self._closed = True
-        self._mux._watchers.discard(self)
+        self._watchers.discard(self)
+
+
+Route = tuple[Announcement, TrackHandler]
 
 
 class TrackMux:
-    """Routes subscriptions by broadcast path and serves announcements by prefix."""
+    """Routes subscriptions by broadcast path and serves announcements by prefix.
+
+    Two publications of one path: the newer serves new subscriptions and the
+    older stays as a backup, serving the subscriptions it already has; when
+    the newer ends, the older is current again (moq-lite's origin does the
+    same). A path is withdrawn only when its last publication ends.
+
+    :meth:`scoped` gives a view of the same tables under a root path, as a
+    session with a token's ``root`` sees them.
+    """
 
     def __init__(self, *, hop_id: int | None = None) -> None:
         self.hop_id = hop_id if hop_id is not None else secrets.randbits(52) | 1
         """This origin's id in announce hop lists (lite-04+): announcements carrying it are loops."""
-        self._routes: dict[str, tuple[Announcement, TrackHandler]] = {}
+        self.root = ""
+        """Where this view's paths start in the shared tables (``""`` for the mux itself)."""
+        self._routes: dict[str, Route] = {}
+        self._backups: dict[str, list[Route]] = {}
         self._watchers: set[AnnouncementWatcher] = set()
+
+    def scoped(self, root: str) -> TrackMux:
+        """A view of this mux in which every path is relative to ``root``."""
+        view = type(self).__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view.root = join_path(self.root, normalize_path(root))
+        return view
+
+    def _abs(self, path: str) -> str:
+        return join_path(self.root, normalize_path(path))
 
     def publish(self, path: str, handler: TrackHandler) -> Announcement:
         """Serve ``path`` with ``handler``; returns the announcement (call ``end()`` to withdraw)."""
-        announcement = Announcement(path)
-        self.announce(announcement, handler)
+        announcement = Announcement(self._abs(path))
+        self._add(announcement.path, announcement, handler, backup=False)
         return announcement
 
-    def announce(self, announcement: Announcement, handler: TrackHandler) -> None:
-        """Register ``handler`` for ``announcement.path`` until the announcement ends."""
+    def announce(self, announcement: Announcement, handler: TrackHandler, *, backup: bool = False) -> None:
+        """Register ``handler`` for ``announcement.path`` until the announcement ends.
+
+        It takes over from a current publication of the path, which becomes
+        its backup; with ``backup`` it goes behind the current one instead.
+        """
+        self._add(self._abs(announcement.path), announcement, handler, backup=backup)
+
+    def _add(self, path: str, announcement: Announcement, handler: TrackHandler, *, backup: bool) -> None:
         if not announcement.active:
             return
-        path = announcement.path
-        previous = self._routes.get(path)
-        self._routes[path] = (announcement, handler)
-        if previous is not None:
-            previous[0].end()  # replaced: its callback sees it is no longer current
-        announcement.on_end(self._on_end)
-        logger.debug("announce %r", path)
-        for watcher in list(self._watchers):
-            watcher._notify(path, True)
+        current = self._routes.get(path)
+        if current is None:
+            self._routes[path] = (announcement, handler)
+            logger.debug("announce %r", path)
+            for watcher in list(self._watchers):
+                watcher._notify(path, True)
+        elif backup:
+            self._backups.setdefault(path, []).insert(0, (announcement, handler))
+        else:
+            self._backups.setdefault(path, []).append(current)
+            self._routes[path] = (announcement, handler)
+            logger.debug("announce %r: takes over; the previous publication is kept as a backup", path)
+        announcement.on_end(lambda ended: self._on_end(path, ended))
 
-    def _on_end(self, announcement: Announcement) -> None:
-        current = self._routes.get(announcement.path)
+    def _on_end(self, path: str, announcement: Announcement) -> None:
+        current = self._routes.get(path)
+        backups = self._backups.get(path, [])
         if current is None or current[0] is not announcement:
+            self._backups[path] = [route for route in backups if route[0] is not announcement]
+            if not self._backups[path]:
+                del self._backups[path]
             return
-        del self._routes[announcement.path]
-        logger.debug("unannounce %r", announcement.path)
+        while backups:
+            candidate = backups.pop()
+            if candidate[0].active:
+                self._routes[path] = candidate
+                if not backups:
+                    self._backups.pop(path, None)
+                logger.debug("announce %r: back to the previous publication", path)
+                return
+        self._backups.pop(path, None)
+        del self._routes[path]
+        logger.debug("unannounce %r", path)
         for watcher in list(self._watchers):
-            watcher._notify(announcement.path, False)
+            watcher._notify(path, False)
 
     def unpublish(self, path: str) -> None:
-        route = self._routes.get(normalize_path(path))
-        if route is not None:
-            route[0].end()
+        """Withdraw ``path``: every publication of it ends."""
+        key = self._abs(path)
+        for announcement, _ in [*self._backups.get(key, ()), *([self._routes[key]] if key in self._routes else [])]:
+            announcement.end()
 
-    def route(self, path: str) -> tuple[Announcement, TrackHandler] | None:
-        return self._routes.get(normalize_path(path))
+    def route(self, path: str) -> Route | None:
+        return self._routes.get(self._abs(path))
+
+    def publications(self, path: str) -> int:
+        """How many publications of ``path`` there are (the current one and its backups)."""
+        key = self._abs(path)
+        return (key in self._routes) + len(self._backups.get(key, ()))
 
     def handler(self, path: str) -> TrackHandler | None:
         route = self.route(path)
         return route[1] if route else None
 
     def active_paths(self, prefix: str = "") -> list[str]:
-        prefix = normalize_path(prefix)
-        return [path for path in self._routes if has_prefix(path, prefix)]
+        prefix = self._abs(prefix)
+        return [strip_prefix(path, self.root) for path in self._routes if has_prefix(path, prefix)]
 
     def watch(self, prefix: str = "") -> AnnouncementWatcher:
         watcher = AnnouncementWatcher(self, prefix)

@@ -52,6 +52,30 @@ class _Signal:
         await asyncio.shield(self._future)
 
 
+class ByteBudget:
+    """Bytes that several producers' caches may hold together (``limit`` ``None``: no limit).
+
+    A relay shares one among every track it relays: a group whose frames
+    would take the total past the limit is dropped (``TOO_LARGE``), and a
+    group's bytes are given back when it leaves its track's cache.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        if self.limit is not None and self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.used = max(0, self.used - size)
+
+
 class GroupProducer:
     """One group of frames, written once and read by any number of subscribers.
 
@@ -60,7 +84,7 @@ class GroupProducer:
     """
 
     def __init__(self, sequence: int, max_bytes: int = DEFAULT_MAX_GROUP_BYTES, *,
-                 timescale: int = DEFAULT_TIMESCALE) -> None:
+                 timescale: int = DEFAULT_TIMESCALE, budget: ByteBudget | None = None) -> None:
         self.sequence = sequence
         self.frames: list[bytes] = []
         self.timestamps: list[int] = []
@@ -72,11 +96,18 @@ class GroupProducer:
         self.created = time.monotonic()
         """When the group was started (``time.monotonic()``), for max-latency decisions."""
         self._max_bytes = max_bytes
+        self._budget = budget
         self._signal = _Signal()
 
     @property
     def done(self) -> bool:
         return self.finished or self.error is not None
+
+    def _release(self) -> None:
+        """The group left its track's cache: give its bytes back to the shared budget."""
+        if self._budget is not None:
+            self._budget.give(self.size)
+            self._budget = None
 
     def age_ms(self, now: float | None = None) -> float:
         """Milliseconds since the group was started."""
@@ -89,6 +120,9 @@ class GroupProducer:
         if self.size + len(payload) > self._max_bytes:
             self.abort(ErrorCode.TOO_LARGE)
             raise MoQError(f"group {self.sequence} would exceed {self._max_bytes} bytes")
+        if self._budget is not None and not self._budget.take(len(payload)):
+            self.abort(ErrorCode.TOO_LARGE)
+            raise MoQError(f"group {self.sequence}: the cache budget of {self._budget.limit} bytes is spent")
         if timestamp is None:
             timestamp = int(time.time() * self.timescale)
         elif timestamp < 0:
@@ -138,7 +172,7 @@ class TrackProducer:
 
     def __init__(self, name: str, *, priority: int = 0, cached_groups: int = DEFAULT_CACHED_GROUPS,
                  max_group_bytes: int = DEFAULT_MAX_GROUP_BYTES, max_latency_ms: int = 0,
-                 timescale: int = DEFAULT_TIMESCALE) -> None:
+                 timescale: int = DEFAULT_TIMESCALE, budget: ByteBudget | None = None) -> None:
         if timescale <= 0:
             raise ValueError(f"timescale must be positive, got {timescale}")
         self.name = name
@@ -148,6 +182,7 @@ class TrackProducer:
         self._groups: deque[GroupProducer] = deque(maxlen=max(1, cached_groups))
         self._next_sequence = 0
         self._max_group_bytes = max_group_bytes
+        self._budget = budget
         self.finished = False
         self.error: int | None = None
         self._signal = _Signal()
@@ -188,13 +223,14 @@ class TrackProducer:
         latest = self.latest
         if latest is not None and sequence <= latest.sequence:
             raise MoQError(f"group {sequence} is not newer than group {latest.sequence}")
-        group = GroupProducer(sequence, self._max_group_bytes, timescale=self.timescale)
+        group = GroupProducer(sequence, self._max_group_bytes, timescale=self.timescale, budget=self._budget)
         if len(self._groups) == self._groups.maxlen:
             evicted = self._groups[0]
             if not evicted.done:
                 # Still being written: it can never be completed for anyone, so say so
                 # rather than let readers take a truncated group for a whole one.
                 evicted.abort(ErrorCode.OLD)
+            evicted._release()
         self._groups.append(group)
         self._next_sequence = sequence + 1
         self._signal.fire()
@@ -216,6 +252,7 @@ class TrackProducer:
             for group in self._groups:
                 group.abort(ErrorCode.CANCEL)  # no-op for finished groups
             self._signal.fire()
+        self._release_cache()
 
     def abort(self, code: int = ErrorCode.CANCEL) -> None:
         if not self.done:
@@ -223,6 +260,13 @@ class TrackProducer:
             for group in self._groups:
                 group.abort(code)
             self._signal.fire()
+        self._release_cache()
+
+    def _release_cache(self) -> None:
+        """A shared budget no longer counts a closed track's cache (readers still holding groups keep them)."""
+        if self._budget is not None:
+            for group in self._groups:
+                group._release()
 
     def fetch(self, sequence: int) -> FetchedGroup | None:
         """The frames of group ``sequence`` if it is cached and finished, else ``None``."""
@@ -378,10 +422,13 @@ class Broadcast:
     (:meth:`track_info`) from its tracks.
     """
 
-    def __init__(self, path: str = "", *, on_missing_track: Callable[[str], TrackProducer | None] | None = None) -> None:
+    def __init__(self, path: str = "", *, on_missing_track: Callable[[str], TrackProducer | None] | None = None,
+                 max_tracks: int = 1024) -> None:
         self.path = normalize_path(path)
         self._tracks: dict[str, TrackProducer] = {}
         self._on_missing_track = on_missing_track
+        self.max_tracks = max_tracks
+        """Most tracks ``on_missing_track`` may create (ended ones are forgotten first)."""
 
     def create_track(self, name: str, *, priority: int = 0, cached_groups: int = DEFAULT_CACHED_GROUPS,
                      max_latency_ms: int = 0, timescale: int = DEFAULT_TIMESCALE) -> TrackProducer:
@@ -393,8 +440,13 @@ class Broadcast:
         return track
 
     def get_track(self, name: str) -> TrackProducer | None:
+        """The track ``name``; unknown names go to ``on_missing_track`` (within :attr:`max_tracks`)."""
         track = self._tracks.get(name)
         if track is None and self._on_missing_track is not None:
+            if len(self._tracks) >= self.max_tracks:
+                self._tracks = {key: value for key, value in self._tracks.items() if not value.done}
+                if len(self._tracks) >= self.max_tracks:
+                    return None
             track = self._on_missing_track(name)
             if track is not None:
                 self._tracks[name] = track
@@ -421,9 +473,14 @@ class Broadcast:
         return producer.fetch(sequence) if producer is not None else None
 
     def track_info(self, track: str) -> TrackInfo | None:
-        """TRACK (lite-05+): the track's priority, max latency and timescale; ``None`` for an unknown track."""
-        producer = self.get_track(track)
-        return producer.info() if producer is not None else None
+        """TRACK (lite-05+): the track's priority, max latency and timescale; ``None`` for an unknown track.
+
+        Asking never creates a track (only a subscription goes to ``on_missing_track``).
+        """
+        producer = self._tracks.get(track)
+        if producer is None:
+            return TrackInfo(priority=0, max_latency_ms=0, timescale=DEFAULT_TIMESCALE) if self._on_missing_track else None
+        return producer.info()
 
     async def __call__(self, writer: TrackWriter) -> None:
         """Serve one subscription (this makes a Broadcast a track handler)."""

@@ -63,6 +63,9 @@ class _AnnounceEncoder:
 
     def route_of(self, path: str) -> tuple[int, ...] | None:
         """The hops to announce ``path`` with, or ``None`` to keep it from this peer."""
+        grant = self.session.grant
+        if grant is not None and not grant.can_subscribe(path):
+            return None  # the peer may not read it: it does not learn it exists
         route = self.session.mux.route(path)
         hops = route[0].hops if route is not None else ()
         if self.exclude_hop and self.exclude_hop in hops:
@@ -106,6 +109,11 @@ async def serve_announce(session: Session, stream: BidiStream, reader: StreamRea
         _refuse(stream, ErrorCode.BOUNDS_EXCEEDED)
         return
     prefix = normalize_path(please.prefix)
+    grant = session.grant
+    if grant is not None and not grant.can_watch(prefix):
+        session.log.info("refusing announce request for %r: not granted", prefix)
+        _refuse(stream, ErrorCode.UNAUTHORIZED)
+        return
     session._announce_streams += 1
     watcher = session.mux.watch(prefix)
     try:
@@ -190,6 +198,16 @@ async def _forward_announcements(session: Session, stream: BidiStream, watcher: 
             stream.write(data)
 
 
+def _may_read(session: Session, broadcast: str, stream: BidiStream) -> bool:
+    """Refuse (``UNAUTHORIZED``) a request for a broadcast the session's grant does not let it read."""
+    grant = session.grant
+    if grant is None or grant.can_subscribe(broadcast):
+        return True
+    session.log.info("refusing %r: not granted to this session", broadcast)
+    _refuse(stream, ErrorCode.UNAUTHORIZED)
+    return False
+
+
 # -- subscriptions
 async def serve_subscribe(session: Session, stream: BidiStream, reader: StreamReader) -> None:
     msg: Subscribe = session.codec.decode_subscribe(
@@ -203,6 +221,8 @@ async def serve_subscribe(session: Session, stream: BidiStream, reader: StreamRe
         _refuse(stream, ErrorCode.BOUNDS_EXCEEDED)
         return
     broadcast = normalize_path(msg.broadcast)
+    if not _may_read(session, broadcast, stream):
+        return
     route = session.mux.route(broadcast)
     if route is None:
         session.log.debug("subscribe %d to unknown broadcast %r", msg.subscribe_id, broadcast)
@@ -219,7 +239,9 @@ async def serve_subscribe(session: Session, stream: BidiStream, reader: StreamRe
             announcement.wait_ended(),
             writer._finished.wait(),
         )
-        if not writer.closed:
+        if announcement.error is not None and not announcement.active:
+            writer.close_with_error(announcement.error)  # its publisher was lost: not a clean end
+        elif not writer.closed:
             await writer.close()
     finally:
         writer._cancelled()
@@ -268,6 +290,8 @@ async def serve_fetch(session: Session, stream: BidiStream, reader: StreamReader
         session.log.info("refusing fetch of %s/%s: %d already being served", msg.broadcast, msg.track, session._fetches)
         _refuse(stream, ErrorCode.BOUNDS_EXCEEDED)
         return
+    if not _may_read(session, normalize_path(msg.broadcast), stream):
+        return
     session._fetches += 1
     try:
         route = session.mux.route(normalize_path(msg.broadcast))
@@ -310,14 +334,20 @@ async def _send_fetched(session: Session, stream: BidiStream, frames: FetchResul
 async def serve_track(session: Session, stream: BidiStream, reader: StreamReader) -> None:
     codec: Any = session.codec
     msg = codec.decode_track_request(await session._with_timeout(reader.read_message(session.limits.max_message_size)))
+    if not _may_read(session, normalize_path(msg.broadcast), stream):
+        return
     route = session.mux.route(normalize_path(msg.broadcast))
     if route is None:
         _refuse(stream, ErrorCode.NOT_FOUND)
         return
     describe = getattr(route[1], "track_info", None)
-    info: TrackInfo | None = describe(msg.track) if describe is not None else None
+    if describe is None:  # a plain handler: it decides when subscribed
+        info: TrackInfo | None = TrackInfo(priority=0, max_latency_ms=0, timescale=DEFAULT_TIMESCALE)
+    else:
+        info = describe(msg.track)
     if info is None:
-        info = TrackInfo(priority=0, max_latency_ms=0, timescale=DEFAULT_TIMESCALE)
+        _refuse(stream, ErrorCode.NOT_FOUND)
+        return
     stream.write(codec.encode_track_info(info), end=True)
     await _expect_fin(reader)
 

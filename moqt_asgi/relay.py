@@ -26,25 +26,74 @@ A's withdrawal crosses an echo still in flight, the broadcast can bounce
 between A and B, one hop longer each time, until it reaches the 32-hop limit
 and is dropped. lite-01/02 carry no route at all: federate those in one
 direction only.
+
+Ownership and trust. With an authorising app (``MoQ(auth=...)``) each
+session has a :class:`~moqt_asgi.auth.Grant`: it sees the relay's namespace
+from the grant's ``root``, its announcements are taken only where it may
+publish, and it may subscribe only where it may read. Two publishers of one
+path: the newer (with a route no longer than the current one) serves new
+subscribers, the older stays as a backup, keeps the subscribers it has, and
+serves again when the newer leaves (as moq-relay does). Nobody can delete
+another peer's broadcast. A publisher whose session is lost ends its tracks
+with an error (``TRANSPORT``), not a clean end, so subscribers can tell.
+
+Quotas (:class:`RelayLimits`) bound what peers can make the relay hold:
+broadcasts per session and in all, upstream tracks per broadcast and in all
+(a subscriber cannot make it subscribe upstream to names the publisher does
+not serve: on lite-05+ the relay asks TRACK first), and the bytes of every
+relayed cache together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import subscriber
 from .mux import Announcement, TrackMux
-from .producer import FetchedGroup, GroupProducer, TrackProducer, serve_producer
+from .paths import has_prefix, join_path, normalize_path
+from .producer import ByteBudget, FetchedGroup, GroupProducer, TrackProducer, serve_producer
 from .protocol.errors import ErrorCode, MoQError, SessionClosed, StreamError
 from .protocol.lite_wire import MAX_HOPS
 from .protocol.messages import TrackInfo
 from .request import SetupRequest
 from .session import Session
-from .track import GroupReader, TrackReader, TrackWriter
+from .track import DEFAULT_TIMESCALE, GroupReader, TrackReader, TrackWriter
 
 logger = logging.getLogger("moqt_asgi.relay")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayLimits:
+    """What peers can make a :class:`Relay` hold (see ``docs/security.md``)."""
+
+    max_broadcasts: int = 10_000
+    """Broadcasts learned from peers, in all; more are ignored (logged)."""
+    max_broadcasts_per_session: int = 1_000
+    """Broadcasts one peer may publish into the relay."""
+    max_tracks_per_broadcast: int = 64
+    """Distinct tracks of one broadcast relayed at once (each one upstream subscription)."""
+    max_upstream_tracks: int = 10_000
+    """Upstream subscriptions in all."""
+    max_cached_bytes: int = 512 * 1024 * 1024
+    """Bytes of every relayed track's cached groups together; a group that would pass it is dropped."""
+    max_group_bytes: int = 16 * 1024 * 1024
+    """Largest relayed group; a larger one is dropped (``TOO_LARGE``)."""
+    cached_groups: int = 2
+    """Newest groups kept per relayed track (late joiners and FETCH)."""
+
+
+@dataclass(eq=False)
+class _Totals:
+    """Counters one relay shares with its broadcasts."""
+
+    limits: RelayLimits
+    budget: ByteBudget
+    broadcasts: int = 0
+    upstream_tracks: int = 0
+    sessions: dict[int, int] = field(default_factory=dict)
+    """Broadcasts per publishing session (by ``id``)."""
 
 
 @dataclass(slots=True)
@@ -60,17 +109,23 @@ class RemoteBroadcast:
     group, else forwarded upstream (when the upstream's version has FETCH).
     """
 
-    def __init__(self, session: Session, path: str, *, log: logging.Logger = logger) -> None:
+    def __init__(self, session: Session, path: str, *, log: logging.Logger = logger,
+                 limits: RelayLimits | None = None, totals: _Totals | None = None) -> None:
         self.session = session
         self.path = path
+        """The broadcast's name as its publisher's session knows it."""
         self.log = log
+        self._totals = totals if totals is not None else _Totals(limits or RelayLimits(), ByteBudget(None))
         self._tracks: dict[str, asyncio.Future[_Upstream]] = {}
 
     async def __call__(self, writer: TrackWriter) -> None:
         try:
             upstream = await self._upstream(writer.track, writer.priority)
-        except StreamError as exc:
-            writer.close_with_error(exc.code)
+        except (MoQError, TimeoutError) as exc:
+            code = exc.code if isinstance(exc, StreamError) else ErrorCode.TIMEOUT if isinstance(exc, TimeoutError) \
+                else ErrorCode.NOT_FOUND
+            self.log.debug("not relaying %s/%s: %s", self.path, writer.track, exc or type(exc).__name__)
+            writer.close_with_error(code)
             return
         try:
             await serve_producer(upstream.producer, writer)
@@ -98,9 +153,9 @@ class RemoteBroadcast:
             return None
 
     def track_info(self, track: str) -> TrackInfo | None:
-        """TRACK: what upstream said of the track once it is relayed, else ``None`` (the defaults)."""
+        """TRACK: what upstream said of the track once it is relayed, else the defaults (upstream decides)."""
         local = self._local(track)
-        return local.info() if local is not None else None
+        return local.info() if local is not None else TrackInfo(priority=0, max_latency_ms=0, timescale=DEFAULT_TIMESCALE)
 
     async def _upstream(self, name: str, priority: int) -> _Upstream:
         pending = self._tracks.get(name)
@@ -108,21 +163,26 @@ class RemoteBroadcast:
             upstream = await asyncio.shield(pending)
             if not upstream.producer.done:
                 return upstream
+        totals, limits = self._totals, self._totals.limits
+        if len(self._tracks) >= limits.max_tracks_per_broadcast or totals.upstream_tracks >= limits.max_upstream_tracks:
+            self.log.info("not relaying %s/%s: %d tracks of it and %d in all are relayed already", self.path, name,
+                          len(self._tracks), totals.upstream_tracks)
+            raise StreamError(ErrorCode.BOUNDS_EXCEEDED, "too many relayed tracks")
         future: asyncio.Future[_Upstream] = asyncio.get_running_loop().create_future()
         self._tracks[name] = future
-        info = (asyncio.ensure_future(self._track_info(name))
-                if self.session.features.track_stream else None)
+        totals.upstream_tracks += 1
         try:
+            # lite-05+: ask TRACK first, so a name the publisher does not serve costs no subscription there
+            described = await self._track_info(name) if self.session.features.track_stream else None
             reader = await self.session.subscribe(self.path, name, priority=priority)
-            described = await info if info is not None else None
         except BaseException as exc:
-            if info is not None:
-                info.cancel()
             self._tracks.pop(name, None)
+            totals.upstream_tracks -= 1
             future.set_exception(exc if isinstance(exc, Exception) else MoQError("cancelled"))
             future.exception()  # retrieved: waiters re-raise it themselves
             raise
-        producer = TrackProducer(name, priority=priority)
+        producer = TrackProducer(name, priority=priority, cached_groups=limits.cached_groups,
+                                 max_group_bytes=limits.max_group_bytes, budget=totals.budget)
         if described is not None:
             producer.priority = described.priority
             producer.max_latency_ms = described.max_latency_ms
@@ -134,17 +194,30 @@ class RemoteBroadcast:
         return upstream
 
     async def _track_info(self, name: str) -> TrackInfo | None:
-        """Upstream's TRACK_INFO (lite-05+), so timestamps keep their timescale; ``None`` if it has none."""
+        """Upstream's TRACK_INFO (lite-05+), so timestamps keep their timescale.
+
+        ``None`` if it gave none; a refusal with ``NOT_FOUND`` is raised: the
+        publisher does not serve that track.
+        """
         try:
             return await self.session.track_info(self.path, name)
+        except StreamError as exc:
+            if exc.code == ErrorCode.NOT_FOUND:
+                raise
+            self.log.debug("no track info for %s/%s: %s", self.path, name, exc)
+            return None
         except (MoQError, TimeoutError) as exc:
             self.log.debug("no track info for %s/%s: %s", self.path, name, exc)
             return None
 
-    def _release(self, name: str, upstream: _Upstream) -> None:
+    def _forget(self, name: str, upstream: _Upstream) -> None:
         pending = self._tracks.get(name)
         if pending is not None and pending.done() and not pending.exception() and pending.result() is upstream:
             self._tracks.pop(name, None)
+            self._totals.upstream_tracks -= 1
+
+    def _release(self, name: str, upstream: _Upstream) -> None:
+        self._forget(name, upstream)
         upstream.reader.close()
         upstream.producer.finish()
         self.log.info("no subscribers left for %s/%s; unsubscribed upstream", self.path, name)
@@ -165,18 +238,18 @@ class RemoteBroadcast:
             if copies:  # the last groups may still be arriving after the track's end
                 await asyncio.wait(copies)
             producer.finish()
-        except (StreamError, SessionClosed) as exc:
-            if isinstance(exc, StreamError) and exc.code != ErrorCode.CANCEL:
+        except StreamError as exc:
+            if exc.code != ErrorCode.CANCEL:
                 producer.abort(exc.code)
             else:
                 producer.finish()
+        except SessionClosed:
+            producer.abort(ErrorCode.TRANSPORT)  # the publisher was lost: not a clean end of the track
         except asyncio.CancelledError:
-            producer.finish()
+            producer.abort(ErrorCode.TRANSPORT if self.session.closed else ErrorCode.CANCEL)
             raise
         finally:
-            pending = self._tracks.get(producer.name)
-            if pending is not None and pending.done() and not pending.exception() and pending.result() is upstream:
-                self._tracks.pop(producer.name, None)
+            self._forget(producer.name, upstream)
 
 
 async def _copy_group(source: GroupReader, out: GroupProducer) -> None:
@@ -199,43 +272,110 @@ async def _copy_group(source: GroupReader, out: GroupProducer) -> None:
 class Relay:
     """Setup handler that makes an app a relay. ``moq.add_route("/{path:path}", Relay())``.
 
-    See the module docstring for how routes are chosen and loops avoided.
+    See the module docstring for how routes are chosen, loops avoided, and
+    what a session may publish and read.
     """
 
-    def __init__(self, mux: TrackMux | None = None, *, log: logging.Logger = logger) -> None:
+    def __init__(self, mux: TrackMux | None = None, *, log: logging.Logger = logger,
+                 limits: RelayLimits | None = None) -> None:
         self.mux = mux if mux is not None else TrackMux()
         self.log = log
+        self.limits = limits or RelayLimits()
+        self._totals = _Totals(self.limits, ByteBudget(self.limits.max_cached_bytes))
         self._learned: set[Announcement] = set()
         """What this relay republished from peers and is still current (everything else in the mux is local)."""
 
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes held in the caches of every relayed track."""
+        return self._totals.budget.used
+
+    @property
+    def upstream_tracks(self) -> int:
+        """Upstream subscriptions open (or being opened)."""
+        return self._totals.upstream_tracks
+
     async def __call__(self, request: SetupRequest) -> None:
-        session = await request.accept(self.mux)
+        grant = request.grant
+        view = self.mux.scoped(grant.root) if grant is not None and grant.root else self.mux
+        session = await request.accept(view)
         await self.ingest(session)
 
     async def ingest(self, session: Session, prefix: str = "") -> None:
-        """Re-announce what ``session`` publishes under ``prefix`` until it leaves."""
+        """Re-announce what ``session`` publishes under ``prefix`` until it leaves.
+
+        Only what the session's grant lets it publish is taken, under the
+        grant's root in the relay's namespace.
+        """
+        grant = session.grant
+        prefixes = [normalize_path(prefix)]
+        if grant is not None:
+            prefixes = _narrow(grant.publish, normalize_path(prefix))
+            if not prefixes:
+                self.log.debug("%r may not publish here; serving it as a subscriber only", session)
+                return
+        if len(prefixes) == 1:
+            await self._ingest(session, prefixes[0])
+            return
+        async with asyncio.TaskGroup() as group:
+            for each in prefixes:
+                group.create_task(self._ingest(session, each))
+
+    async def _ingest(self, session: Session, prefix: str) -> None:
         try:
             announcements = await session.announced(prefix)
         except (TimeoutError, MoQError) as exc:
             self.log.info("peer %r does not announce (%s); serving it as a subscriber only", session, exc)
             return
+        grant = session.grant
+        root = grant.root if grant is not None else ""
+        totals = self._totals
+        key = id(session)
         mine: list[Announcement] = []
         try:
             async for learned in announcements:
-                published = self.adopt(learned, RemoteBroadcast(session, learned.path, log=self.log))
-                if published is not None:
-                    mine.append(published)
+                if grant is not None and not grant.can_publish(learned.path):
+                    self.log.info("%r may not publish %r; ignored", session, learned.path)
+                    continue
+                if totals.sessions.get(key, 0) >= self.limits.max_broadcasts_per_session:
+                    self.log.warning("%r publishes more than %d broadcasts; %r ignored", session,
+                                     self.limits.max_broadcasts_per_session, learned.path)
+                    continue
+                if totals.broadcasts >= self.limits.max_broadcasts:
+                    self.log.warning("the relay holds %d broadcasts; %r ignored", totals.broadcasts, learned.path)
+                    continue
+                linked = _linked(learned, join_path(root, learned.path))
+                handler = RemoteBroadcast(session, learned.path, log=self.log, totals=totals)
+                published = self.adopt(linked, handler)
+                if published is None:
+                    continue
+                totals.broadcasts += 1
+                totals.sessions[key] = totals.sessions.get(key, 0) + 1
+                published.on_end(lambda _: self._count_gone(key))
+                mine.append(published)
                 mine = [a for a in mine if a.active]
         finally:
             announcements.close()
+            lost = session.closed and session.close_reason is not None and session.close_reason.code != 0
             for announcement in mine:
-                announcement.end()
+                announcement.end(ErrorCode.TRANSPORT if lost else None)
+
+    def _count_gone(self, key: int) -> None:
+        totals = self._totals
+        totals.broadcasts -= 1
+        left = totals.sessions.get(key, 0) - 1
+        if left > 0:
+            totals.sessions[key] = left
+        else:
+            totals.sessions.pop(key, None)
 
     def adopt(self, learned: Announcement, handler: RemoteBroadcast) -> Announcement | None:
         """Republish ``learned`` (a peer's announcement) with its route, unless a better route is known.
 
         ``learned.hops`` is the route it came by (origin first, the peer
         last), so what the mux announces onwards carries the whole route.
+        A route no longer than the current one takes over, and the current
+        one stays as its backup (it serves again if the newer one ends).
         Returns the announcement put in the mux, or ``None`` if the route
         was not taken: a local publication or a shorter route is already
         there, or the route has reached the hop limit.
@@ -255,12 +395,34 @@ class Relay:
                 self.log.debug("not relaying %r by %d hops: a route of %d is known", path, len(hops),
                                len(current[0].hops))
                 return None
-        self.log.info("peer announced %r (route of %d hops)", path, len(hops))
+            self.log.info("peer announced %r again (route of %d hops): it serves new subscribers; the previous "
+                          "publisher stays as its backup", path, len(hops))
+        else:
+            self.log.info("peer announced %r (route of %d hops)", path, len(hops))
         self._learned.add(learned)
         learned.on_end(self._learned.discard)
         self.mux.announce(learned, handler)
         return learned
 
 
-__all__ = ["Relay", "RemoteBroadcast"]
+def _linked(learned: Announcement, path: str) -> Announcement:
+    """An announcement of ``path`` that ends (with its error) when ``learned`` does."""
+    if path == learned.path:
+        return learned
+    linked = Announcement(path, hops=learned.hops)
+    learned.on_end(lambda ended: linked.end(ended.error))
+    return linked
 
+
+def _narrow(granted: tuple[str, ...], prefix: str) -> list[str]:
+    """The prefixes both ``granted`` and ``prefix`` cover (what to ask a publisher for)."""
+    out = []
+    for each in granted:
+        if has_prefix(prefix, each):
+            out.append(prefix)
+        elif has_prefix(each, prefix):
+            out.append(each)
+    return sorted(set(out))
+
+
+__all__ = ["Relay", "RelayLimits", "RemoteBroadcast"]

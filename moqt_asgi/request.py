@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .auth import Grant
 from .mux import TrackMux
 from .protocol.errors import APPLICATION_CODE_BASE, ErrorCode, MoQError
 from .session import Session
@@ -52,6 +53,12 @@ class SetupRequest:
     """Versions the peer offered."""
     transport: Transport = "quic"
     path_params: dict[str, str] = field(default_factory=dict)
+    grant: Grant | None = None
+    """What the session may publish and read, once accepted (``None``: anything). The app's
+    ``auth`` sets it from the ``?jwt=`` token; a handler may set or narrow it before :meth:`accept`."""
+    early_data: bool = False
+    """The setup arrived in 0-RTT early data, which an attacker can replay: accept only what is
+    safe to do twice (see ``docs/security.md``)."""
     _acceptor: Acceptor | None = field(default=None, repr=False)
     default_mux: TrackMux | None = field(default=None, repr=False)
     session: Session | None = field(default=None, repr=False)

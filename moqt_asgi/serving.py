@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import unquote
 
 from .app import MoQ
+from .auth import Grant
 from .handshake import (
     SetupOffer,
     read_client_setup,
@@ -39,7 +42,7 @@ from .protocol.versions import (
 )
 from .reader import StreamReader
 from .request import Acceptor, SetupRequest, Transport, status_to_code
-from .session import Session
+from .session import STOP_TIMEOUT, Session, abandon_after
 from .transport.base import BidiStream, Connection
 
 logger = logging.getLogger("moqt_asgi.server")
@@ -97,15 +100,44 @@ async def serve_connection(app: MoQ, connection: Connection, *, transport: Trans
         return
     if start is None:
         return
-    path_target = target if target is not None else start.path
+    if target is not None:
+        path_target = target
+        if start.peer_setup is not None and start.peer_setup.path is not None:
+            # the CONNECT's path is the session's; a second one in SETUP is ignored, and not passed on
+            start.peer_setup = dataclasses.replace(start.peer_setup, path=None)
+    else:  # the SETUP's path: percent-decoded as an ASGI server decodes a request path
+        raw_path, mark, query = (start.path or "").partition("?")
+        path_target = unquote(raw_path) + mark + query
     request = SetupRequest.from_target(path_target, client=connection.peer_address, versions=start.offered,
                                        transport=transport, headers=dict(headers or {}),
-                                       origin=(headers or {}).get("origin"))
+                                       origin=(headers or {}).get("origin"),
+                                       early_data=bool(getattr(connection, "started_early", False)))
+    refusal = app.admit(request.client)
+    if refusal is not None:
+        log.warning("session refused (%s) from %s", refusal, request.client)
+        start.reject(status_to_code(503), refusal)
+        return
+    try:
+        await _decide_and_serve(app, start, request, log, transport, hook)
+    finally:
+        app.release(request.client)
+        connection.close(ErrorCode.CANCEL)
+
+
+async def _decide_and_serve(app: MoQ, start: _Start, request: SetupRequest, log: logging.Logger, transport: str,
+                            hook: SessionHook | None) -> None:
+    """Hand ``request`` to the app, then serve the session it accepts until it closes.
+
+    The handler has ``app.setup_handler_timeout`` seconds to decide (then the
+    session is refused with ``TIMEOUT``), and is cancelled if the connection
+    goes first. A handler that ignores cancellation is abandoned (logged).
+    """
+    connection = start.connection
     session_box: list[Session] = []
     decided = asyncio.Event()
 
     async def accept(mux: TrackMux) -> Session:
-        session = await start.accept(mux, request.path)
+        session = await start.accept(mux, request.path, request.grant)
         session_box.append(session)
         decided.set()
         if hook is not None:
@@ -126,17 +158,36 @@ async def serve_connection(app: MoQ, connection: Connection, *, transport: Trans
     handler = asyncio.ensure_future(app.handle_setup(request))
     handler.add_done_callback(lambda _: decided.set())
     try:
-        await decided.wait()
+        outcome = await _first(decided.wait(), connection.wait_closed(), timeout=app.setup_handler_timeout)
+        if outcome is None and not request.decided:
+            log.warning("setup handler for %r did not decide within %.1fs; refusing the session", request.path,
+                        app.setup_handler_timeout)
+            with contextlib.suppress(Exception):
+                await request.reject(408, "setup handler timeout")
+        elif outcome == 1 and not session_box:
+            log.info("connection ended before the setup handler for %r decided", request.path)
         if session_box:
             await session_box[0].wait_closed()
     finally:
         if not handler.done():
             handler.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await handler
+        await abandon_after(handler, STOP_TIMEOUT, f"setup handler for {request.path!r}", log)
         for session in session_box:
             await session.aclose()
-        connection.close(ErrorCode.CANCEL)
+
+
+async def _first(*aws: Awaitable[object], timeout: float) -> int | None:
+    """Index of the first of ``aws`` to finish, or ``None`` after ``timeout`` seconds; the rest are cancelled."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+    for index, task in enumerate(tasks):
+        if task in done:
+            return index
+    return None
 
 
 class _Start:
@@ -156,7 +207,7 @@ class _Start:
         self.offered: tuple[int, ...] = offer.setup.versions if offer is not None else (version.number,)
         connection.error_codes = version.codec.error_codes
 
-    async def accept(self, mux: TrackMux, path: str) -> Session:
+    async def accept(self, mux: TrackMux, path: str, grant: Grant | None = None) -> Session:
         if self.offer is not None:
             codec = send_server_setup(self.offer, self.version, self.limits)
             stream: tuple[BidiStream, StreamReader] | None = (self.offer.stream, self.offer.reader)
@@ -168,6 +219,7 @@ class _Start:
         session = Session(self.connection, codec, mux=mux, limits=self.limits, is_client=False, path=path,
                           session_stream=stream, logger_=self.log, timeout=self.timeout)
         session.peer_setup = self.peer_setup
+        session.grant = grant
         session.start()
         await session.wait_started()  # running: the handler may spawn into it at once
         return session

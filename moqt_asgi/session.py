@@ -10,14 +10,16 @@ subscriptions. Everything the session starts runs in its TaskGroup, so
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import io
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from . import publisher, subscriber
 from .announce import AnnouncementReader
+from .auth import Grant
 from .mux import TrackMux
 from .protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError
 from .protocol.limits import Limits
@@ -34,8 +36,37 @@ from .transport.base import BidiStream, Connection, ReceiveStream, SendStream
 logger = logging.getLogger("moqt_asgi.session")
 
 
+STOP_TIMEOUT = 2.0
+"""Seconds closing waits for a task that does not end when cancelled (it swallows the
+cancellation); then it is abandoned and its stack logged, so no close or shutdown hangs on it."""
+
+
 class _Closing(Exception):
     """Raised inside the session TaskGroup to stop everything in it."""
+
+
+async def abandon_after(task: asyncio.Future[Any], timeout: float, what: str, log: logging.Logger,
+                        stragglers: Iterable[asyncio.Task[Any]] = ()) -> bool:
+    """Wait up to ``timeout`` seconds for ``task`` (already cancelled) to end; True if it did.
+
+    If it does not, it is left running and an error names it, with the stacks
+    of ``stragglers`` (the tasks that did not stop), so a handler that
+    swallows :class:`asyncio.CancelledError` cannot hang a shutdown.
+    """
+    if not task.done():
+        await asyncio.wait({task}, timeout=timeout)
+    if task.done():
+        if not task.cancelled():
+            task.exception()  # retrieved: it was logged where it happened
+        return True
+    stacks = []
+    for straggler in [*stragglers] or ([task] if isinstance(task, asyncio.Task) else []):
+        if not straggler.done():
+            out = io.StringIO()
+            straggler.print_stack(file=out)
+            stacks.append(out.getvalue())
+    log.error("%s did not stop within %.1fs of being cancelled; abandoning it\n%s", what, timeout, "".join(stacks))
+    return False
 
 
 class Session:
@@ -68,12 +99,17 @@ class Session:
         self._announce_streams = 0
         """Announce requests of the peer's being served (bounded by ``limits.max_announce_streams``)."""
         self._tg: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
         self._closed_event = asyncio.Event()
         self._close_reason: SessionClosed | None = None
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
         self.features = features_of(codec)
+        self.grant: Grant | None = None
+        """What the peer may publish and read (``None``: anything). Set from the setup request; the
+        engine refuses SUBSCRIBE, FETCH, TRACK and announce requests outside it, and the session
+        closes (``UNAUTHORIZED``) when it expires."""
         self.peer_setup: LiteSetup | None = None
         """The peer's lite-05+ SETUP (path, role, probe level...), if its version has one."""
         self._bidi_handlers = _bidi_handlers(codec)
@@ -125,6 +161,8 @@ class Session:
                 if self._session_stream is not None:
                     tg.create_task(self._session_stream_loop(*self._session_stream))
                 tg.create_task(self._watch_connection())
+                if self.grant is not None and self.grant.expires_at is not None:
+                    tg.create_task(self._expire(self.grant.expires_at))
                 self._started.set()
                 await self._closed_event.wait()
                 raise _Closing
@@ -170,11 +208,15 @@ class Session:
         await self.wait_closed()
 
     async def wait_closed(self) -> SessionClosed:
+        """Wait until the session is closed and its tasks have stopped.
+
+        A task that ignores cancellation is waited for at most
+        :data:`STOP_TIMEOUT` seconds, then abandoned (logged with its stack).
+        """
         await self._closed_event.wait()
         runner = self._runner
-        if runner is not None and runner is not asyncio.current_task():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(runner)
+        if runner is not None and runner is not asyncio.current_task() and not runner.done():
+            await abandon_after(runner, STOP_TIMEOUT, repr(self), self.log, self._tasks)
         assert self._close_reason is not None
         return self._close_reason
 
@@ -196,7 +238,10 @@ class Session:
             if asyncio.iscoroutine(coro):
                 coro.close()
             raise self._close_reason or SessionClosed(0, "session is not running")
-        return self._tg.create_task(self._guard(coro, name), name=name)
+        task = self._tg.create_task(self._guard(coro, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _guard(self, coro: Awaitable[Any], name: str) -> None:
         """Run one stream's work: protocol errors close the session, nothing escapes."""
@@ -211,6 +256,12 @@ class Session:
             raise
         except Exception:
             self.log.exception("%s failed", name)
+
+    async def _expire(self, expires_at: float) -> None:
+        """Close the session when its grant expires (a token's ``exp`` holds for the whole session)."""
+        await asyncio.sleep(max(0.0, expires_at - time.time()))
+        self.log.info("session grant expired; closing")
+        self.close(ErrorCode.UNAUTHORIZED, "authorization expired")
 
     async def _watch_connection(self) -> None:
         closed = await self.connection.wait_closed()

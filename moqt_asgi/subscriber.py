@@ -257,20 +257,29 @@ class _AnnounceState:
         if self.peer_hop is not None and active:
             hops = (*hops, self.peer_hop)
         path = join_path(self.announcements.prefix, normalize_path(suffix))
+        grant = self.session.grant
+        if active and grant is not None and not grant.can_publish(path):
+            self.session.log.info("ignoring %r: the peer may not publish it", path)
+            return self._ignore(path, refresh)
         if active and self.session.mux.hop_id in hops:
             self.session.log.debug("ignoring %r: its route already passes through us", path)
-            if path not in self.ignored and (len(self.ignored) + len(self.announcements.active)
-                                             >= self.session.limits.max_announcements):
-                raise ProtocolError(ErrorCode.TOO_LARGE, f"more than {self.session.limits.max_announcements} announcements")
-            self.ignored.add(path)
-            if refresh and path in self.announcements.active:
-                self.announcements._update(path, False)  # a route that turned into a loop ends here
-            return True
+            return self._ignore(path, refresh)
         if path in self.ignored:
             if not active:
                 self.ignored.discard(path)
             return True
         self.announcements._update(path, active, hops, refresh=refresh)
+        return True
+
+
+    def _ignore(self, path: str, refresh: bool) -> bool:
+        """Keep ``path`` from the reader (a loop, or not the peer's to publish); True: read on."""
+        if path not in self.ignored and (len(self.ignored) + len(self.announcements.active)
+                                         >= self.session.limits.max_announcements):
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"more than {self.session.limits.max_announcements} announcements")
+        self.ignored.add(path)
+        if refresh and path in self.announcements.active:
+            self.announcements._update(path, False)  # a route that turned into a loop ends here
         return True
 
 

@@ -1206,10 +1206,16 @@ async def test_request_for_an_unknown_broadcast(demo: Demo, version: Version, re
 @pytest.mark.parametrize("version", versions(*WITH_SETUP))
 async def test_track_request_is_answered(demo: Demo, version: Version) -> None:
     async with attack(demo, version) as peer:
-        stream = await peer.open_bi(kind(LiteBidi.TRACK) + peer.codec.encode_track_request(TrackRequest("demo/clock", "x")))
+        stream = await peer.open_bi(kind(LiteBidi.TRACK) + peer.codec.encode_track_request(
+            TrackRequest("demo/clock", "seconds")))
         stream.write(b"", end=True)
         info = peer.codec.decode_track_info(unframe(await read_to_end(stream)))
         assert info.timescale > 0
+        # a track the broadcast does not have is refused, as its subscription would be
+        stream = await peer.open_bi(kind(LiteBidi.TRACK) + peer.codec.encode_track_request(TrackRequest("demo/clock", "x")))
+        stream.write(b"", end=True)
+        assert await refused(stream) == (StreamCode.NOT_FOUND, StreamCode.NOT_FOUND)
+        await peer.assert_alive()
 
 
 def bad_fetches(version: Version) -> dict[str, bytes]:

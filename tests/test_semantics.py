@@ -495,8 +495,14 @@ async def test_relay_keeps_local_and_shorter_routes() -> None:
     assert relay.mux.route("here") is not None and relay.mux.route("here")[0] is local  # type: ignore[index]
     far = relay.adopt(Announcement("there", hops=(1, 2, 3)), remote)
     near = relay.adopt(Announcement("there", hops=(7,)), remote)
-    assert far is not None and near is not None and not far.active  # a shorter route replaces a longer one
+    assert far is not None and near is not None
+    route = relay.mux.route("there")
+    assert route is not None and route[0] is near  # a shorter route takes over a longer one...
+    assert far.active and relay.mux.publications("there") == 2  # ...which stays as its backup
     assert relay.adopt(Announcement("there", hops=(1, 2)), remote) is None
+    near.end()
+    route = relay.mux.route("there")
+    assert route is not None and route[0] is far  # and serves again when the shorter one ends
     assert relay.adopt(Announcement("long", hops=tuple(range(1, 33))), remote) is None  # at the hop limit
     learned = Announcement("there2", hops=(9,))
     assert relay.adopt(learned, remote) is learned
