@@ -81,6 +81,11 @@ class SessionClosed(MoQError):
         self.reason = reason
         self.remote = remote
 
+    @property
+    def abrupt(self) -> bool:
+        """Ended by an error or by silence (an idle timeout), not by a close with code 0."""
+        return self.code != 0 or "idle timeout" in self.reason.lower()
+
 
 class StreamError(MoQError):
     """A stream was reset or stopped; ``code`` is the wire code."""
