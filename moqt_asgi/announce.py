@@ -62,7 +62,9 @@ class AnnouncementReader:
     def _finish(self) -> None:
         self._done = True
         # The stream or the session ended under them: the publisher did not withdraw them, it was lost.
-        lost = ErrorCode.TRANSPORT if isinstance(self._error, (SessionClosed, StreamError)) else None
+        error = self._error
+        lost = ErrorCode.TRANSPORT if isinstance(error, StreamError) or (
+            isinstance(error, SessionClosed) and error.abrupt) else None
         for announcement in self.active.values():
             announcement.end(lost)
         self.active.clear()

@@ -9,9 +9,12 @@ Certificate message; see :data:`CERT_CHAIN_WARN_BYTES` for why it matters.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import ipaddress
+import os
+import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -86,7 +89,27 @@ def write_certificate(directory: str | Path, *, hosts: tuple[str, ...] = ("local
     out.mkdir(parents=True, exist_ok=True)
     cert_pem, key_pem = generate_certificate(hosts, days)
     cert_path, key_path = out / "cert.pem", out / "key.pem"
-    cert_path.write_bytes(cert_pem)
-    key_path.write_bytes(key_pem)
-    key_path.chmod(0o600)
+    _write_new(cert_path, cert_pem, 0o644)
+    _write_new(key_path, key_pem, 0o600)
     return cert_path, key_path, certificate_fingerprint(cert_pem)
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` through a private temporary file renamed over it.
+
+    The file is never readable by others while it is written (the key's mode
+    is set before any byte goes in), and a symbolic link planted at ``path`` is
+    refused rather than followed.
+    """
+    if path.is_symlink():
+        raise FileExistsError(f"{path} is a symbolic link; refusing to write through it")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
+    try:
+        with os.fdopen(handle, "wb") as out:
+            os.fchmod(out.fileno(), mode)
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

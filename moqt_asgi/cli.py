@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -38,6 +39,33 @@ def load_app(target: str) -> MoQ:
     return app
 
 
+FORCE_EXIT_MARGIN = 2.0
+"""Seconds after a second signal (or after ``--graceful-timeout``) before the process exits whatever runs."""
+
+
+def _force_exit(why: str) -> None:
+    """Exit now (status 1), after flushing logs: the stop did not finish in time (an app ignoring cancellation)."""
+    logging.getLogger("moqt_asgi.cli").error("stopping did not finish in time after %s; exiting now", why)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def printable(text: str) -> str:
+    """``text`` with control and format characters escaped (``\\x1b``...), so a peer cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char.isprintable() or char == "\t":
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
 def _host_port(bind: str) -> tuple[str, int]:
     host, _, port = bind.rpartition(":")
     if not host or not port.isdigit():
@@ -54,13 +82,17 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[bool]] = []
 
+    log = logging.getLogger("moqt_asgi.cli")
+
     def on_signal() -> None:
         if not stopping:
-            logging.getLogger("moqt_asgi.cli").warning(
-                "shutting down (up to %.1fs; signal again to stop now)", args.graceful_timeout)
+            log.warning("shutting down (up to %.1fs; signal again to stop now)", args.graceful_timeout)
             stopping.append(loop.create_task(server.shutdown(args.graceful_timeout)))
+            # Whatever the application does, the process is gone a little after its grace.
+            loop.call_later(args.graceful_timeout + FORCE_EXIT_MARGIN, _force_exit, "the graceful timeout ran out")
         else:
             stopping.append(loop.create_task(server.close()))
+            loop.call_later(FORCE_EXIT_MARGIN, _force_exit, "a second signal")
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
@@ -96,7 +128,10 @@ async def _sub(args: argparse.Namespace) -> None:
         track = await session.subscribe(args.broadcast, args.track)
         count = 0
         async for frame in track.frames():
-            sys.stdout.write(frame.decode("utf-8", "replace") + "\n")
+            if args.raw:
+                sys.stdout.buffer.write(frame + b"\n")
+            else:
+                sys.stdout.write(printable(frame.decode("utf-8", "replace")) + "\n")
             sys.stdout.flush()
             count += 1
             if args.count and count >= args.count:
@@ -171,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     client_options(sub)
     sub.add_argument("--count", type=int, default=0, help="exit after this many frames")
     sub.add_argument("--no-wait", action="store_true", help="subscribe without waiting for the announcement")
+    sub.add_argument("--raw", action="store_true",
+                     help="write frames as they are (default: control characters are escaped)")
 
     pub = commands.add_parser("pub", help="publish each line of stdin as a frame")
     client_options(pub)

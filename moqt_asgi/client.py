@@ -77,6 +77,20 @@ async def dial(url: str, *, mux: TrackMux | None = None, fingerprint: str | None
                            tls=tls)
 
 
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+"""Headers a client keeps to the server it was given them for (a GOAWAY to another origin drops them)."""
+
+
+def _same_origin(a: str, b: str) -> bool:
+    """Same scheme family, host and port (``moql``/``moqt`` count as one scheme)."""
+    first, second = urlsplit(a), urlsplit(b)
+
+    def family(scheme: str) -> str:
+        return "native" if scheme in NATIVE_SCHEMES else scheme
+
+    return (family(first.scheme), first.hostname, first.port) == (family(second.scheme), second.hostname, second.port)
+
+
 DialFunc = Callable[..., Awaitable[Session]]
 GoawayCallback = Callable[[Session, str], Awaitable[None] | None]
 
@@ -182,7 +196,19 @@ class Client:
         uri = await session.wait_goaway()
         target = self.goaway_target(session, uri)
         self.logger.info("GOAWAY: reconnecting to %s", target)
-        new = await self.dial(target, mux=session.mux if mux is None else mux)
+        if _same_origin(self._urls.get(session, ""), target):
+            new = await self.dial(target, mux=session.mux if mux is None else mux)
+        else:
+            # Another server: follow, but never hand it our credentials.
+            kept = [(name, value) for name, value in self.headers if name.lower() not in CREDENTIAL_HEADERS]
+            if len(kept) != len(self.headers):
+                self.logger.info("GOAWAY to another origin: not sending %s there",
+                                 ", ".join(sorted({n.lower() for n, _ in self.headers} & CREDENTIAL_HEADERS)))
+            headers, self.headers = self.headers, kept
+            try:
+                new = await self.dial(target, mux=session.mux if mux is None else mux)
+            finally:
+                self.headers = headers
         await session.aclose()
         return new
 

@@ -243,10 +243,17 @@ class RemoteBroadcast:
                 producer.abort(exc.code)
             else:
                 producer.finish()
-        except SessionClosed:
-            producer.abort(ErrorCode.TRANSPORT)  # the publisher was lost: not a clean end of the track
+        except SessionClosed as exc:
+            if exc.abrupt:
+                producer.abort(ErrorCode.TRANSPORT)  # the publisher was lost: not a clean end of the track
+            else:
+                producer.finish()
         except asyncio.CancelledError:
-            producer.abort(ErrorCode.TRANSPORT if self.session.closed else ErrorCode.CANCEL)
+            reason = self.session.close_reason
+            if reason is not None and reason.abrupt:
+                producer.abort(ErrorCode.TRANSPORT)
+            else:
+                producer.finish()
             raise
         finally:
             self._forget(producer.name, upstream)
@@ -356,7 +363,7 @@ class Relay:
                 mine = [a for a in mine if a.active]
         finally:
             announcements.close()
-            lost = session.closed and session.close_reason is not None and session.close_reason.code != 0
+            lost = session.close_reason is not None and session.close_reason.abrupt
             for announcement in mine:
                 announcement.end(ErrorCode.TRANSPORT if lost else None)
 

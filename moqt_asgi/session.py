@@ -36,7 +36,7 @@ from .transport.base import BidiStream, Connection, ReceiveStream, SendStream
 logger = logging.getLogger("moqt_asgi.session")
 
 
-STOP_TIMEOUT = 2.0
+STOP_TIMEOUT = 1.0
 """Seconds closing waits for a task that does not end when cancelled (it swallows the
 cancellation); then it is abandoned and its stack logged, so no close or shutdown hangs on it."""
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import shutil
 import string
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,9 +41,8 @@ from moqt_asgi.auth import (
 )
 from moqt_asgi.jwk import b64url_decode, b64url_encode, parse_json
 
-from .conftest import ROOT
+from .conftest import TokenTools
 
-TOKEN_DIR = ROOT / "tests" / "token"
 NOW = 1_800_000_000.0
 FUTURE = int(time.time()) + 3600  # tokens the CLI signs carry the real clock's iat; exp must be real too
 
@@ -495,54 +493,6 @@ def test_from_env(tmp_path: Path) -> None:
 
 
 # --- the official @moq/token tools ---------------------------------------------------------------
-
-
-class TokenTools:
-    """The pinned @moq/token: its ``moq-token`` CLI and the library (through ``tests/token/interop.mjs``)."""
-
-    def __init__(self, node: str) -> None:
-        self.node = node
-        self.cli_path = TOKEN_DIR / "node_modules" / "@moq" / "token" / "cli.js"
-
-    def cli(self, *args: str, stdin: str | None = None) -> str:
-        result = subprocess.run([self.node, str(self.cli_path), *args], cwd=TOKEN_DIR, input=stdin, capture_output=True,
-                                text=True, timeout=60)
-        assert result.returncode == 0, f"moq-token {' '.join(args)}: {result.stderr}"
-        return result.stdout.strip()
-
-    def library(self, jobs: dict[str, Any]) -> dict[str, Any]:
-        result = subprocess.run([self.node, "interop.mjs"], cwd=TOKEN_DIR, input=json.dumps(jobs), capture_output=True,
-                                text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)  # type: ignore[no-any-return]
-
-
-@pytest.fixture(scope="session")
-def tools() -> TokenTools:
-    """``npm ci`` in tests/token when node_modules is missing or older than the lock file."""
-    npm, node = shutil.which("npm"), shutil.which("node")
-    if npm is None or node is None:
-        pytest.fail("node and npm are needed for the token interop tests (tests/token/package.json)")
-    lock = TOKEN_DIR / "package-lock.json"
-    installed = TOKEN_DIR / "node_modules" / ".package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        result = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=TOKEN_DIR, capture_output=True, text=True,
-                                timeout=300)
-        if result.returncode != 0:
-            pytest.fail(f"npm ci failed:\n{result.stdout}\n{result.stderr}")
-    return TokenTools(node)
-
-
-@pytest.fixture(scope="session")
-def cli_keys(tools: TokenTools, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Keys made by ``moq-token generate``: hs (HS256), es and es.pub (ES256), ed and ed.pub (EdDSA), b64 (HS256, --base64)."""
-    out = tmp_path_factory.mktemp("cli-keys")
-    tools.cli("generate", "--key", str(out / "hs.jwk"))
-    tools.cli("generate", "--key", str(out / "es.jwk"), "--algorithm", "ES256", "--public", str(out / "es.pub.jwk"))
-    tools.cli("generate", "--key", str(out / "ed.jwk"), "--algorithm", "EdDSA", "--public", str(out / "ed.pub.jwk"),
-              "--id", "ed-key")
-    tools.cli("generate", "--key", str(out / "b64.jwk"), "--base64")
-    return out
 
 
 def authorize(key_file: Path, token: str, path: str) -> Grant | int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from moqt_asgi import ClientTicketStore, QuicServer, QuicSettings, Session, SessionTicketStore, dial
+from moqt_asgi import ClientTicketStore, QuicServer, QuicSettings, Session, SessionTicketStore, SetupRequest, dial
 from moqt_asgi.certs import write_certificate
 from moqt_asgi.netsim import UdpRelay, packet_types
 from moqt_asgi.protocol.errors import MoQError
@@ -190,3 +190,26 @@ async def test_impostor_never_receives_the_early_setup(certs: Certs, tmp_path: P
 
 def test_every_version_is_covered() -> None:
     assert set(SETUP_VERSIONS) | {LITE_03_VERSION, LITE_04_VERSION} == set(ALL_VERSIONS)
+
+
+async def test_the_setup_handler_is_told_when_the_setup_came_in_early_data(certs: Certs) -> None:
+    """A 0-RTT setup can be replayed: the handler sees ``request.early_data`` and can refuse what is unsafe twice."""
+    store = ClientTicketStore()
+    app = tick_app((LITE_06_VERSION,))
+    seen: list[bool] = []
+
+    @app.route("/{rest:path}")
+    async def record(request: SetupRequest) -> None:
+        seen.append(request.early_data)
+        await request.accept()
+
+    quic = QuicServer(app, host="127.0.0.1", port=0, certfile=str(certs.cert), keyfile=str(certs.key), quic=ZERO_RTT,
+                      webtransport=False)
+    async with quic:
+        url = f"moql://127.0.0.1:{quic.address[1]}/"
+        for _ in range(2):
+            session = await dial(url, fingerprint=certs.fingerprint, tickets=store, quic=ZERO_RTT,
+                                 versions=(LITE_06_VERSION,))
+            async with session:
+                assert await read_tick(session) == b"tick"
+    assert seen == [False, True]
