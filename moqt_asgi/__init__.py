@@ -2,6 +2,7 @@
 
 from .announce import AnnouncementReader
 from .app import MoQ, accept_all
+from .auth import Authenticator, AuthError, Grant
 from .client import Client, dial
 from .mux import Announcement, TrackHandler, TrackMux
 from .native import QuicServer, QuicSettings, dial_quic
@@ -33,10 +34,13 @@ __version__ = "0.1.0"
 __all__ = [
     "Announcement",
     "AnnouncementReader",
+    "AuthError",
+    "Authenticator",
     "Broadcast",
     "Client",
     "ClientTicketStore",
     "ErrorCode",
+    "Grant",
     "GroupProducer",
     "GroupReader",
     "GroupWriter",
