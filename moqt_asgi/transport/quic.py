@@ -7,6 +7,13 @@ buffers and wake waiters. Transmission is coalesced to once per event-loop
 iteration, and the engine sees how many bytes are queued but unsent so it can
 decide what to hand over next (aioquic itself sends streams round-robin).
 
+Receive credit: the aioquic connection is a
+:class:`~.aioquic_connection.CreditedQuicConnection` (adopted when the
+protocol is made), and each readable stream's :class:`ReceiveBuffer` holds
+its unread bytes against that credit, so a peer that writes faster than the
+engine reads is slowed down by QUIC flow control (one stream window per
+stream, one connection window in all) instead of being buffered.
+
 Reset, stop-sending and close codes are translated with the connection's
 ``error_codes`` map (see :mod:`moqt_asgi.protocol.codes`). Incoming stream
 codes that lie in WebTransport's HTTP/3 range are unmapped first, whatever
@@ -22,11 +29,12 @@ from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
-from aioquic.quic.connection import QuicConnection, stream_is_client_initiated, stream_is_unidirectional
+from aioquic.quic.connection import stream_is_client_initiated, stream_is_unidirectional
 
 from ..protocol.codes import app_to_http, clamp_app_code, http_to_app
 from ..protocol.errors import ErrorCode, SessionClosed, StreamError
 from ..protocol.limits import DEFAULT_LIMITS, Limits
+from .aioquic_connection import CreditedQuicConnection, peer_address, send_backlog, set_stream_limits, stream_credit
 from .base import BidiStream, Connection, ReceiveStream, SendStream
 from .buffers import ReceiveBuffer
 
@@ -40,7 +48,8 @@ class QuicStream(BidiStream):
         self.stream_id = stream_id
         self._transport = transport
         limit = transport.limits.max_stream_buffer
-        self._buffer = ReceiveBuffer(limit, on_overflow=self._overflow) if readable else None
+        self._buffer = ReceiveBuffer(limit, on_overflow=self._overflow,
+                                     credit=stream_credit(transport.protocol._quic, stream_id)) if readable else None
         self._writable = writable
         self._send_done = not writable
         self._stop_code: int | None = None
@@ -144,11 +153,7 @@ class QuicTransport(Connection):
 
     @property
     def peer_address(self) -> tuple[str, int] | None:
-        paths = self.protocol._quic._network_paths
-        if not paths:
-            return None
-        addr = paths[0].addr
-        return str(addr[0]), int(addr[1])
+        return peer_address(self.protocol._quic)
 
     # -- opening and accepting
     def _check_open(self) -> None:
@@ -218,11 +223,7 @@ class QuicTransport(Connection):
 
     # -- backpressure
     def _stream_backlog(self, stream_id: int) -> int:
-        quic_stream = self.protocol._quic._streams.get(stream_id)
-        if quic_stream is None:
-            return 0
-        sender = quic_stream.sender
-        return max(0, sender._buffer_stop - sender.highest_offset)
+        return send_backlog(self.protocol._quic, stream_id)
 
     def backlog(self) -> int:
         # Asked before every write, so it is counted once and then kept up to date: between two
@@ -371,20 +372,6 @@ class QuicTransport(Connection):
             self._wake_writers()
 
 
-def set_stream_limits(quic: QuicConnection, bidi: int, uni: int, *, announced: bool = False) -> None:
-    """How many streams of each kind the peer may open at once (aioquic has no setting; its default is 128).
-
-    Before the handshake (``announced=False``) the values go out in the
-    transport parameters. Once they were announced, limits can only rise:
-    aioquic then sends MAX_STREAMS frames with its next packet.
-    """
-    for limit, value in ((quic._local_max_streams_bidi, bidi), (quic._local_max_streams_uni, uni)):
-        if announced:
-            limit.value = max(limit.value, value)
-        else:
-            limit.value = limit.sent = value
-
-
 class QuicProtocol(QuicConnectionProtocol):
     """aioquic protocol that feeds a :class:`QuicTransport`.
 
@@ -395,6 +382,11 @@ class QuicProtocol(QuicConnectionProtocol):
     client) runs as the handshake completes, before anything else is sent:
     if it raises, the connection is closed and :attr:`peer_check_error` holds
     the error.
+
+    The aioquic connection becomes a :class:`CreditedQuicConnection` (its
+    windows are the configuration's ``max_stream_data`` and ``max_data``);
+    with ``handshake_timeout`` (a server), a connection whose handshake has
+    not completed that many seconds after its first datagram is dropped.
     """
 
     def __init__(
@@ -405,12 +397,16 @@ class QuicProtocol(QuicConnectionProtocol):
         early_start: bool = False,
         check_peer: Callable[[QuicProtocol], None] | None = None,
         max_streams: tuple[int, int] | None = None,
+        handshake_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        quic = self._quic = CreditedQuicConnection.adopt(self._quic)
+        quic.handshake_timeout = handshake_timeout
         if max_streams is not None:
-            set_stream_limits(self._quic, *max_streams)
+            set_stream_limits(quic, *max_streams)
         self.moq_transport = QuicTransport(self, limits)
+        quic.on_credit = self.moq_transport._schedule_flush
         self._on_handshake = on_handshake
         self._early_start = early_start
         self._check_peer = check_peer

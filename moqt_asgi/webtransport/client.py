@@ -32,6 +32,7 @@ from ..protocol.versions import DEFAULT_VERSIONS, Version, ordered, protocols_fo
 from ..session import Session
 from ..tickets import ClientTicketStore
 from ..tls import TLSConfig, client_tls
+from ..transport.aioquic_connection import CreditedQuicConnection
 from .asgi import parse_sf_string_list, sf_string
 from .capsules import H3_INTERNAL_ERROR, WT_SESSION_GONE
 from .h3 import WebTransportH3Connection
@@ -45,7 +46,8 @@ class WebTransportClientProtocol(QuicConnectionProtocol, SessionHost):
 
     def __init__(self, *args: Any, limits: Limits = DEFAULT_LIMITS, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.quic = self._quic
+        self.quic = self._quic = CreditedQuicConnection.adopt(self._quic)  # our receive-credit policy
+        self.quic.on_credit = self.transmit_soon
         self.h3 = WebTransportH3Connection(self._quic)
         self.limits = limits
         self.sessions: dict[int, WebTransportSession] = {}

@@ -25,8 +25,11 @@ H3  ``QuicProtocol.__init__``: ``max_datagram_frame_size = 65536`` (HTTP
     loud warning when ``workers > 1`` (one UDP socket shared by several
     processes misroutes QUIC packets).
 H4  ``QuicProtocol.send_all``: wakes the sessions' writers after each flush.
-H5  ``hypercorn.protocol.quic.QuicConnection`` → a subclass allowing 1000
-    concurrent peer streams of each kind (aioquic's fixed default is 128).
+H5  ``hypercorn.protocol.quic.QuicConnection`` → a subclass of
+    :class:`~moqt_asgi.transport.aioquic_connection.CreditedQuicConnection`
+    (receive credit that follows what the application read, no window
+    doubling; a handshake deadline) allowing 1000 concurrent peer streams of
+    each kind (aioquic's fixed default is 128).
 H6  ``hypercorn.asyncio.udp_server.UDPServer``: a queue of 1000 datagrams
     instead of 10 (the stock one drops packets under load); ``run`` is
     woken while stopping, so shutdown ends when the last connection does
@@ -37,10 +40,21 @@ H7  ``QuicProtocol.send_all`` (asyncio and uvloop workers): the QUIC timer is
     an event-loop timer re-armed only when aioquic's deadline moves earlier,
     instead of Hypercorn cancelling, awaiting and recreating a timer task
     after every flush (which cost several event-loop steps per datagram).
-    When it fires it runs Hypercorn's ``_handle_timer`` work in a task. The
-    datagrams go straight to the UDP transport rather than through one
+    When it fires it runs Hypercorn's ``_handle_timer`` work in a task; an
+    exception there closes that one connection, not the worker's listener.
+    The datagrams go straight to the UDP transport rather than through one
     awaited ``UDPServer.protocol_send`` each. Under trio the stock
     ``send_all`` is kept.
+H8  ``QuicProtocol.handle``: connection caps and Retry before a connection
+    exists (:class:`~moqt_asgi.transport.admission.Admission`), and an
+    exception while handling a datagram closes that one connection instead
+    of ending the worker's UDP loop.
+
+The QUIC settings (receive windows, connection caps, Retry, handshake
+deadline, WebTransport sessions per connection, HTTP/3 header deadline) are
+a :class:`~moqt_asgi.native.QuicSettings`: the one given to :func:`configure`
+(call it from the application module), else one read from ``MOQT_*``
+environment variables (:meth:`QuicSettings.from_environment`).
 
 The application is never awaited from the QUIC loop: sessions feed
 bounded buffers, and the app runs in its own task.
@@ -71,18 +85,25 @@ from hypercorn.events import Closed, RawData
 from hypercorn.protocol.events import Body, EndBody
 
 from ..protocol.limits import DEFAULT_LIMITS, Limits
-from ..transport.quic import set_stream_limits
+from ..transport.admission import Admission
+from ..transport.aioquic_connection import CreditedQuicConnection
 from .asgi import build_scope
 from .capsules import H3_INTERNAL_ERROR, H3_NO_ERROR, WT_BUFFERED_STREAM_REJECTED, WT_SESSION_GONE
 from .early import EarlyStreams
-from .h3 import WebTransportH3Connection
+from .h3 import HeaderDeadline, WebTransportH3Connection
+from .hypercorn_quic import (
+    QuicTimer,
+    WebTransportQuicConnection,
+    admission_handle,
+    configure,
+    current_settings,
+)
 from .session import SessionHost, WebTransportSession
 
 logger = logging.getLogger("moqt_asgi.webtransport")
 
 SUPPORTED_HYPERCORN = "0.18."
 SUPPORTED_AIOQUIC = "1.7."
-MAX_STREAMS = 1000
 UDP_QUEUE_SIZE = 1000
 MAX_DATAGRAM_FRAME_SIZE = 65536
 MAX_EARLY_STREAMS = 32
@@ -146,7 +167,12 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
         if not isinstance(self.connection, WebTransportH3Connection):
             raise IncompatibleHypercorn("hypercorn.protocol.h3.H3Connection is not patched")
         self.quic = quic
-        self.h3 = self.connection
+        self.h3: WebTransportH3Connection = self.connection
+        settings = current_settings()
+        self.max_sessions = settings.max_webtransport_sessions
+        if isinstance(quic, CreditedQuicConnection):
+            quic.on_credit = self.transmit_soon
+        self._header_deadline = HeaderDeadline(self.connection, settings.header_timeout, self.transmit_soon, client)
         self.wt_sessions: dict[int, WebTransportSession] = {}
         self._ended: OrderedDict[int, None] = OrderedDict()
         self._early = EarlyStreams(MAX_EARLY_STREAMS, MAX_EARLY_BYTES)
@@ -159,6 +185,8 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
     async def handle(self, quic_event: Any) -> None:
         try:
             await self._handle(quic_event)
+            if self.h3.incomplete and _asyncio_running():
+                self._header_deadline.check()
         except Exception:
             # Raising here would end Hypercorn's UDP loop: every connection of the worker would die.
             logger.exception("error handling %s; closing this QUIC connection", type(quic_event).__name__)
@@ -175,6 +203,7 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
             for session in list(self.wt_sessions.values()):
                 session._on_connection_terminated(quic_event.error_code, quic_event.reason_phrase)
             self._early.clear()
+            self._header_deadline.cancel()
             if self._shutdown_watch is not None:
                 self._shutdown_watch.cancel()
         for event in self.connection.handle_event(quic_event):
@@ -256,10 +285,15 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
     async def _open_session(self, event: HeadersReceived) -> None:
         stream_id = event.stream_id
         early = self._early.take(stream_id)
-        if self.context.terminated.is_set() or not _asyncio_running() or event.stream_ended:
-            status = b"503" if self.context.terminated.is_set() else b"501" if not _asyncio_running() else b"400"
+        too_many = len(self.wt_sessions) >= self.max_sessions
+        if self.context.terminated.is_set() or not _asyncio_running() or event.stream_ended or too_many:
+            status = (b"503" if self.context.terminated.is_set() else b"501" if not _asyncio_running()
+                      else b"400" if event.stream_ended else b"429")
             if status == b"501":
                 logger.warning("WebTransport needs an asyncio (or uvloop) worker; refusing the session")
+            elif status == b"429":
+                logger.info("%s: refusing a WebTransport session: %d already open on this connection", self.client,
+                            len(self.wt_sessions))
             with contextlib.suppress(Exception):
                 self.connection.send_headers(stream_id, [(b":status", status)], end_stream=True)
             for sid, _, _ in early:
@@ -369,16 +403,9 @@ def _call_soon(func: Callable[..., Any], *args: Any) -> Any:
     raise RuntimeError("call_soon is only available to WSGI applications")
 
 
-# -- H5
-class WebTransportQuicConnection(QuicConnection):
-    """aioquic's QuicConnection with room for more concurrent peer streams."""
+_QuicTimer = QuicTimer  # its name before it moved to hypercorn_quic
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        set_stream_limits(self, MAX_STREAMS, MAX_STREAMS)
-
-
-# -- H3, H4, H6, H7 (wrappers) and installation
+# -- H3, H4, H6, H7, H8 (wrappers) and installation
 _ORIGINALS: dict[str, Any] = {}
 _applied = False
 _STOCK_PROTOCOL_SEND = getattr(hc_udp_server.UDPServer, "protocol_send", None)
@@ -386,7 +413,12 @@ _STOCK_PROTOCOL_SEND = getattr(hc_udp_server.UDPServer, "protocol_send", None)
 
 def _quic_protocol_init(self: Any, *args: Any, **kwargs: Any) -> None:
     _ORIGINALS["QuicProtocol.__init__"](self, *args, **kwargs)
-    self.quic_config.max_datagram_frame_size = MAX_DATAGRAM_FRAME_SIZE
+    settings = current_settings()
+    config = self.quic_config
+    config.max_datagram_frame_size = MAX_DATAGRAM_FRAME_SIZE
+    config.max_data = settings.connection_receive_window  # the windows of our credit policy (H5)
+    config.max_stream_data = settings.stream_receive_window
+    self.moqt_admission = Admission(settings.admission_policy(), log=logger)
     workers = getattr(self.config, "workers", 1)
     if workers > 1:
         message = (f"moqt_asgi: hypercorn runs {workers} workers on one QUIC socket. QUIC packets will reach "
@@ -409,95 +441,12 @@ async def _quic_protocol_send_all(self: Any, connection: Any) -> None:
         else:
             for data, address in datagrams:
                 await send(RawData(data=data, address=address))
-        _QuicTimer.of(self, connection).arm(quic.get_timer())
+        QuicTimer.of(self, connection).arm(quic.get_timer())
     else:
         await _ORIGINALS["QuicProtocol.send_all"](self, connection)
     h3 = connection.h3
     if isinstance(h3, WebTransportH3Protocol):
         h3.after_transmit()
-
-
-# -- H7
-class _QuicTimer:
-    """The timer of one of Hypercorn's QUIC connections, on the asyncio event loop.
-
-    Stock Hypercorn restarts a task after every flush (``AsyncioSingleTask.restart``:
-    cancel the sleeping task, await it, create a new one). Here one
-    ``loop.call_at`` handle is kept per connection. It is replaced only when
-    aioquic's deadline moves earlier; when the deadline moved later, the
-    handle fires early and is simply set again. A due timer runs what
-    Hypercorn's ``_handle_timer`` does after its sleep, in a task of the
-    server's task group; unlike the stock task, that work is never cancelled
-    halfway by the next flush.
-    """
-
-    __slots__ = ("armed_at", "connection", "deadline", "handle", "loop", "protocol", "running")
-
-    def __init__(self, protocol: Any, connection: Any) -> None:
-        self.protocol = protocol
-        self.connection = connection
-        self.loop = asyncio.get_running_loop()
-        self.deadline: float | None = None
-        """When aioquic wants ``handle_timer`` called (None: no timer)."""
-        self.handle: asyncio.TimerHandle | None = None
-        self.armed_at = 0.0
-        """When :attr:`handle` fires."""
-        self.running = False
-        """A task handling the expired timer is scheduled or running (it re-arms when done)."""
-
-    @classmethod
-    def of(cls, protocol: Any, connection: Any) -> _QuicTimer:
-        timer: _QuicTimer | None = getattr(connection, "moqt_timer", None)
-        if timer is None:
-            timer = cls(protocol, connection)
-            connection.moqt_timer = timer
-        return timer
-
-    def arm(self, deadline: float | None) -> None:
-        self.deadline = deadline
-        if self.running:
-            return
-        handle = self.handle
-        if deadline is None:
-            if handle is not None:
-                handle.cancel()
-                self.handle = None
-        elif handle is None:
-            self._set(deadline)
-        elif deadline < self.armed_at:
-            handle.cancel()
-            self._set(deadline)
-
-    def _set(self, deadline: float) -> None:
-        self.armed_at = deadline
-        self.handle = self.loop.call_at(deadline, self._fire)
-
-    def _fire(self) -> None:
-        self.handle = None
-        deadline = self.deadline
-        if deadline is None:
-            return
-        if deadline > self.armed_at:  # the deadline moved later since this handle was set
-            self._set(deadline)
-            return
-        try:
-            self.protocol.task_group.spawn(self._expired, deadline)
-        except RuntimeError:  # the server's task group is finished: the connection is gone
-            self.deadline = None
-        else:
-            self.running = True
-
-    async def _expired(self, due: float) -> None:
-        try:
-            deadline = self.deadline
-            if deadline is not None and deadline <= due:  # not moved later by a flush since it fired
-                connection = self.connection
-                # As aioquic's own protocol does: never earlier than the deadline (the loop may fire a bit early).
-                connection.quic.handle_timer(now=max(deadline, self.loop.time()))
-                await self.protocol._handle_events(connection, None)  # ends with send_all: a new deadline
-        finally:
-            self.running = False
-            self.arm(self.deadline)
 
 
 def _udp_server_init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -561,7 +510,7 @@ def check_compatible() -> None:
         (hc_h3, "H3Connection"), (hc_h3, "H3Protocol"), (hc_quic, "H3Protocol"), (hc_quic, "QuicConnection"),
         (hc_quic, "QuicProtocol"), (hc_udp_server, "UDPServer"),
         (hc_h3.H3Protocol, "_create_stream"), (hc_h3.H3Protocol, "handle"), (hc_h3.H3Protocol, "stream_send"),
-        (hc_quic.QuicProtocol, "send_all"), (hc_quic.QuicProtocol, "_handle_events"),
+        (hc_quic.QuicProtocol, "send_all"), (hc_quic.QuicProtocol, "_handle_events"), (hc_quic.QuicProtocol, "handle"),
         (hc_udp_server.UDPServer, "run"), (hc_udp_server.UDPServer, "datagram_received"),
         (hc_udp_server.UDPServer, "protocol_send"),
         (hc_worker_context, "AsyncioSingleTask"), (hc_quic.QuicProtocol, "_handle_timer"),
@@ -574,7 +523,7 @@ def check_compatible() -> None:
 
 
 def apply(*, force: bool = False) -> None:
-    """Install H1 to H7 into Hypercorn (idempotent). Raises :class:`IncompatibleHypercorn`."""
+    """Install H1 to H8 into Hypercorn (idempotent). Raises :class:`IncompatibleHypercorn`."""
     global _applied
     if _applied:
         return
@@ -585,6 +534,7 @@ def apply(*, force: bool = False) -> None:
             raise
     _ORIGINALS["QuicProtocol.__init__"] = hc_quic.QuicProtocol.__init__
     _ORIGINALS["QuicProtocol.send_all"] = hc_quic.QuicProtocol.send_all
+    _ORIGINALS["QuicProtocol.handle"] = hc_quic.QuicProtocol.handle
     _ORIGINALS["UDPServer.__init__"] = hc_udp_server.UDPServer.__init__
     _ORIGINALS["UDPServer.run"] = hc_udp_server.UDPServer.run
     setattr(hc_h3, "H3Connection", WebTransportH3Connection)  # H1  # noqa: B010
@@ -592,6 +542,7 @@ def apply(*, force: bool = False) -> None:
     setattr(hc_quic.QuicProtocol, "__init__", _quic_protocol_init)  # H3  # noqa: B010
     setattr(hc_quic.QuicProtocol, "send_all", _quic_protocol_send_all)  # H4, H7  # noqa: B010
     setattr(hc_quic, "QuicConnection", WebTransportQuicConnection)  # H5  # noqa: B010
+    setattr(hc_quic.QuicProtocol, "handle", admission_handle(_ORIGINALS["QuicProtocol.handle"]))  # H8  # noqa: B010
     setattr(hc_udp_server.UDPServer, "__init__", _udp_server_init)  # H6  # noqa: B010
     setattr(hc_udp_server.UDPServer, "run", _udp_server_run)  # H6  # noqa: B010
     _applied = True
@@ -609,5 +560,7 @@ __all__ = [
     "apply",
     "applied",
     "check_compatible",
+    "configure",
+    "current_settings",
     "shutdown_grace",
 ]

@@ -14,6 +14,17 @@ the Hypercorn integration uses) and serves
   response is streamed; no trailers, no server push);
 * a CONNECT for another protocol with ``501``.
 
+Limits: at most ``max_sessions`` WebTransport sessions at once (a CONNECT
+beyond is answered ``429``); a request stream whose HEADERS frame is not
+complete ``header_timeout`` seconds after its first byte is stopped and reset
+(``H3_REQUEST_INCOMPLETE``), so slowly dribbled headers cannot hold streams;
+frame sizes are bounded by :class:`WebTransportH3Connection`. A request that
+arrived in 0-RTT early data (before the handshake completed) is answered
+``425`` (Too Early, RFC 8470) unless its method is safe (GET, HEAD,
+OPTIONS); safe ones reach the application with an ``early-data: 1`` header.
+Request bodies are held against the QUIC receive credit until the
+application takes them, so a slow ``http`` app slows its client down.
+
 Everything aioquic calls (:meth:`H3ServerConnection.quic_event_received`)
 runs inside the QUIC event path: it never awaits and never raises. Each
 session and each request runs the application in its own task, started with
@@ -36,11 +47,17 @@ from aioquic.h3.events import DatagramReceived, DataReceived, HeadersReceived, W
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived, StreamReset
 
 from ..protocol.limits import DEFAULT_LIMITS, Limits
-from ..transport.quic import set_stream_limits
+from ..transport.aioquic_connection import (
+    CreditedQuicConnection,
+    handshake_complete,
+    peer_address,
+    send_backlog,
+    set_stream_limits,
+)
 from .asgi import ASGIApp, Message, build_scope
 from .capsules import H3_INTERNAL_ERROR, H3_NO_ERROR, WT_BUFFERED_STREAM_REJECTED, WT_SESSION_GONE
 from .early import EarlyStreams
-from .h3 import WebTransportH3Connection
+from .h3 import HeaderDeadline, WebTransportH3Connection
 from .session import SessionHost, WebTransportSession
 
 logger = logging.getLogger("moqt_asgi.webtransport")
@@ -54,6 +71,12 @@ MAX_REQUEST_BUFFER = 1024 * 1024
 """Unread request-body bytes held for an ``http`` app; beyond that the request is cancelled."""
 RESPONSE_HIGH_WATER = 1024 * 1024
 """``http.response.body`` waits while more than this is queued on the stream."""
+MAX_SESSIONS = 16
+"""WebTransport sessions at once on one connection (the default of ``max_sessions``)."""
+HEADER_TIMEOUT = 10.0
+"""Seconds a request stream has to deliver its complete HEADERS frame (the default of ``header_timeout``)."""
+SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+"""Methods served when they arrive in 0-RTT early data (RFC 8470); the others get 425."""
 HTTP_SPEC_VERSION = "2.1"
 # Connection-specific header fields are forbidden in HTTP/3 (aioquic clients close the connection).
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
@@ -77,19 +100,27 @@ class H3ServerConnection(SessionHost):
 
     def __init__(self, protocol: QuicConnectionProtocol, app: ASGIApp, *, spawn: Spawn,
                  limits: Limits = DEFAULT_LIMITS, server: tuple[str, int] | None = None,
-                 state: Mapping[str, Any] | None = None, root_path: str = "") -> None:
+                 state: Mapping[str, Any] | None = None, root_path: str = "", max_sessions: int = MAX_SESSIONS,
+                 header_timeout: float = HEADER_TIMEOUT) -> None:
         self.protocol = protocol
         self.quic = protocol._quic
         set_stream_limits(self.quic, MAX_STREAMS, MAX_STREAMS, announced=True)  # the handshake is under way
         self.h3 = WebTransportH3Connection(self.quic)  # sends SETTINGS with WebTransport and H3_DATAGRAM
+        self.max_sessions = max_sessions
+        self.header_timeout = header_timeout
+        credit = self.quic if isinstance(self.quic, CreditedQuicConnection) else None
+        self.credit = credit
+        """The connection's receive credit, when it manages one (request bodies are held against it)."""
+        if credit is not None:
+            credit.on_credit = self.transmit_soon
         self.app = app
         self.spawn = spawn
         self.limits = limits
         self.server = server
         self.state: MutableMapping[str, Any] = dict(state or {})
         self.root_path = root_path
-        paths = self.quic._network_paths
-        self.client: tuple[str, int] | None = (str(paths[0].addr[0]), int(paths[0].addr[1])) if paths else None
+        self.client: tuple[str, int] | None = peer_address(self.quic)
+        self._header_deadline = HeaderDeadline(self.h3, header_timeout, self.transmit_soon, self.client)
         self.sessions: dict[int, WebTransportSession] = {}
         self.requests: dict[int, HTTPExchange] = {}
         self.closing = False
@@ -106,6 +137,8 @@ class H3ServerConnection(SessionHost):
     def quic_event_received(self, event: QuicEvent) -> None:
         try:
             self._handle(event)
+            if self.h3.incomplete:
+                self._header_deadline.check()
         except Exception:
             logger.exception("error handling %s; closing this HTTP/3 connection", type(event).__name__)
             with contextlib.suppress(Exception):
@@ -143,6 +176,11 @@ class H3ServerConnection(SessionHost):
         if method is None or sid in self.sessions or sid in self._ended or sid in self.requests:
             return  # trailers: nothing to do
         is_connect = method == b"CONNECT"
+        early = not handshake_complete(self.quic)
+        if early and method not in SAFE_METHODS:
+            self._refuse_early(sid)
+            self._respond(sid, 425)  # Too Early: the client sends it again once the handshake is done
+            return
         if is_connect and protocol == b"webtransport":
             self._open_session(event)
             return
@@ -152,7 +190,7 @@ class H3ServerConnection(SessionHost):
         elif is_connect:
             self._respond(sid, 501)  # plain CONNECT, or extended CONNECT for something else
         else:
-            self._open_request(event)
+            self._open_request(event, early=early)
 
     def _respond(self, stream_id: int, status: int) -> None:
         """A bodiless answer that does not involve the application."""
@@ -163,6 +201,7 @@ class H3ServerConnection(SessionHost):
 
     def _connection_lost(self, code: int, reason: str) -> None:
         self.terminated = True
+        self._header_deadline.cancel()
         for session in list(self.sessions.values()):
             session._on_connection_terminated(code, reason)
         for request in list(self.requests.values()):
@@ -219,8 +258,12 @@ class H3ServerConnection(SessionHost):
     def _open_session(self, event: HeadersReceived) -> None:
         stream_id = event.stream_id
         early = self._early.take(stream_id)
-        if self.closing or event.stream_ended:
-            self._respond(stream_id, 503 if self.closing else 400)
+        too_many = len(self.sessions) >= self.max_sessions
+        if self.closing or event.stream_ended or too_many:
+            if too_many and not self.closing:
+                logger.info("%s: refusing a WebTransport session: %d already open on this connection", self.client,
+                            len(self.sessions))
+            self._respond(stream_id, 503 if self.closing else 429 if too_many else 400)
             for sid in {sid for sid, _, _ in early}:
                 self.refuse_stream(sid, WT_BUFFERED_STREAM_REJECTED)
             self._remember_ended(stream_id)
@@ -239,7 +282,7 @@ class H3ServerConnection(SessionHost):
             self._ended.popitem(last=False)
 
     # -- plain HTTP requests
-    def _open_request(self, event: HeadersReceived) -> None:
+    def _open_request(self, event: HeadersReceived, *, early: bool = False) -> None:
         method = path_bytes = b""
         authority = None
         regular: list[tuple[bytes, bytes]] = []
@@ -254,6 +297,9 @@ class H3ServerConnection(SessionHost):
                 regular.append((name, value))
         if authority is not None and not any(name == b"host" for name, _ in regular):
             regular.insert(0, (b"host", authority))
+        if early:
+            regular = [(name, value) for name, value in regular if name != b"early-data"]
+            regular.append((b"early-data", b"1"))
         raw_path, _, query = path_bytes.partition(b"?")
         scope: dict[str, Any] = {
             "type": "http",
@@ -318,11 +364,7 @@ class H3ServerConnection(SessionHost):
 
     # -- backpressure for HTTP responses
     def stream_backlog(self, stream_id: int) -> int:
-        quic_stream = self.quic._streams.get(stream_id)
-        if quic_stream is None:
-            return 0
-        sender = quic_stream.sender
-        return max(0, int(sender._buffer_stop) - int(sender.highest_offset))
+        return send_backlog(self.quic, stream_id)
 
     async def wait_writable(self) -> None:
         if self.terminated:
@@ -356,6 +398,8 @@ class HTTPExchange:
         self.status = 0
         self._inbox: deque[bytes] = deque()
         self._inbox_bytes = 0
+        credit = connection.credit
+        self._max_buffer = max(MAX_REQUEST_BUFFER, 2 * credit.stream_window) if credit is not None else MAX_REQUEST_BUFFER
         self._body_ended = False
         self._delivered_end = False
         self._waiters: list[asyncio.Future[None]] = []
@@ -368,19 +412,28 @@ class HTTPExchange:
         if self.disconnected or self._body_ended:
             return
         if data:
-            if self._inbox_bytes + len(data) > MAX_REQUEST_BUFFER:
+            if self._inbox_bytes + len(data) > self._max_buffer:
                 logger.info("request body on stream %d outran the application; cancelling it", self.stream_id)
                 self.abort(int(H3ErrorCode.H3_EXCESSIVE_LOAD))
                 return
             self._inbox.append(data)
             self._inbox_bytes += len(data)
+            if self.connection.credit is not None:  # the client may send more once the application took these
+                self.connection.credit.hold(self.stream_id, len(data))
         self._body_ended = ended
         self._wake()
+
+    def _drop_inbox(self) -> None:
+        if self._inbox_bytes and self.connection.credit is not None:
+            self.connection.credit.release(self.stream_id, self._inbox_bytes)
+        self._inbox.clear()
+        self._inbox_bytes = 0
 
     def disconnect(self) -> None:
         """The peer reset or stopped the request, or the connection ended."""
         if not self.disconnected:
             self.disconnected = True
+            self._drop_inbox()
             self.connection.requests.pop(self.stream_id, None)
             self._wake()
 
@@ -409,8 +462,7 @@ class HTTPExchange:
             self._waiters.append(waiter)
             await waiter
         body = b"".join(self._inbox)
-        self._inbox.clear()
-        self._inbox_bytes = 0
+        self._drop_inbox()
         self._delivered_end = self._body_ended
         return {"type": "http.request", "body": body, "more_body": not self._body_ended}
 
@@ -454,6 +506,7 @@ class HTTPExchange:
 
     def _finish(self) -> None:
         self.state = "done"
+        self._drop_inbox()
         if not self._body_ended:  # the whole response went out: the rest of the request is not needed
             with contextlib.suppress(Exception):
                 self.connection.quic.stop_stream(self.stream_id, H3_NO_ERROR)

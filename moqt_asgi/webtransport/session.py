@@ -4,9 +4,10 @@ aioquic parses the WebTransport stream prefaces but has no notion of a
 session: this module adds it. A :class:`WebTransportSession` is created when
 an extended CONNECT with ``:protocol = webtransport`` arrives and owns
 
-* the streams of that session (bounded :class:`ReceiveBuffer` per stream;
-  streams that arrive before the application accepted are held, up to
-  ``max_pending_streams``),
+* the streams of that session (bounded :class:`ReceiveBuffer` per stream,
+  holding its unread bytes against the QUIC receive credit, so a reader
+  that falls behind slows the peer down; streams that arrive before the
+  application accepted are held, up to ``max_pending_streams``),
 * the CONNECT stream: the ``200`` (or an error status), and the capsules
   CLOSE_WEBTRANSPORT_SESSION and DRAIN_WEBTRANSPORT_SESSION both ways,
 * datagrams (a bounded queue: the oldest is dropped when full),
@@ -42,6 +43,7 @@ from aioquic.quic.connection import stream_is_client_initiated, stream_is_unidir
 from ..protocol.codes import clamp_app_code
 from ..protocol.errors import ErrorCode, MoQError, SessionClosed, StreamError
 from ..protocol.limits import DEFAULT_LIMITS, Limits
+from ..transport.aioquic_connection import datagram_room, send_backlog, send_stream_first, stream_credit
 from ..transport.base import BidiStream, Connection, ReceiveStream, SendStream
 from ..transport.buffers import ReceiveBuffer
 from .capsules import (
@@ -114,7 +116,8 @@ class WebTransportStream(BidiStream):
         self.stream_id = stream_id
         self._session = session
         limit = session.limits.max_stream_buffer
-        self._buffer = ReceiveBuffer(limit, on_overflow=self._overflow) if readable else None
+        self._buffer = ReceiveBuffer(limit, on_overflow=self._overflow,
+                                     credit=stream_credit(session.host.quic, stream_id)) if readable else None
         self._send_done = not writable
         self._stop_code: int | None = None
         self._stopped_callbacks: list[Callable[[int], None]] = []
@@ -256,11 +259,11 @@ class WebTransportSession(Connection):
     @property
     def max_datagram_size(self) -> int:
         """Largest datagram payload that fits in one QUIC packet to this peer (conservative)."""
-        remote = self.host.quic._remote_max_datagram_frame_size
+        remote, local, _ = datagram_room(self.host.quic)
         if not remote:
             return 0
         overhead = 1 + 8 + 32  # frame type + quarter stream id + short header, packet number and AEAD tag
-        return max(0, min(int(remote), int(self.host.quic._max_datagram_size)) - overhead - 8)
+        return max(0, min(remote, local) - overhead - 8)
 
     def owns(self, stream_id: int) -> bool:
         return stream_id in self._streams
@@ -379,10 +382,7 @@ class WebTransportSession(Connection):
         self._send_connect_end(encode_close(clamp_app_code(self.error_codes.session_out(code)), reason))
         # aioquic serves streams round-robin: put the CONNECT stream first, so that the peer reads the
         # CLOSE capsule before the stream resets below (else it may take a reset for the session's end)
-        queue, connect = getattr(self.host.quic, "_streams_queue", None), self.host.quic._streams.get(self.session_id)
-        if isinstance(queue, list) and connect in queue:
-            queue.remove(connect)
-            queue.insert(0, connect)
+        send_stream_first(self.host.quic, self.session_id)
         self._terminate(SessionClosed(code, reason, remote=False))
 
     async def wait_closed(self) -> SessionClosed:
@@ -487,7 +487,7 @@ class WebTransportSession(Connection):
     def send_datagram(self, data: bytes) -> bool:
         """Queue an HTTP datagram; False (nothing sent) if it cannot fit in a packet or too many are queued."""
         self._check_open()
-        if len(data) > self.max_datagram_size or len(self.host.quic._datagrams_pending) >= self.max_datagrams:
+        if len(data) > self.max_datagram_size or datagram_room(self.host.quic)[2] >= self.max_datagrams:
             return False
         self.host.h3.send_datagram(self.session_id, data)
         self.host.transmit_soon()
@@ -513,11 +513,7 @@ class WebTransportSession(Connection):
 
     # -- backpressure
     def _stream_backlog(self, stream_id: int) -> int:
-        quic_stream = self.host.quic._streams.get(stream_id)
-        if quic_stream is None:
-            return 0
-        sender = quic_stream.sender
-        return max(0, int(sender._buffer_stop) - int(sender.highest_offset))
+        return send_backlog(self.host.quic, stream_id)
 
     def backlog(self) -> int:
         total = 0

@@ -1,0 +1,309 @@
+"""Which new QUIC connections a server takes: connection caps and address validation (Retry).
+
+A QUIC server creates a connection, and pays for its TLS handshake, for any
+Initial packet of 1200 bytes or more, from any source address: one spoofed
+datagram costs the server about a millisecond of CPU and 80 KiB of state for
+the whole idle timeout. :class:`Admission` looks at the datagram first, before
+any connection (or its crypto) exists:
+
+* over ``max_connections`` in all, or ``max_connections_per_address`` from
+  that source IP, the Initial is answered with a stateless CONNECTION_CLOSE
+  carrying ``CONNECTION_REFUSED`` (RFC 9000 section 10.2.3 lets a server do
+  this from the client's Initial keys without creating state). The client
+  fails at once instead of waiting out its handshake timeout, and the answer
+  is smaller than the client's padded Initial, so it amplifies nothing.
+  Refusals are rate limited (:data:`REFUSALS_PER_SECOND`; beyond that the
+  Initial is dropped silently) and logged once per second at most, with the
+  count of what was refused since the last line;
+* with ``retry=True`` every Initial without a token gets a Retry packet
+  (RFC 9000 section 8.1.2): the client proves it owns its address with one
+  more round trip, so spoofed Initials never create state. ``retry="auto"``
+  does this only while the server is under pressure: half-open connections
+  (handshake not done) at least ``retry_threshold``, or more than half of
+  ``max_connections`` in use.
+
+Both the native server (:class:`GuardedQuicServer`, a subclass of aioquic's
+``QuicServer``) and the Hypercorn integration use it; admitted connections
+report their handshake and their end through the
+:class:`~.aioquic_connection.ConnectionWatcher` protocol, so the counts follow
+the connections without any polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aioquic._buffer import Buffer
+from aioquic.asyncio.server import QuicServer as AioquicServer
+from aioquic.quic import connection as aioquic_connection
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
+from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.packet import (
+    QuicErrorCode,
+    QuicFrameType,
+    QuicHeader,
+    QuicPacketType,
+    encode_quic_retry,
+    pull_quic_header,
+)
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.retry import QuicRetryTokenHandler
+
+from .aioquic_connection import CreditedQuicConnection
+
+logger = logging.getLogger("moqt_asgi.admission")
+
+Retry = bool | Literal["auto"]
+Verdict = Literal["accept", "retry", "refuse", "drop"]
+REFUSALS_PER_SECOND = 200
+"""Stateless refusals sent per second at most; Initials refused beyond that are dropped silently."""
+
+
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    """The limits :class:`Admission` applies (from :class:`~moqt_asgi.native.QuicSettings`)."""
+
+    max_connections: int | None = None
+    max_connections_per_address: int | None = None
+    retry: Retry = False
+    retry_threshold: int = 100
+
+    def __post_init__(self) -> None:
+        if self.retry not in (True, False, "auto"):
+            raise ValueError(f"retry must be True, False or 'auto', not {self.retry!r}")
+        for name in ("max_connections", "max_connections_per_address"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or None: no limit)")
+
+
+def encode_refusal(header: QuicHeader, error_code: int = QuicErrorCode.CONNECTION_REFUSED) -> bytes:
+    """A server Initial packet closing the connection ``header``'s client asked for, built without any state.
+
+    The Initial keys come from the client's Destination Connection ID, as
+    for any first server packet.
+    """
+    assert header.version is not None
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=header.destination_cid, is_client=False, version=header.version)
+    builder = QuicPacketBuilder(host_cid=header.destination_cid, is_client=False, peer_cid=header.source_cid,
+                                version=header.version, max_datagram_size=SMALLEST_MAX_DATAGRAM_SIZE)
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=aioquic_connection.TRANSPORT_CLOSE_FRAME_CAPACITY)
+    buf.push_uint_var(error_code)
+    buf.push_uint_var(QuicFrameType.PADDING)  # the frame that caused it: none
+    buf.push_uint_var(0)  # no reason phrase
+    datagrams, _ = builder.flush()
+    return datagrams[0]
+
+
+def parse_initial(data: bytes, connection_id_length: int) -> QuicHeader | None:
+    """The long header of ``data`` if it is an Initial that could open a connection (1200 bytes or more)."""
+    if len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+        return None
+    try:
+        header = pull_quic_header(Buffer(data=data), host_cid_length=connection_id_length)
+    except ValueError:
+        return None
+    if header.packet_type != QuicPacketType.INITIAL or header.version is None:
+        return None
+    return header
+
+
+class Admission:
+    """Counts a server's connections and decides on each Initial that would open a new one."""
+
+    def __init__(self, policy: AdmissionPolicy, *, log: logging.Logger = logger,
+                 clock: Any = time.monotonic) -> None:
+        self.policy = policy
+        self.log = log
+        self._clock = clock
+        self.retry_tokens = QuicRetryTokenHandler()
+        self._addresses: dict[int, str] = {}  # id(connection) -> source IP
+        self._half_open: set[int] = set()
+        self.by_address: Counter[str] = Counter()
+        self.refused = 0
+        """Initials refused (answered or dropped) since the server started."""
+        self.retries = 0
+        """Retry packets sent since the server started."""
+        self._unlogged = 0
+        self._last_log = -1.0
+        self._tokens = float(REFUSALS_PER_SECOND)
+        self._tokens_at = clock()
+
+    @property
+    def connections(self) -> int:
+        """Admitted connections that have not ended yet."""
+        return len(self._addresses)
+
+    @property
+    def half_open(self) -> int:
+        """Admitted connections whose handshake has not completed."""
+        return len(self._half_open)
+
+    def under_pressure(self) -> bool:
+        """Whether ``retry="auto"`` asks new clients to validate their address."""
+        policy = self.policy
+        if self.half_open >= policy.retry_threshold:
+            return True
+        return policy.max_connections is not None and self.connections * 2 > policy.max_connections
+
+    def decide(self, header: QuicHeader, addr: Any) -> Verdict:
+        """What to do with an Initial that would open a connection from ``addr``.
+
+        ``"retry"``: send :meth:`retry_packet` instead; ``"refuse"``: send
+        :meth:`refusal_packet`; ``"drop"``: refused, nothing sent (refusals
+        are rate limited); ``"accept"``: create the connection, then call
+        :meth:`admitted`.
+        """
+        policy = self.policy
+        host = str(addr[0])
+        if policy.max_connections is not None and self.connections >= policy.max_connections:
+            return self._refuse(host, "the server has reached max_connections", policy.max_connections)
+        if not header.token and (policy.retry is True or (policy.retry == "auto" and self.under_pressure())):
+            self.retries += 1
+            return "retry"
+        limit = policy.max_connections_per_address
+        if limit is not None and self.by_address[host] >= limit:
+            return self._refuse(host, "this address has reached max_connections_per_address", limit)
+        return "accept"
+
+    def _refuse(self, host: str, why: str, limit: int) -> Verdict:
+        self.refused += 1
+        self._unlogged += 1
+        now = self._clock()
+        if now - self._last_log >= 1.0:
+            self.log.warning("refusing new QUIC connections: %s (%d); %d refused since the last report (latest "
+                             "from %s)", why, limit, self._unlogged, host)
+            self._last_log = now
+            self._unlogged = 0
+        self._tokens = min(float(REFUSALS_PER_SECOND), self._tokens + (now - self._tokens_at) * REFUSALS_PER_SECOND)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return "drop"
+        self._tokens -= 1.0
+        return "refuse"
+
+    def retry_packet(self, header: QuicHeader, addr: Any, now: float) -> bytes:
+        """A Retry for ``header``'s Initial; the client comes back with a token bound to ``addr``."""
+        assert header.version is not None
+        source_cid = os.urandom(8)
+        token = self.retry_tokens.create_token(address=addr, original_destination_connection_id=header.destination_cid,
+                                               retry_source_connection_id=source_cid, now=now)
+        return encode_quic_retry(version=header.version, source_cid=source_cid, destination_cid=header.source_cid,
+                                 original_destination_cid=header.destination_cid, retry_token=token)
+
+    @staticmethod
+    def refusal_packet(header: QuicHeader) -> bytes:
+        return encode_refusal(header)
+
+    def validate(self, header: QuicHeader, addr: Any, now: float) -> bytes | None:
+        """The original Destination Connection ID ``header``'s token vouches for, or None if it is not valid."""
+        try:
+            return self.retry_tokens.validate_token(address=addr, destination_cid=header.destination_cid,
+                                                    token=header.token, now=now)
+        except ValueError:
+            return None
+
+    # -- counting admitted connections
+    def admitted(self, connection: CreditedQuicConnection, addr: Any) -> None:
+        """``connection`` was created for ``addr``: count it until it ends."""
+        key = id(connection)
+        if key in self._addresses:
+            return
+        host = str(addr[0])
+        self._addresses[key] = host
+        self.by_address[host] += 1
+        self._half_open.add(key)
+        connection.watcher = self
+
+    def handshake_done(self, connection: CreditedQuicConnection) -> None:
+        self._half_open.discard(id(connection))
+
+    def terminated(self, connection: CreditedQuicConnection) -> None:
+        key = id(connection)
+        self._half_open.discard(key)
+        host = self._addresses.pop(key, None)
+        if host is not None:
+            self.by_address[host] -= 1
+            if self.by_address[host] <= 0:
+                del self.by_address[host]
+
+    def clear(self) -> None:
+        self._addresses.clear()
+        self._half_open.clear()
+        self.by_address.clear()
+
+
+class GuardedQuicServer(AioquicServer):
+    """aioquic's ``QuicServer`` behind an :class:`Admission`: caps and Retry before any connection exists.
+
+    Everything else (version negotiation, routing datagrams by connection
+    ID, token validation) is aioquic's. Connections are made by aioquic and
+    adopted by the protocol (``create_protocol``) as
+    :class:`~.aioquic_connection.CreditedQuicConnection`, which is what
+    reports their handshake and their end to the admission.
+    """
+
+    def __init__(self, *, admission: Admission, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.admission = admission
+        self._protocols: dict[bytes, Any]
+        self._retry: QuicRetryTokenHandler | None = None  # type: ignore[assignment]  # set per datagram
+        self._connection_id_length = int(self._configuration.connection_id_length)
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        assert isinstance(data, bytes)
+        header = parse_initial(data, self._connection_id_length)
+        if header is None or header.destination_cid in self._protocols:
+            super().datagram_received(data, addr)
+            return
+        admission = self.admission
+        verdict = admission.decide(header, addr)
+        transport = self._transport
+        if verdict == "retry":
+            if transport is not None:
+                transport.sendto(admission.retry_packet(header, addr, self._loop.time()), addr)
+            return
+        if verdict != "accept":
+            if verdict == "refuse" and transport is not None:
+                transport.sendto(admission.refusal_packet(header), addr)
+            return
+        # a token is checked by aioquic against our token handler; without one, no Retry happened
+        self._retry = admission.retry_tokens if header.token and admission.policy.retry else None
+        try:
+            super().datagram_received(data, addr)
+        finally:
+            self._retry = None
+        protocol = self._protocols.get(header.destination_cid)
+        if protocol is not None:
+            quic = getattr(protocol, "_quic", None)
+            if isinstance(quic, CreditedQuicConnection):
+                admission.admitted(quic, addr)
+
+    def close(self) -> None:
+        super().close()
+        self.admission.clear()
+
+
+async def serve_guarded(host: str, port: int, *, admission: Admission, sock: Any = None,
+                        **arguments: Any) -> GuardedQuicServer:
+    """Like aioquic's ``serve()``, with :class:`GuardedQuicServer`; on ``sock`` when given."""
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        _, server = await loop.create_datagram_endpoint(lambda: GuardedQuicServer(admission=admission, **arguments),
+                                                        sock=sock)
+    else:
+        _, server = await loop.create_datagram_endpoint(lambda: GuardedQuicServer(admission=admission, **arguments),
+                                                        local_addr=(host, port))
+    assert isinstance(server, GuardedQuicServer)
+    return server
+
+
+__all__ = ["Admission", "AdmissionPolicy", "GuardedQuicServer", "encode_refusal", "parse_initial", "serve_guarded"]
