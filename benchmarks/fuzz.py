@@ -13,7 +13,7 @@ An *unexpected* failure is any exception other than our ``ProtocolError``, a
 ``ProtocolError`` with an unknown code, a read that waited for more bytes than
 the limits allow, a decoded value that does not round-trip, or a valid message
 that does not. The run exits with status 1 if there was any, and writes the
-inputs to ``--failures`` (JSON lines, the format of ``tests/fuzzing/corpus/``)
+inputs to ``--failures`` (JSON lines, the format of ``tests/fuzzing/corpus/codecs/``)
 so they can join the regression corpus.
 """
 
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         args.failures.parent.mkdir(parents=True, exist_ok=True)
         append(args.failures, [entry for entry, _ in failures])
         print(f"\n{unexpected} unexpected failure(s); {len(failures)} input(s) written to {args.failures} "
-              "(append them to tests/fuzzing/corpus/ to keep them as regression cases). First one:")
+              "(append them to tests/fuzzing/corpus/codecs/ to keep them as regression cases). First one:")
         print(failures[0][1])
         return 1
     return 0

@@ -1,4 +1,4 @@
-"""Regression inputs: JSON lines under ``corpus/``, one input per line.
+"""Codec regression inputs: JSON lines under ``corpus/codecs/``, one input per line.
 
 Each line is ``{"target": "subscribe@moq-lite-03", "limits": "tight", "chunk": 1,
 "hex": "...", "expect": "too_large", "note": "..."}``; ``expect`` (optional) is
@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
+CODEC_CORPUS = CORPUS_DIR / "codecs"
+ENGINE_CORPUS = CORPUS_DIR / "engine"
+"""Stream scripts for the engine fuzz tests (read by ``tests/test_fuzz_engine.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +43,7 @@ class Entry:
                    raw.get("expect", ""), raw.get("note", ""))
 
 
-def load(directory: Path = CORPUS_DIR) -> Iterator[tuple[str, Entry]]:
+def load(directory: Path = CODEC_CORPUS) -> Iterator[tuple[str, Entry]]:
     """``(where, entry)`` for every line of every ``*.jsonl`` file; ``where`` is ``file:line``."""
     for path in sorted(directory.glob("*.jsonl")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -54,4 +57,4 @@ def append(path: Path, entries: list[Entry]) -> None:
             out.write(entry.to_json() + "\n")
 
 
-__all__ = ["CORPUS_DIR", "Entry", "append", "load"]
+__all__ = ["CODEC_CORPUS", "CORPUS_DIR", "ENGINE_CORPUS", "Entry", "append", "load"]

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -87,10 +88,23 @@ def check_decode(target: Target, limits_name: str, limits: Limits, data: bytes, 
     return outcome
 
 
+SCALE_VARIABLE = "MOQT_FUZZ_SCALE"
+
+
+def scaled(examples: int) -> int:
+    """``examples`` times the ``MOQT_FUZZ_SCALE`` environment variable (default 1), for a longer local run."""
+    try:
+        scale = float(os.environ.get(SCALE_VARIABLE, "1"))
+    except ValueError:
+        scale = 1.0
+    return max(1, round(examples * scale))
+
+
 def suite_settings(examples: int) -> settings:
-    """Deterministic, bounded settings for the normal test suite."""
-    return settings(max_examples=examples, deadline=None, derandomize=True, database=None, print_blob=False,
+    """Deterministic, bounded settings for the normal test suite (``examples`` scaled by :func:`scaled`)."""
+    return settings(max_examples=scaled(examples), deadline=None, derandomize=True, database=None, print_blob=False,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
-__all__ = ["KNOWN_CODES", "Outcome", "UnexpectedFailure", "check_decode", "check_roundtrip", "suite_settings"]
+__all__ = ["KNOWN_CODES", "SCALE_VARIABLE", "Outcome", "UnexpectedFailure", "check_decode", "check_roundtrip", "scaled",
+           "suite_settings"]
