@@ -31,7 +31,9 @@ Every random choice comes from one ``random.Random`` per direction, seeded
 from ``seed``: the same sequence of datagrams meets the same fate on every
 run (though what QUIC sends depends on timing, so a whole run may still
 differ). ``relay.stats[direction]`` counts what happened (:class:`LinkStats`).
-The relay relays one client address at a time per upstream socket.
+The relay gives each client address its own upstream socket, and closes
+one that has carried nothing for ``upstream_idle`` seconds (a later datagram
+from that client opens a new one, as a NAT would rebind it).
 """
 
 from __future__ import annotations
@@ -241,17 +243,21 @@ class UdpRelay:
     ``queue_bytes`` set both directions alike; ``client`` and ``server``
     (each a :class:`Link`) set one direction instead. ``log`` keeps every
     datagram that reached the relay (direction, time, size, packet types),
-    at most ``max_log`` of them, whether or not it was then dropped.
+    at most ``max_log`` of them, whether or not it was then dropped (pass 0
+    for long runs).
     """
 
     def __init__(self, upstream: Address, *, delay: float = 0.0, loss: float = 0.0, reorder: float = 0.0,
                  duplicate: float = 0.0, rate: float | None = None, queue_bytes: int = 64 * 1024, seed: int = 0,
                  client: Link | None = None, server: Link | None = None, host: str = "127.0.0.1",
-                 max_log: int = 100_000) -> None:
+                 max_log: int = 100_000, upstream_idle: float = 60.0) -> None:
+        if upstream_idle <= 0:
+            raise ValueError("upstream_idle must be positive")
         both = Link(delay=delay, loss=loss, reorder=reorder, duplicate=duplicate, rate=rate, queue_bytes=queue_bytes)
         self.upstream = upstream
         self.host = host
         self.max_log = max_log
+        self.upstream_idle = upstream_idle
         self.log: list[Datagram] = []
         self._pipes: dict[Direction, _Pipe] = {
             "client": _Pipe(client or replace(both), random.Random(f"{seed}/client"), self._send_up, self._later),
@@ -259,6 +265,8 @@ class UdpRelay:
         }
         self._listener: _Side | None = None
         self._upstreams: dict[Address, _Side] = {}
+        self._last_seen: dict[Address, float] = {}
+        self._sweeping = False
         self._timers: set[asyncio.TimerHandle] = set()
         self._waiting: dict[Address, list[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -302,8 +310,30 @@ class UdpRelay:
         self._timers.add(handle)
         return handle
 
+    @property
+    def upstream_sockets(self) -> int:
+        """Upstream sockets open now (one per client address recently seen)."""
+        return len(self._upstreams)
+
+    def _seen(self, client: Address) -> None:
+        self._last_seen[client] = asyncio.get_running_loop().time()
+
+    def _sweep(self) -> None:
+        """Close the upstream sockets of clients quiet for ``upstream_idle`` seconds."""
+        horizon = asyncio.get_running_loop().time() - self.upstream_idle
+        for client, seen in list(self._last_seen.items()):
+            if seen < horizon:
+                del self._last_seen[client]
+                side = self._upstreams.pop(client, None)
+                if side is not None and side.transport is not None:
+                    side.transport.close()
+        self._sweeping = bool(self._last_seen)
+        if self._sweeping:
+            self._later(self.upstream_idle / 2, self._sweep)
+
     def _from_client(self, data: bytes, addr: Address) -> None:
         self._record("client", data)
+        self._seen(addr)
         self._pipes["client"].push(data, addr)
 
     def _send_up(self, data: bytes, client: Address) -> None:
@@ -323,12 +353,17 @@ class UdpRelay:
         _, side = await loop.create_datagram_endpoint(
             lambda: _Side(lambda data, _addr: self._from_server(data, client)), remote_addr=self.upstream)
         self._upstreams[client] = side
+        self._seen(client)
+        if not self._sweeping:
+            self._sweeping = True
+            self._later(self.upstream_idle / 2, self._sweep)
         assert side.transport is not None
         for data in self._waiting.pop(client, []):
             side.transport.sendto(data)
 
     def _from_server(self, data: bytes, client: Address) -> None:
         self._record("server", data)
+        self._seen(client)
         self._pipes["server"].push(data, client)
 
     def _send_down(self, data: bytes, client: Address) -> None:
@@ -354,6 +389,8 @@ class UdpRelay:
             if side.transport is not None:
                 side.transport.close()
         self._upstreams.clear()
+        self._last_seen.clear()
+        self._sweeping = False
         self._listener = None
         await asyncio.sleep(0)  # let the transports finish closing
 
