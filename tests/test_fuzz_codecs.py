@@ -54,7 +54,7 @@ def test_every_version_and_family_is_a_target() -> None:
 
 @pytest.mark.parametrize("target", by_target())
 def test_round_trip(target: Target) -> None:
-    @suite_settings(12)
+    @suite_settings(10)
     @given(valid_messages(target), st.sampled_from(CHUNKS))
     def round_trip(pair: tuple[str, Any], chunk: int) -> None:
         limits_name, msg = pair
@@ -71,7 +71,7 @@ def test_round_trip(target: Target) -> None:
 
 @pytest.mark.parametrize("target", by_target())
 def test_mutated_messages_raise_only_protocol_errors(target: Target) -> None:
-    @suite_settings(30)
+    @suite_settings(20)
     @given(mutated_inputs(target))
     def mutated(case: FuzzInput) -> None:
         check_roundtrip(target, case.limits, case.message)
@@ -82,7 +82,7 @@ def test_mutated_messages_raise_only_protocol_errors(target: Target) -> None:
 
 @pytest.mark.parametrize("target", by_target())
 def test_arbitrary_bytes_raise_only_protocol_errors(target: Target) -> None:
-    @suite_settings(10)
+    @suite_settings(8)
     @given(arbitrary_inputs(target))
     def arbitrary(case: FuzzInput) -> None:
         check_decode(target, case.limits_name, case.limits, case.data, case.chunk)

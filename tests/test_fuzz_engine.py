@@ -33,6 +33,7 @@ from moqt_asgi.protocol.messages import ClientSetup, LiteSetup
 from moqt_asgi.protocol.setup import PARAM_PATH
 from moqt_asgi.protocol.versions import GOMOQT_DIALECT, Version, features_of
 
+from .fuzzing.client_engine import answer, consume, judge_client, raw_server, requests_of, unsolicited
 from .fuzzing.corpus import ENGINE_CORPUS
 from .fuzzing.engine import (
     KNOWN_ENGINE_BUGS,
@@ -76,13 +77,13 @@ async def attack(arena: Arena, plans: list[StreamPlan], tolerated: frozenset[str
     return outcome
 
 
-@engine_settings(25)
+@engine_settings(40)
 @given(data=st.data())
 async def test_structured_streams(arena: Arena, data: st.DataObject) -> None:
     await attack(arena, data.draw(stream_plans(arena.version), label="streams"))
 
 
-@engine_settings(12)
+@engine_settings(20)
 @given(data=st.data())
 async def test_random_streams(arena: Arena, data: st.DataObject) -> None:
     await attack(arena, data.draw(stream_plans(arena.version, structured=False), label="streams"))
@@ -102,7 +103,7 @@ def _setup_message(version: Version) -> Any:
     return ClientSetup((version.number,), {PARAM_PATH: b"/"})
 
 
-@engine_settings(12)
+@engine_settings(20)
 @given(data=st.data())
 async def test_fuzzed_session_start(arena: Arena, data: st.DataObject) -> None:
     """A mutated SETUP: the server refuses the connection with a protocol code, or accepts a session, never fails."""
@@ -130,6 +131,26 @@ async def test_fuzzed_session_start(arena: Arena, data: st.DataObject) -> None:
         assert not trap.bad(KNOWN_ENGINE_BUGS), trap.bad(KNOWN_ENGINE_BUGS)
     await finished(before)
     await arena.check_guard()
+
+
+# -- our client against a raw server ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda version: version.name)
+@engine_settings(20)
+@given(data=st.data())
+async def test_client_takes_fuzzed_answers(version: Version, data: st.DataObject, no_leaked_tasks: None) -> None:
+    """Our client's request answered with fuzzed bytes (and, sometimes, unsolicited streams from the server)."""
+    before = set(asyncio.all_tasks())
+    with LogTrap().installed() as trap:
+        async with raw_server(version) as server:
+            request = data.draw(st.sampled_from(requests_of(version)), label="request")
+            consumer = asyncio.ensure_future(consume(server, request))
+            server.tasks.append(consumer)  # awaited whatever happens below
+            await answer(server, data, request)
+            if data.draw(st.booleans(), label="unsolicited"):
+                await unsolicited(server, data.draw(stream_plans(version), label="unsolicited streams"))
+            await judge_client(server, consumer, trap, KNOWN_ENGINE_BUGS)
+    await finished(before)
 
 
 # -- regressions ----------------------------------------------------------------------------------------------

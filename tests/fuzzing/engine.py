@@ -296,27 +296,7 @@ class RawPeer:
 
     async def announced(self) -> list[str]:
         """Ask for every broadcast and read what is announced at once (proves the session still serves)."""
-        codec, features = self.codec, features_of(self.codec)
-        stream = await self.conn.open_bi()
-        stream.write(bytes(codec.encode_stream_type(LiteBidi.ANNOUNCE)) if hasattr(codec, "encode_stream_type")
-                     else encode_varint(LiteBidi.ANNOUNCE))
-        stream.write(bytes(codec.encode_announce_please(AnnouncePlease(""))))
-        reader = StreamReader(stream)
-        limit = DEFAULT_LIMITS.max_message_size
-        if features.announce_init:
-            suffixes = list(codec.decode_announce_init(await _within(reader.read_message(limit))).suffixes)
-        else:
-            count = codec.decode_announce_ok(await _within(reader.read_message(limit))).active_count \
-                if features.announce_ok else 1
-            suffixes = []
-            for _ in range(count):
-                if features.announce_ids:
-                    kind = await _within(reader.read_varint())
-                    suffixes.append(codec.decode_announcement(kind, await _within(reader.read_message(limit))).suffix)
-                else:
-                    suffixes.append(codec.decode_announce(await _within(reader.read_message(limit))).suffix)
-        stream.write(b"", end=True)
-        return suffixes
+        return await ask_announced(self.conn, self.codec)
 
     async def leave(self) -> None:
         """Close the connection; the server's side must then finish on its own, without raising."""
@@ -326,6 +306,31 @@ class RawPeer:
         self.conn.close(0)
         await _within(asyncio.shield(self.serving))
         self.serving.result()
+
+
+async def ask_announced(conn: MemoryConnection, codec: Any) -> list[str]:
+    """Open an announce request for everything on ``conn`` and return the suffixes announced at once."""
+    features = features_of(codec)
+    stream = await conn.open_bi()
+    stream.write(bytes(codec.encode_stream_type(LiteBidi.ANNOUNCE)) if hasattr(codec, "encode_stream_type")
+                 else encode_varint(LiteBidi.ANNOUNCE))
+    stream.write(bytes(codec.encode_announce_please(AnnouncePlease(""))))
+    reader = StreamReader(stream)
+    limit = DEFAULT_LIMITS.max_message_size
+    if features.announce_init:
+        suffixes = list(codec.decode_announce_init(await _within(reader.read_message(limit))).suffixes)
+    else:
+        count = codec.decode_announce_ok(await _within(reader.read_message(limit))).active_count \
+            if features.announce_ok else 1
+        suffixes = []
+        for _ in range(count):
+            if features.announce_ids:
+                kind = await _within(reader.read_varint())
+                suffixes.append(codec.decode_announcement(kind, await _within(reader.read_message(limit))).suffix)
+            else:
+                suffixes.append(codec.decode_announce(await _within(reader.read_message(limit))).suffix)
+    stream.write(b"", end=True)
+    return suffixes
 
 
 async def _drain(stream: BidiStream, codes: list[int]) -> bytes:
@@ -472,6 +477,7 @@ __all__ = [
     "LogTrap",
     "RawPeer",
     "StreamPlan",
+    "ask_announced",
     "finished",
     "known_bug",
     "random_streams",
