@@ -233,7 +233,8 @@ async def judge_client(server: RawServer, request: asyncio.Task[Any], trap: LogT
     """Check how our client took it; returns a short description."""
     await settle()
     request.cancel()
-    (result,) = await asyncio.gather(request, return_exceptions=True)
+    results = await asyncio.gather(request, return_exceptions=True)
+    result = results[0]
     client = server.client
     seen = {known_bug(record) for record in trap.records} & tolerated
     if not seen and isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
