@@ -47,8 +47,9 @@ from tests.fuzzing.strategies import CHUNKS, valid_messages
 from tests.fuzzing.targets import FAMILIES, LIMITS, TARGETS_BY_NAME, targets_of
 from tests.fuzzing.wire import to_bytes
 
-EXAMPLES_PER_UNIT = 1500
-"""Hypothesis examples per work unit: Hypothesis's per-run bookkeeping grows with the examples of one run."""
+EXAMPLES_PER_UNIT = 600
+"""Hypothesis examples per work unit (a few seconds of work): Hypothesis's per-run bookkeeping grows with the
+examples of one run, and ``--seconds`` is checked between units."""
 MAX_FAILURES_KEPT = 20
 """Failing inputs kept per work unit."""
 
@@ -177,8 +178,9 @@ def run(families: list[str], inputs: int, jobs: int, budget: float | None, batch
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
         pending: set[concurrent.futures.Future[tuple[Unit, Tally]]] = set()
         queue = iter(units)
+        window = jobs if budget is not None else jobs * 2  # with a budget, queue nothing that would run past it
         while True:
-            while len(pending) < jobs * 2:
+            while len(pending) < window:
                 if budget is not None and time.monotonic() - started > budget:
                     complete = False
                     break
@@ -236,12 +238,12 @@ def format_table(tallies: dict[str, Tally]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fuzz", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fuzz", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs", type=int, default=1_000_000,
                         help="inputs per message family, in total across its versions (default 1,000,000)")
-    parser.add_argument("--family", dest="families", action="append", choices=FAMILIES,
-                        help="fuzz only this family (repeatable; default all)")
+    parser.add_argument("--family", dest="families", action="append", choices=FAMILIES, metavar="NAME",
+                        help=f"fuzz only this family (repeatable; default all): {', '.join(FAMILIES)}")
     parser.add_argument("--seconds", type=float, default=None,
                         help="stop starting new work after this many seconds (what ran is still reported)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
