@@ -15,6 +15,10 @@ the limits allow, a decoded value that does not round-trip, or a valid message
 that does not. The run exits with status 1 if there was any, and writes the
 inputs to ``--failures`` (JSON lines, the format of ``tests/fuzzing/corpus/codecs/``)
 so they can join the regression corpus.
+
+The engine fuzz tests (a raw peer against real sessions, ``tests/test_fuzz_engine.py``)
+are not repeated here; run them longer with ``MOQT_FUZZ_SCALE=50 python -m pytest
+tests/test_fuzz_engine.py`` (50 times the suite's example counts).
 """
 
 from __future__ import annotations
