@@ -545,6 +545,7 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
         raise MoQError(f"{scheme}:// is WebTransport: use dial_webtransport (or dial)")
     chosen = ordered(versions)
     settings = quic or QuicSettings()
+    settings.check_limits(limits, log)
     configuration = settings.configuration(is_client=True, alpn=list(native_alpns(chosen)))
     # tls and the shortcuts as one: the pin to check once connected, and how the server is trusted
     pin, skip_verify, ca = client_tls(tls, fingerprint=fingerprint, insecure=insecure,

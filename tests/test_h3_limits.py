@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import ErrorCode
+from aioquic.h3.connection import ErrorCode, H3Connection
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived, StreamReset
 
 from moqt_asgi import MoQ, QuicServer, QuicSettings
+from moqt_asgi.netsim import UdpRelay
 from moqt_asgi.protocol.wire import encode_varint
 from moqt_asgi.webtransport import h3 as h3_module
 from moqt_asgi.webtransport import hypercorn_patch
@@ -30,7 +31,7 @@ from moqt_asgi.webtransport.capsules import CapsuleError, CapsuleParser
 from moqt_asgi.webtransport.h3 import MAX_HEADER_FRAME, WebTransportH3Connection
 
 from .conftest import Certs
-from .wt_client import hypercorn_server
+from .wt_client import WebTransportClient, hypercorn_server
 
 WAIT = 10.0
 MIB = 1024 * 1024
@@ -141,7 +142,6 @@ async def test_oversized_headers_frame_closes_the_connection(certs: Certs, monke
 @pytest.mark.parametrize("where", SERVERS)
 async def test_headers_at_the_limit_are_served(certs: Certs, where: str) -> None:
     """A HEADERS frame just under the cap, sent in many packets, is parsed (and answered) as usual."""
-    from aioquic.h3.connection import H3Connection
 
     async with SERVERS[where](certs) as port, raw_client(port) as client:
         h3 = H3Connection(client._quic)
@@ -217,9 +217,7 @@ async def early_echo(scope: dict[str, Any], receive: Callable[[], Any], send: Ca
 
 
 async def test_unsafe_requests_in_0rtt_get_425(certs: Certs) -> None:
-    from moqt_asgi.netsim import UdpRelay
 
-    from .wt_client import WebTransportClient
 
     server = QuicServer(MoQ(), host="127.0.0.1", port=0, certfile=str(certs.cert), keyfile=str(certs.key),
                         quic=QuicSettings(allow_0rtt=True), asgi_app=early_echo)  # type: ignore[arg-type]

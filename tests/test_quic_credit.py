@@ -352,3 +352,12 @@ async def test_upload_through_our_http3_server(certs: Certs) -> None:
 async def test_upload_through_hypercorn(certs: Certs) -> None:
     async with hypercorn_server(upload_counter, str(certs.cert), str(certs.key)) as port:
         await upload(port)
+
+
+def test_compatibility_check_sees_what_init_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names only an ``__init__`` running in an event loop sets (aioquic's server and protocol) are checked too."""
+    from aioquic.asyncio.server import QuicServer as AioquicServer
+
+    monkeypatch.setattr(aioquic_connection, "_INIT_ATTRIBUTES", ((AioquicServer, ("_protocols", "_moved_away")),))
+    with pytest.raises(IncompatibleAioquic, match=r"QuicServer\._moved_away"):
+        check_compatible()

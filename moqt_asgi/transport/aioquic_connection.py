@@ -54,6 +54,8 @@ from typing import Any, Protocol
 import aioquic
 import aioquic.quic.connection as aioquic_connection
 from aioquic import tls
+from aioquic.asyncio import protocol as aioquic_protocol
+from aioquic.asyncio import server as aioquic_server
 from aioquic.h3 import connection as h3_connection
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -98,6 +100,8 @@ _MODULE_NAMES = ((aioquic_connection, "MAX_STREAM_DATA_FRAME_CAPACITY"),
                  (h3_connection.H3Connection, "create_webtransport_stream"))
 _H3_STREAM_ATTRIBUTES = ("buffer", "blocked", "frame_type", "frame_size", "headers_recv_state", "session_id",
                          "stream_type", "receiving_ended", "sending_ended")
+_INIT_ATTRIBUTES = ((aioquic_protocol.QuicConnectionProtocol, ("_quic", "_loop", "_transport")),
+                    (aioquic_server.QuicServer, ("_protocols", "_retry", "_transport", "_configuration", "_loop")))
 _checked = False
 
 
@@ -130,7 +134,8 @@ def check_compatible() -> None:
     else:
         stream = stream_class(stream_id=0, max_stream_data_local=1, max_stream_data_remote=1)
         for path in ("max_stream_data_local", "max_stream_data_local_sent", "receiver.highest_offset",
-                     "receiver.is_finished", "receiver.starting_offset", "receiver._buffer", "sender._buffer_stop",
+                     "receiver.is_finished", "receiver.starting_offset", "receiver._buffer_start", "receiver._buffer",
+                     "sender._buffer_stop",
                      "sender.highest_offset"):
             owner: Any = stream
             for part in path.split("."):
@@ -148,6 +153,11 @@ def check_compatible() -> None:
     if h3_stream_class is not None:
         h3_stream = h3_stream_class(0)
         missing += [f"H3Stream.{name}" for name in _H3_STREAM_ATTRIBUTES if not hasattr(h3_stream, name)]
+    for owner, names in _INIT_ATTRIBUTES:
+        assigned = set(owner.__init__.__code__.co_names)  # attributes its __init__ sets (no instance without a loop)
+        missing += [f"{owner.__name__}.{name}" for name in names if name not in assigned]
+    missing += [f"QuicServer.{name}" for name in ("datagram_received", "_connection_terminated", "close")
+                if not hasattr(aioquic_server.QuicServer, name)]
     if missing:
         raise IncompatibleAioquic(f"aioquic {_aioquic_version()} moved names moqt_asgi relies on (written for "
                                   f"aioquic {SUPPORTED_AIOQUIC}*): missing {', '.join(missing)}")
@@ -394,8 +404,10 @@ class CreditedQuicConnection(QuicConnection):
         if not current:
             return  # a stream we opened that only sends
         receiver = stream.receiver
-        if not receiver.is_finished:
-            target = receiver.starting_offset() - self._held.get(stream.stream_id, 0) + self.stream_window
+        if not receiver.is_finished:  # called for every stream in every packet: kept cheap
+            target = receiver._buffer_start + self.stream_window
+            if self._held:
+                target -= self._held.get(stream.stream_id, 0)
             if target - current >= self._stream_step:
                 stream.max_stream_data_local = current = target
         if stream.max_stream_data_local_sent == current:

@@ -198,6 +198,7 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
     if scheme != "https":
         raise MoQError(f"{scheme}:// is native QUIC: use dial_quic")
     settings = quic or QuicSettings()
+    settings.check_limits(limits, log)
     configuration = settings.configuration(is_client=True, alpn=list(H3_ALPN))
     # tls and the shortcuts as one: the pin to check once connected, and how the server is trusted
     pin, skip_verify, ca = client_tls(tls, fingerprint=fingerprint, insecure=insecure,
