@@ -110,6 +110,9 @@ class Counters:
     withdrawals: int = 0
     stalls: int = 0
     errors: list[str] = field(default_factory=list)
+    """Unexpected exceptions in the workload."""
+    logged: list[str] = field(default_factory=list)
+    """Errors the library logged (first lines)."""
 
 
 @dataclass
@@ -166,6 +169,8 @@ class SoakReport:
             found.append(f"only {len(self.quiet)} waves completed")
         if self.counters.errors:
             found.append(f"{len(self.counters.errors)} unexpected errors, first: {self.counters.errors[0]}")
+        if self.counters.logged:
+            found.append(f"{len(self.counters.logged)} errors logged by moqt_asgi, first: {self.counters.logged[0]}")
         if self.counters.stalls:
             found.append(f"{self.counters.stalls} reads stalled for {READ_TIMEOUT:.0f} s")
         if self.counters.groups == 0:
@@ -196,6 +201,17 @@ class SoakReport:
         problems = self.problems()
         lines.append("verdict: FLAT" if not problems else "verdict: NOT FLAT\n  " + "\n  ".join(problems))
         return "\n".join(lines)
+
+
+class _ErrorLog(logging.Handler):
+    """Keeps the first line of every record at ERROR or above."""
+
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.ERROR)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(f"{record.name}: {record.getMessage().splitlines()[0]}")
 
 
 def live_tasks() -> int:
@@ -434,7 +450,12 @@ async def soak(certificate: Certificate, duration: float, *, wave_length: float 
                       flush=True)
             await asyncio.sleep(sample_every)
 
-    async with driver.running():
+    errors = _ErrorLog(driver.counters.logged)
+    library = logging.getLogger("moqt_asgi")
+    library.addHandler(errors)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(library.removeHandler, errors)
+        await stack.enter_async_context(driver.running())
         steady_mux = TrackMux()
         steady = Broadcast(f"{PREFIX}/steady")
         steady_mux.publish(steady.path, steady)

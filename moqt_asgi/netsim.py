@@ -164,12 +164,13 @@ class _Pipe:
     """One direction of the relay: applies its :class:`Link` and hands survivors to ``deliver``."""
 
     def __init__(self, link: Link, rng: random.Random, deliver: Deliver,
-                 schedule: Callable[..., asyncio.TimerHandle]) -> None:
+                 schedule: Callable[..., asyncio.TimerHandle], cancel: Callable[[asyncio.TimerHandle], None]) -> None:
         self.link = link
         self.stats = LinkStats()
         self._rng = rng
         self._deliver = deliver
         self._schedule = schedule
+        self._cancel = cancel
         self._busy_until = 0.0
         self._held: tuple[bytes, Address] | None = None
         self._held_timer: asyncio.TimerHandle | None = None
@@ -213,7 +214,7 @@ class _Pipe:
     def _release(self) -> None:
         held, self._held = self._held, None
         if self._held_timer is not None:
-            self._held_timer.cancel()
+            self._cancel(self._held_timer)
             self._held_timer = None
         if held is not None:
             self._out(*held)
@@ -260,8 +261,10 @@ class UdpRelay:
         self.upstream_idle = upstream_idle
         self.log: list[Datagram] = []
         self._pipes: dict[Direction, _Pipe] = {
-            "client": _Pipe(client or replace(both), random.Random(f"{seed}/client"), self._send_up, self._later),
-            "server": _Pipe(server or replace(both), random.Random(f"{seed}/server"), self._send_down, self._later),
+            "client": _Pipe(client or replace(both), random.Random(f"{seed}/client"), self._send_up, self._later,
+                            self._cancel),
+            "server": _Pipe(server or replace(both), random.Random(f"{seed}/server"), self._send_down, self._later,
+                            self._cancel),
         }
         self._listener: _Side | None = None
         self._upstreams: dict[Address, _Side] = {}
@@ -309,6 +312,10 @@ class UdpRelay:
         handle = asyncio.get_running_loop().call_later(delay, fire)
         self._timers.add(handle)
         return handle
+
+    def _cancel(self, handle: asyncio.TimerHandle) -> None:
+        handle.cancel()
+        self._timers.discard(handle)
 
     @property
     def upstream_sockets(self) -> int:

@@ -132,6 +132,19 @@ async def test_reordering_lets_the_next_datagram_overtake() -> None:
     assert 0 < overtaken <= reordered
 
 
+async def test_held_back_datagrams_leave_no_timer_behind() -> None:
+    async with echo_through(reorder=0.5, seed=2) as (relay, client):
+        assert client.transport is not None
+        for n in range(100):
+            client.transport.sendto(n.to_bytes(4, "big"))
+            if n % 10 == 9:
+                await asyncio.sleep(0.002)
+        await until(lambda: len(client.received) == 100, "every datagram")
+        assert relay.stats["client"].reordered > 10
+        await asyncio.sleep(Link().reorder_delay * 2)
+        assert len(relay._timers) <= 1  # at most the idle-socket sweep
+
+
 async def test_duplicates() -> None:
     relay, got = await exchange(300, duplicate=0.1, seed=5, server=Link())
     stats = relay.stats
