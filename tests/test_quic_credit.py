@@ -112,10 +112,10 @@ def test_edge_of_window_frames_do_not_inflate_the_windows(certs: Certs) -> None:
     pair = Pair(certs)
     server = pair.server
     stream_window, connection_window = SETTINGS.stream_receive_window, SETTINGS.connection_receive_window
-    # one stream: 20 one-byte frames, each at the last offset the server allows
+    # one stream: 20 one-byte frames, each at the last offset the server allows (as its MAX_STREAM_DATA says)
+    pair.client.send_stream_data(0, b"")  # the client knows the stream, so it takes the server's MAX_STREAM_DATA
     for _ in range(20):
-        limit = pair.client._streams[0].max_stream_data_remote if 0 in pair.client._streams else stream_window
-        pair.inject(0, limit - 1, b"x")
+        pair.inject(0, pair.client._streams[0].max_stream_data_remote - 1, b"x")
         stream = server._streams[0]
         assert stream.max_stream_data_local <= stream_window  # nothing was read: no more credit
         assert server._local_max_data.value <= connection_window + server.released
@@ -123,11 +123,12 @@ def test_edge_of_window_frames_do_not_inflate_the_windows(certs: Certs) -> None:
     # then 20 more streams, each as far as both the stream and the connection allow
     for index in range(1, 21):
         stream_id = 4 * index
+        pair.client.send_stream_data(stream_id, b"")
         used = sum(s.receiver.highest_offset for s in server._streams.values())
         room = pair.client._remote_max_data - used
         if room <= 0:
             break
-        pair.inject(stream_id, min(stream_window, room) - 1, b"y")
+        pair.inject(stream_id, min(pair.client._streams[stream_id].max_stream_data_remote, room) - 1, b"y")
         assert server._local_max_data.value <= connection_window + server.released
         assert all(s.max_stream_data_local <= stream_window for s in server._streams.values())
     assert pair.receive_buffered() <= connection_window
@@ -161,8 +162,11 @@ def test_credit_follows_reads_not_arrivals(certs: Certs) -> None:
 def test_a_connection_from_aioquic_itself_would_double(certs: Certs) -> None:
     """The same exchange against aioquic's own class shows what the policy prevents."""
     pair = Pair(certs, server_class=QuicConnection)
-    pair.inject(0, SETTINGS.stream_receive_window - 1, b"x")
-    assert pair.server._streams[0].max_stream_data_local == 2 * SETTINGS.stream_receive_window
+    pair.client.send_stream_data(0, b"")
+    for _ in range(3):
+        pair.inject(0, pair.client._streams[0].max_stream_data_remote - 1, b"x")
+    assert pair.server._streams[0].max_stream_data_local == 8 * SETTINGS.stream_receive_window
+    assert pair.receive_buffered() >= 4 * SETTINGS.stream_receive_window - 1
 
 
 def test_adopt_only_fresh_aioquic_connections(certs: Certs) -> None:

@@ -49,6 +49,7 @@ Every private aioquic name the project uses is reached from this module
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import aioquic
@@ -229,6 +230,7 @@ def peer_certificate(quic: QuicConnection) -> Any:
 
 
 def handshake_complete(quic: QuicConnection) -> bool:
+    """Whether the TLS handshake has completed (before it does, a server only receives 0-RTT application data)."""
     return bool(quic._handshake_complete)
 
 
@@ -278,8 +280,8 @@ class CreditedQuicConnection(QuicConnection):
 
     stream_window: int
     connection_window: int
-    on_credit: Any
-    """Called (no arguments) when released bytes make a credit update due; the owner transmits soon."""
+    on_credit: Callable[[], None] | None
+    """Called when released bytes make a credit update due: the owner should transmit soon."""
     watcher: ConnectionWatcher | None
     handshake_timeout: float | None
     """Server: seconds from the first datagram for the handshake to complete (None: only the idle timeout)."""
