@@ -83,22 +83,26 @@ class AdmissionPolicy:
                 raise ValueError(f"{name} must be at least 1 (or None: no limit)")
 
 
-def encode_refusal(header: QuicHeader, error_code: int = QuicErrorCode.CONNECTION_REFUSED) -> bytes:
+def encode_refusal(header: QuicHeader, error_code: int = QuicErrorCode.CONNECTION_REFUSED, reason: str = "") -> bytes:
     """A server Initial packet closing the connection ``header``'s client asked for, built without any state.
 
     The Initial keys come from the client's Destination Connection ID, as
-    for any first server packet.
+    for any first server packet. ``reason`` (short) is the phrase the client
+    reports.
     """
+    phrase = reason.encode()[:64]
     assert header.version is not None
     crypto = CryptoPair()
     crypto.setup_initial(cid=header.destination_cid, is_client=False, version=header.version)
     builder = QuicPacketBuilder(host_cid=header.destination_cid, is_client=False, peer_cid=header.source_cid,
                                 version=header.version, max_datagram_size=SMALLEST_MAX_DATAGRAM_SIZE)
     builder.start_packet(QuicPacketType.INITIAL, crypto)
-    buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=aioquic_connection.TRANSPORT_CLOSE_FRAME_CAPACITY)
+    buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE,
+                              capacity=aioquic_connection.TRANSPORT_CLOSE_FRAME_CAPACITY + len(phrase))
     buf.push_uint_var(error_code)
     buf.push_uint_var(QuicFrameType.PADDING)  # the frame that caused it: none
-    buf.push_uint_var(0)  # no reason phrase
+    buf.push_uint_var(len(phrase))
+    buf.push_bytes(phrase)
     datagrams, _ = builder.flush()
     return datagrams[0]
 
@@ -132,6 +136,8 @@ class Admission:
         """Initials refused (answered or dropped) since the server started."""
         self.retries = 0
         """Retry packets sent since the server started."""
+        self.last_refusal = ""
+        """The reason phrase of the latest refusal (what :meth:`refusal_packet` tells the client)."""
         self._unlogged = 0
         self._last_log = -1.0
         self._tokens = float(REFUSALS_PER_SECOND)
@@ -165,12 +171,14 @@ class Admission:
         policy = self.policy
         host = str(addr[0])
         if policy.max_connections is not None and self.connections >= policy.max_connections:
+            self.last_refusal = "server busy: too many connections"
             return self._refuse(host, "the server has reached max_connections", policy.max_connections)
         if not header.token and (policy.retry is True or (policy.retry == "auto" and self.under_pressure())):
             self.retries += 1
             return "retry"
         limit = policy.max_connections_per_address
         if limit is not None and self.by_address[host] >= limit:
+            self.last_refusal = "too many connections from this address"
             return self._refuse(host, "this address has reached max_connections_per_address", limit)
         return "accept"
 
@@ -199,9 +207,9 @@ class Admission:
         return encode_quic_retry(version=header.version, source_cid=source_cid, destination_cid=header.source_cid,
                                  original_destination_cid=header.destination_cid, retry_token=token)
 
-    @staticmethod
-    def refusal_packet(header: QuicHeader) -> bytes:
-        return encode_refusal(header)
+    def refusal_packet(self, header: QuicHeader) -> bytes:
+        """CONNECTION_CLOSE (CONNECTION_REFUSED) for the Initial just refused, with why."""
+        return encode_refusal(header, reason=self.last_refusal)
 
     def validate(self, header: QuicHeader, addr: Any, now: float) -> bytes | None:
         """The original Destination Connection ID ``header``'s token vouches for, or None if it is not valid."""

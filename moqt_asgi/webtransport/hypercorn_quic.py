@@ -202,7 +202,7 @@ async def _admitted_handle(self: Any, event: Any, original: Callable[[Any, Any],
             elif verdict == "accept" and header.token and admission.policy.retry:
                 vouched = admission.validate(header, address, now)
                 if vouched is None:
-                    reply = encode_refusal(header, QuicErrorCode.INVALID_TOKEN)
+                    reply = encode_refusal(header, QuicErrorCode.INVALID_TOKEN, "invalid token")
                     verdict = "refuse"
                 else:
                     _RETRIED[header.destination_cid] = vouched
