@@ -15,13 +15,16 @@ H2  ``hypercorn.protocol.quic.H3Protocol`` → :class:`WebTransportH3Protocol`:
     served through the ASGI ``webtransport`` scope; raw QUIC resets,
     STOP_SENDING and connection ends reach the session; every other request
     keeps Hypercorn's behaviour; an exception closes that one connection
-    instead of the UDP listener. When the worker stops, every session is
+    instead of the UDP listener. At most ``max_webtransport_sessions`` per
+    connection (429 beyond); request streams whose HEADERS do not complete
+    within ``header_timeout`` are reset. When the worker stops, every session is
     told so (:meth:`WebTransportSession.request_shutdown`, the ASGI
     ``webtransport.shutdown`` message: a MoQ app sends GOAWAY) with a grace
     within ``graceful_timeout`` (:func:`shutdown_grace`) and gets DRAIN;
     what is left after the grace is closed, then the QUIC connection.
 H3  ``QuicProtocol.__init__``: ``max_datagram_frame_size = 65536`` (HTTP
-    datagrams are announced, so the transport parameter must be too), and a
+    datagrams are announced, so the transport parameter must be too), the
+    receive windows of the settings (``max_data``/``max_stream_data``), and a
     loud warning when ``workers > 1`` (one UDP socket shared by several
     processes misroutes QUIC packets).
 H4  ``QuicProtocol.send_all``: wakes the sessions' writers after each flush.
