@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .app import MoQ
 from .certs import write_certificate
 from .client import dial
 from .mux import TrackMux
+from .native import QuicSettings
 from .producer import Broadcast
 from .protocol.errors import MoQError
 from .protocol.versions import ALL_VERSIONS, DEFAULT_VERSIONS, Version
@@ -78,7 +81,7 @@ async def _serve(args: argparse.Namespace) -> None:
     app = load_app(args.app)
     host, port = _host_port(args.bind)
     server = Server(addr=f"{host}:{port}", certfile=args.certfile, keyfile=args.keyfile, handler=app,
-                    webtransport=not args.no_webtransport, versions=args.versions)
+                    webtransport=not args.no_webtransport, versions=args.versions, quic=quic_settings(args))
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[bool]] = []
 
@@ -176,6 +179,32 @@ def parse_versions(value: str) -> tuple[Version, ...]:
 VERSIONS_HELP = "comma-separated versions to allow (default all: " + ", ".join(v.name for v in ALL_VERSIONS) + ")"
 
 
+QUIC_FLAGS: tuple[tuple[str, Callable[[str], object], str], ...] = (
+    ("stream_receive_window", int, "bytes a peer may send on a stream beyond what was read (default 1 MiB)"),
+    ("connection_receive_window", int, "bytes a peer may send on a connection beyond what was read (default 16 MiB)"),
+    ("max_connections", lambda v: None if v.lower() == "none" else int(v), "connections at once, or 'none' (4096)"),
+    ("max_connections_per_address", lambda v: None if v.lower() == "none" else int(v),
+     "connections at once from one IP address, or 'none' (256)"),
+    ("retry", lambda v: {"auto": "auto", "always": True, "never": False}[v.lower()],
+     "validate client addresses with a Retry: auto (under load), always, never"),
+    ("retry_threshold", int, "pending handshakes from which 'auto' sends Retry (100)"),
+    ("handshake_timeout", float, "seconds a connection has to complete its handshake (10)"),
+    ("header_timeout", float, "seconds an HTTP/3 request has to send its HEADERS (10)"),
+    ("max_webtransport_sessions", int, "WebTransport sessions per HTTP/3 connection (16)"),
+)
+"""``serve`` flags for :class:`QuicSettings` fields; unset ones come from ``MOQT_*`` variables, then the defaults."""
+
+
+def quic_settings(args: argparse.Namespace) -> QuicSettings:
+    """The QUIC settings ``serve`` runs with: ``MOQT_*`` environment variables, overridden by flags."""
+    base = QuicSettings.from_environment()
+    chosen = {name: getattr(args, name) for name, _, _ in QUIC_FLAGS if getattr(args, name, None) is not None}
+    try:
+        return dataclasses.replace(base, **chosen) if chosen else base
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m moqt_asgi", description="Media over QUIC (moq-lite) tools")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -191,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--graceful-timeout", type=float, default=5.0, metavar="SECONDS",
                        help="on SIGTERM/SIGINT: GOAWAY, then wait this long before closing sessions (default 5); "
                             "a second signal stops at once")
+    limits = serve.add_argument_group("connection limits (also MOQT_<NAME> environment variables)")
+    for name, kind, text in QUIC_FLAGS:
+        limits.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
 
     def client_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("url", help="moql://host:port/path (native QUIC) or https://host:port/path (WebTransport)")

@@ -262,3 +262,27 @@ async def test_one_path_routes_the_same_on_every_transport(certs: Certs, scheme:
                 await asyncio.wait_for(other.wait_closed(), TIMEOUT)
                 raise SessionClosed()
     assert seen == [("/rooms/a b", {"room": "a b"})]
+
+
+def test_serve_flags_set_the_connection_limits(certs: Certs) -> None:
+    port = free_udp_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moqt_asgi", "serve", "examples.clock:moq", "--bind", f"127.0.0.1:{port}", "--certfile",
+         str(certs.cert), "--keyfile", str(certs.key), "--max-connections-per-address", "1", "--retry", "never"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        assert "serving" in process.stdout.readline()
+
+        async def two() -> None:
+            first = await dial(f"moql://127.0.0.1:{port}/", fingerprint=certs.fingerprint)
+            async with first:
+                started = time.monotonic()
+                with pytest.raises(MoQError):
+                    await dial(f"moql://127.0.0.1:{port}/", fingerprint=certs.fingerprint, setup_timeout=5)
+                assert time.monotonic() - started < 3.0  # refused at once, not timed out
+
+        asyncio.run(two())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=TIMEOUT)

@@ -290,3 +290,21 @@ async def test_a_write_the_transport_refuses_fails_the_writer_not_the_callback()
     with pytest.raises(StreamError):
         await within(first)
     assert scheduler.queued == 0
+
+
+async def test_a_write_to_a_stream_aioquic_reset_under_us_is_a_stream_error(certs: Any) -> None:
+    """aioquic resets a sending stream itself (on STOP_SENDING) and then raises RuntimeError on write."""
+    from moqt_asgi import dial
+    from moqt_asgi.native import QuicServer
+    from moqt_asgi.transport.quic import QuicTransport
+
+    async with QuicServer(MoQ(), host="127.0.0.1", port=0, certfile=str(certs.cert), keyfile=str(certs.key)) as server:
+        session = await dial(f"moql://127.0.0.1:{server.address[1]}/", fingerprint=certs.fingerprint)
+        async with session:
+            transport = session.connection
+            assert isinstance(transport, QuicTransport)
+            stream = await transport.open_uni()
+            stream.write(b"first")
+            transport.protocol._quic.reset_stream(stream.stream_id, 0)  # as aioquic does on STOP_SENDING
+            with pytest.raises(StreamError):
+                stream.write(b"second")

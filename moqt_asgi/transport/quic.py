@@ -263,7 +263,7 @@ class QuicTransport(Connection):
             raise self._closed
         try:
             self.protocol._quic.send_stream_data(stream.stream_id, data, end_stream=end)
-        except ValueError as exc:  # stream already finished or reset under us
+        except (ValueError, RuntimeError) as exc:  # stream already finished, or reset under us by aioquic
             raise StreamError(ErrorCode.CANCEL, str(exc)) from None
         self._pending.add(stream.stream_id)
         if self._backlog is not None:

@@ -548,7 +548,7 @@ class WebTransportSession(Connection):
             raise self._closed
         try:
             self.host.quic.send_stream_data(stream.stream_id, data, end_stream=end)
-        except ValueError as exc:  # finished or reset under us
+        except (ValueError, RuntimeError) as exc:  # finished, or reset under us by aioquic
             raise StreamError(ErrorCode.CANCEL, str(exc)) from None
         self._pending_sends.add(stream.stream_id)
         self.host.transmit_soon()
