@@ -34,7 +34,8 @@ class ReceiveStream(abc.ABC):
     async def read(self, max_bytes: int = 65536, min_bytes: int = 1) -> bytes:
         """Up to ``max_bytes`` bytes; ``b""`` once the peer's FIN is reached.
 
-        Waits until at least ``min_bytes`` are available (fewer only at FIN).
+        Waits until at least ``min_bytes`` are available (fewer at FIN, or when ``min_bytes``
+        exceeds half the stream's receive window: the reader then joins several reads).
 
         Raises :class:`StreamError` if the peer reset the stream, and
         :class:`SessionClosed` if the connection is gone.
