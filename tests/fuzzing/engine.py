@@ -81,10 +81,10 @@ keeps each one as a strict xfail, so its fix shows up as an unexpected pass (the
   which is not run through ``Session._guard``: the TaskGroup fails, "session failed" is logged with a
   traceback, and the session closes with TRANSPORT ("internal error") instead of DECODE.
 * ``producer-group-after-close``: a subscription served by a :class:`~moqt_asgi.Broadcast` track whose session
-  closes just as a group is being opened (lite-05/06: a client GOAWAY with a URI, then a valid SUBSCRIBE):
-  ``serve_producer``'s TaskGroup wraps the SessionClosed from ``open_group`` in an ExceptionGroup, which
-  ``publisher._run_track_handler`` does not recognise as the session ending, so it logs "track handler ...
-  failed" with a traceback.
+  closes just as a group is being opened (lite-05/06: a client GOAWAY with a URI, then a valid SUBSCRIBE; on
+  every version, a subscriber that disconnects cleanly at that moment): ``serve_producer``'s TaskGroup wraps
+  the SessionClosed from ``open_group`` in an ExceptionGroup, which ``publisher._run_track_handler`` does not
+  recognise as the session ending, so it logs "track handler ... failed" with a traceback.
 """
 
 
@@ -128,7 +128,7 @@ _ALL_RECIPES = (
 
 
 def _has_recipe(version: Version, recipe: _Recipe) -> bool:
-    """Whether ``version`` has this stream (a SUBSCRIBE_UPDATE counts only where the version has one)."""
+    """Whether ``version`` has this kind of stream."""
     codec: Any = version.codec
     features = features_of(codec)
     if recipe.kind == "session":
