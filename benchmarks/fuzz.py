@@ -139,7 +139,10 @@ def run_unit(unit: Unit) -> tuple[Unit, Tally]:
                 ops = random_ops(rng, wire, limits)
                 decode(limits_name, apply(wire, ops), rng.choice(CHUNKS), f"{msg!r} mutated by {ops!r}")
 
-    examples()
+    try:
+        examples()
+    except Exception as exc:  # a strategy or the harness broke (not a decoder): counted, and the run goes on
+        tally.record(Entry(target.name, "default", b"", note=f"harness error, no input: {exc!r}"), traceback.format_exc())
     tally.seconds = time.process_time() - started
     return unit, tally
 
@@ -180,7 +183,7 @@ def run(families: list[str], inputs: int, jobs: int, budget: float | None, batch
     done = 0
     complete = True
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
-        pending: set[concurrent.futures.Future[tuple[Unit, Tally]]] = set()
+        pending: dict[concurrent.futures.Future[tuple[Unit, Tally]], Unit] = {}
         queue = iter(units)
         window = jobs if budget is not None else jobs * 2  # with a budget, queue nothing that would run past it
         while True:
@@ -191,12 +194,17 @@ def run(families: list[str], inputs: int, jobs: int, budget: float | None, batch
                 unit = next(queue, None)
                 if unit is None:
                     break
-                pending.add(pool.submit(run_unit, unit))
+                pending[pool.submit(run_unit, unit)] = unit
             if not pending:
                 break
-            finished, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in finished:
-                unit, tally = future.result()
+                unit = pending.pop(future)
+                try:
+                    unit, tally = future.result()
+                except Exception as exc:  # the worker itself died
+                    tally = Tally()
+                    tally.record(Entry(unit.target, "default", b"", note=f"worker error: {exc!r}"), repr(exc))
                 tallies[unit.family].add(tally)
                 done += 1
                 if progress:

@@ -71,7 +71,7 @@ StreamKind = Literal["bidi", "uni", "session"]
 
 OUTCOMES: Counter[str] = Counter()
 """How the judged examples of this process ended, per version (for a look after a long run)."""
-KNOWN_ENGINE_BUGS: frozenset[str] = frozenset({"session-info-decode", "producer-group-after-close"})
+KNOWN_ENGINE_BUGS: frozenset[str] = frozenset({"session-info-decode", "producer-track-ended"})
 """Engine bugs found by this fuzzing and not fixed yet. The property tests recognise each one by its exact
 signature (:func:`known_bug`) and let it pass, so that they keep fuzzing everything else; the engine corpus
 keeps each one as a strict xfail, so its fix shows up as an unexpected pass (then drop it from this set).
@@ -80,11 +80,13 @@ keeps each one as a strict xfail, so its fix shows up as an unexpected pass (the
   with an empty body, ``00``, or one cut short) raises its DecodeError out of ``Session._session_stream_loop``,
   which is not run through ``Session._guard``: the TaskGroup fails, "session failed" is logged with a
   traceback, and the session closes with TRANSPORT ("internal error") instead of DECODE.
-* ``producer-group-after-close``: a subscription served by a :class:`~moqt_asgi.Broadcast` track whose session
-  closes just as a group is being opened (lite-05/06: a client GOAWAY with a URI, then a valid SUBSCRIBE; on
-  every version, a subscriber that disconnects cleanly at that moment): ``serve_producer``'s TaskGroup wraps
-  the SessionClosed from ``open_group`` in an ExceptionGroup, which ``publisher._run_track_handler`` does not
-  recognise as the session ending, so it logs "track handler ... failed" with a traceback.
+* ``producer-track-ended``: a subscription served by a :class:`~moqt_asgi.Broadcast` track that ends just as
+  the producer opens a group: ``open_group`` raises (SessionClosed when the session closed, e.g. a client
+  GOAWAY with a URI before the SUBSCRIBE on lite-05/06, or a subscriber disconnecting cleanly at that moment on
+  any version; MoQError "track ... is closed" when a malformed SUBSCRIBE_UPDATE right after the SUBSCRIBE made
+  the engine close the track, any version); ``serve_producer``'s TaskGroup wraps it in an ExceptionGroup, which
+  ``publisher._run_track_handler`` does not recognise as the track ending, so it logs "track handler ...
+  failed" with a traceback.
 """
 
 
@@ -253,8 +255,9 @@ def known_bug(record: logging.LogRecord) -> str | None:
                                            for leaf in leaves):
         return "session-info-decode"
     if message.startswith("track handler for ") and message.endswith(" failed") and isinstance(error, BaseExceptionGroup) \
-            and all(isinstance(leaf, SessionClosed) for leaf in leaves):
-        return "producer-group-after-close"
+            and all(isinstance(leaf, SessionClosed) or (type(leaf) is MoQError and str(leaf).endswith(" is closed")
+                                                        and _raised_in(leaf, "open_group")) for leaf in leaves):
+        return "producer-track-ended"
     return None
 
 

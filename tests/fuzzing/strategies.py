@@ -98,7 +98,7 @@ def names(limit: int, known: tuple[str, ...] = ()) -> st.SearchStrategy[str]:
 @functools.lru_cache(maxsize=256)
 def normalized_paths(limit: int, known: tuple[str, ...] = ()) -> st.SearchStrategy[str]:
     """A relative path with no empty segment (what gomoqt's absolute paths turn into)."""
-    segment = st.text(st.characters(blacklist_characters="/"), min_size=1, max_size=6)
+    segment = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_size=1, max_size=6)
     generated = st.lists(segment, max_size=4).map("/".join)
     return (st.sampled_from(known) | generated if known else generated).filter(lambda text: _fits(text, limit))
 
