@@ -8,7 +8,14 @@ session has either closed with a protocol-level code or still answers; nothing
 was logged as a failure; a guard session of the same version on the same app
 still receives frames; the peer's connection ends cleanly and leaves no task
 behind (``tests/fuzzing/engine.py``). A third test fuzzes the session start
-itself (the SETUP of lite-01/02, gomoqt and lite-05/06).
+itself (the SETUP of lite-01/02, gomoqt and lite-05/06), and a fourth turns
+the roles round: our client's requests answered by a raw server with fuzzed
+responses and group streams (``tests/fuzzing/client_engine.py``).
+
+Engine bugs found this way and not fixed yet are listed in
+:data:`~tests.fuzzing.engine.KNOWN_ENGINE_BUGS`: the property tests let their
+exact signature pass (and keep fuzzing the rest), the corpus keeps each as a
+strict xfail. ``MOQT_FUZZ_SCALE=N`` multiplies every example count.
 
 Inputs that once broke something are replayed from ``tests/fuzzing/corpus/engine/``: each line is
 ``{"version": ..., "streams": [{"kind", "hex", "fin", "label"}...], "expect": ..., "note": ...}``, plus
