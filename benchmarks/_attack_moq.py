@@ -1,0 +1,318 @@
+"""Attacks through MoQ sessions, for :mod:`benchmarks.attacks`: peers that ask and never read.
+
+Every attacker is one of our client sessions (moq-lite-06 over native QUIC)
+made into a :class:`NonReader`: it writes raw requests on bidi streams and
+reads neither their replies nor the group streams the server opens toward
+it. Our client's QUIC connection grants credit only for what the
+application read, so such a peer withholds flow-control credit exactly as a
+hostile one would: the server can put one stream window per stream (and
+one connection window in all) into it, and must hold or drop the rest.
+
+The publishers the attacks need are sessions of ours too, connected to the
+served relay before the baseline is taken; a FETCH needs a server-side
+cached group, so that attack serves :data:`FETCH_APP` instead of the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from moqt_asgi import Broadcast, Session, TrackMux, TrackWriter, dial
+from moqt_asgi.protocol.lite_wire import LiteBidi
+from moqt_asgi.protocol.messages import AnnouncePlease, Fetch, Subscribe
+from moqt_asgi.protocol.versions import LITE_06_VERSION
+from moqt_asgi.protocol.wire import encode_varint
+from moqt_asgi.transport.base import BidiStream, ReceiveStream
+
+from ._attack_common import MIB, Sent, Target, size
+
+Prepared = Callable[[Sent], Awaitable[None]]
+"""Runs the attack once everything it needs is connected (the baseline is taken just before), recording what it
+sends in the :class:`Sent` it is given as it goes (so an interrupted attack still says what it did)."""
+
+HOLD = 2.0
+"""Seconds the attacker stays connected, holding what it made the server keep, before the memory is read."""
+VIEWER_WINDOW = 2.0
+"""Seconds over which a legitimate viewer's frame rate is counted, before and during an attack."""
+
+FETCH_FRAMES = 4
+FETCH_FRAME_SIZE = MIB
+FETCH_APP = f'''"""Serves broadcast ``vod``; its track ``video`` caches one group of {FETCH_FRAMES} x {FETCH_FRAME_SIZE} bytes."""
+
+from moqt_asgi import Broadcast, MoQ
+
+broadcast = Broadcast("vod")
+track = broadcast.create_track("video")
+group = track.append_group()
+for index in range({FETCH_FRAMES}):
+    group.write_frame(bytes([index]) * {FETCH_FRAME_SIZE})
+group.finish()
+moq = MoQ()
+moq.mux.publish("vod", broadcast)
+'''
+"""An app module (written to a temporary directory and served) with the group the FETCH attack asks for."""
+
+
+async def connect(target: Target, stack: contextlib.AsyncExitStack, mux: TrackMux | None = None) -> Session:
+    """A lite-06 session to the served app, closed with ``stack``."""
+    session = await asyncio.wait_for(dial(target.url, fingerprint=target.fingerprint, mux=mux,
+                                          versions=(LITE_06_VERSION,)), 15)
+    stack.push_async_callback(_close, session)
+    return session
+
+
+async def _close(session: Session) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(session.aclose(), 5)
+
+
+class NonReader:
+    """A session that never reads: not the replies to its requests, not the streams the server opens."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.parked: list[ReceiveStream] = []
+        self.requests: list[BidiStream] = []
+        self.written = 0
+        self._ids = itertools.count(1 << 20)
+
+        async def park(stream: ReceiveStream) -> None:
+            self.parked.append(stream)  # kept open and never read: its bytes hold the server's credit
+
+        session._serve_uni = park  # type: ignore[method-assign]
+
+    @property
+    def codec(self) -> Any:
+        return self.session.codec
+
+    async def request(self, kind: int, body: bytes) -> BidiStream:
+        stream = await self.session.connection.open_bi()
+        data = encode_varint(kind) + body
+        stream.write(data)
+        self.written += len(data)
+        self.requests.append(stream)
+        return stream
+
+    async def subscribe(self, broadcast: str, track: str) -> BidiStream:
+        request = Subscribe(next(self._ids), broadcast, track, 0)
+        return await self.request(LiteBidi.SUBSCRIBE, self.codec.encode_subscribe(request))
+
+    def held(self) -> int:
+        """Bytes the server sent us that we hold unread (what its credit let it send)."""
+        quic: Any = getattr(self.session.connection, "protocol", None)
+        quic = getattr(quic, "_quic", None)
+        held = getattr(quic, "held", None)
+        return int(held()) if callable(held) else 0
+
+
+def refused(streams: list[BidiStream]) -> int:
+    """How many request streams the server reset (refused), without reading any of them."""
+    count = 0
+    for stream in streams:
+        buffer: Any = getattr(stream, "_buffer", None)
+        if getattr(stream, "_stop_code", None) is not None or getattr(buffer, "_error", None) is not None:
+            count += 1
+    return count
+
+
+async def non_readers(target: Target, stack: contextlib.AsyncExitStack, count: int) -> list[NonReader]:
+    return [NonReader(await connect(target, stack)) for _ in range(count)]
+
+
+async def wait_announced(session: Session, path: str, timeout: float = 15.0) -> None:
+    """Until the served relay announces ``path`` to ``session``."""
+    announcements = await session.announced("")
+    try:
+        async with asyncio.timeout(timeout):
+            while path not in announcements.active:
+                await announcements.__anext__()
+    finally:
+        announcements.close()
+
+
+def _summary(sent: Sent, readers: list[NonReader], what: str) -> None:
+    sent.bytes = sum(reader.written for reader in readers)
+    parked = sum(len(reader.parked) for reader in readers)
+    sent.streams = sum(len(reader.requests) for reader in readers) + parked
+    sent.extra["parked"] = parked
+    held = sum(reader.held() for reader in readers)
+    sent.summary = f"{what}; the attacker holds {size(held)} unread"
+
+
+# -- C2: FETCH of a cached group, never read
+@contextlib.asynccontextmanager
+async def fetch_flood(target: Target, *, connections: int, per_connection: int) -> AsyncIterator[Prepared]:
+    async with contextlib.AsyncExitStack() as stack:
+        readers = await non_readers(target, stack, connections)
+
+        async def run(sent: Sent) -> None:
+            sent.unit, sent.connections = "FETCHes", connections
+            request = readers[0].codec.encode_fetch(Fetch("vod", "video", 0, 0))
+            for reader in readers:
+                for _ in range(per_connection):
+                    await reader.request(LiteBidi.FETCH, request)
+                    sent.requests += 1
+            await asyncio.sleep(HOLD)
+            streams = [stream for reader in readers for stream in reader.requests]
+            group = FETCH_FRAMES * FETCH_FRAME_SIZE
+            _summary(sent, readers, f"{connections} conns x {per_connection} FETCHes of one cached "
+                                           f"{size(group)} group ({refused(streams)} refused)")
+
+        yield run
+
+
+# -- H1/M4: announce streams never read, long paths announced, one path toggled
+@contextlib.asynccontextmanager
+async def announce_flood(target: Target, *, sessions: int, streams: int, paths: int, path_length: int,
+                         toggles: int) -> AsyncIterator[Prepared]:
+    async with contextlib.AsyncExitStack() as stack:
+        publisher, toggler = TrackMux(), TrackMux()
+        await connect(target, stack, publisher)
+        await connect(target, stack, toggler)
+        readers = await non_readers(target, stack, sessions)
+
+        async def run(sent: Sent) -> None:
+            sent.unit, sent.connections = "announce streams", sessions + 2
+            sent.extra.update(paths=paths + 1, path_length=path_length, sessions=sessions, streams=streams)
+            request = readers[0].codec.encode_announce_please(AnnouncePlease(""))
+            for reader in readers:
+                for _ in range(streams):
+                    await reader.request(LiteBidi.ANNOUNCE, request)
+                    sent.requests += 1
+            await asyncio.sleep(0.3)
+            for index in range(paths):
+                name = f"{index:05d}/"
+                publisher.publish(name + "x" * (path_length - len(name)), Broadcast())
+                if index % 20 == 0:
+                    await asyncio.sleep(0.001)
+            await target.idle()
+            toggled = "toggle/" + "y" * (path_length - 7)
+            for _ in range(toggles):
+                announcement = toggler.publish(toggled, Broadcast())
+                await asyncio.sleep(0.002)
+                announcement.end()
+                await asyncio.sleep(0.002)
+            await target.idle()
+            await asyncio.sleep(HOLD)
+            opened = [stream for reader in readers for stream in reader.requests]
+            _summary(sent, readers, f"{sessions} sessions x {streams} announce streams never read "
+                                           f"({refused(opened)} refused), {paths} paths of {path_length} B "
+                                           f"announced, one toggled {toggles} times")
+
+        yield run
+
+
+# -- H4: invented track names through the relay
+@contextlib.asynccontextmanager
+async def invented_names(target: Target, *, names: int, group_size: int, groups: int = 2) -> AsyncIterator[Prepared]:
+    served: list[str] = []
+    finished: list[str] = []
+    ended: list[str] = []
+    opening = asyncio.Lock()
+
+    async def any_name(track: TrackWriter) -> None:
+        served.append(track.track)
+        try:
+            for _ in range(groups):
+                # One group open at a time: on native QUIC two opens that overlap while the connection is
+                # congested can be given the same stream id (the id is only taken by the first write).
+                async with opening:
+                    group = await track.open_group()
+                await group.write_frame(b"\0" * group_size)
+                await group.close()
+            finished.append(track.track)
+            await asyncio.Event().wait()  # the track stays open: the relay keeps its cache
+        finally:
+            ended.append(track.track)  # written, or the relay gave the subscription up
+
+    async with contextlib.AsyncExitStack() as stack:
+        publisher = TrackMux()
+        publisher.publish("p", any_name)
+        await connect(target, stack, publisher)
+        (reader,) = await non_readers(target, stack, 1)
+        await wait_announced(reader.session, "p")
+
+        async def run(sent: Sent) -> None:
+            sent.unit, sent.connections = "SUBSCRIBEs", 2
+            sent.extra.update(names=names, group_size=group_size, groups=groups)
+            for index in range(names):
+                await reader.subscribe("p", f"made-up-{index}")
+                sent.requests += 1
+            # until every track the relay asked for was written and no new one was asked for a second
+            deadline = asyncio.get_running_loop().time() + 60
+            asked = -1
+            while (asked != len(served) or len(set(finished) | set(ended)) < len(served)) and not target.stopped() \
+                    and asyncio.get_running_loop().time() < deadline:
+                asked = len(served)
+                await asyncio.sleep(1.0)
+            await target.idle()
+            await asyncio.sleep(HOLD)
+            sent.extra["relayed"] = len(set(served))
+            _summary(sent, [reader], f"{names} invented track names, the publisher answering each with "
+                                            f"{groups} x {size(group_size)}: {len(set(served))} reached it, "
+                                            f"{len(finished)} fully written ({refused(reader.requests)} refused by the relay)")
+
+        yield run
+
+
+# -- subscriptions never read
+@contextlib.asynccontextmanager
+async def unread_subscriptions(target: Target, *, sessions: int, per_session: int, frame_size: int = 16 * 1024,
+                               frames_per_group: int = 25, interval: float = 0.02) -> AsyncIterator[Prepared]:
+    broadcast = Broadcast("live")
+    track = broadcast.create_track("video")
+    mux = TrackMux()
+    mux.publish("live", broadcast)
+    received = [0]
+
+    async def feed() -> None:
+        payload = b"v" * frame_size
+        while True:
+            group = track.append_group()
+            for _ in range(frames_per_group):
+                group.write_frame(payload)
+                await asyncio.sleep(interval)
+            group.finish()
+
+    async def watch(session: Session) -> None:
+        subscription = await session.subscribe("live", "video")
+        async for _ in subscription.frames():
+            received[0] += 1
+
+    async with contextlib.AsyncExitStack() as stack:
+        feeding = asyncio.ensure_future(feed())
+        stack.callback(feeding.cancel)
+        await connect(target, stack, mux)
+        viewer = await connect(target, stack)
+        await wait_announced(viewer, "live")
+        watching = asyncio.ensure_future(watch(viewer))
+        stack.callback(watching.cancel)
+        readers = await non_readers(target, stack, sessions)
+        calm = received[0]
+        await asyncio.sleep(VIEWER_WINDOW)  # the relay's upstream subscription and cache exist before the baseline
+        calm = received[0] - calm
+
+        async def run(sent: Sent) -> None:
+            sent.unit, sent.connections = "SUBSCRIBEs", sessions
+            sent.extra["subscriptions"] = sessions * per_session
+            for reader in readers:
+                for _ in range(per_session):
+                    await reader.subscribe("live", "video")
+                    sent.requests += 1
+            await asyncio.sleep(1.0)
+            viewed = received[0]
+            await asyncio.sleep(VIEWER_WINDOW)
+            viewed = received[0] - viewed
+            await asyncio.sleep(max(0.0, HOLD - VIEWER_WINDOW))
+            sent.notes.append(f"a viewer of the same track through the relay got {calm / VIEWER_WINDOW:.0f} frames/s "
+                              f"before the attack and {viewed / VIEWER_WINDOW:.0f} frames/s during it "
+                              f"(published: {1 / interval:.0f}/s)")
+            _summary(sent, readers, f"{sessions} sessions x {per_session} subscriptions to a live track "
+                                           f"({frame_size // 1024} KiB frames, {1 / interval:.0f}/s), never read; "
+                                           f"the server opened {sum(len(r.parked) for r in readers)} group streams")
+
+        yield run
