@@ -43,6 +43,7 @@ from .protocol.limits import DEFAULT_LIMITS, Limits
 from .protocol.versions import DEFAULT_VERSIONS, Version, native_alpns, ordered
 from .serving import serve_connection, session_hook
 from .session import Session
+from .stopping import CLOSE_GRACE
 from .tickets import ClientTicketStore, SessionTicketStore, TicketSlot
 from .tls import ServerCredentials, TLSConfig, client_tls, server_tls
 from .transport.admission import Admission, AdmissionPolicy, serve_guarded
@@ -485,7 +486,11 @@ class QuicServer:
         for task in list(self._connections):
             task.cancel()
         if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
+            # A connection whose application ignores cancellation is not waited for (its session logs it).
+            _, stuck = await asyncio.wait(set(self._connections), timeout=CLOSE_GRACE)
+            if stuck:
+                self.log.warning("%d connection(s) still stopping after %.1fs; not waiting for them", len(stuck),
+                                 CLOSE_GRACE)
         await asyncio.sleep(0)  # the UDP transport closes its socket one loop step later: the port is free on return
 
     async def __aenter__(self) -> QuicServer:

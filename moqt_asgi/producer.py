@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from .paths import normalize_path
-from .protocol.errors import ErrorCode, MoQError, StreamError
+from .protocol.errors import ErrorCode, MoQError, SessionClosed, StreamError
 from .protocol.messages import TrackInfo
 from .track import DEFAULT_TIMESCALE
 
@@ -397,7 +397,14 @@ async def serve_producer(producer: TrackProducer, writer: TrackWriter, *, max_gr
 
 
 async def _send_group(group: GroupProducer, writer: TrackWriter) -> None:
-    out = await writer.open_group(group.sequence)
+    try:
+        out = await writer.open_group(group.sequence)
+    except SessionClosed:
+        return  # the subscriber's session is gone: nothing to send, nothing to report
+    except MoQError:
+        if writer.closed:
+            return  # the engine ended the track meanwhile (the subscriber left, or broke the protocol)
+        raise
     try:
         have = 0
         while frames := await group.wait_frames(have):
@@ -411,6 +418,8 @@ async def _send_group(group: GroupProducer, writer: TrackWriter) -> None:
         raise
     except StreamError as exc:
         out.abort(exc.code)
+    except SessionClosed:
+        out.abort(ErrorCode.CANCEL)
 
 
 class Broadcast:

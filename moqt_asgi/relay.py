@@ -174,7 +174,9 @@ class RemoteBroadcast:
         try:
             # lite-05+: ask TRACK first, so a name the publisher does not serve costs no subscription there
             described = await self._track_info(name) if self.session.features.track_stream else None
-            reader = await self.session.subscribe(self.path, name, priority=priority)
+            # TRACK said the track exists: do not hold our subscriber until its first group exists too
+            reader = await self.session.subscribe(self.path, name, priority=priority,
+                                                  wait_for_start=described is None)
         except BaseException as exc:
             self._tracks.pop(name, None)
             totals.upstream_tracks -= 1

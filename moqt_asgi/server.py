@@ -31,7 +31,7 @@ from .protocol.versions import Version
 from .routing import SetupHandler
 from .serving import serve_connection
 from .session import Session
-from .stopping import drain, send_goaway, session_idle
+from .stopping import CLOSE_GRACE, drain, send_goaway, session_idle
 from .tickets import SessionTicketStore
 from .tls import TLSConfig, server_tls
 from .transport.base import Connection
@@ -348,9 +348,11 @@ class Server:
                     self._address = self._address or server.address
                 server.draining = True  # under aioquic's serve(), later connections are refused
                 await server.close()
-            for session in list(self._own_sessions):
-                with contextlib.suppress(Exception):
-                    await session.aclose()
+            own = list(self._own_sessions)
+            for session in own:
+                session.close(0, "server closed")
+            if own:
+                await asyncio.wait([asyncio.ensure_future(s.wait_closed()) for s in own], timeout=CLOSE_GRACE)
         finally:
             await self._end_lifespan()
             self._state = "closed"

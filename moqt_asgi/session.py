@@ -36,9 +36,10 @@ from .transport.base import BidiStream, Connection, ReceiveStream, SendStream
 logger = logging.getLogger("moqt_asgi.session")
 
 
-STOP_TIMEOUT = 1.0
-"""Seconds closing waits for a task that does not end when cancelled (it swallows the
-cancellation); then it is abandoned and its stack logged, so no close or shutdown hangs on it."""
+STOP_TIMEOUT = 5.0
+"""Seconds closing waits for tasks that do not end when cancelled (they swallow the cancellation):
+after half of it they are cancelled again (logged as a warning), after all of it they are abandoned
+and their stacks logged. Servers do not wait that long (see ``stopping.CLOSE_GRACE``)."""
 
 
 class _Closing(Exception):
@@ -54,7 +55,16 @@ async def abandon_after(task: asyncio.Future[Any], timeout: float, what: str, lo
     swallows :class:`asyncio.CancelledError` cannot hang a shutdown.
     """
     if not task.done():
-        await asyncio.wait({task}, timeout=timeout)
+        await asyncio.wait({task}, timeout=timeout / 2)
+    if not task.done():
+        # Perhaps only slow (a busy loop): cancel again what has not stopped, then give up on it.
+        waiting = [each for each in stragglers if not each.done()] or (
+            [task] if isinstance(task, asyncio.Task) else [])
+        log.warning("%s: %d task(s) still running %.1fs after being cancelled; cancelling again", what,
+                    len(waiting), timeout / 2)
+        for each in waiting:
+            each.cancel()
+        await asyncio.wait({task}, timeout=timeout / 2)
     if task.done():
         if not task.cancelled():
             task.exception()  # retrieved: it was logged where it happened
@@ -158,8 +168,8 @@ class Session:
                 self._tg = tg
                 tg.create_task(self._accept_bidi_loop())
                 tg.create_task(self._accept_uni_loop())
-                if self._session_stream is not None:
-                    tg.create_task(self._session_stream_loop(*self._session_stream))
+                if self._session_stream is not None:  # its protocol errors close the session with their code
+                    tg.create_task(self._guard(self._session_stream_loop(*self._session_stream), "session-stream"))
                 tg.create_task(self._watch_connection())
                 if self.grant is not None and self.grant.expires_at is not None:
                     tg.create_task(self._expire(self.grant.expires_at))
@@ -238,7 +248,14 @@ class Session:
             if asyncio.iscoroutine(coro):
                 coro.close()
             raise self._close_reason or SessionClosed(0, "session is not running")
-        task = self._tg.create_task(self._guard(coro, name), name=name)
+        guarded = self._guard(coro, name)
+        try:
+            task = self._tg.create_task(guarded, name=name)
+        except RuntimeError:  # the TaskGroup is already stopping
+            guarded.close()
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            raise self._close_reason or SessionClosed(0, "session is stopping") from None
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -277,10 +294,9 @@ class Session:
                 stream = await self.connection.accept_bi()
             except SessionClosed:
                 return
-            try:
-                self._spawn(self._reset_on_timeout(stream, self._serve_bidi(stream)), f"bidi-{stream.stream_id}")
-            except SessionClosed:
+            if self._tg is None or self.closed:
                 return
+            self._spawn(self._reset_on_timeout(stream, self._serve_bidi(stream)), f"bidi-{stream.stream_id}")
 
     async def _accept_uni_loop(self) -> None:
         while True:
@@ -288,10 +304,9 @@ class Session:
                 stream = await self.connection.accept_uni()
             except SessionClosed:
                 return
-            try:
-                self._spawn(self._reset_on_timeout(stream, self._serve_uni(stream)), f"uni-{stream.stream_id}")
-            except SessionClosed:
+            if self._tg is None or self.closed:
                 return
+            self._spawn(self._reset_on_timeout(stream, self._serve_uni(stream)), f"uni-{stream.stream_id}")
 
     async def _reset_on_timeout(self, stream: ReceiveStream, coro: Awaitable[None]) -> None:
         """A peer that opens a stream and stalls before its first message loses the stream, not the session."""
@@ -398,7 +413,7 @@ class Session:
 
     async def subscribe(self, broadcast: str, track: str, *, priority: int = 0, ordered: bool = False,
                         max_latency_ms: int = 0, start_group: int | None = None,
-                        end_group: int | None = None) -> TrackReader:
+                        end_group: int | None = None, wait_for_start: bool = True) -> TrackReader:
         """Subscribe to ``track`` of ``broadcast``.
 
         Returns once the publisher accepted (lite-01..04), or on lite-05+ at
@@ -407,10 +422,13 @@ class Session:
         ``start_group`` / ``end_group`` bound the groups wanted (lite-03+),
         ``max_latency_ms`` lets the publisher skip stale groups (0: no limit).
         Raises :class:`SubscribeError` with the publisher's code if refused.
+        With ``wait_for_start=False`` a lite-05+ subscription returns at once,
+        pending (a refusal then ends the reader rather than raising here).
         """
         await self._ready()
         return await subscriber.subscribe(self, broadcast, track, priority=priority, ordered=ordered,
-                                          max_latency_ms=max_latency_ms, start_group=start_group, end_group=end_group)
+                                          max_latency_ms=max_latency_ms, start_group=start_group, end_group=end_group,
+                                          wait_for_start=wait_for_start)
 
     def update_subscription(self, track: TrackReader, *, priority: int | None = None, max_latency_ms: int = 0,
                             start_group: int | None = None, end_group: int | None = None) -> None:

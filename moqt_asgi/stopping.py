@@ -29,6 +29,9 @@ logger = logging.getLogger("moqt_asgi.server")
 
 POLL_INTERVAL = 0.05
 """How often a graceful stop looks at its sessions (seconds)."""
+CLOSE_GRACE = 0.5
+"""Seconds a server waits for sessions it closed to finish before it returns anyway. A session whose
+application ignores cancellation goes on in the background until it is abandoned (logged)."""
 
 
 def session_idle(session: Session) -> bool:
@@ -67,7 +70,7 @@ async def drain(sessions: list[Session], deadline: float, log: logging.Logger, *
     log.info("%d session(s) still open after the grace period; closing them", len(live))
     for session in live:
         session.close(goaway_timeout_code(session.codec.error_codes), "goaway timeout")
-    await asyncio.gather(*(session.wait_closed() for session in live), return_exceptions=True)
+    await asyncio.wait([asyncio.ensure_future(session.wait_closed()) for session in live], timeout=CLOSE_GRACE)
     return False
 
 

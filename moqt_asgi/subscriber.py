@@ -37,7 +37,11 @@ if TYPE_CHECKING:
 
 MAX_DROP_NOTICES = 64
 STRAGGLER_GRACE = 0.1
-"""Seconds a cleanly ended subscription still accepts groups sent before its end."""
+"""Seconds a cleanly ended subscription still accepts groups sent before its end (lite-01..04)."""
+STRAGGLER_GAP = 0.5
+"""lite-05+, where the end says which groups came before it: seconds the subscription waits for the
+next of them to arrive (started again at each arrival, at most the session timeout in all), so groups
+delayed by loss recovery are not cut off."""
 
 
 async def _read_response(session: Session, reader: StreamReader) -> Any:
@@ -79,7 +83,7 @@ def _apply_response(track: TrackReader, msg: Any) -> None:
 
 async def subscribe(session: Session, broadcast: str, track: str, *, priority: int = 0, ordered: bool = False,
                     max_latency_ms: int = 0, start_group: int | None = None,
-                    end_group: int | None = None) -> TrackReader:
+                    end_group: int | None = None, wait_for_start: bool = True) -> TrackReader:
     codec: Any = session.codec
     features = session.features
     broadcast = normalize_path(broadcast)
@@ -97,7 +101,8 @@ async def subscribe(session: Session, broadcast: str, track: str, *, priority: i
             # and a track that has no group yet is simply pending (refusals still surface on the reader).
             responded = asyncio.ensure_future(reader._responded.wait())
             try:
-                await asyncio.wait({first, responded}, timeout=session.timeout, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({first, responded}, timeout=session.timeout if wait_for_start else 0,
+                                   return_when=asyncio.FIRST_COMPLETED)
             finally:
                 responded.cancel()
             if first.done():
@@ -168,18 +173,25 @@ async def _await_stragglers(track: TrackReader) -> None:
     soon as the group before that bound is in; otherwise after :data:`STRAGGLER_GRACE`.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + STRAGGLER_GRACE
+    started = loop.time()
+    known_end = track.end_group is not None
+    deadline = started + (STRAGGLER_GAP if known_end else STRAGGLER_GRACE)
+    limit = started + max(track.session.timeout, STRAGGLER_GAP)
     while not track._closed:
         end = track.end_group
         newest = track.newest_group
         if end is not None and (end <= (track.start_group or 0) or (newest is not None and newest >= end - 1)):
             return
-        remaining = deadline - loop.time()
+        remaining = min(deadline, limit) - loop.time()
         if remaining <= 0:
             return
         track._arrived.clear()
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(track._arrived.wait(), remaining)
+        except TimeoutError:
+            return
+        if known_end:
+            deadline = loop.time() + STRAGGLER_GAP  # one more came: give the next its time too
 
 
 def update(session: Session, track: TrackReader, msg: SubscribeUpdate) -> None:

@@ -22,9 +22,6 @@ from .conftest import Certs
 
 SOAK_SECONDS = 60.0
 SAMPLE_EVERY = 5.0
-KNOWN_ENGINE_ERROR = "failed [ExceptionGroup(SessionClosed)]"
-"""A relayed track handler whose subscriber's session closes just as it opens a group: serve_producer
-lets the SessionClosed out as an ExceptionGroup and the engine logs the handler as failed."""
 
 
 @pytest.mark.timeout(SOAK_SECONDS * 5)
@@ -36,8 +33,4 @@ async def test_churn_leaves_memory_tasks_and_sessions_flat(certs: Certs) -> None
     assert counters.quic_sessions > 0 and report.packets_lost > 0, "the lossy UDP path was not exercised"
     assert counters.withdrawals > 0 and counters.subscriptions > counters.sessions / 2
     assert len(report.samples) >= SOAK_SECONDS / SAMPLE_EVERY - 1
-    known = [line for line in counters.logged if line.endswith(KNOWN_ENGINE_ERROR)]
-    counters.logged = [line for line in counters.logged if not line.endswith(KNOWN_ENGINE_ERROR)]
-    assert report.problems() == []
-    if known:
-        pytest.xfail(f"{len(known)} times: {known[0]}")
+    assert report.problems() == []  # among them: any error the library logged

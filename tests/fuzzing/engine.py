@@ -71,22 +71,19 @@ StreamKind = Literal["bidi", "uni", "session"]
 
 OUTCOMES: Counter[str] = Counter()
 """How the judged examples of this process ended, per version (for a look after a long run)."""
-KNOWN_ENGINE_BUGS: frozenset[str] = frozenset({"session-info-decode", "producer-track-ended"})
+KNOWN_ENGINE_BUGS: frozenset[str] = frozenset()
 """Engine bugs found by this fuzzing and not fixed yet. The property tests recognise each one by its exact
 signature (:func:`known_bug`) and let it pass, so that they keep fuzzing everything else; the engine corpus
 keeps each one as a strict xfail, so its fix shows up as an unexpected pass (then drop it from this set).
 
+Found and fixed (their corpus cases now pass as ordinary regressions):
+
 * ``session-info-decode``: on lite-01/02 and gomoqt a malformed message on the session stream (a SESSION_INFO
-  with an empty body, ``00``, or one cut short) raises its DecodeError out of ``Session._session_stream_loop``,
-  which is not run through ``Session._guard``: the TaskGroup fails, "session failed" is logged with a
-  traceback, and the session closes with TRANSPORT ("internal error") instead of DECODE.
-* ``producer-track-ended``: a subscription served by a :class:`~moqt_asgi.Broadcast` track that ends just as
-  the producer opens a group: ``open_group`` raises (SessionClosed when the session closed, e.g. a client
-  GOAWAY with a URI before the SUBSCRIBE on lite-05/06, or a subscriber disconnecting cleanly at that moment on
-  any version; MoQError "track ... is closed" when a malformed SUBSCRIBE_UPDATE right after the SUBSCRIBE made
-  the engine close the track, any version); ``serve_producer``'s TaskGroup wraps it in an ExceptionGroup, which
-  ``publisher._run_track_handler`` does not recognise as the track ending, so it logs "track handler ...
-  failed" with a traceback.
+  with an empty body, ``00``, or one cut short) escaped ``Session._session_stream_loop`` unguarded: the session
+  closed with TRANSPORT ("internal error") instead of DECODE, and "session failed" was logged.
+* ``producer-track-ended``: a subscription served by a :class:`~moqt_asgi.Broadcast` track that ended just as
+  the producer opened a group (the session closed, or the engine closed the track after a malformed
+  SUBSCRIBE_UPDATE) logged "track handler ... failed" with a traceback.
 """
 
 
