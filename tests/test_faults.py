@@ -336,10 +336,11 @@ async def test_an_unpaced_publisher_loses_whole_groups_only(certs: Certs, scheme
 
     A group read to its end must be whole and byte-identical, each group
     comes at most once, and a group given up partway is reset (the subscriber
-    is told), never cut short silently. (Which groups survive depends on
-    timing, so that is not asserted; nor that the newest one arrives: the
-    track's clean end can overtake the last groups' streams, and a subscriber
-    waits only briefly for such stragglers.)
+    is told), never cut short silently. Which groups survive depends on
+    timing, so that is not asserted; but the newest one always arrives: the
+    track's clean end can overtake the last groups' streams, and the
+    subscriber waits for them while they keep coming (lite-05+ says where
+    the track ended).
     """
     groups = make_groups(seed=2)
     publisher_mux = TrackMux()
@@ -355,6 +356,7 @@ async def test_an_unpaced_publisher_loses_whole_groups_only(certs: Certs, scheme
     sequences = [sequence for sequence, _ in received]
     assert len(sequences) == len(set(sequences))  # each group once, in arrival order (their streams race)
     assert sequences, "no group arrived whole"
+    assert max(sequences) == len(groups) - 1, "the newest group was cut off by the track's end"
     for sequence, frames in received:
         assert frames == groups[sequence], f"group {sequence} arrived altered"
     for sequence, frames in reset:  # cut short, and said so: what did arrive is the group's beginning

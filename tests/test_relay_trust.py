@@ -314,3 +314,17 @@ async def test_broadcasts_per_publisher_are_capped(version: Version) -> None:
             await asyncio.sleep(0.1)
             assert len(relay.mux.active_paths()) == 7
         await until(lambda: len(relay.mux.active_paths()) == 5, "the second publisher's are gone")
+
+
+@pytest.mark.parametrize("reader_version", [LITE_02_VERSION, LITE_04_VERSION], ids=lambda v: v.name)
+async def test_a_relayed_track_without_groups_yet_is_accepted_at_once(reader_version: Version) -> None:
+    """A lite-06 publisher's track that has no group yet: older subscribers are answered at once, not after 10 s."""
+    relay = Relay()
+    app = relay_app(relay, versions=[LITE_06_VERSION, LITE_04_VERSION, LITE_02_VERSION])
+    quiet = Publisher("x", "Q")  # its track exists, no group written yet
+    async with peer(app, LITE_06_VERSION, quiet.mux):
+        await until(lambda: relay.mux.route("x") is not None, "the relay learned x")
+        async with peer(app, reader_version) as (viewer, _):
+            track = await asyncio.wait_for(viewer.subscribe("x", "video"), 2.0)
+            sent = quiet.write()
+            assert await next_frame(track) == sent
