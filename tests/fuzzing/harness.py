@@ -80,7 +80,7 @@ def check_decode(target: Target, limits_name: str, limits: Limits, data: bytes, 
         outcome = Outcome(decoded.value)
         if decoded.same_variant and target.reencodes(decoded.value):
             try:
-                check_roundtrip(target, limits, decoded.value)
+                check_roundtrip(target, target.reencode_limits(limits), decoded.value)
             except Exception as exc:
                 raise fail(f"decoded {decoded.value!r}, which does not round-trip: {exc!r}") from exc
     if stream.largest_wait > target.wait_limit(limits):

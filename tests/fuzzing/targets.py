@@ -11,6 +11,7 @@ them) over an in-memory :class:`ByteStream`, driven without an event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from moqt_asgi.protocol.setup import (
     encode_client_setup,
     encode_server_setup,
 )
-from moqt_asgi.protocol.versions import ALL_VERSIONS, Version, features_of
+from moqt_asgi.protocol.versions import ALL_VERSIONS, GOMOQT_DIALECT, Version, features_of
 from moqt_asgi.protocol.wire import encode_varint
 from moqt_asgi.reader import StreamReader
 from moqt_asgi.track import GroupReader
@@ -171,6 +172,17 @@ def always(value: Any) -> bool:
     return True
 
 
+def same_limits(limits: Limits) -> Limits:
+    return limits
+
+
+def with_slash_room(limits: Limits) -> Limits:
+    """gomoqt's canonical form of a path read from the wire can be two bytes longer than what was read
+    (``"/a"`` and ``"a"`` are both ``"/a/"`` as a prefix): room for that when a decoded value is sent back."""
+    return dataclasses.replace(limits, max_path_length=limits.max_path_length + 2,
+                               max_message_size=limits.max_message_size + 8)
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     family: str
@@ -183,6 +195,8 @@ class Target:
     """The most bytes a decoder may wait for at once: what the limits let one message or frame declare."""
     reencodes: Callable[[Any], bool] = always
     """Whether a decoded value can be sent back as is (gomoqt sends no ANNOUNCE for an empty suffix)."""
+    reencode_limits: Callable[[Limits], Limits] = same_limits
+    """The limits a decoded value, sent back, is read under again (a dialect that rewrites paths needs room)."""
 
     @property
     def name(self) -> str:
@@ -374,7 +388,8 @@ def _build() -> tuple[Target, ...]:
             if has(version):
                 wait_limit = frame_limit if family == "frames" else message_limit
                 targets.append(Target(family, version.name, encoder(version), decoder(version), version, wait_limit,
-                                      _REENCODES.get((family, version.name), always)))
+                                      _REENCODES.get((family, version.name), always),
+                                      with_slash_room if version is GOMOQT_DIALECT else same_limits))
     return tuple(targets)
 
 
