@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -36,6 +37,8 @@ sends in the :class:`Sent` it is given as it goes (so an interrupted attack stil
 
 HOLD = 2.0
 """Seconds the attacker stays connected, holding what it made the server keep, before the memory is read."""
+PUBLISH_TIMEOUT = 60.0
+"""Seconds a publisher has to write what the relay asked it for."""
 VIEWER_WINDOW = 2.0
 """Seconds over which a legitimate viewer's frame rate is counted, before and during an attack."""
 
@@ -243,7 +246,7 @@ async def invented_names(target: Target, *, names: int, group_size: int, groups:
                 await reader.subscribe("p", f"made-up-{index}")
                 sent.requests += 1
             # until every track the relay asked for was written and no new one was asked for a second
-            deadline = asyncio.get_running_loop().time() + 60
+            deadline = asyncio.get_running_loop().time() + PUBLISH_TIMEOUT
             asked = -1
             while (asked != len(served) or len(set(finished) | set(ended)) < len(served)) and not target.stopped() \
                     and asyncio.get_running_loop().time() < deadline:
@@ -255,6 +258,65 @@ async def invented_names(target: Target, *, names: int, group_size: int, groups:
             _summary(sent, [reader], f"{names} invented track names, the publisher answering each with "
                                             f"{groups} x {size(group_size)}: {len(set(served))} reached it, "
                                             f"{len(finished)} fully written ({refused(reader.requests)} refused by the relay)")
+
+        yield run
+
+
+# -- frames that never finish, on many group streams into the relay
+@contextlib.asynccontextmanager
+async def unfinished_frames(target: Target, *, streams: int, declared: int, partial: int) -> AsyncIterator[Prepared]:
+    """A publisher whose groups each start a frame of ``declared`` bytes and send only ``partial`` of it.
+
+    A second session subscribes through the relay, so the relay subscribes
+    to the publisher and reads every group it opens, waiting for each frame
+    to complete.
+    """
+    fed: list[int] = []
+    opening = asyncio.Lock()
+    feeding: set[asyncio.Task[None]] = set()
+
+    async def feed(group: Any) -> None:
+        chunk = b"z" * (256 * 1024)
+        for _ in range(partial // len(chunk)):
+            await group._send(b"", body=chunk)
+            fed.append(len(chunk))
+
+    async def unfinished(track: TrackWriter) -> None:
+        codec: Any = track.session.codec
+        for _ in range(streams):
+            async with opening:  # see invented_names
+                group = await track.open_group()
+            clock = group._clock
+            header = (codec.encode_frame_header(declared) if clock is None
+                      else codec.encode_timed_frame_header(declared, clock, int(time.time() * 1000)))
+            await group._send(header)
+            task = asyncio.ensure_future(feed(group))
+            feeding.add(task)
+            task.add_done_callback(feeding.discard)
+        await asyncio.Event().wait()
+
+    async with contextlib.AsyncExitStack() as stack:
+        publisher = TrackMux()
+        publisher.publish("big", unfinished)
+        await connect(target, stack, publisher)
+        viewer = await connect(target, stack)
+        await wait_announced(viewer, "big")
+        stack.callback(lambda: [task.cancel() for task in feeding])
+
+        async def run(sent: Sent) -> None:
+            sent.unit, sent.connections, sent.requests = "group streams", 2, streams
+            sent.extra.update(streams=streams, declared=declared)
+            subscribing = asyncio.ensure_future(viewer.subscribe("big", "video"))
+            stack.callback(subscribing.cancel)
+            deadline = asyncio.get_running_loop().time() + PUBLISH_TIMEOUT
+            while sum(fed) < streams * partial and not target.stopped() \
+                    and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - a deadline and a kill to watch
+                await asyncio.sleep(0.5)
+            sent.bytes = sum(fed)
+            await target.idle()
+            await asyncio.sleep(HOLD)
+            sent.summary = (f"a publisher opening {streams} groups, each a frame of {size(declared)} of which it sends "
+                            f"{size(partial)} ({size(sum(fed))} in all), while a viewer subscribes through the relay")
 
         yield run
 

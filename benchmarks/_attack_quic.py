@@ -242,6 +242,43 @@ async def dribbled_headers(port: int, sent: Sent, *, connections: int, budget: i
     sent.extra["taken"] = acked
 
 
+def _unacknowledged(quic: Any, stream_ids: list[int]) -> bool:
+    """Whether any of these streams has bytes the peer has not acknowledged yet."""
+    return any(quic._streams[s].sender._buffer_start < quic._streams[s].sender._buffer_stop
+               for s in stream_ids if s in quic._streams)
+
+
+async def held_headers(port: int, sent: Sent, *, streams: int, declared: int, hold: float) -> None:
+    """One connection opening ``streams`` request streams, each with a HEADERS frame of ``declared`` bytes, one short.
+
+    Every frame is under the server's cap, so it is buffered until complete,
+    which never happens: the server holds ``declared - 1`` bytes per stream
+    until its request-header deadline. ``hold`` seconds after the last byte
+    was acknowledged, the attacker leaves.
+    """
+    sent.requests, sent.unit, sent.connections, sent.streams = streams, "HEADERS", 1, streams
+    header = bytes([HEADERS_FRAME]) + encode_varint(declared)
+    body = b"q" * (declared - 1)
+    async with raw_clients(port, 1, "h3") as (client,):
+        quic: Any = client._quic
+        opened = []
+        for _ in range(streams):
+            stream_id = quic.get_next_available_stream_id()
+            quic.send_stream_data(stream_id, header + body)
+            opened.append(stream_id)
+            sent.bytes += len(header) + len(body)
+            client.transmit()
+            await asyncio.sleep(0)
+        deadline = time.monotonic() + 120
+        while client.closed is None and time.monotonic() < deadline and _unacknowledged(quic, opened):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # until the server acknowledged every byte (aioquic has no event for it)
+        taken = sum(int(quic._streams[s].sender._buffer_start) for s in opened if s in quic._streams)
+        await asyncio.sleep(hold)
+        ended = "still open" if client.closed is None else f"closed 0x{client.closed.error_code:x}"
+    sent.summary = (f"1 conn x {streams} request streams, each a HEADERS frame of {size(declared)} one byte short: "
+                    f"{size(sent.bytes)} written, {size(taken)} taken; the connection is {ended}")
+
+
 # -- H3: Initials from spoofed source ports
 def initial_datagram(port: int) -> bytes:
     """The first datagram of a fresh client: an Initial of at least 1200 bytes, with its own connection ids."""

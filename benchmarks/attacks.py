@@ -40,6 +40,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
@@ -98,6 +99,8 @@ INITIAL_CPU = 0.0005
 CPU_SLACK = 0.2
 """Seconds: CPU time is counted in 10 ms ticks, and timers and acknowledgements run meanwhile."""
 ATTACK_TIMEOUT = 240.0
+HELD_HEADER = MAX_HEADER_FRAME - 1024
+"""The HEADERS frames a slow client leaves unfinished: just under the server's cap, so they are buffered."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,18 @@ def _headers_bound(sent: Sent) -> Bound:
     cpu = CPU_SLACK + sent.connections * HANDSHAKE_CPU + taken / MIB * RECEIVE_CPU_PER_MIB
     return Bound(memory, f"{sent.connections} x {size(MAX_HEADER_FRAME)} MAX_HEADER_FRAME; CPU linear in bytes taken",
                  cpu)
+
+
+def _held_headers(target: Target) -> AbstractAsyncContextManager[moq.Prepared]:
+    streams = 200 if target.quick else 900
+    return _plain(lambda t, sent: quic.held_headers(t.port, sent, streams=streams, declared=HELD_HEADER,
+                                                    hold=moq.HOLD), target)
+
+
+def _held_headers_bound(sent: Sent) -> Bound:
+    memory = sent.streams * (MAX_HEADER_FRAME + STREAM_STATE) + CONNECTION_STATE + SLACK
+    return Bound(memory, f"{sent.streams} streams (max_streams_bidi {QUIC.max_streams_bidi}/conn) x "
+                         f"{size(MAX_HEADER_FRAME)} MAX_HEADER_FRAME, until header_timeout {QUIC.header_timeout:g} s")
 
 
 @contextlib.asynccontextmanager
@@ -217,6 +232,19 @@ def _names_bound(sent: Sent) -> Bound:
                          f"+ {size(QUIC.connection_receive_window)} unread upstream")
 
 
+def _unfinished(target: Target) -> AbstractAsyncContextManager[moq.Prepared]:
+    streams, partial = (8, 4 * MIB) if target.quick else (16, 8 * MIB)
+    return moq.unfinished_frames(target, streams=streams, declared=LIMITS.max_frame_size, partial=partial)
+
+
+def _unfinished_bound(sent: Sent) -> Bound:
+    streams = int(sent.extra["streams"])
+    memory = (streams * LIMITS.max_frame_size + QUIC.connection_receive_window + sent.connections * CONNECTION_STATE
+              + streams * STREAM_STATE + SLACK)
+    return Bound(memory, f"{streams} readers waiting for a frame x {size(LIMITS.max_frame_size)} max_frame_size "
+                         f"+ {size(QUIC.connection_receive_window)} connection_receive_window")
+
+
 def _subscriptions(target: Target) -> AbstractAsyncContextManager[moq.Prepared]:
     sessions, per_session = (1, 500) if target.quick else (2, 900)
     return moq.unread_subscriptions(target, sessions=sessions, per_session=per_session)
@@ -233,10 +261,12 @@ def _subscriptions_bound(sent: Sent) -> Bound:
 ATTACKS = (
     Attack("edge", "C1", "edge-of-window STREAM frames", _edge_frames, _edge_bound),
     Attack("headers", "H2", "HEADERS of 2^40 bytes, dribbled", _headers, _headers_bound),
+    Attack("slow-headers", "H2", "HEADERS just under the cap, never finished", _held_headers, _held_headers_bound),
     Attack("fetch", "C2", "FETCH of a cached group, never read", _fetch, _fetch_bound, app="_attack_app_fetch:moq",
            app_source=moq.FETCH_APP),
     Attack("announce", "H1/M4", "announce streams never read", _announce, _announce_bound),
     Attack("names", "H4", "invented track names via the relay", _names, _names_bound),
+    Attack("frames", "new", "unfinished frames into the relay", _unfinished, _unfinished_bound),
     Attack("initials", "H3", "Initials from spoofed ports", _initials, _initials_bound),
     Attack("subscriptions", "-", "subscriptions never read", _subscriptions, _subscriptions_bound),
 )
@@ -260,6 +290,10 @@ class Row:
     peak: int = 0
     """Highest resident set growth during the attack."""
     cpu: float = 0.0
+    attacker_cpu: float = 0.0
+    """CPU seconds this process (attacker, publishers, viewers) spent meanwhile: near the wall time, it was the limit."""
+    seconds: float = 0.0
+    """Wall time of the attack."""
     bound: int = 0
     bound_cpu: float | None = None
     formula: str = ""
@@ -336,8 +370,10 @@ async def run_one(attack: Attack, *, quick: bool, code: str, root: Path, app_dir
             await target.idle(timeout=10)
             server.reset_peak()
             row.baseline, cpu_before = server.rss(), server.cpu()
+            ours, started = time.process_time(), time.monotonic()
             with Monitor(server, ceiling) as monitor:
                 await _watched(prepared, sent, monitor, killed)
+                row.attacker_cpu, row.seconds = time.process_time() - ours, time.monotonic() - started
                 held = server.rss()
                 row.killed = monitor.killed
                 row.peak = max(monitor.highest, server.peak()) - row.baseline
@@ -392,6 +428,7 @@ def format_details(rows: list[Row]) -> str:
         if row.error is not None:
             continue
         lines.append(f"- {row.finding} {row.title} ({row.code}): {row.sent}")
+        lines.append(f"  {row.seconds:.1f} s; CPU: server {row.cpu:.2f} s, attacker {row.attacker_cpu:.2f} s")
         lines.append(f"  bound: {row.formula}, + state and {size(SLACK)} slack = {mib(row.bound)} MiB"
                      + (f"; CPU {row.bound_cpu:.2f} s" if row.bound_cpu is not None else ""))
         lines += [f"  {note}" for note in row.notes]
