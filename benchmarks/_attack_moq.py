@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -29,7 +31,9 @@ from moqt_asgi.protocol.versions import LITE_06_VERSION
 from moqt_asgi.protocol.wire import encode_varint
 from moqt_asgi.transport.base import BidiStream, ReceiveStream
 
+from . import _attack_viewer as viewer
 from ._attack_common import MIB, Sent, Target, size
+from ._attack_server import REPOSITORY
 
 Prepared = Callable[[Sent], Awaitable[None]]
 """Runs the attack once everything it needs is connected (the baseline is taken just before), recording what it
@@ -323,58 +327,66 @@ async def unfinished_frames(target: Target, *, streams: int, declared: int, part
 
 # -- subscriptions never read
 @contextlib.asynccontextmanager
-async def unread_subscriptions(target: Target, *, sessions: int, per_session: int, frame_size: int = 16 * 1024,
-                               frames_per_group: int = 25, interval: float = 0.02) -> AsyncIterator[Prepared]:
-    broadcast = Broadcast("live")
-    track = broadcast.create_track("video")
-    mux = TrackMux()
-    mux.publish("live", broadcast)
-    received = [0]
+async def viewer_process(target: Target) -> AsyncIterator[Callable[[], int]]:
+    """A live track and a viewer of it in a process of their own (:mod:`benchmarks._attack_viewer`): frames seen so far."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks._attack_viewer", target.url, target.fingerprint, cwd=REPOSITORY,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert process.stdin is not None and process.stdout is not None
+    stdout = process.stdout
+    seen = [0]
 
-    async def feed() -> None:
-        payload = b"v" * frame_size
-        while True:
-            group = track.append_group()
-            for _ in range(frames_per_group):
-                group.write_frame(payload)
-                await asyncio.sleep(interval)
-            group.finish()
+    async def read() -> None:
+        async for line in stdout:
+            if line.startswith(b"frames "):
+                seen[0] = int(line.split()[1])
 
-    async def watch(session: Session) -> None:
-        subscription = await session.subscribe("live", "video")
-        async for _ in subscription.frames():
-            received[0] += 1
+    reading = asyncio.ensure_future(read())
+    try:
+        yield lambda: seen[0]
+    finally:
+        process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 5)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        reading.cancel()
 
+
+async def rate(seen: Callable[[], int], seconds: float) -> float:
+    """Frames a second over the next ``seconds``."""
+    before = seen()
+    await asyncio.sleep(seconds)
+    return (seen() - before) / seconds
+
+
+@contextlib.asynccontextmanager
+async def unread_subscriptions(target: Target, *, sessions: int, per_session: int) -> AsyncIterator[Prepared]:
+    """Sessions subscribing again and again to a live track and reading nothing, while a viewer watches it."""
     async with contextlib.AsyncExitStack() as stack:
-        feeding = asyncio.ensure_future(feed())
-        stack.callback(feeding.cancel)
-        await connect(target, stack, mux)
-        viewer = await connect(target, stack)
-        await wait_announced(viewer, "live")
-        watching = asyncio.ensure_future(watch(viewer))
-        stack.callback(watching.cancel)
+        seen = await stack.enter_async_context(viewer_process(target))
+        deadline = asyncio.get_running_loop().time() + 20
+        while not seen() and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - a child's stdout
+            await asyncio.sleep(0.1)
         readers = await non_readers(target, stack, sessions)
-        calm = received[0]
-        await asyncio.sleep(VIEWER_WINDOW)  # the relay's upstream subscription and cache exist before the baseline
-        calm = received[0] - calm
+        calm = await rate(seen, VIEWER_WINDOW)  # the relay's upstream subscription and cache exist before the baseline
 
         async def run(sent: Sent) -> None:
-            sent.unit, sent.connections = "SUBSCRIBEs", sessions
+            sent.unit, sent.connections = "SUBSCRIBEs", sessions + 2
             sent.extra["subscriptions"] = sessions * per_session
             for reader in readers:
                 for _ in range(per_session):
                     await reader.subscribe("live", "video")
                     sent.requests += 1
             await asyncio.sleep(1.0)
-            viewed = received[0]
-            await asyncio.sleep(VIEWER_WINDOW)
-            viewed = received[0] - viewed
+            during = await rate(seen, VIEWER_WINDOW)
             await asyncio.sleep(max(0.0, HOLD - VIEWER_WINDOW))
-            sent.notes.append(f"a viewer of the same track through the relay got {calm / VIEWER_WINDOW:.0f} frames/s "
-                              f"before the attack and {viewed / VIEWER_WINDOW:.0f} frames/s during it "
-                              f"(published: {1 / interval:.0f}/s)")
+            sent.notes.append(f"a viewer of the same track through the relay (another process) got {calm:.0f} "
+                              f"frames/s before the attack and {during:.0f} frames/s during it "
+                              f"(published: {viewer.RATE}/s)")
             _summary(sent, readers, f"{sessions} sessions x {per_session} subscriptions to a live track "
-                                           f"({frame_size // 1024} KiB frames, {1 / interval:.0f}/s), never read; "
-                                           f"the server opened {sum(len(r.parked) for r in readers)} group streams")
+                                    f"({size(viewer.FRAME_SIZE)} frames, {viewer.RATE}/s), never read; the server "
+                                    f"opened {sum(len(r.parked) for r in readers)} group streams")
 
         yield run

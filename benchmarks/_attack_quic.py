@@ -30,7 +30,7 @@ from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, QuicEvent
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived, StreamReset
 from aioquic.quic.packet import QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicPacketBuilder
 
@@ -49,15 +49,19 @@ STABLE = 0.2
 
 
 class RawClient(QuicConnectionProtocol):
-    """An aioquic client that remembers how its connection ended."""
+    """An aioquic client that remembers how its connection ended and which streams the server reset."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.closed: ConnectionTerminated | None = None
+        self.reset: set[int] = set()
+        """Streams the server reset or asked us to stop sending on."""
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ConnectionTerminated):
             self.closed = event
+        elif isinstance(event, StreamReset | StopSendingReceived):
+            self.reset.add(event.stream_id)
 
 
 def client_configuration(alpn: str, **kwargs: Any) -> QuicConfiguration:
@@ -248,35 +252,45 @@ def _unacknowledged(quic: Any, stream_ids: list[int]) -> bool:
                for s in stream_ids if s in quic._streams)
 
 
-async def held_headers(port: int, sent: Sent, *, streams: int, declared: int, hold: float) -> None:
-    """One connection opening ``streams`` request streams, each with a HEADERS frame of ``declared`` bytes, one short.
+async def held_headers(port: int, sent: Sent, *, connections: int, streams: int, declared: int, hold: float) -> None:
+    """``connections`` connections at once, each opening ``streams`` request streams whose HEADERS frame of
+    ``declared`` bytes stops one byte short.
 
     Every frame is under the server's cap, so it is buffered until complete,
     which never happens: the server holds ``declared - 1`` bytes per stream
-    until its request-header deadline. ``hold`` seconds after the last byte
-    was acknowledged, the attacker leaves.
+    until its request-header deadline. ``hold`` seconds after the server
+    took the last byte, the attacker leaves.
     """
-    sent.requests, sent.unit, sent.connections, sent.streams = streams, "HEADERS", 1, streams
+    sent.requests, sent.unit = connections * streams, "HEADERS"
+    sent.connections, sent.streams = connections, connections * streams
     header = bytes([HEADERS_FRAME]) + encode_varint(declared)
     body = b"q" * (declared - 1)
-    async with raw_clients(port, 1, "h3") as (client,):
-        quic: Any = client._quic
-        opened = []
-        for _ in range(streams):
-            stream_id = quic.get_next_available_stream_id()
-            quic.send_stream_data(stream_id, header + body)
-            opened.append(stream_id)
-            sent.bytes += len(header) + len(body)
-            client.transmit()
-            await asyncio.sleep(0)
-        deadline = time.monotonic() + 120
-        while client.closed is None and time.monotonic() < deadline and _unacknowledged(quic, opened):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)  # until the server acknowledged every byte (aioquic has no event for it)
-        taken = sum(int(quic._streams[s].sender._buffer_start) for s in opened if s in quic._streams)
+    started = time.monotonic()
+    async with raw_clients(port, connections, "h3") as clients:
+
+        async def send_all(client: RawClient) -> list[int]:
+            quic: Any = client._quic
+            opened = []
+            for _ in range(streams):
+                stream_id = quic.get_next_available_stream_id()
+                quic.send_stream_data(stream_id, header + body)
+                opened.append(stream_id)
+                sent.bytes += len(header) + len(body)
+                client.transmit()
+                await asyncio.sleep(0)
+            deadline = time.monotonic() + 120
+            while client.closed is None and time.monotonic() < deadline and _unacknowledged(quic, opened):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # until the server took every byte (aioquic has no event for it)
+            return opened
+
+        opened = await asyncio.gather(*(send_all(client) for client in clients))
+        taken_in = time.monotonic() - started
         await asyncio.sleep(hold)
-        ended = "still open" if client.closed is None else f"closed 0x{client.closed.error_code:x}"
-    sent.summary = (f"1 conn x {streams} request streams, each a HEADERS frame of {size(declared)} one byte short: "
-                    f"{size(sent.bytes)} written, {size(taken)} taken; the connection is {ended}")
+        reset = sum(len(client.reset.intersection(ids)) for client, ids in zip(clients, opened, strict=True))
+        closed = sum(client.closed is not None for client in clients)
+    sent.summary = (f"{connections} conns x {streams} request streams, each a HEADERS frame of {size(declared)} one byte "
+                    f"short ({size(sent.bytes)}, taken in {taken_in:.1f} s); {reset} streams reset by the server "
+                    f"{hold:g} s later, {closed} connections closed")
 
 
 # -- H3: Initials from spoofed source ports
