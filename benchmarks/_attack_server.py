@@ -189,7 +189,10 @@ def code_at(revision: str) -> Iterator[tuple[Path, str]]:
                              check=True, capture_output=True).stdout
     with tempfile.TemporaryDirectory(prefix=f"moqt-asgi-{commit}-") as directory:
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(directory, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
+                tar.extractall(directory, filter="data")
+            else:  # pragma: no cover - our own repository's archive
+                tar.extractall(directory)
         root = Path(directory)
         check = subprocess.run([sys.executable, "-c", "import moqt_asgi; print(moqt_asgi.__file__)"], cwd=root,
                                env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, check=True)

@@ -258,7 +258,7 @@ def _names_bound(sent: Sent) -> Bound:
 
 
 def _unfinished(target: Target) -> AbstractAsyncContextManager[moq.Prepared]:
-    streams, partial = (8, 4 * MIB) if target.quick else (16, 8 * MIB)
+    streams, partial = (8, 4 * MIB) if target.quick else (16, 4 * MIB)
     return moq.unfinished_frames(target, streams=streams, declared=LIMITS.max_frame_size, partial=partial)
 
 
