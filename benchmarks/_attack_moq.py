@@ -9,8 +9,13 @@ hostile one would: the server can put one stream window per stream (and
 one connection window in all) into it, and must hold or drop the rest.
 
 The publishers the attacks need are sessions of ours too, connected to the
-served relay before the baseline is taken; a FETCH needs a server-side
-cached group, so that attack serves :data:`FETCH_APP` instead of the relay.
+served relay before the baseline is taken (the live track that unread
+subscriptions ask for, and a viewer of it, run in a process of their own:
+:mod:`benchmarks._attack_viewer`); a FETCH needs a server-side cached
+group, so that attack serves :data:`FETCH_APP` instead of the relay. Some
+attacks reach into the engine on purpose (a session's ``_serve_uni``, a
+group writer's ``_send``): that is how a hostile peer's bytes are written
+with our own client.
 """
 
 from __future__ import annotations
