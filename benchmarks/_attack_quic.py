@@ -34,8 +34,8 @@ from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingRece
 from aioquic.quic.packet import QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicPacketBuilder
 
-from moqt_asgi.netsim import packet_types
 from moqt_asgi.protocol.wire import encode_varint
+from moqt_asgi.testing.netsim import packet_types
 
 from ._attack_common import HOST, MIB, Sent, size
 

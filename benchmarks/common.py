@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moqt_asgi.certs import write_certificate
-from moqt_asgi.native import QuicSettings
+from moqt_asgi.endpoints.certs import write_certificate
+from moqt_asgi.endpoints.settings import QuicSettings
 
 HOST = "127.0.0.1"
 HIGH_WATER = 512 * 1024

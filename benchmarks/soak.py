@@ -9,7 +9,7 @@ announce another; subscribers watch the announcements, subscribe, read a
 few groups, unsubscribe and subscribe again, then leave. Most sessions use
 the in-memory transport (cheap, and the versions vary: lite-06, -04, -02);
 a share dials native QUIC over real UDP through a
-:class:`~moqt_asgi.netsim.UdpRelay` with mild loss and reordering. A steady
+:class:`~moqt_asgi.testing.netsim.UdpRelay` with mild loss and reordering. A steady
 publisher stays throughout.
 
 Every few seconds the resident set size (``VmRSS``), the number of asyncio
@@ -41,12 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moqt_asgi import Broadcast, MoQ, MoQError, QuicServer, QuicSettings, Session, TrackMux, TrackProducer, dial
-from moqt_asgi.handshake import start_client
-from moqt_asgi.mux import Announcement
-from moqt_asgi.netsim import UdpRelay
+from moqt_asgi.engine.handshake import start_client
+from moqt_asgi.engine.mux import Announcement
 from moqt_asgi.protocol.versions import LITE_02_VERSION, LITE_04_VERSION, LITE_06_VERSION, Version
 from moqt_asgi.relay import Relay
 from moqt_asgi.serving import serve_connection
+from moqt_asgi.testing.netsim import UdpRelay
 from moqt_asgi.transport.memory import memory_pair
 
 from .common import Certificate, temporary_certificate

@@ -1,6 +1,6 @@
 """Time to the first frame on a fresh connection, over a relay that adds a round-trip time.
 
-Each dial goes through a :class:`~moqt_asgi.netsim.UdpRelay` that delays
+Each dial goes through a :class:`~moqt_asgi.testing.netsim.UdpRelay` that delays
 every datagram by half the RTT. A moqt-asgi run dials, subscribes, and
 stops the clock when the first frame arrives; the baseline is plain aioquic
 doing the least an application can: connect, send one byte on a stream,
@@ -32,8 +32,8 @@ from aioquic.quic import events
 from aioquic.tls import SessionTicket
 
 from moqt_asgi import ClientTicketStore, MoQ, QuicServer, QuicSettings, SessionTicketStore, TrackWriter, dial
-from moqt_asgi.netsim import UdpRelay
 from moqt_asgi.protocol.versions import LITE_04_VERSION, LITE_06_VERSION, Version
+from moqt_asgi.testing.netsim import UdpRelay
 
 from .common import HOST, Certificate
 

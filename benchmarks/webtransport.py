@@ -49,8 +49,8 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
 from moqt_asgi import MoQ, QuicServer, dial
-from moqt_asgi.native import QuicSettings
-from moqt_asgi.webtransport.client import WebTransportClientProtocol
+from moqt_asgi.endpoints.dial_webtransport import WebTransportClientProtocol
+from moqt_asgi.endpoints.settings import QuicSettings
 
 from .common import HIGH_WATER, HOST, Certificate, RunOnce, Sample, Workload, quic_settings
 from .native import BROADCAST, SUBSCRIBER_LIMITS, Source, subscribe_once

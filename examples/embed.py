@@ -44,7 +44,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from moqt_asgi import MoQ
-from moqt_asgi.certs import certificate_fingerprint
+from moqt_asgi.endpoints.certs import certificate_fingerprint
 
 from .clock import moq as clock_moq  # broadcast "clock", track "seconds"; the ticker runs from its startup hook
 

@@ -23,7 +23,7 @@ back when it leaves). Do not put an open relay on the internet.
 from __future__ import annotations
 
 from moqt_asgi import MoQ
-from moqt_asgi.auth import Authenticator
+from moqt_asgi.auth.tokens import Authenticator
 from moqt_asgi.relay import Relay
 
 relay = Relay()

@@ -1,11 +1,17 @@
 """moqt-asgi: Media over QUIC (moq-lite) for Python, native QUIC and ASGI."""
 
-from .announce import AnnouncementReader
 from .app import MoQ, accept_all
-from .auth import Authenticator, AuthError, Grant
+from .auth.tokens import Authenticator, AuthError, Grant
 from .client import Client, dial
-from .mux import Announcement, TrackHandler, TrackMux
-from .native import QuicServer, QuicSettings, dial_quic
+from .endpoints.dial_quic import dial_quic
+from .endpoints.dial_webtransport import dial_webtransport
+from .endpoints.quic_server import QuicServer
+from .endpoints.tickets import ClientTicketStore, SessionTicketStore
+from .endpoints.tls import TLSConfig, TLSConfigError
+from .engine.announce import AnnouncementReader
+from .engine.mux import Announcement, TrackHandler, TrackMux
+from .engine.session import Session
+from .engine.track import GroupReader, GroupWriter, TrackReader, TrackWriter
 from .producer import Broadcast, GroupProducer, TrackConsumer, TrackProducer, serve_producer
 from .protocol.errors import (
     ErrorCode,
@@ -20,11 +26,8 @@ from .protocol.limits import Limits
 from .request import SetupRequest
 from .routing import Route
 from .server import Server, ServerClosed, default_router, handle, handle_func, new_router
-from .session import Session
-from .tickets import ClientTicketStore, SessionTicketStore
-from .tls import TLSConfig, TLSConfigError
-from .track import GroupReader, GroupWriter, TrackReader, TrackWriter
-from .webtransport import WebTransportSession, dial_webtransport
+from .transport.settings import QuicSettings
+from .webtransport import WebTransportSession
 from .webtransport import install as install_webtransport
 
 install_webtransport()  # Hypercorn serves WebTransport once the app module has imported moqt_asgi

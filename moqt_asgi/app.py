@@ -12,8 +12,8 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from .auth import Authenticator, AuthError, Grant
-from .mux import TrackMux
+from .auth.tokens import Authenticator, AuthError, Grant
+from .engine.mux import TrackMux
 from .protocol.limits import DEFAULT_LIMITS, Limits
 from .protocol.versions import ALPN_LITE, DEFAULT_VERSIONS, Version, choose_alpn, ordered, protocols_for
 from .request import SetupRequest
@@ -259,7 +259,7 @@ class MoQ:
         if protocol is not None:
             accept["subprotocol"] = protocol  # the wt-protocol response header
         await send(accept)
-        from .serving import serve_connection  # serving imports this module
+        from .serving import serve_connection
         from .stopping import stop_on_shutdown
 
         target = f"{path}?{query}" if query else path

@@ -15,15 +15,15 @@ from collections.abc import Callable
 from typing import Any
 
 from .app import MoQ
-from .certs import write_certificate
 from .client import dial
-from .mux import TrackMux
-from .native import QuicSettings
+from .endpoints.certs import write_certificate
+from .engine.mux import TrackMux
+from .engine.session import Session
 from .producer import Broadcast
 from .protocol.errors import MoQError
 from .protocol.versions import ALL_VERSIONS, DEFAULT_VERSIONS, Version
 from .server import Server
-from .session import Session
+from .transport.settings import QuicSettings
 
 
 def load_app(target: str) -> MoQ:

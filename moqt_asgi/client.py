@@ -1,10 +1,10 @@
 """One client entry point for every transport: ``dial(url)`` → a running MoQ :class:`Session`.
 
-``moql://`` and ``moqt://`` dial native QUIC (:func:`~moqt_asgi.native.dial_quic`);
+``moql://`` and ``moqt://`` dial native QUIC (:func:`~moqt_asgi.endpoints.dial_quic`);
 ``https://`` dials WebTransport over HTTP/3
-(:func:`~moqt_asgi.webtransport.client.dial_webtransport`). Both take the
+(:func:`~moqt_asgi.endpoints.dial_webtransport.dial_webtransport`). Both take the
 same TLS options: the ``fingerprint``/``cafile``/``insecure`` shortcuts, and
-``tls`` (a :class:`~moqt_asgi.tls.TLSConfig` or an :class:`ssl.SSLContext`)
+``tls`` (a :class:`~moqt_asgi.endpoints.tls.TLSConfig` or an :class:`ssl.SSLContext`)
 for everything else.
 """
 
@@ -19,16 +19,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .mux import TrackMux
-from .native import NATIVE_SCHEMES, QuicSettings, dial_quic, parse_url
+from .endpoints.dial_quic import dial_quic
+from .endpoints.dial_webtransport import dial_webtransport
+from .endpoints.settings import NATIVE_SCHEMES, parse_url
+from .endpoints.tickets import ClientTicketStore
+from .endpoints.tls import TLSConfig
+from .engine.mux import TrackMux
+from .engine.session import Session
 from .protocol.errors import MoQError, SessionClosed
 from .protocol.limits import DEFAULT_LIMITS, Limits
 from .protocol.versions import DEFAULT_VERSIONS, Version
-from .session import Session
 from .stopping import drain, send_goaway
-from .tickets import ClientTicketStore
-from .tls import TLSConfig
-from .webtransport.client import dial_webtransport
+from .transport.settings import QuicSettings
 
 logger = logging.getLogger("moqt_asgi.client")
 
@@ -53,7 +55,7 @@ async def dial(url: str, *, mux: TrackMux | None = None, fingerprint: str | None
     The port is required (a URL without one raises :class:`MoQError` at
     once). The server certificate is checked against ``fingerprint``
     (SHA-256 hex), ``cafile``, or the system roots, unless ``insecure``.
-    ``tls`` (a :class:`~moqt_asgi.tls.TLSConfig` or an :class:`ssl.SSLContext`)
+    ``tls`` (a :class:`~moqt_asgi.endpoints.tls.TLSConfig` or an :class:`ssl.SSLContext`)
     gives the other TLS options: CA directory or data, another server name,
     cipher suites, a key log file; the shortcuts fill in what it leaves unset
     (a different value in both places is an error).
@@ -61,9 +63,9 @@ async def dial(url: str, *, mux: TrackMux | None = None, fingerprint: str | None
     native QUIC has no headers, so passing some with a ``moql://`` URL is
     an error.
 
-    ``tickets`` (a :class:`~moqt_asgi.tickets.ClientTicketStore`) keeps the
+    ``tickets`` (a :class:`~moqt_asgi.endpoints.tickets.ClientTicketStore`) keeps the
     server's TLS session ticket so the next dial to the same host and port
-    resumes, with 0-RTT early data if ``quic.allow_0rtt`` (see :mod:`moqt_asgi.tickets`).
+    resumes, with 0-RTT early data if ``quic.allow_0rtt`` (see :mod:`moqt_asgi.endpoints.tickets`).
     """
     scheme, _, _, _ = parse_url(url)
     if scheme == "https":
@@ -101,7 +103,7 @@ class Client:
 
     ``dial_quic_func`` / ``dial_webtransport_func`` replace the dialers for
     ``moql://`` / ``https://`` URLs (same keyword arguments as
-    :func:`~moqt_asgi.native.dial_quic` / ``dial_webtransport``).
+    :func:`~moqt_asgi.endpoints.dial_quic` / ``dial_webtransport``).
     ``on_goaway(session, uri)`` is called when a server sends GOAWAY (see
     :meth:`reconnect`); stop with :meth:`close` or :meth:`shutdown`.
     """
@@ -113,7 +115,7 @@ class Client:
     insecure: bool = False
     """Accept any certificate (a shortcut, as ``fingerprint``). For tests only."""
     tls: TLSConfig | ssl.SSLContext | None = None
-    """The other TLS options: a :class:`~moqt_asgi.tls.TLSConfig`, or an :class:`ssl.SSLContext` (its
+    """The other TLS options: a :class:`~moqt_asgi.endpoints.tls.TLSConfig`, or an :class:`ssl.SSLContext` (its
     verify mode, CA certificates and key log file are carried over). The shortcuts fill
     in what it leaves unset; a different value in both places is an error at :meth:`dial`. The dial
     functions get it as ``tls=`` (only when set)."""

@@ -18,13 +18,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from .paths import normalize_path
+from .engine.track import DEFAULT_TIMESCALE
 from .protocol.errors import ErrorCode, MoQError, SessionClosed, StreamError
 from .protocol.messages import TrackInfo
-from .track import DEFAULT_TIMESCALE
+from .protocol.paths import normalize_path
 
 if TYPE_CHECKING:
-    from .track import TrackWriter
+    from .engine.track import TrackWriter
 
 DEFAULT_CACHED_GROUPS = 2
 DEFAULT_MAX_GROUP_BYTES = 64 * 1024 * 1024

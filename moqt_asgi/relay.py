@@ -50,16 +50,16 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from . import subscriber
-from .mux import Announcement, TrackMux
-from .paths import has_prefix, join_path, normalize_path
+from .engine import _subscriber as subscriber
+from .engine.mux import Announcement, TrackMux
+from .engine.session import Session
+from .engine.track import DEFAULT_TIMESCALE, GroupReader, TrackReader, TrackWriter
 from .producer import ByteBudget, FetchedGroup, GroupProducer, TrackProducer, serve_producer
 from .protocol.errors import ErrorCode, MoQError, SessionClosed, StreamError
 from .protocol.lite_wire import MAX_HOPS
 from .protocol.messages import TrackInfo
+from .protocol.paths import has_prefix, join_path, normalize_path
 from .request import SetupRequest
-from .session import Session
-from .track import DEFAULT_TIMESCALE, GroupReader, TrackReader, TrackWriter
 
 logger = logging.getLogger("moqt_asgi.relay")
 

@@ -6,10 +6,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .auth import Grant
-from .mux import TrackMux
+from .auth.tokens import Grant
+from .engine.mux import TrackMux
+from .engine.session import Session
 from .protocol.errors import APPLICATION_CODE_BASE, ErrorCode, MoQError
-from .session import Session
 
 Transport = Literal["quic", "webtransport", "memory"]
 

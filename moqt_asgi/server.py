@@ -24,17 +24,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .app import MoQ
-from .native import QuicServer, QuicSettings
+from .endpoints.quic_server import QuicServer
+from .endpoints.tickets import SessionTicketStore
+from .endpoints.tls import TLSConfig, server_tls
+from .engine.session import Session
 from .protocol.errors import MoQError
 from .protocol.limits import Limits
 from .protocol.versions import Version
 from .routing import SetupHandler
 from .serving import serve_connection
-from .session import Session
 from .stopping import CLOSE_GRACE, drain, send_goaway, session_idle
-from .tickets import SessionTicketStore
-from .tls import TLSConfig, server_tls
 from .transport.base import Connection
+from .transport.settings import QuicSettings
 
 logger = logging.getLogger("moqt_asgi.server")
 
@@ -84,7 +85,7 @@ class Server:
     keyfile: str | None = None
     """PEM private key (a shortcut, as ``certfile``)."""
     tls: TLSConfig | ssl.SSLContext | None = None
-    """Certificate and TLS options: a :class:`~moqt_asgi.tls.TLSConfig` (files, or ``cryptography``
+    """Certificate and TLS options: a :class:`~moqt_asgi.endpoints.tls.TLSConfig` (files, or ``cryptography``
     objects), or an :class:`ssl.SSLContext`, which cannot give its certificate back and so needs
     ``certfile``/``keyfile`` too. ``certfile``/``keyfile`` fill in what it leaves unset; a different
     value in both places is an error. Checked by :meth:`start`, before anything binds."""
@@ -160,7 +161,7 @@ class Server:
         """Bind ``addr`` and start accepting connections (returns at once).
 
         TLS settings are read and checked first: a bad one raises
-        :class:`~moqt_asgi.tls.TLSConfigError` before anything binds.
+        :class:`~moqt_asgi.endpoints.tls.TLSConfigError` before anything binds.
         """
         if self._state == "serving":
             raise ServerClosed("the server was already started")

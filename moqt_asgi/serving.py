@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import unquote
 
 from .app import MoQ
-from .auth import Grant
-from .handshake import (
+from .auth.tokens import Grant
+from .engine._reader import StreamReader
+from .engine.handshake import (
     SetupOffer,
     read_client_setup,
     read_lite_setup,
@@ -24,7 +25,8 @@ from .handshake import (
     send_lite_setup,
     send_server_setup,
 )
-from .mux import TrackMux
+from .engine.mux import TrackMux
+from .engine.session import STOP_TIMEOUT, Session, abandon_after
 from .protocol.codes import GOMOQT_SETUP_CODES, SCOPED_CODES
 from .protocol.errors import ErrorCode, ProtocolError, SessionClosed, StreamError
 from .protocol.limits import Limits
@@ -40,9 +42,7 @@ from .protocol.versions import (
     version_by_alpn,
     version_name,
 )
-from .reader import StreamReader
 from .request import Acceptor, SetupRequest, Transport, status_to_code
-from .session import STOP_TIMEOUT, Session, abandon_after
 from .transport.base import BidiStream, Connection
 
 logger = logging.getLogger("moqt_asgi.server")

@@ -5,7 +5,7 @@ stop their sessions with :func:`send_goaway` and :func:`drain`;
 :func:`stop_session` stops one session the same way.
 
 A server that is not a :class:`~moqt_asgi.server.Server` (Hypercorn, with
-WebTransport added by :mod:`moqt_asgi.webtransport.hypercorn_patch`) tells
+WebTransport added by :mod:`moqt_asgi.webtransport.hypercorn`) tells
 each WebTransport session that it is stopping
 (:meth:`~moqt_asgi.webtransport.session.WebTransportSession.request_shutdown`).
 The :class:`~moqt_asgi.app.MoQ` app then stops the MoQ session on it with
@@ -20,10 +20,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from .engine.session import Session
 from .protocol.codes import goaway_timeout_code
 from .protocol.errors import SessionClosed
 from .serving import SessionHook, session_hook
-from .session import Session
 
 logger = logging.getLogger("moqt_asgi.server")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from moqt_asgi.certs import write_certificate
+from moqt_asgi.endpoints.certs import write_certificate
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_DIR = ROOT / "tests" / "token"

@@ -7,15 +7,15 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from moqt_asgi.app import MoQ
-from moqt_asgi.handshake import start_client
-from moqt_asgi.mux import TrackMux
-from moqt_asgi.native import QuicServer
+from moqt_asgi.endpoints.quic_server import QuicServer
+from moqt_asgi.engine.handshake import start_client
+from moqt_asgi.engine.mux import TrackMux
+from moqt_asgi.engine.session import Session
+from moqt_asgi.engine.track import TrackWriter
 from moqt_asgi.protocol.limits import DEFAULT_LIMITS, Limits
 from moqt_asgi.protocol.versions import ALPN_GOMOQT, GOMOQT_DIALECT, SETUP_VERSIONS, Version
 from moqt_asgi.request import SetupRequest
 from moqt_asgi.serving import serve_connection
-from moqt_asgi.session import Session
-from moqt_asgi.track import TrackWriter
 from moqt_asgi.transport.memory import MemoryConnection, memory_pair
 
 

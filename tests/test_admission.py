@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from moqt_asgi import MoQ, Server, SetupRejected, SetupRequest, TrackWriter, dial
-from moqt_asgi.handshake import start_client
+from moqt_asgi.engine.handshake import start_client
 from moqt_asgi.protocol.errors import ErrorCode, MoQError, SessionClosed
 from moqt_asgi.protocol.limits import DEFAULT_LIMITS
 from moqt_asgi.protocol.versions import LITE_02_VERSION, LITE_06_VERSION, SETUP_VERSIONS

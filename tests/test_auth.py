@@ -25,7 +25,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from moqt_asgi.auth import (
+from moqt_asgi.auth.jwk import b64url_decode, b64url_encode, parse_json
+from moqt_asgi.auth.tokens import (
     MAX_TOKEN_LENGTH,
     Authenticator,
     AuthError,
@@ -39,7 +40,6 @@ from moqt_asgi.auth import (
     query_token,
     sign_token,
 )
-from moqt_asgi.jwk import b64url_decode, b64url_encode, parse_json
 
 from .conftest import TokenTools
 

@@ -23,9 +23,9 @@ import moq
 import pytest
 
 from moqt_asgi import Broadcast, SetupRejected, TrackMux, dial
+from moqt_asgi.engine.session import Session
 from moqt_asgi.protocol.errors import ErrorCode, MoQError, SessionClosed, SubscribeError
 from moqt_asgi.protocol.scoped_codes import SessionCode
-from moqt_asgi.session import Session
 
 from .conftest import ROOT, Certs, TokenTools
 

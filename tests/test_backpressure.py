@@ -17,6 +17,9 @@ from typing import Any, TypeVar
 import pytest
 
 from moqt_asgi import Broadcast, MoQ
+from moqt_asgi.engine._publisher import _BATCH
+from moqt_asgi.engine._scheduler import CHUNK, DEFAULT_HIGH_WATER
+from moqt_asgi.engine.session import Session
 from moqt_asgi.protocol.errors import ErrorCode, StreamError
 from moqt_asgi.protocol.limits import DEFAULT_LIMITS, Limits
 from moqt_asgi.protocol.lite_wire import LiteBidi
@@ -30,9 +33,6 @@ from moqt_asgi.protocol.versions import (
     Version,
 )
 from moqt_asgi.protocol.wire import encode_varint
-from moqt_asgi.publisher import _BATCH
-from moqt_asgi.scheduler import CHUNK, DEFAULT_HIGH_WATER
-from moqt_asgi.session import Session
 from moqt_asgi.transport.base import BidiStream
 from moqt_asgi.transport.memory import MemoryConnection
 
@@ -279,7 +279,7 @@ class _Congested:
 
 
 async def test_a_write_the_transport_refuses_fails_the_writer_not_the_callback() -> None:
-    from moqt_asgi.scheduler import SendScheduler
+    from moqt_asgi.engine._scheduler import SendScheduler
 
     connection = _Congested()
     stream = _ResetUnderUs()
@@ -295,7 +295,7 @@ async def test_a_write_the_transport_refuses_fails_the_writer_not_the_callback()
 async def test_a_write_to_a_stream_aioquic_reset_under_us_is_a_stream_error(certs: Any) -> None:
     """aioquic resets a sending stream itself (on STOP_SENDING) and then raises RuntimeError on write."""
     from moqt_asgi import dial
-    from moqt_asgi.native import QuicServer
+    from moqt_asgi.endpoints.quic_server import QuicServer
     from moqt_asgi.transport.quic import QuicTransport
 
     async with QuicServer(MoQ(), host="127.0.0.1", port=0, certfile=str(certs.cert), keyfile=str(certs.key)) as server:

@@ -17,7 +17,10 @@ from typing import Any, TypeVar
 import pytest
 
 from moqt_asgi import Broadcast, MoQ
-from moqt_asgi.handshake import client_setup
+from moqt_asgi.engine._reader import StreamReader
+from moqt_asgi.engine.handshake import client_setup
+from moqt_asgi.engine.session import Session
+from moqt_asgi.engine.track import TrackReader, TrackWriter
 from moqt_asgi.protocol.errors import (
     ErrorCode,
     ProtocolError,
@@ -31,10 +34,7 @@ from moqt_asgi.protocol.lite import LITE_02, Codec, frame_message
 from moqt_asgi.protocol.messages import AnnounceInit, GroupHeader, Subscribe
 from moqt_asgi.protocol.setup import SetupFraming, decode_client_setup
 from moqt_asgi.protocol.wire import encode_varint
-from moqt_asgi.reader import StreamReader
 from moqt_asgi.serving import serve_connection
-from moqt_asgi.session import Session
-from moqt_asgi.track import TrackReader, TrackWriter
 from moqt_asgi.transport.base import BidiStream, ReceiveStream, SendStream
 from moqt_asgi.transport.memory import MemoryConnection, memory_pair
 

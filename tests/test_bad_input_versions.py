@@ -42,9 +42,14 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
 from moqt_asgi import Broadcast, MoQ
-from moqt_asgi.announce import AnnouncementReader
-from moqt_asgi.handshake import client_setup, start_client
-from moqt_asgi.native import QuicServer, dial_quic
+from moqt_asgi.endpoints.dial_quic import dial_quic
+from moqt_asgi.endpoints.quic_server import QuicServer
+from moqt_asgi.engine._reader import StreamReader
+from moqt_asgi.engine._subscriber import MAX_DROP_NOTICES
+from moqt_asgi.engine.announce import AnnouncementReader
+from moqt_asgi.engine.handshake import client_setup, start_client
+from moqt_asgi.engine.session import Session
+from moqt_asgi.engine.track import TrackReader
 from moqt_asgi.producer import TrackProducer
 from moqt_asgi.protocol.codes import SCOPED_CODES, ScopedErrorCodes, app_to_http
 from moqt_asgi.protocol.errors import ErrorCode, ProtocolError, StreamError
@@ -79,11 +84,7 @@ from moqt_asgi.protocol.versions import (
     features_of,
 )
 from moqt_asgi.protocol.wire import MAX_VARINT, decode_varint, encode_string, encode_varint
-from moqt_asgi.reader import StreamReader
 from moqt_asgi.serving import serve_connection
-from moqt_asgi.session import Session
-from moqt_asgi.subscriber import MAX_DROP_NOTICES
-from moqt_asgi.track import TrackReader
 from moqt_asgi.transport.base import BidiStream, ReceiveStream, SendStream
 from moqt_asgi.transport.memory import memory_pair
 

@@ -14,7 +14,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from moqt_asgi import MoQ, QuicServer, dial_quic
-from moqt_asgi.certs import ANTI_AMPLIFICATION_BUDGET, CERT_CHAIN_WARN_BYTES, certificate_chain_size, write_certificate
+from moqt_asgi.endpoints.certs import (
+    ANTI_AMPLIFICATION_BUDGET,
+    CERT_CHAIN_WARN_BYTES,
+    certificate_chain_size,
+    write_certificate,
+)
 
 from .conftest import Certs
 
@@ -62,10 +67,10 @@ def test_chain_size_counts_every_certificate(rsa_chain: tuple[Path, Path], certs
 async def test_large_chain_warns_on_start(rsa_chain: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
     cert, key = rsa_chain
     server = QuicServer(MoQ(), host="127.0.0.1", port=0, certfile=str(cert), keyfile=str(key))
-    with caplog.at_level(logging.WARNING, logger="moqt_asgi.native"):
+    with caplog.at_level(logging.WARNING, logger="moqt_asgi.endpoints"):
         await server.start()
     try:
-        warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "moqt_asgi.native"]
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "moqt_asgi.endpoints"]
         assert len(warnings) == 1
         message = warnings[0].getMessage()
         assert f"{certificate_chain_size(cert)} bytes" in message

@@ -21,10 +21,10 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 from moqt_asgi import MoQ, QuicServer, QuicSettings, Session, dial
-from moqt_asgi.netsim import UdpRelay, packet_types
 from moqt_asgi.protocol.errors import MoQError
+from moqt_asgi.testing.netsim import UdpRelay, packet_types
 from moqt_asgi.transport.admission import Admission, AdmissionPolicy
-from moqt_asgi.webtransport import hypercorn_patch
+from moqt_asgi.webtransport import hypercorn as hypercorn_patch
 from moqt_asgi.webtransport.hypercorn_quic import WebTransportQuicConnection
 
 from .conftest import Certs

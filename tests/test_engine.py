@@ -7,23 +7,14 @@ from collections.abc import Callable
 
 import pytest
 
-from moqt_asgi import (
-    Broadcast,
-    ErrorCode,
-    MoQ,
-    SetupRejected,
-    StreamError,
-    SubscribeError,
-    TrackMux,
-    TrackWriter,
-)
-from moqt_asgi.handshake import client_setup
+from moqt_asgi import Broadcast, ErrorCode, MoQ, SetupRejected, StreamError, SubscribeError, TrackMux, TrackWriter
+from moqt_asgi.engine._scheduler import SendScheduler
+from moqt_asgi.engine.handshake import client_setup
 from moqt_asgi.protocol.errors import SessionClosed
 from moqt_asgi.protocol.limits import DEFAULT_LIMITS
 from moqt_asgi.protocol.lite import LITE_01, LITE_02
 from moqt_asgi.protocol.setup import SetupFraming
 from moqt_asgi.protocol.versions import LITE_01_VERSION
-from moqt_asgi.scheduler import SendScheduler
 from moqt_asgi.serving import serve_connection
 from moqt_asgi.transport.memory import memory_pair
 
@@ -195,7 +186,7 @@ async def test_lite01_only_client_gets_lite01_and_priority_in_subscribe_ok() -> 
     serving = asyncio.ensure_future(serve_connection(app, server_conn, transport="memory"))
     codec, stream, reader = await client_setup(client_conn, DEFAULT_LIMITS, path="/", versions=(LITE_01_VERSION,))
     assert codec.version == LITE_01
-    from moqt_asgi.session import Session
+    from moqt_asgi.engine.session import Session
 
     session = Session(client_conn, codec, limits=DEFAULT_LIMITS, is_client=True, session_stream=(stream, reader))
     session.start()

@@ -15,14 +15,7 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
 from moqt_asgi.protocol import scoped_codes
-from moqt_asgi.protocol.codes import (
-    FLAT_CODES,
-    GOMOQT_CODES,
-    SCOPED_CODES,
-    ErrorCodes,
-    app_to_http,
-    http_to_app,
-)
+from moqt_asgi.protocol.codes import FLAT_CODES, GOMOQT_CODES, SCOPED_CODES, ErrorCodes, app_to_http, http_to_app
 from moqt_asgi.protocol.errors import ErrorCode, SessionClosed, StreamError
 from moqt_asgi.protocol.gomoqt import GomoqtCodec, GroupCode, SubscribeCode
 from moqt_asgi.protocol.gomoqt import SessionCode as GomoqtSessionCode

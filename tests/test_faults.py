@@ -1,6 +1,6 @@
 """Network faults on a real path: loss, reordering, duplication, a rate cap, and a peer that vanishes.
 
-Everything runs over UDP on 127.0.0.1 through :class:`~moqt_asgi.netsim.UdpRelay`
+Everything runs over UDP on 127.0.0.1 through :class:`~moqt_asgi.testing.netsim.UdpRelay`
 (a seeded user-space emulator), on native QUIC (``moql://``) and on
 WebTransport (``https://`` to the same :class:`QuicServer` port), through the
 relay app (``Relay()`` + ``MoQ(mux=relay.mux)`` + route ``/{path:path}``).
@@ -29,9 +29,9 @@ from moqt_asgi import (
     TrackWriter,
     dial,
 )
-from moqt_asgi.mux import Announcement
-from moqt_asgi.netsim import Link, UdpRelay
+from moqt_asgi.engine.mux import Announcement
 from moqt_asgi.relay import Relay
+from moqt_asgi.testing.netsim import Link, UdpRelay
 
 from .conftest import Certs
 

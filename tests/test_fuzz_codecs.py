@@ -145,7 +145,7 @@ def test_corpus_is_not_empty() -> None:
 
 def test_harness_reports_a_decoder_that_trusts_a_length(monkeypatch: pytest.MonkeyPatch) -> None:
     """A reader that skipped the size check would wait for 2**60 bytes: reported, not awaited."""
-    from moqt_asgi.reader import StreamReader
+    from moqt_asgi.engine._reader import StreamReader
 
     from .fuzzing.harness import UnexpectedFailure
 

@@ -25,13 +25,13 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
 from moqt_asgi import Broadcast, MoQ, SetupRequest, SubscribeError, TrackMux, TrackProducer, dial, serving
-from moqt_asgi.handshake import SetupOffer, read_client_setup
+from moqt_asgi.engine.handshake import SetupOffer, read_client_setup
+from moqt_asgi.engine.session import Session
 from moqt_asgi.protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, SetupRejected, StreamError
 from moqt_asgi.protocol.gomoqt import GOMOQT_VERSION, SessionCode, SubscribeCode
 from moqt_asgi.protocol.setup import PARAM_PATH, SetupFraming
 from moqt_asgi.protocol.versions import GOMOQT_DIALECT, LITE_02_VERSION
 from moqt_asgi.serving import serve_connection
-from moqt_asgi.session import Session
 from moqt_asgi.transport.memory import memory_pair
 
 from .conftest import Certs

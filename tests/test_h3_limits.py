@@ -23,10 +23,10 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived, StreamReset
 
 from moqt_asgi import MoQ, QuicServer, QuicSettings
-from moqt_asgi.netsim import UdpRelay
 from moqt_asgi.protocol.wire import encode_varint
+from moqt_asgi.testing.netsim import UdpRelay
 from moqt_asgi.webtransport import h3 as h3_module
-from moqt_asgi.webtransport import hypercorn_patch
+from moqt_asgi.webtransport import hypercorn as hypercorn_patch
 from moqt_asgi.webtransport.capsules import CapsuleError, CapsuleParser
 from moqt_asgi.webtransport.h3 import MAX_HEADER_FRAME, WebTransportH3Connection
 

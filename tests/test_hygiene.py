@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from moqt_asgi import Broadcast, Client, MoQ, Server, SetupRequest, TrackMux, dial
-from moqt_asgi.certs import write_certificate
 from moqt_asgi.cli import printable
+from moqt_asgi.endpoints.certs import write_certificate
 from moqt_asgi.protocol.versions import LITE_06_VERSION
 
 from .conftest import ROOT, Certs

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from moqt_asgi import MoQ, QuicServer
-from moqt_asgi.webtransport.native_h3 import RESPONSE_HIGH_WATER
+from moqt_asgi.webtransport.h3_server import RESPONSE_HIGH_WATER
 from moqt_asgi.webtransport.session import WebTransportSession
 
 from .conftest import Certs

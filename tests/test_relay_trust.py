@@ -18,15 +18,15 @@ from typing import Any
 import pytest
 
 from moqt_asgi import Broadcast, MoQ, TrackMux, TrackWriter
-from moqt_asgi.auth import Authenticator, KeySet, sign_token
-from moqt_asgi.jwk import Key, generate_key
+from moqt_asgi.auth.jwk import Key, generate_key
+from moqt_asgi.auth.tokens import Authenticator, KeySet, sign_token
+from moqt_asgi.engine.session import Session
+from moqt_asgi.engine.track import TrackReader
 from moqt_asgi.producer import TrackProducer
 from moqt_asgi.protocol.errors import ErrorCode, SubscribeError
 from moqt_asgi.protocol.scoped_codes import SessionCode
 from moqt_asgi.protocol.versions import LITE_02_VERSION, LITE_04_VERSION, LITE_05_VERSION, LITE_06_VERSION, Version
 from moqt_asgi.relay import Relay, RelayLimits
-from moqt_asgi.session import Session
-from moqt_asgi.track import TrackReader
 
 from .helpers import memory_sessions
 

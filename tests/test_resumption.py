@@ -12,10 +12,10 @@ import pytest
 from aioquic.tls import CipherSuite, SessionTicket
 
 from moqt_asgi import ClientTicketStore, QuicServer, QuicSettings, Session, SessionTicketStore, dial
-from moqt_asgi.native import trust_label
+from moqt_asgi.endpoints.dial_webtransport import WebTransportClientProtocol
+from moqt_asgi.endpoints.settings import trust_label
 from moqt_asgi.protocol.errors import MoQError
 from moqt_asgi.transport.quic import QuicTransport
-from moqt_asgi.webtransport.client import WebTransportClientProtocol
 
 from .conftest import Certs
 from .helpers import tick_app

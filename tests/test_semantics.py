@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 
 from moqt_asgi import Broadcast, ErrorCode, MoQ, StreamError, SubscribeError, TrackMux, TrackProducer
-from moqt_asgi.mux import Announcement, TrackHandler
+from moqt_asgi.engine._subscriber import fetch_timed
+from moqt_asgi.engine.mux import Announcement, TrackHandler
+from moqt_asgi.engine.session import Session
+from moqt_asgi.engine.track import TrackReader, TrackWriter
 from moqt_asgi.protocol.lite_wire import HopEncoding
 from moqt_asgi.protocol.messages import TrackInfo
 from moqt_asgi.protocol.versions import ALL_VERSIONS, Version, features_of
 from moqt_asgi.relay import Relay
-from moqt_asgi.session import Session
-from moqt_asgi.subscriber import fetch_timed
-from moqt_asgi.track import TrackReader, TrackWriter
 from moqt_asgi.transport.base import SendStream
 
 from .helpers import memory_sessions

@@ -29,7 +29,7 @@ from moqt_asgi.protocol.errors import ErrorCode
 from moqt_asgi.protocol.versions import ALL_VERSIONS, LITE_02_VERSION, LITE_04_VERSION, LITE_06_VERSION, Version
 from moqt_asgi.webtransport.asgi import WebTransportASGI
 from moqt_asgi.webtransport.capsules import CloseCapsule, DrainCapsule
-from moqt_asgi.webtransport.hypercorn_patch import shutdown_grace
+from moqt_asgi.webtransport.hypercorn import shutdown_grace
 from moqt_asgi.webtransport.session import WebTransportSession
 
 from .conftest import ROOT, Certs

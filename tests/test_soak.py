@@ -1,7 +1,7 @@
 """A soak sized for CI: about :data:`SOAK_SECONDS` of publish/subscribe churn against the relay app.
 
 Sessions come and go in waves (most in memory, some over native QUIC on
-real UDP through a lossy :class:`~moqt_asgi.netsim.UdpRelay`); publishers
+real UDP through a lossy :class:`~moqt_asgi.testing.netsim.UdpRelay`); publishers
 announce, feed and withdraw broadcasts; subscribers watch, subscribe,
 unsubscribe and leave. RSS, the task count and the relay's sessions are
 sampled every few seconds. See :mod:`benchmarks.soak` for the workload and

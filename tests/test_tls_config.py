@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from moqt_asgi import Client, ClientTicketStore, MoQError, Server, Session, TLSConfig, TLSConfigError, dial
-from moqt_asgi.certs import certificate_chain_size
-from moqt_asgi.native import trust_label
-from moqt_asgi.tls import client_tls, server_tls
+from moqt_asgi.endpoints.certs import certificate_chain_size
+from moqt_asgi.endpoints.settings import trust_label
+from moqt_asgi.endpoints.tls import client_tls, server_tls
 from moqt_asgi.transport.quic import QuicTransport
 
 from .conftest import Certs
@@ -450,7 +450,7 @@ async def test_large_chain_from_objects_warns(tmp_path: Path, caplog: pytest.Log
     cert_file, key_file = write_rsa_chain(tmp_path)
     chain = x509.load_pem_x509_certificates(cert_file.read_bytes())
     key = serialization.load_pem_private_key(key_file.read_bytes(), None)
-    with caplog.at_level(logging.WARNING, logger="moqt_asgi.native"):
+    with caplog.at_level(logging.WARNING, logger="moqt_asgi.endpoints"):
         async with serving(TLSConfig(certificate_chain=chain, private_key=key)):  # type: ignore[arg-type]
             pass
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -27,6 +27,7 @@ import moq
 import pytest
 
 from moqt_asgi import Broadcast, MoQ, SetupRequest, SubscribeError, TrackMux, TrackReader, dial
+from moqt_asgi.engine.session import Session
 from moqt_asgi.protocol.errors import ErrorCode
 from moqt_asgi.protocol.scoped_codes import StreamCode
 from moqt_asgi.protocol.versions import (
@@ -41,7 +42,6 @@ from moqt_asgi.protocol.versions import (
     Version,
 )
 from moqt_asgi.relay import Relay
-from moqt_asgi.session import Session
 
 from .conftest import Certs
 from .helpers import native_server

@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from moqt_asgi import Broadcast, MoQ, SetupRequest, TrackMux, dial
+from moqt_asgi.engine.session import Session
 from moqt_asgi.protocol.versions import ALL_VERSIONS, GOMOQT_DIALECT, Version, features_of
-from moqt_asgi.session import Session
 
 from .conftest import Certs
 from .helpers import memory_sessions, native_server

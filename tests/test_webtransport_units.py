@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import moqt_asgi.webtransport as wt
-from moqt_asgi.webtransport import hypercorn_patch
+from moqt_asgi.webtransport import hypercorn as hypercorn_patch
 from moqt_asgi.webtransport.asgi import parse_sf_string_list, sf_string
 from moqt_asgi.webtransport.capsules import (
     WT_CODE_FIRST,

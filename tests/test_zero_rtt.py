@@ -1,6 +1,6 @@
 """0-RTT session start over real UDP: the SETUP travels in early data and the server answers at once.
 
-A :class:`~moqt_asgi.netsim.UdpRelay` between client and server records the
+A :class:`~moqt_asgi.testing.netsim.UdpRelay` between client and server records the
 QUIC packet types on the wire, so these tests see the 0-RTT packets rather
 than trusting the endpoints' own flags.
 """
@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from moqt_asgi import ClientTicketStore, QuicServer, QuicSettings, Session, SessionTicketStore, SetupRequest, dial
-from moqt_asgi.certs import write_certificate
-from moqt_asgi.netsim import UdpRelay, packet_types
+from moqt_asgi.endpoints.certs import write_certificate
 from moqt_asgi.protocol.errors import MoQError
 from moqt_asgi.protocol.versions import (
     ALL_VERSIONS,
@@ -30,6 +29,7 @@ from moqt_asgi.protocol.versions import (
     LITE_06_VERSION,
     Version,
 )
+from moqt_asgi.testing.netsim import UdpRelay, packet_types
 from moqt_asgi.transport.quic import QuicTransport
 
 from .conftest import Certs

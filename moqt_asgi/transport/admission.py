@@ -67,7 +67,7 @@ REFUSALS_PER_SECOND = 200
 
 @dataclass(frozen=True)
 class AdmissionPolicy:
-    """The limits :class:`Admission` applies (from :class:`~moqt_asgi.native.QuicSettings`)."""
+    """The limits :class:`Admission` applies (from :class:`~moqt_asgi.endpoints.QuicSettings`)."""
 
     max_connections: int | None = None
     max_connections_per_address: int | None = None

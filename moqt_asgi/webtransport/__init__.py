@@ -15,8 +15,7 @@ import warnings
 
 from .asgi import WebTransportASGI, build_scope
 from .capsules import app_to_http, http_to_app
-from .client import dial_webtransport
-from .native_h3 import H3ServerConnection
+from .h3_server import H3ServerConnection
 from .session import SessionHost, WebTransportSession, WebTransportStream
 
 logger = logging.getLogger("moqt_asgi.webtransport")
@@ -35,7 +34,7 @@ def install(*, force: bool = False) -> bool:
     """
     global _error
     try:
-        from . import hypercorn_patch
+        from . import hypercorn as hypercorn_patch
 
         hypercorn_patch.apply(force=force)
     except ImportError as exc:
@@ -63,7 +62,6 @@ __all__ = [
     "WebTransportStream",
     "app_to_http",
     "build_scope",
-    "dial_webtransport",
     "http_to_app",
     "install",
     "install_error",

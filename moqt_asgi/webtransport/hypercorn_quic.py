@@ -1,8 +1,8 @@
 """Hypercorn's QUIC connections under the patch: their class (H5), their timer (H7), admission (H8).
 
-See :mod:`moqt_asgi.webtransport.hypercorn_patch` for the list of hooks;
+See :mod:`moqt_asgi.webtransport.hypercorn` for the list of hooks;
 this module holds the pieces that work on Hypercorn's ``QuicProtocol`` and
-its ``_Connection`` records, and the :class:`~moqt_asgi.native.QuicSettings`
+its ``_Connection`` records, and the :class:`~moqt_asgi.endpoints.QuicSettings`
 they follow (:func:`configure`, :func:`current_settings`).
 """
 
@@ -17,9 +17,9 @@ from aioquic._buffer import Buffer
 from aioquic.quic.packet import QuicErrorCode, pull_quic_header
 from hypercorn.events import RawData
 
-from ..native import QuicSettings
 from ..transport.admission import Admission, encode_refusal, parse_initial
 from ..transport.aioquic_connection import CreditedQuicConnection, set_stream_limits
+from ..transport.settings import QuicSettings
 
 logger = logging.getLogger("moqt_asgi.webtransport")
 

@@ -27,14 +27,20 @@ from typing import Any
 from hypothesis import strategies as st
 
 from moqt_asgi import Broadcast
-from moqt_asgi.handshake import read_client_setup, read_lite_setup, send_lite_setup, send_server_setup, start_client
-from moqt_asgi.mux import TrackMux
+from moqt_asgi.engine._reader import StreamReader
+from moqt_asgi.engine.handshake import (
+    read_client_setup,
+    read_lite_setup,
+    send_lite_setup,
+    send_server_setup,
+    start_client,
+)
+from moqt_asgi.engine.mux import TrackMux
+from moqt_asgi.engine.session import Session
 from moqt_asgi.protocol.errors import ErrorCode, MoQError
 from moqt_asgi.protocol.limits import DEFAULT_LIMITS
 from moqt_asgi.protocol.messages import GroupHeader, LiteSetup
 from moqt_asgi.protocol.versions import Version, features_of
-from moqt_asgi.reader import StreamReader
-from moqt_asgi.session import Session
 from moqt_asgi.transport.base import BidiStream
 from moqt_asgi.transport.memory import MemoryConnection, memory_pair
 

@@ -31,7 +31,10 @@ from typing import Any, Literal
 from hypothesis import strategies as st
 
 from moqt_asgi import Broadcast, MoQ
-from moqt_asgi.handshake import start_client
+from moqt_asgi.engine._reader import StreamReader
+from moqt_asgi.engine.handshake import start_client
+from moqt_asgi.engine.session import Session
+from moqt_asgi.engine.track import TrackReader
 from moqt_asgi.protocol.errors import (
     APPLICATION_CODE_BASE,
     ErrorCode,
@@ -45,10 +48,7 @@ from moqt_asgi.protocol.lite_wire import LiteBidi, LiteUni
 from moqt_asgi.protocol.messages import AnnouncePlease
 from moqt_asgi.protocol.versions import ALL_VERSIONS, Version, features_of
 from moqt_asgi.protocol.wire import encode_varint
-from moqt_asgi.reader import StreamReader
 from moqt_asgi.serving import serve_connection
-from moqt_asgi.session import Session
-from moqt_asgi.track import TrackReader
 from moqt_asgi.transport.base import BidiStream, SendStream
 from moqt_asgi.transport.memory import MemoryConnection, memory_pair
 

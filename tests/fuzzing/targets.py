@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, cast
 
-from moqt_asgi.handshake import _read_setup_body, read_client_setup, read_lite_setup
+from moqt_asgi.engine._reader import StreamReader
+from moqt_asgi.engine.handshake import _read_setup_body, read_client_setup, read_lite_setup
+from moqt_asgi.engine.track import GroupReader
 from moqt_asgi.protocol.errors import ErrorCode, ProtocolError, SessionClosed
 from moqt_asgi.protocol.limits import DEFAULT_LIMITS, Limits
 from moqt_asgi.protocol.lite import Codec
@@ -32,8 +34,6 @@ from moqt_asgi.protocol.setup import (
 )
 from moqt_asgi.protocol.versions import ALL_VERSIONS, GOMOQT_DIALECT, Version, features_of
 from moqt_asgi.protocol.wire import encode_varint
-from moqt_asgi.reader import StreamReader
-from moqt_asgi.track import GroupReader
 from moqt_asgi.transport.base import BidiStream, Connection, ReceiveStream, SendStream
 
 from .wire import Framed, Wire, raw, split
@@ -313,7 +313,7 @@ def _server_setup_target(framing: SetupFraming) -> Target:
         return (split(encode_server_setup(framing, msg), heads=1 if compat else 0, length="u16" if compat else "varint"),)
 
     async def decode(limits: Limits, stream: ByteStream) -> Decoded:
-        """As :func:`moqt_asgi.handshake.client_setup` reads the answer (its timeout needs a loop)."""
+        """As :func:`moqt_asgi.engine.handshake.client_setup` reads the answer (its timeout needs a loop)."""
         reader = StreamReader(stream)
         if compat:
             kind = await reader.read_varint()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError
+from ..transport.base import BidiStream
 from .mux import Announcement
-from .protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError
-from .transport.base import BidiStream
 
 
 class AnnouncementReader:

@@ -14,22 +14,14 @@ import contextlib
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError
+from ..protocol.lite_wire import HopEncoding
+from ..protocol.messages import Announce, AnnounceEnd, AnnounceInit, AnnounceOk, AnnounceStart, Subscribe, TrackInfo
+from ..protocol.paths import normalize_path, strip_prefix
+from ..transport.base import BidiStream
+from ._reader import StreamReader
 from .mux import AnnouncementWatcher
-from .paths import normalize_path, strip_prefix
-from .protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError
-from .protocol.lite_wire import HopEncoding
-from .protocol.messages import (
-    Announce,
-    AnnounceEnd,
-    AnnounceInit,
-    AnnounceOk,
-    AnnounceStart,
-    Subscribe,
-    TrackInfo,
-)
-from .reader import StreamReader
 from .track import DEFAULT_TIMESCALE, TrackWriter
-from .transport.base import BidiStream
 
 if TYPE_CHECKING:
     from .session import Session
@@ -55,7 +47,7 @@ class _AnnounceEncoder:
         self.exclude_hop = exclude_hop
         self._ids: Any = None
         if self.features.announce_ids:
-            from .protocol.lite06 import AnnounceIds
+            from ..protocol.lite06 import AnnounceIds
 
             # What we send is bounded by what our mux holds, not by what we accept from peers.
             self._ids = AnnounceIds(sys.maxsize)

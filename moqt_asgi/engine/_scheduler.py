@@ -23,14 +23,14 @@ import heapq
 import itertools
 import logging
 
-from .protocol.errors import ErrorCode, MoQError, StreamError
-from .transport.base import Connection, SendStream
+from ..protocol.errors import ErrorCode, MoQError, StreamError
+from ..transport.base import Connection, SendStream
 
 DEFAULT_HIGH_WATER = 512 * 1024
 CHUNK = 64 * 1024
 """Most bytes of one write handed to the transport in one turn."""
 
-logger = logging.getLogger("moqt_asgi.scheduler")
+logger = logging.getLogger("moqt_asgi.engine._scheduler")
 
 
 class _Entry:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from .protocol.codes import GOMOQT_SETUP_CODES
-from .protocol.errors import ErrorCode, ProtocolError, SetupRejected, StreamError
-from .protocol.limits import Limits
-from .protocol.lite import Codec
-from .protocol.lite_wire import LiteUni
-from .protocol.messages import ClientSetup, LiteSetup, Parameters, ServerSetup
-from .protocol.setup import (
+from ..protocol.codes import GOMOQT_SETUP_CODES
+from ..protocol.errors import ErrorCode, ProtocolError, SetupRejected, StreamError
+from ..protocol.limits import Limits
+from ..protocol.lite import Codec
+from ..protocol.lite_wire import LiteUni
+from ..protocol.messages import ClientSetup, LiteSetup, Parameters, ServerSetup
+from ..protocol.setup import (
     PARAM_IMPLEMENTATION,
     PARAM_PATH,
     SetupFraming,
@@ -25,7 +25,7 @@ from .protocol.setup import (
     encode_client_setup,
     encode_server_setup,
 )
-from .protocol.versions import (
+from ..protocol.versions import (
     ALPN_GOMOQT,
     DEFAULT_VERSIONS,
     GOMOQT_DIALECT,
@@ -35,8 +35,8 @@ from .protocol.versions import (
     lookup_version,
     version_by_alpn,
 )
-from .reader import StreamReader
-from .transport.base import BidiStream, Connection
+from ..transport.base import BidiStream, Connection
+from ._reader import StreamReader
 
 IMPLEMENTATION = b"moqt-asgi"
 

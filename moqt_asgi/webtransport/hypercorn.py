@@ -55,7 +55,7 @@ H8  ``QuicProtocol.handle``: connection caps and Retry before a connection
 
 The QUIC settings (receive windows, connection caps, Retry, handshake
 deadline, WebTransport sessions per connection, HTTP/3 header deadline) are
-a :class:`~moqt_asgi.native.QuicSettings`: the one given to :func:`configure`
+a :class:`~moqt_asgi.endpoints.QuicSettings`: the one given to :func:`configure`
 (call it from the application module), else one read from ``MOQT_*``
 environment variables (:meth:`QuicSettings.from_environment`).
 
@@ -94,13 +94,7 @@ from .asgi import build_scope
 from .capsules import H3_INTERNAL_ERROR, H3_NO_ERROR, WT_BUFFERED_STREAM_REJECTED, WT_SESSION_GONE
 from .early import EarlyStreams
 from .h3 import HeaderDeadline, WebTransportH3Connection
-from .hypercorn_quic import (
-    QuicTimer,
-    WebTransportQuicConnection,
-    admission_handle,
-    configure,
-    current_settings,
-)
+from .hypercorn_quic import QuicTimer, WebTransportQuicConnection, admission_handle, configure, current_settings
 from .session import SessionHost, WebTransportSession
 
 logger = logging.getLogger("moqt_asgi.webtransport")

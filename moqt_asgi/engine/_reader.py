@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .protocol.errors import DecodeError, ErrorCode, ProtocolError
-from .protocol.wire import NeedMore, decode_varint
-from .transport.base import ReceiveStream
+from ..protocol.errors import DecodeError, ErrorCode, ProtocolError
+from ..protocol.wire import NeedMore, decode_varint
+from ..transport.base import ReceiveStream
 
 _READ_SIZE = 256 * 1024
 

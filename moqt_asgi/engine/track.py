@@ -13,12 +13,12 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from .protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError, SubscribeError
-from .protocol.lite_wire import FrameClock
-from .protocol.messages import GroupHeader, Subscribe, SubscribeEnd, SubscribeOk, SubscribeStart, SubscribeUpdate
-from .protocol.versions import features_of
-from .reader import StreamReader
-from .transport.base import BidiStream, SendStream
+from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError, SubscribeError
+from ..protocol.lite_wire import FrameClock
+from ..protocol.messages import GroupHeader, Subscribe, SubscribeEnd, SubscribeOk, SubscribeStart, SubscribeUpdate
+from ..protocol.versions import features_of
+from ..transport.base import BidiStream, SendStream
+from ._reader import StreamReader
 
 if TYPE_CHECKING:
     from .session import Session

@@ -23,20 +23,21 @@ from aioquic.h3.connection import H3_ALPN
 from aioquic.h3.events import DatagramReceived, DataReceived, HeadersReceived, WebTransportStreamDataReceived
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StopSendingReceived, StreamReset
 
-from ..handshake import start_client
-from ..mux import TrackMux
-from ..native import QuicSettings, _check_fingerprint, parse_url, resumption_note, trust_label, use_tickets
+from ..engine.handshake import start_client
+from ..engine.mux import TrackMux
+from ..engine.session import Session
 from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, SetupRejected
 from ..protocol.limits import DEFAULT_LIMITS, Limits
 from ..protocol.versions import DEFAULT_VERSIONS, Version, ordered, protocols_for
-from ..session import Session
-from ..tickets import ClientTicketStore
-from ..tls import TLSConfig, client_tls
 from ..transport.aioquic_connection import CreditedQuicConnection
-from .asgi import parse_sf_string_list, sf_string
-from .capsules import H3_INTERNAL_ERROR, WT_SESSION_GONE
-from .h3 import WebTransportH3Connection
-from .session import SessionHost, WebTransportSession
+from ..transport.settings import QuicSettings
+from ..webtransport.asgi import parse_sf_string_list, sf_string
+from ..webtransport.capsules import H3_INTERNAL_ERROR, WT_SESSION_GONE
+from ..webtransport.h3 import WebTransportH3Connection
+from ..webtransport.session import SessionHost, WebTransportSession
+from .settings import check_fingerprint, parse_url, resumption_note, trust_label, use_tickets
+from .tickets import ClientTicketStore
+from .tls import TLSConfig, client_tls
 
 logger = logging.getLogger("moqt_asgi.webtransport")
 
@@ -186,11 +187,11 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
     ``headers`` are added to the CONNECT (``origin``, for instance). The
     certificate is checked against ``fingerprint`` (SHA-256 hex), ``cafile``,
     or the system roots, unless ``insecure``; ``tls`` (a
-    :class:`~moqt_asgi.tls.TLSConfig` or an :class:`ssl.SSLContext`) gives
+    :class:`~moqt_asgi.endpoints.tls.TLSConfig` or an :class:`ssl.SSLContext`) gives
     every other TLS option, and the shortcuts fill in what it leaves unset.
 
     ``tickets`` keeps the server's session ticket for the next dial to the
-    same host and port, which then resumes (see :func:`~moqt_asgi.native.dial_quic`);
+    same host and port, which then resumes (see :func:`~moqt_asgi.endpoints.dial_quic`);
     ``session.connection.host`` (the :class:`WebTransportClientProtocol`)
     tells whether it ``resumed`` and whether ``early_data_accepted``.
     """
@@ -219,7 +220,7 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
                              session_ticket_handler=ticket_slot))
             assert isinstance(protocol, WebTransportClientProtocol)
             if pin:
-                _check_fingerprint(protocol, pin)  # type: ignore[arg-type]
+                check_fingerprint(protocol, pin)  # type: ignore[arg-type]
             if ticket_slot is not None:
                 ticket_slot.verified()
             connection, chosen_protocol = await protocol.open_session(authority, target, extra)

@@ -17,23 +17,24 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from . import publisher, subscriber
+from ..auth.tokens import Grant
+from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError
+from ..protocol.limits import Limits
+from ..protocol.lite import BidiStreamType, Codec, UniStreamType
+from ..protocol.lite_wire import LiteBidi, LiteUni
+from ..protocol.messages import Goaway, LiteSetup, SubscribeUpdate, TrackInfo
+from ..protocol.versions import features_of
+from ..protocol.wire import encode_varint
+from ..transport.base import BidiStream, Connection, ReceiveStream, SendStream
+from . import _publisher as publisher
+from . import _subscriber as subscriber
+from ._reader import StreamReader
+from ._scheduler import SendScheduler
 from .announce import AnnouncementReader
-from .auth import Grant
 from .mux import TrackMux
-from .protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError
-from .protocol.limits import Limits
-from .protocol.lite import BidiStreamType, Codec, UniStreamType
-from .protocol.lite_wire import LiteBidi, LiteUni
-from .protocol.messages import Goaway, LiteSetup, SubscribeUpdate, TrackInfo
-from .protocol.versions import features_of
-from .protocol.wire import encode_varint
-from .reader import StreamReader
-from .scheduler import SendScheduler
 from .track import GroupReader, TrackReader, TrackWriter
-from .transport.base import BidiStream, Connection, ReceiveStream, SendStream
 
-logger = logging.getLogger("moqt_asgi.session")
+logger = logging.getLogger("moqt_asgi.engine.session")
 
 
 STOP_TIMEOUT = 5.0

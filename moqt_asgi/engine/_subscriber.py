@@ -11,11 +11,9 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from .announce import AnnouncementReader
-from .paths import join_path, normalize_path
-from .protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError, SubscribeError
-from .protocol.lite_wire import LiteBidi
-from .protocol.messages import (
+from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError, SubscribeError
+from ..protocol.lite_wire import LiteBidi
+from ..protocol.messages import (
     AnnouncePlease,
     Fetch,
     Subscribe,
@@ -27,10 +25,12 @@ from .protocol.messages import (
     TrackInfo,
     TrackRequest,
 )
-from .protocol.wire import encode_varint
-from .reader import StreamReader
+from ..protocol.paths import join_path, normalize_path
+from ..protocol.wire import encode_varint
+from ..transport.base import BidiStream
+from ._reader import StreamReader
+from .announce import AnnouncementReader
 from .track import TrackReader
-from .transport.base import BidiStream
 
 if TYPE_CHECKING:
     from .session import Session
@@ -244,7 +244,7 @@ class _AnnounceState:
         self.ignored: set[str] = set()
         self.ids: Any = None
         if session.features.announce_ids:
-            from .protocol.lite06 import AnnounceIds
+            from ..protocol.lite06 import AnnounceIds
 
             self.ids = AnnounceIds(session.limits.max_announcements)
 

@@ -70,9 +70,19 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote_plus
 
-from .jwk import ALGORITHMS, Key, Scope, b64url_decode, b64url_encode, generate_key, parse_json, public_jwk, read_key_file
-from .paths import has_prefix, join_path, normalize_path
-from .protocol.errors import MoQError
+from ..protocol.errors import MoQError
+from ..protocol.paths import has_prefix, join_path, normalize_path
+from .jwk import (
+    ALGORITHMS,
+    Key,
+    Scope,
+    b64url_decode,
+    b64url_encode,
+    generate_key,
+    parse_json,
+    public_jwk,
+    read_key_file,
+)
 
 __all__ = [
     "MAX_TOKEN_LENGTH",

@@ -1,4 +1,4 @@
-"""HTTP/3 on :class:`~moqt_asgi.native.QuicServer`'s port, without Hypercorn.
+"""HTTP/3 on :class:`~moqt_asgi.endpoints.QuicServer`'s port, without Hypercorn.
 
 ``QuicServer`` offers the ALPNs ``moql`` and ``h3`` on one UDP socket. A
 connection that negotiates ``h3`` gets an :class:`H3ServerConnection`, which

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes, CertificatePublicKeyTypes
 
-from .protocol.errors import MoQError
+from ..protocol.errors import MoQError
 
 PathLike = str | os.PathLike[str]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
@@ -68,7 +68,7 @@ class ClientVerification(NamedTuple):
 
     ``fingerprint`` is the pin to compare once connected (aioquic checks
     nothing itself then); ``insecure`` and ``ca`` complete the label under
-    which session tickets are filed (see :func:`moqt_asgi.native.trust_label`).
+    which session tickets are filed (see :func:`moqt_asgi.endpoints.trust_label`).
     """
 
     fingerprint: str | None

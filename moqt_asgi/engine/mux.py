@@ -13,10 +13,10 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
-from .paths import has_prefix, join_path, normalize_path, strip_prefix
+from ..protocol.paths import has_prefix, join_path, normalize_path, strip_prefix
 from .track import TrackWriter
 
-logger = logging.getLogger("moqt_asgi.mux")
+logger = logging.getLogger("moqt_asgi.engine.mux")
 
 TrackHandler = Callable[[TrackWriter], Awaitable[None]]
 """Serves one subscription; the track ends (cleanly) when it returns."""

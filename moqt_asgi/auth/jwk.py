@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from .paths import has_prefix, join_path, normalize_path
+from ..protocol.paths import has_prefix, join_path, normalize_path
 
 __all__ = [
     "ALGORITHMS",

@@ -1,0 +1,1 @@
+"""Helpers for testing MoQ applications without (or with simulated) networks: :mod:`.netsim`."""
