@@ -66,11 +66,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from moqt_asgi import dial
-from moqt_asgi.transport.settings import QuicSettings
 from moqt_asgi.engine._publisher import _BATCH
 from moqt_asgi.engine._scheduler import CHUNK, DEFAULT_HIGH_WATER
 from moqt_asgi.protocol.limits import DEFAULT_LIMITS
 from moqt_asgi.relay import RelayLimits
+from moqt_asgi.transport.settings import QuicSettings
 from moqt_asgi.webtransport.h3 import MAX_HEADER_FRAME
 
 from . import _attack_moq as moq
