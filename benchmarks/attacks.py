@@ -385,7 +385,11 @@ async def run_one(attack: Attack, *, quick: bool, code: str, root: Path, app_dir
     cert, key, fingerprint = certificate.cert, certificate.key, certificate.fingerprint
     if attack.app_source is not None:
         (app_dir / f"{attack.app.partition(':')[0]}.py").write_text(attack.app_source)
-    server = await ServerProcess.start(attack.app, certfile=cert, keyfile=key, root=root, app_dir=app_dir, log=log)
+    try:
+        server = await ServerProcess.start(attack.app, certfile=cert, keyfile=key, root=root, app_dir=app_dir, log=log)
+    except Exception as exc:
+        row.error = f"{exc!r}"
+        return row
     killed = [False]
     sent = Sent()
     target = Target(server.port, fingerprint, quick, stopped=lambda: killed[0], cpu=server.cpu)
