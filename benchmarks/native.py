@@ -15,7 +15,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from moqt_asgi import MoQ, QuicServer, Session, StreamError, TrackReader, TrackWriter, dial_quic
+from moqt_asgi import MoQ, Session, StreamError, TrackReader, TrackWriter
+from moqt_asgi.endpoints.dial_quic import dial_quic
+from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.protocol.limits import Limits
 
 from .common import HOST, Certificate, RunOnce, Sample, Workload, quic_settings

@@ -14,7 +14,9 @@ import contextlib
 import importlib
 from collections.abc import AsyncIterator
 
-from moqt_asgi import MoQ, QuicServer, Session, TrackMux, dial_quic
+from moqt_asgi import MoQ, Session, TrackMux
+from moqt_asgi.endpoints.dial_quic import dial_quic
+from moqt_asgi.endpoints.quic_server import QuicServer
 
 from .common import HOST, Certificate, RunOnce, Sample, Workload, quic_settings
 from .native import BROADCAST, SUBSCRIBER_LIMITS, Source, subscribe_once

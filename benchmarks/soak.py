@@ -3,7 +3,7 @@
     python -m benchmarks.soak --minutes 10
 
 One process runs the relay app (``Relay()`` + ``MoQ(mux=relay.mux)``) on
-a :class:`~moqt_asgi.QuicServer` and drives it in waves. Each wave, sessions
+a :class:`~moqt_asgi.endpoints.quic_server.QuicServer` and drives it in waves. Each wave, sessions
 come and go: publishers announce broadcasts, feed them, withdraw one and
 announce another; subscribers watch the announcements, subscribe, read a
 few groups, unsubscribe and subscribe again, then leave. Most sessions use
@@ -40,7 +40,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moqt_asgi import Broadcast, MoQ, MoQError, QuicServer, QuicSettings, Session, TrackMux, TrackProducer, dial
+from moqt_asgi import Broadcast, MoQ, MoQError, QuicSettings, Session, TrackMux, TrackProducer, dial
+from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.engine.handshake import start_client
 from moqt_asgi.engine.mux import Announcement
 from moqt_asgi.protocol.versions import LITE_02_VERSION, LITE_04_VERSION, LITE_06_VERSION, Version

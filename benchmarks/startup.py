@@ -31,7 +31,8 @@ from aioquic.asyncio.server import serve
 from aioquic.quic import events
 from aioquic.tls import SessionTicket
 
-from moqt_asgi import ClientTicketStore, MoQ, QuicServer, QuicSettings, SessionTicketStore, TrackWriter, dial
+from moqt_asgi import ClientTicketStore, MoQ, QuicSettings, SessionTicketStore, TrackWriter, dial
+from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.protocol.versions import LITE_04_VERSION, LITE_06_VERSION, Version
 from moqt_asgi.testing.netsim import UdpRelay
 

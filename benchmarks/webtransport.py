@@ -18,7 +18,7 @@ differ only by what serves the session:
   ``quic_bind`` and the certificate, serving a :class:`~moqt_asgi.MoQ` app
   whose track handler is the native benchmark's :class:`Source`; the
   subscriber is ``moqt_asgi.dial("https://...")``.
-* **serve**: the same app on :class:`~moqt_asgi.QuicServer`'s HTTP/3 path.
+* **serve**: the same app on :class:`~moqt_asgi.endpoints.quic_server.QuicServer`'s HTTP/3 path.
 
 Every server and client gets the QUIC settings of :func:`quic_settings`.
 Hypercorn builds its own ``QuicConfiguration``; :func:`hypercorn_quic_settings`
@@ -48,8 +48,9 @@ from aioquic.quic.events import ProtocolNegotiated, QuicEvent
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
-from moqt_asgi import MoQ, QuicServer, dial
+from moqt_asgi import MoQ, dial
 from moqt_asgi.endpoints.dial_webtransport import WebTransportClientProtocol
+from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.endpoints.settings import QuicSettings
 
 from .common import HIGH_WATER, HOST, Certificate, RunOnce, Sample, Workload, quic_settings

@@ -1,18 +1,31 @@
-"""moqt-asgi: Media over QUIC (moq-lite) for Python, native QUIC and ASGI."""
+"""moqt-asgi: Media over QUIC (moq-lite) for Python, native QUIC and ASGI.
 
-from .app import MoQ, accept_all
+The top level teaches one application object (:class:`MoQ`), one server
+(:class:`Server`) and one client (:func:`dial`, or :class:`Client`), and the
+objects they hand you. Everything else lives in its module: the lower-level
+:class:`~moqt_asgi.endpoints.quic_server.QuicServer` and dialers
+(:mod:`moqt_asgi.endpoints`), gomoqt-style helpers (:mod:`moqt_asgi.server`),
+the relay (:mod:`moqt_asgi.relay`), tokens (:mod:`moqt_asgi.auth`), testing
+helpers (:mod:`moqt_asgi.testing`).
+
+Importing the package has one side effect: stock Hypercorn learns
+WebTransport (:func:`moqt_asgi.webtransport.install`), so ``hypercorn app:moq``
+serves MoQ apps unmodified.
+"""
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
+from .app import MoQ
 from .auth.tokens import Authenticator, AuthError, Grant
 from .client import Client, dial
-from .endpoints.dial_quic import dial_quic
-from .endpoints.dial_webtransport import dial_webtransport
-from .endpoints.quic_server import QuicServer
 from .endpoints.tickets import ClientTicketStore, SessionTicketStore
 from .endpoints.tls import TLSConfig, TLSConfigError
 from .engine.announce import AnnouncementReader
 from .engine.mux import Announcement, TrackHandler, TrackMux
 from .engine.session import Session
 from .engine.track import GroupReader, GroupWriter, TrackReader, TrackWriter
-from .producer import Broadcast, GroupProducer, TrackConsumer, TrackProducer, serve_producer
+from .producer import Broadcast, GroupProducer, TrackConsumer, TrackProducer
 from .protocol.errors import (
     ErrorCode,
     MoQError,
@@ -23,16 +36,19 @@ from .protocol.errors import (
     SubscribeError,
 )
 from .protocol.limits import Limits
+from .protocol.versions import Version
 from .request import SetupRequest
 from .routing import Route
-from .server import Server, ServerClosed, default_router, handle, handle_func, new_router
+from .server import Server, ServerClosed
 from .transport.settings import QuicSettings
-from .webtransport import WebTransportSession
-from .webtransport import install as install_webtransport
+from .webtransport import install as _install_webtransport
 
-install_webtransport()  # Hypercorn serves WebTransport once the app module has imported moqt_asgi
+_install_webtransport()  # Hypercorn serves WebTransport once the app module has imported moqt_asgi
 
-__version__ = "0.1.0"
+try:
+    __version__ = _distribution_version("moqt-asgi")  # one source: pyproject.toml
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Announcement",
@@ -51,7 +67,6 @@ __all__ = [
     "MoQ",
     "MoQError",
     "ProtocolError",
-    "QuicServer",
     "QuicSettings",
     "Route",
     "Server",
@@ -71,16 +86,7 @@ __all__ = [
     "TrackProducer",
     "TrackReader",
     "TrackWriter",
-    "WebTransportSession",
-    "accept_all",
-    "default_router",
-    "dial",
-    "dial_quic",
-    "dial_webtransport",
-    "handle",
-    "handle_func",
-    "install_webtransport",
-    "new_router",
-    "serve_producer",
+    "Version",
     "__version__",
+    "dial",
 ]

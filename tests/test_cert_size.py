@@ -13,13 +13,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from moqt_asgi import MoQ, QuicServer, dial_quic
+from moqt_asgi import MoQ
 from moqt_asgi.endpoints.certs import (
     ANTI_AMPLIFICATION_BUDGET,
     CERT_CHAIN_WARN_BYTES,
     certificate_chain_size,
     write_certificate,
 )
+from moqt_asgi.endpoints.dial_quic import dial_quic
+from moqt_asgi.endpoints.quic_server import QuicServer
 
 from .conftest import Certs
 

@@ -20,7 +20,8 @@ from aioquic.asyncio.client import connect
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
-from moqt_asgi import MoQ, QuicServer, QuicSettings, Session, dial
+from moqt_asgi import MoQ, QuicSettings, Session, dial
+from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.protocol.errors import MoQError
 from moqt_asgi.testing.netsim import UdpRelay, packet_types
 from moqt_asgi.transport.admission import Admission, AdmissionPolicy

@@ -17,18 +17,8 @@ from typing import Any
 
 import pytest
 
-from moqt_asgi import (
-    AnnouncementReader,
-    MoQ,
-    MoQError,
-    QuicServer,
-    QuicSettings,
-    Session,
-    StreamError,
-    TrackMux,
-    TrackWriter,
-    dial,
-)
+from moqt_asgi import AnnouncementReader, MoQ, MoQError, QuicSettings, Session, StreamError, TrackMux, TrackWriter, dial
+from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.engine.mux import Announcement
 from moqt_asgi.relay import Relay
 from moqt_asgi.testing.netsim import Link, UdpRelay

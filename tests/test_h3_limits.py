@@ -22,7 +22,8 @@ from aioquic.h3.connection import ErrorCode, H3Connection
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived, StreamReset
 
-from moqt_asgi import MoQ, QuicServer, QuicSettings
+from moqt_asgi import MoQ, QuicSettings
+from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.protocol.wire import encode_varint
 from moqt_asgi.testing.netsim import UdpRelay
 from moqt_asgi.webtransport import h3 as h3_module

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 import moq
 import pytest
 
-from moqt_asgi import Broadcast, MoQ, Session, TrackMux, dial_quic
+from moqt_asgi import Broadcast, MoQ, Session, TrackMux
+from moqt_asgi.endpoints.dial_quic import dial_quic
 from moqt_asgi.protocol.lite06 import LITE_06
 
 from .conftest import Certs

@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 import moq
 import pytest
 
-from moqt_asgi import Broadcast, Client, MoQ, Server, Session, TrackProducer, new_router
+from moqt_asgi import Broadcast, Client, MoQ, Server, Session, TrackProducer
 from moqt_asgi.protocol.codes import FLAT_CODES, GOAWAY_TIMEOUT, GOMOQT_CODES, SCOPED_CODES, goaway_timeout_code
 from moqt_asgi.protocol.errors import ErrorCode
 from moqt_asgi.protocol.versions import LITE_02_VERSION, LITE_04_VERSION, LITE_06_VERSION, Version
+from moqt_asgi.server import new_router
 
 from .conftest import ROOT, Certs
 from .test_cli import cli, free_udp_port

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from moqt_asgi import MoQ, QuicServer
+from moqt_asgi import MoQ
+from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.webtransport.h3_server import RESPONSE_HIGH_WATER
 from moqt_asgi.webtransport.session import WebTransportSession
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from moqt_asgi import ErrorCode, MoQ, QuicSettings, TrackWriter, dial_quic
+from moqt_asgi import ErrorCode, MoQ, QuicSettings, TrackWriter
+from moqt_asgi.endpoints.dial_quic import dial_quic
 
 from .conftest import Certs
 from .helpers import native_server

@@ -20,7 +20,8 @@ from typing import Any
 import moq
 import pytest
 
-from moqt_asgi import Broadcast, MoQ, MoQError, QuicServer, SetupRejected, TrackMux, dial
+from moqt_asgi import Broadcast, MoQ, MoQError, SetupRejected, TrackMux, dial
+from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.protocol.lite03 import LITE_03
 from moqt_asgi.protocol.lite06 import LITE_06
 from moqt_asgi.relay import Relay

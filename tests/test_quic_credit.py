@@ -24,7 +24,8 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicPacketBuilder
 
-from moqt_asgi import MoQ, QuicServer, QuicSettings, TrackWriter, dial
+from moqt_asgi import MoQ, QuicSettings, TrackWriter, dial
+from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.transport import aioquic_connection
 from moqt_asgi.transport.admission import Admission, AdmissionPolicy, serve_guarded
 from moqt_asgi.transport.aioquic_connection import CreditedQuicConnection, IncompatibleAioquic, check_compatible

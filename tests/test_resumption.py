@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 from aioquic.tls import CipherSuite, SessionTicket
 
-from moqt_asgi import ClientTicketStore, QuicServer, QuicSettings, Session, SessionTicketStore, dial
+from moqt_asgi import ClientTicketStore, QuicSettings, Session, SessionTicketStore, dial
 from moqt_asgi.endpoints.dial_webtransport import WebTransportClientProtocol
+from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.endpoints.settings import trust_label
 from moqt_asgi.protocol.errors import MoQError
 from moqt_asgi.transport.quic import QuicTransport

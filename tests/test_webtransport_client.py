@@ -7,7 +7,8 @@ import asyncio
 import moq
 import pytest
 
-from moqt_asgi import Broadcast, SetupRejected, TrackMux, dial_webtransport
+from moqt_asgi import Broadcast, SetupRejected, TrackMux
+from moqt_asgi.endpoints.dial_webtransport import dial_webtransport
 from moqt_asgi.protocol.lite06 import LITE_06
 
 from .conftest import Certs

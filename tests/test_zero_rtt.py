@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from moqt_asgi import ClientTicketStore, QuicServer, QuicSettings, Session, SessionTicketStore, SetupRequest, dial
+from moqt_asgi import ClientTicketStore, QuicSettings, Session, SessionTicketStore, SetupRequest, dial
 from moqt_asgi.endpoints.certs import write_certificate
+from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.protocol.errors import MoQError
 from moqt_asgi.protocol.versions import (
     ALL_VERSIONS,
