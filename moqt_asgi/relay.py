@@ -226,7 +226,7 @@ class RemoteBroadcast:
 
     async def _pump(self, upstream: _Upstream) -> None:
         producer = upstream.producer
-        copies: set[asyncio.Task[None]] = set()
+        copies: dict[asyncio.Task[None], GroupProducer] = {}
         try:
             async for group in upstream.reader:
                 latest = producer.latest
@@ -235,8 +235,13 @@ class RemoteBroadcast:
                     continue
                 out = producer.create_group(group.sequence)
                 copy = self.session.spawn(_copy_group(group, out), f"relay-group-{group.sequence}")
-                copies.add(copy)
-                copy.add_done_callback(copies.discard)
+                copies[copy] = out
+                copy.add_done_callback(lambda done: copies.pop(done, None))
+                # A copy whose group left the cache serves nobody: stop it (and its upstream stream) now,
+                # even in the middle of a frame that would otherwise keep arriving.
+                for task, copied in list(copies.items()):
+                    if copied.error is not None and not task.done():
+                        task.cancel()
             if copies:  # the last groups may still be arriving after the track's end
                 await asyncio.wait(copies)
             producer.finish()
@@ -268,7 +273,11 @@ async def _copy_group(source: GroupReader, out: GroupProducer) -> None:
         out.finish()
     except StreamError as exc:
         out.abort(exc.code)
-    except (SessionClosed, asyncio.CancelledError):
+    except asyncio.CancelledError:
+        source.stop(out.error if out.error is not None else ErrorCode.CANCEL)
+        out.abort(ErrorCode.CANCEL)
+        raise
+    except SessionClosed:
         out.abort(ErrorCode.CANCEL)
         raise
     except MoQError:

@@ -308,3 +308,87 @@ async def test_a_write_to_a_stream_aioquic_reset_under_us_is_a_stream_error(cert
             transport.protocol._quic.reset_stream(stream.stream_id, 0)  # as aioquic does on STOP_SENDING
             with pytest.raises(StreamError):
                 stream.write(b"second")
+
+
+class _Chunks:
+    """A receive stream that hands out the given chunks, then FIN."""
+
+    stream_id = 2
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+
+    async def read(self, max_bytes: int = 65536, min_bytes: int = 1) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+    def stop(self, code: int) -> None:
+        pass
+
+
+async def test_a_reader_keeps_nothing_once_a_frame_is_read() -> None:
+    """A relay keeps the reader of each track's last group: it must not pin the last chunk it read (up to 512 KiB)."""
+    from moqt_asgi.engine._reader import StreamReader
+
+    reader = StreamReader(_Chunks(b"a" * 524288, b"b" * 524288))  # type: ignore[arg-type]
+    assert len(await reader.read_exact(1 << 20)) == 1 << 20
+    assert len(reader._buf) == 0
+    assert await reader.at_eof()
+    assert len(reader._buf) == 0
+    small = StreamReader(_Chunks(b"xyz"))  # type: ignore[arg-type]
+    assert await small.read_exact(3) == b"xyz" and len(small._buf) == 0
+
+
+async def test_streams_opened_before_any_write_get_their_own_ids(certs: Any) -> None:
+    """Native QUIC: aioquic gave the same id to streams opened before their first write (group headers
+    waiting in the scheduler), and the second one then failed with "Cannot send data after FIN"."""
+    from moqt_asgi import dial
+    from moqt_asgi.endpoints.quic_server import QuicServer
+    from moqt_asgi.transport.quic import QuicTransport
+
+    async with QuicServer(MoQ(), host="127.0.0.1", port=0, certfile=str(certs.cert), keyfile=str(certs.key)) as server:
+        session = await dial(f"moql://127.0.0.1:{server.address[1]}/", fingerprint=certs.fingerprint)
+        async with session:
+            transport = session.connection
+            assert isinstance(transport, QuicTransport)
+            unis = [await transport.open_uni() for _ in range(3)]
+            bidis = [await transport.open_bi() for _ in range(3)]
+            assert len({s.stream_id for s in unis}) == 3 and len({s.stream_id for s in bidis}) == 3
+            for stream in unis:
+                stream.write(b"x", end=True)
+
+
+async def test_frames_being_assembled_are_bounded_per_session() -> None:
+    """A publisher starts large frames on many groups and never finishes them.
+
+    Flow control releases credit as the reader takes frame bytes, so the
+    frames being assembled are what it could make us hold beyond the receive
+    windows; ``max_assembling_bytes`` bounds them per session.
+    """
+    from moqt_asgi import TrackWriter
+
+    frame = 8 * MiB
+    app = MoQ()
+
+    async def never_finished(track: TrackWriter) -> None:
+        for _ in range(4):
+            group = await track.open_group()
+            assert group._stream is not None
+            group._stream.write(track.session.codec.encode_frame_header(frame) + b"x" * 4096)
+        await asyncio.Event().wait()
+
+    app.mux.publish("p", never_finished)
+    limits = Limits(max_assembling_bytes=20 * MiB)
+    async with memory_sessions(app, limits=limits, version=LITE_04) as (client, _, _, _):
+        track = await within(client.subscribe("p", "t"))
+        groups = [await within(track.next_group()) for _ in range(4)]
+        reads = [asyncio.ensure_future(group.read_frame()) for group in groups if group is not None]
+        await asyncio.wait(reads, timeout=0.5)
+        refused = [r for r in reads if r.done() and isinstance(r.exception(), StreamError)]
+        waiting = [r for r in reads if not r.done()]
+        assert len(refused) == 2 and len(waiting) == 2  # two 8 MiB frames fit in 20 MiB, the others are refused
+        assert all(r.exception().code == ErrorCode.TOO_LARGE for r in refused)  # type: ignore[union-attr]
+        assert client._assembling == 2 * frame
+        for r in waiting:
+            r.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        assert client._assembling == 0

@@ -23,7 +23,7 @@ from moqt_asgi.auth.tokens import Authenticator, KeySet, sign_token
 from moqt_asgi.engine.session import Session
 from moqt_asgi.engine.track import TrackReader
 from moqt_asgi.producer import TrackProducer
-from moqt_asgi.protocol.errors import ErrorCode, SubscribeError
+from moqt_asgi.protocol.errors import ErrorCode, StreamError, SubscribeError
 from moqt_asgi.protocol.scoped_codes import SessionCode
 from moqt_asgi.protocol.versions import LITE_02_VERSION, LITE_04_VERSION, LITE_05_VERSION, LITE_06_VERSION, Version
 from moqt_asgi.relay import Relay, RelayLimits
@@ -328,3 +328,41 @@ async def test_a_relayed_track_without_groups_yet_is_accepted_at_once(reader_ver
             track = await asyncio.wait_for(viewer.subscribe("x", "video"), 2.0)
             sent = quiet.write()
             assert await next_frame(track) == sent
+
+
+async def test_a_relayed_group_that_left_the_cache_stops_being_copied() -> None:
+    """A group evicted from the relay's cache is given up at once, even in the middle of a frame that never ends."""
+    relay = Relay(limits=RelayLimits(cached_groups=2))
+    app = relay_app(relay)
+    more = asyncio.Event()
+
+    async def slow_then_fast(track: TrackWriter) -> None:
+        first = await track.open_group()
+        assert first._stream is not None
+        first._stream.write(track.session.codec.encode_frame_header(8 * 1024 * 1024) + b"x" * 4096)  # never finished
+        await more.wait()
+        for n in range(3):
+            await track.write_group(b"fast-%d" % n)
+        await asyncio.Event().wait()
+
+    publisher_mux = TrackMux()
+    publisher_mux.publish("p", slow_then_fast)
+    async with peer(app, LITE_04_VERSION, publisher_mux) as (_, relay_side):
+        await until(lambda: relay.mux.route("p") is not None, "the relay learned p")
+        async with peer(app, LITE_04_VERSION) as (viewer, _):
+            track = await asyncio.wait_for(viewer.subscribe("p", "t"), WAIT)
+            await until(lambda: relay_side._assembling > 0, "the relay started copying the large frame")
+            more.set()
+            frames = []
+            while len(frames) < 3:
+                group = await asyncio.wait_for(track.next_group(), WAIT)
+                assert group is not None
+                try:
+                    frame = await asyncio.wait_for(group.read_frame(), WAIT)
+                except StreamError as exc:  # the large group, given up by the relay: said so, not cut short
+                    assert exc.code == ErrorCode.OLD
+                    continue
+                if frame is not None:
+                    frames.append(frame)
+            assert frames[-1] == b"fast-2"
+            await until(lambda: relay_side._assembling == 0, "the evicted group's copy stopped")

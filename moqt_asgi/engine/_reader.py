@@ -31,6 +31,7 @@ class StreamReader:
         chunk = await self.stream.read(max(_READ_SIZE, need), need)
         if not chunk:
             self._eof = True
+            self._buf, self._pos = b"", 0  # nothing more will come: hold nothing
             return False
         if self._pos >= len(self._buf):
             self._buf = chunk
@@ -71,9 +72,11 @@ class StreamReader:
         if end <= len(self._buf):
             data = self._buf[self._pos : end]
             self._pos = end
+            if end == len(self._buf):
+                self._buf, self._pos = b"", 0  # all taken: do not keep the chunk alive
             return data
-        parts = [self._buf[self._pos :]]
-        have = len(parts[0])
+        parts = [self._buf[self._pos :]] if self._pos < len(self._buf) else []
+        have = len(parts[0]) if parts else 0
         self._buf, self._pos = b"", 0
         while have < size:
             if not await self._fill(size - have):
@@ -83,6 +86,8 @@ class StreamReader:
             self._pos = len(take)
             parts.append(take)
             have += len(take)
+        if self._pos >= len(self._buf):
+            self._buf, self._pos = b"", 0  # all taken: do not keep the last chunk alive
         return b"".join(parts)
 
     async def read_message(self, limit: int) -> bytes:

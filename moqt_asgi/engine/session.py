@@ -105,6 +105,8 @@ class Session:
         self._subscribe_ids = itertools.count()
         self._subscriptions: dict[int, TrackReader] = {}
         self._published: dict[int, TrackWriter] = {}
+        self._assembling = 0
+        """Bytes of frames being read (declared sizes), bounded by ``limits.max_assembling_bytes``."""
         self._fetches = 0
         """FETCH requests being served (bounded by ``limits.max_fetches``)."""
         self._announce_streams = 0
@@ -274,6 +276,21 @@ class Session:
             raise
         except Exception:
             self.log.exception("%s failed", name)
+
+    def _take_frame_room(self, size: int) -> bool:
+        """Reserve room to assemble a frame of ``size`` bytes; False when the session's budget is spent.
+
+        Flow control gives credit as frame bytes are read off the stream, so
+        frames being assembled are what a peer could make us hold beyond the
+        receive windows (a frame it never finishes, on many streams).
+        """
+        if self._assembling + size > self.limits.max_assembling_bytes and self._assembling:
+            return False
+        self._assembling += size
+        return True
+
+    def _give_frame_room(self, size: int) -> None:
+        self._assembling -= size
 
     async def _expire(self, expires_at: float) -> None:
         """Close the session when its grant expires (a token's ``exp`` holds for the whole session)."""

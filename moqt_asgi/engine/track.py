@@ -272,8 +272,16 @@ class GroupReader:
             if self._clock is not None:
                 self.timestamp = self._clock.decode(await reader.read_varint())
             size = await reader.read_varint()
-            self.track.session.codec.check_frame_size(size)
-            return await reader.read_exact(size)
+            session = self.track.session
+            session.codec.check_frame_size(size)
+            if not session._take_frame_room(size):
+                self._reader.stream.stop(ErrorCode.TOO_LARGE)
+                raise StreamError(ErrorCode.TOO_LARGE, f"group {self.sequence}: no room to assemble a frame of {size} "
+                                  f"bytes ({session.limits.max_assembling_bytes} in all per session)")
+            try:
+                return await reader.read_exact(size)
+            finally:
+                session._give_frame_room(size)
         except ProtocolError as exc:
             self._reader.stream.stop(exc.code)
             raise

@@ -31,6 +31,9 @@ class Limits:
     """Most setup parameters accepted."""
     max_stream_buffer: int = 32 * 1024 * 1024
     """Most unread bytes buffered for one incoming stream; beyond it the stream is stopped."""
+    max_assembling_bytes: int = 64 * 1024 * 1024
+    """Bytes of frames being read at once on one session (their declared sizes): a frame that
+    would pass it is refused (its group stopped with ``TOO_LARGE``). One frame is always allowed."""
     max_queued_groups: int = 8
     """Most groups waiting for a subscriber to read them; older ones are dropped."""
     max_announcements: int = 65536

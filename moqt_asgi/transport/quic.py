@@ -163,6 +163,9 @@ class QuicTransport(Connection):
     async def open_bi(self) -> BidiStream:
         self._check_open()
         sid = self.protocol._quic.get_next_available_stream_id(is_unidirectional=False)
+        # aioquic hands out the same id until the stream exists: create it now, so that two streams
+        # opened before either writes (a group header waiting in the scheduler) never share an id
+        self.protocol._quic.send_stream_data(sid, b"")
         stream = QuicStream(self, sid, readable=True, writable=True)
         self._streams[sid] = stream
         return stream
@@ -170,6 +173,9 @@ class QuicTransport(Connection):
     async def open_uni(self) -> SendStream:
         self._check_open()
         sid = self.protocol._quic.get_next_available_stream_id(is_unidirectional=True)
+        # aioquic hands out the same id until the stream exists: create it now, so that two streams
+        # opened before either writes (a group header waiting in the scheduler) never share an id
+        self.protocol._quic.send_stream_data(sid, b"")
         stream = QuicStream(self, sid, readable=False, writable=True)
         self._streams[sid] = stream
         return stream
