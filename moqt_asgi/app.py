@@ -9,23 +9,20 @@ native-QUIC entrypoint (``python -m moqt_asgi serve``) uses the same object.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 from .auth.tokens import Authenticator, AuthError, Grant
 from .engine.mux import TrackMux
 from .protocol.limits import DEFAULT_LIMITS, Limits
 from .protocol.versions import ALPN_LITE, DEFAULT_VERSIONS, Version, choose_alpn, ordered, protocols_for
 from .request import SetupRequest
-from .routing import OriginCheck, Route, SetupHandler, origin_allowed
+from .routing import OriginCheck, Route, origin_allowed
+from .serving import serve_connection, session_hook
+from .stopping import stop_on_shutdown
+from .types import ASGIApp, Message, Receive, Scope, Send, SetupHandler
 
 logger = logging.getLogger("moqt_asgi.app")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
 
 
@@ -259,11 +256,9 @@ class MoQ:
         if protocol is not None:
             accept["subprotocol"] = protocol  # the wt-protocol response header
         await send(accept)
-        from .serving import serve_connection
-        from .stopping import stop_on_shutdown
-
         target = f"{path}?{query}" if query else path
-        stopper = stop_on_shutdown(getattr(connection, "on_shutdown", None), uri=self.goaway_uri)
+        stopper = stop_on_shutdown(getattr(connection, "on_shutdown", None), uri=self.goaway_uri,
+                                   then=session_hook.get())
         await serve_connection(self, connection, transport="webtransport", target=target, headers=headers,
                                protocol=None if protocol == ALPN_LITE else protocol, on_session=stopper)
 

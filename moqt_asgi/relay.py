@@ -50,7 +50,6 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from .engine import _subscriber as subscriber
 from .engine.mux import Announcement, TrackMux
 from .engine.session import Session
 from .engine.track import DEFAULT_TIMESCALE, GroupReader, TrackReader, TrackWriter
@@ -147,7 +146,7 @@ class RemoteBroadcast:
         if not self.session.features.fetch or self.session.closed:
             return None
         try:
-            return await subscriber.fetch_timed(self.session, self.path, track, sequence)
+            return await self.session.fetch_timed(self.path, track, sequence)
         except (MoQError, TimeoutError) as exc:
             self.log.debug("upstream fetch of %s/%s group %d failed: %s", self.path, track, sequence, exc)
             return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .auth.tokens import Grant
 from .engine.mux import TrackMux
@@ -34,8 +34,8 @@ def status_to_code(status: int) -> int:
 class Acceptor:
     """What a transport entrypoint supplies so a request can be answered."""
 
-    accept: Callable[[TrackMux], Awaitable[Session]]
-    reject: Callable[[int, str], Awaitable[None]]
+    accept: Callable[[SetupRequest, TrackMux], Awaitable[Session]]
+    reject: Callable[[SetupRequest, int, str], Awaitable[None]]
 
 
 @dataclass
@@ -52,14 +52,16 @@ class SetupRequest:
     versions: tuple[int, ...] = ()
     """Versions the peer offered."""
     transport: Transport = "quic"
-    path_params: dict[str, str] = field(default_factory=dict)
+    path_params: dict[str, Any] = field(default_factory=dict)
+    """The route's path parameters, converted (``{n:int}`` gives an ``int``)."""
     grant: Grant | None = None
     """What the session may publish and read, once accepted (``None``: anything). The app's
     ``auth`` sets it from the ``?jwt=`` token; a handler may set or narrow it before :meth:`accept`."""
     early_data: bool = False
     """The setup arrived in 0-RTT early data, which an attacker can replay: accept only what is
     safe to do twice (see ``docs/security.md``)."""
-    _acceptor: Acceptor | None = field(default=None, repr=False)
+    acceptor: Acceptor | None = field(default=None, repr=False)
+    """How the transport entrypoint answers (``None``: a request that cannot be accepted, in tests)."""
     default_mux: TrackMux | None = field(default=None, repr=False)
     session: Session | None = field(default=None, repr=False)
     rejected_with: int | None = None
@@ -84,11 +86,11 @@ class SetupRequest:
             return self.session
         if self.rejected_with is not None:
             raise MoQError("request was already rejected")
-        if self._acceptor is None:
+        if self.acceptor is None:
             raise MoQError("this request cannot be accepted (no transport attached)")
         if mux is None:
             mux = self.default_mux if self.default_mux is not None else TrackMux()
-        self.session = await self._acceptor.accept(mux)
+        self.session = await self.acceptor.accept(self, mux)
         return self.session
 
     async def reject(self, status: int = 403, reason: str = "") -> None:
@@ -96,5 +98,5 @@ class SetupRequest:
         if self.decided:
             raise MoQError("request was already decided")
         self.rejected_with = status
-        if self._acceptor is not None:
-            await self._acceptor.reject(status, reason)
+        if self.acceptor is not None:
+            await self.acceptor.reject(self, status, reason)

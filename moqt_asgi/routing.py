@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .request import SetupRequest
+from .types import SetupHandler
 
-SetupHandler = Callable[[SetupRequest], Awaitable[None]]
 OriginCheck = Sequence[str] | Callable[[str | None], bool] | None
 
 _PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::(str|path|int))?}")

@@ -31,11 +31,11 @@ from .engine.session import Session
 from .protocol.errors import MoQError
 from .protocol.limits import Limits
 from .protocol.versions import Version
-from .routing import SetupHandler
 from .serving import serve_connection
 from .stopping import CLOSE_GRACE, drain, send_goaway, session_idle
 from .transport.base import Connection
 from .transport.settings import QuicSettings
+from .types import SetupHandler
 
 logger = logging.getLogger("moqt_asgi.server")
 

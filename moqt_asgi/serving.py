@@ -11,13 +11,12 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from urllib.parse import unquote
 
-from .app import MoQ
 from .auth.tokens import Grant
-from .engine._reader import StreamReader
 from .engine.handshake import (
+    SessionStream,
     SetupOffer,
     read_client_setup,
     read_lite_setup,
@@ -43,11 +42,10 @@ from .protocol.versions import (
     version_name,
 )
 from .request import Acceptor, SetupRequest, Transport, status_to_code
-from .transport.base import BidiStream, Connection
+from .transport.base import Connection
+from .types import SessionHook, SetupApp
 
 logger = logging.getLogger("moqt_asgi.server")
-
-SessionHook = Callable[[Session], None]
 
 session_hook: contextvars.ContextVar[SessionHook | None] = contextvars.ContextVar("moqt_session_hook", default=None)
 """Called with every session :func:`serve_connection` accepts in this context.
@@ -58,7 +56,7 @@ explicit ``on_session`` argument takes precedence.
 """
 
 
-async def serve_connection(app: MoQ, connection: Connection, *, transport: Transport = "quic",
+async def serve_connection(app: SetupApp, connection: Connection, *, transport: Transport = "quic",
                            protocol: str | None = None, versions: tuple[Version, ...] | None = None,
                            setup_timeout: float = 10.0, log: logging.Logger = logger, target: str | None = None,
                            headers: Mapping[str, str] | None = None, on_session: SessionHook | None = None) -> None:
@@ -108,72 +106,82 @@ async def serve_connection(app: MoQ, connection: Connection, *, transport: Trans
     else:  # the SETUP's path: percent-decoded as an ASGI server decodes a request path
         raw_path, mark, query = (start.path or "").partition("?")
         path_target = unquote(raw_path) + mark + query
+    decision = _Decision(start, log, transport, hook)
     request = SetupRequest.from_target(path_target, client=connection.peer_address, versions=start.offered,
                                        transport=transport, headers=dict(headers or {}),
                                        origin=(headers or {}).get("origin"),
-                                       early_data=bool(getattr(connection, "started_early", False)))
+                                       early_data=bool(getattr(connection, "started_early", False)),
+                                       acceptor=Acceptor(decision.accept, decision.reject))
     refusal = app.admit(request.client)
     if refusal is not None:
         log.warning("session refused (%s) from %s", refusal, request.client)
         start.reject(status_to_code(503), refusal)
         return
     try:
-        await _decide_and_serve(app, start, request, log, transport, hook)
+        await decision.run(app, request)
     finally:
         app.release(request.client)
         connection.close(ErrorCode.CANCEL)
 
 
-async def _decide_and_serve(app: MoQ, start: _Start, request: SetupRequest, log: logging.Logger, transport: str,
-                            hook: SessionHook | None) -> None:
-    """Hand ``request`` to the app, then serve the session it accepts until it closes.
+class _Decision:
+    """The application's decision on one setup request, and the session it accepts."""
 
-    The handler has ``app.setup_handler_timeout`` seconds to decide (then the
-    session is refused with ``TIMEOUT``), and is cancelled if the connection
-    goes first. A handler that ignores cancellation is abandoned (logged).
-    """
-    connection = start.connection
-    session_box: list[Session] = []
-    decided = asyncio.Event()
+    def __init__(self, start: _Start, log: logging.Logger, transport: str, hook: SessionHook | None) -> None:
+        self.start = start
+        self.log = log
+        self.transport = transport
+        self.hook = hook
+        self.session: Session | None = None
+        self.decided = asyncio.Event()
 
-    async def accept(mux: TrackMux) -> Session:
-        session = await start.accept(mux, request.path, request.grant)
-        session_box.append(session)
-        decided.set()
-        if hook is not None:
+    async def accept(self, request: SetupRequest, mux: TrackMux) -> Session:
+        session = await self.start.accept(mux, request.path, request.grant)
+        self.session = session
+        self.decided.set()
+        if self.hook is not None:
             try:
-                hook(session)
+                self.hook(session)
             except Exception:
-                log.exception("session hook failed")
-        log.info("session accepted: %s over %s path=%r from %s", session.version_name, transport, request.path,
-                 request.client)
+                self.log.exception("session hook failed")
+        self.log.info("session accepted: %s over %s path=%r from %s", session.version_name, self.transport,
+                      request.path, request.client)
         return session
 
-    async def reject(status: int, reason: str) -> None:
-        log.info("session rejected with %d (%s) path=%r", status, reason, request.path)
-        start.reject(status_to_code(status), reason)
-        decided.set()
+    async def reject(self, request: SetupRequest, status: int, reason: str) -> None:
+        self.log.info("session rejected with %d (%s) path=%r", status, reason, request.path)
+        self.start.reject(status_to_code(status), reason)
+        self.decided.set()
 
-    request._acceptor = Acceptor(accept, reject)
-    handler = asyncio.ensure_future(app.handle_setup(request))
-    handler.add_done_callback(lambda _: decided.set())
-    try:
-        outcome = await _first(decided.wait(), connection.wait_closed(), timeout=app.setup_handler_timeout)
-        if outcome is None and not request.decided:
-            log.warning("setup handler for %r did not decide within %.1fs; refusing the session", request.path,
-                        app.setup_handler_timeout)
-            with contextlib.suppress(Exception):
-                await request.reject(408, "setup handler timeout")
-        elif outcome == 1 and not session_box:
-            log.info("connection ended before the setup handler for %r decided", request.path)
-        if session_box:
-            await session_box[0].wait_closed()
-    finally:
-        if not handler.done():
-            handler.cancel()
-        await abandon_after(handler, STOP_TIMEOUT, f"setup handler for {request.path!r}", log)
-        for session in session_box:
-            await session.aclose()
+    async def run(self, app: SetupApp, request: SetupRequest) -> None:
+        """Hand ``request`` to the app, then serve the session it accepts until it closes.
+
+        The handler has ``app.setup_handler_timeout`` seconds to decide (then
+        the session is refused with ``TIMEOUT``), and is cancelled if the
+        connection goes first. A handler that ignores cancellation is
+        abandoned (logged).
+        """
+        log = self.log
+        handler = asyncio.ensure_future(app.handle_setup(request))
+        handler.add_done_callback(lambda _: self.decided.set())
+        try:
+            outcome = await _first(self.decided.wait(), self.start.connection.wait_closed(),
+                                   timeout=app.setup_handler_timeout)
+            if outcome is None and not request.decided:
+                log.warning("setup handler for %r did not decide within %.1fs; refusing the session", request.path,
+                            app.setup_handler_timeout)
+                with contextlib.suppress(Exception):
+                    await request.reject(408, "setup handler timeout")
+            elif outcome == 1 and self.session is None:
+                log.info("connection ended before the setup handler for %r decided", request.path)
+            if self.session is not None:
+                await self.session.wait_closed()
+        finally:
+            if not handler.done():
+                handler.cancel()
+            await abandon_after(handler, STOP_TIMEOUT, f"setup handler for {request.path!r}", log)
+            if self.session is not None:
+                await self.session.aclose()
 
 
 async def _first(*aws: Awaitable[object], timeout: float) -> int | None:
@@ -210,7 +218,7 @@ class _Start:
     async def accept(self, mux: TrackMux, path: str, grant: Grant | None = None) -> Session:
         if self.offer is not None:
             codec = send_server_setup(self.offer, self.version, self.limits)
-            stream: tuple[BidiStream, StreamReader] | None = (self.offer.stream, self.offer.reader)
+            stream: SessionStream | None = (self.offer.stream, self.offer.reader)
         else:
             codec = self.version.new_codec(self.limits)
             stream = None
@@ -230,7 +238,7 @@ class _Start:
         self.connection.close(code, reason[:100])
 
 
-async def _start_fixed(connection: Connection, version: Version, versions: tuple[Version, ...], app: MoQ,
+async def _start_fixed(connection: Connection, version: Version, versions: tuple[Version, ...], app: SetupApp,
                        timeout: float, log: logging.Logger) -> _Start | None:
     """lite-03+: the ALPN chose the version; 05+ also read the client's SETUP (its path, on native QUIC)."""
     connection.error_codes = version.codec.error_codes  # the ALPN fixed the dialect: a refused SETUP speaks it too
@@ -245,7 +253,7 @@ async def _start_fixed(connection: Connection, version: Version, versions: tuple
     return _Start(connection, version, app.limits, timeout, log, path=path, peer_setup=peer)
 
 
-async def _start_negotiated(connection: Connection, protocol: str | None, versions: tuple[Version, ...], app: MoQ,
+async def _start_negotiated(connection: Connection, protocol: str | None, versions: tuple[Version, ...], app: SetupApp,
                             timeout: float, log: logging.Logger) -> _Start | None:
     """A SETUP exchange on the first bidi stream: lite-01/02 (``moql``) or gomoqt (``moq-00``).
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from .engine.session import Session
 from .protocol.codes import goaway_timeout_code
 from .protocol.errors import SessionClosed
-from .serving import SessionHook, session_hook
+from .types import SessionHook
 
 logger = logging.getLogger("moqt_asgi.server")
 
@@ -41,7 +41,7 @@ def session_idle(session: Session) -> bool:
     subscription of ours is open. Announcement streams do not count (they
     stay open for the life of a session).
     """
-    return not session._published and not session._subscriptions
+    return session.idle
 
 
 async def drain(sessions: list[Session], deadline: float, log: logging.Logger, *,
@@ -112,11 +112,11 @@ def stop_on_shutdown(on_shutdown: ShutdownSignal | None, *, uri: str = "", log: 
     Once ``on_shutdown`` (the connection's signal; ``None`` if it has none)
     reports that the server is stopping, the session runs :func:`stop_session`
     with the seconds left, in its own task group (it ends with the session).
-    ``then`` (default: the :data:`~moqt_asgi.serving.session_hook` of the
-    calling context, a server's registry) is called afterwards, as it would
-    have been without this hook.
+    ``then`` (the hook the connection would have had otherwise, e.g. a
+    server's registry: :data:`moqt_asgi.serving.session_hook`) is called
+    afterwards.
     """
-    chained = then if then is not None else session_hook.get()
+    chained = then
 
     def hook(session: Session) -> None:
         if on_shutdown is not None:

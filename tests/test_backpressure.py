@@ -116,13 +116,13 @@ async def test_fetches_to_a_reader_that_never_reads_hold_no_copies(version: Vers
         # What the reader holds unread, plus at most one chunk per blocked reply: nowhere near 50 copies.
         assert grown < 2 * MiB, f"{grown / MiB:.1f} MiB held for 50 unread FETCHes"
         assert server_backlog(server_conn) <= DEFAULT_HIGH_WATER + CHUNK
-        assert server._fetches == DEFAULT_LIMITS.max_fetches
+        assert server.stats().fetches == DEFAULT_LIMITS.max_fetches
         codes = [await refusal_code(stream) for stream in streams[DEFAULT_LIMITS.max_fetches:]]
         assert set(codes) == {as_seen(client, server, ErrorCode.BOUNDS_EXCEEDED)}
         for stream in streams[:DEFAULT_LIMITS.max_fetches]:
             stream.stop(ErrorCode.CANCEL)
             stream.reset(ErrorCode.CANCEL)
-        await within(_until(lambda: server._fetches == 0))
+        await within(_until(lambda: server.stats().fetches == 0))
         # The session is still usable: a fetch that is read arrives whole.
         frames = await within(client.fetch("vod", "video", 0))
         assert [len(frame) for frame in frames] == [MiB] * 4
@@ -136,8 +136,8 @@ async def test_a_fetch_reply_nobody_reads_is_given_up(version: Version) -> None:
     async with memory_sessions(app, version=version, flow_control=True) as (client, server, _, _):
         codec: Any = client.codec
         stream = await raw_request(client, LiteBidi.FETCH, codec.encode_fetch(Fetch("vod", "video", 0, 0)))
-        await within(_until(lambda: server._fetches == 1))
-        await within(_until(lambda: server._fetches == 0))
+        await within(_until(lambda: server.stats().fetches == 1))
+        await within(_until(lambda: server.stats().fetches == 0))
         # The reply was reset with TIMEOUT after the part that fitted the backlog.
         with pytest.raises(StreamError) as stopped:
             while await within(stream.read()):
@@ -192,11 +192,11 @@ async def test_announce_streams_per_session_are_capped(version: Version) -> None
         request = codec.encode_announce_please(AnnouncePlease(""))
         streams = [await raw_request(client, LiteBidi.ANNOUNCE, request) for _ in range(4)]
         assert await refusal_code(streams[3]) == as_seen(client, server, ErrorCode.BOUNDS_EXCEEDED)
-        assert server._announce_streams == 3
+        assert server.stats().announce_streams == 3
         assert not server.closed
         # A legitimate watcher still works once one of the others goes.
         streams[0].write(b"", end=True)
-        await within(_until(lambda: server._announce_streams == 2))
+        await within(_until(lambda: server.stats().announce_streams == 2))
         server.mux.publish("room", _never_called)
         announcements = await within(client.announced(""))
         assert "room" in announcements.active
@@ -387,8 +387,8 @@ async def test_frames_being_assembled_are_bounded_per_session() -> None:
         waiting = [r for r in reads if not r.done()]
         assert len(refused) == 2 and len(waiting) == 2  # two 8 MiB frames fit in 20 MiB, the others are refused
         assert all(r.exception().code == ErrorCode.TOO_LARGE for r in refused)  # type: ignore[union-attr]
-        assert client._assembling == 2 * frame
+        assert client.stats().assembling_bytes == 2 * frame
         for r in waiting:
             r.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
-        assert client._assembling == 0
+        assert client.stats().assembling_bytes == 0

@@ -45,11 +45,10 @@ from moqt_asgi import Broadcast, MoQ
 from moqt_asgi.endpoints.dial_quic import dial_quic
 from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.engine._reader import StreamReader
-from moqt_asgi.engine._subscriber import MAX_DROP_NOTICES
 from moqt_asgi.engine.announce import AnnouncementReader
 from moqt_asgi.engine.handshake import client_setup, start_client
 from moqt_asgi.engine.session import Session
-from moqt_asgi.engine.track import TrackReader
+from moqt_asgi.engine.track import MAX_DROP_NOTICES, TrackReader
 from moqt_asgi.producer import TrackProducer
 from moqt_asgi.protocol.codes import SCOPED_CODES, ScopedErrorCodes, app_to_http
 from moqt_asgi.protocol.errors import ErrorCode, ProtocolError, StreamError

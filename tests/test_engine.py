@@ -122,7 +122,7 @@ async def test_handler_per_subscription_and_unsubscribe_cancels_it() -> None:
         assert seen == [("numbers", "evens", 7)]
         reader.close()
         await asyncio.wait_for(cancelled.wait(), WAIT)
-        assert not server._published
+        assert not server.served
 
 
 async def test_either_side_publishes_server_subscribes_to_client() -> None:

@@ -339,7 +339,7 @@ async def test_scripted_gomoqt_client_against_our_server(certs: Certs) -> None:
             sub = peer.open()
             peer.send(sub, subscribe(1, "/broadcast", "video", h("40 c8")))
             await peer.expect(sub, SUBSCRIBE_OK)
-            writer = await eventually(lambda: ours._published.get(1), "the subscription on our side")
+            writer = await eventually(lambda: ours.served.get(1), "the subscription on our side")
             assert (writer.broadcast, writer.track, writer.priority) == ("broadcast", "video", 200)
             origin.video.write_frame(b"HELLO")
             first = await peer.accept(uni=True)
@@ -428,7 +428,7 @@ async def test_our_client_against_a_scripted_gomoqt_server(certs: Certs, offered
             await peer.expect(uni, GROUP_HELLO)
             await peer.expect_fin(uni)
             peer.send(theirs, UPDATE_PRIORITY_5)
-            await eventually(lambda: session._published[1].priority == 5, "SUBSCRIBE_UPDATE to apply")
+            await eventually(lambda: session.served[1].priority == 5, "SUBSCRIBE_UPDATE to apply")
             other = client_mux.publish("interop/other", Broadcast())
             await peer.expect(discover, msg(b"\x01", s("interop/other")))
             other.end()
@@ -523,7 +523,7 @@ async def exercise_both_roles(client: Session, server: Session, origin: Origin, 
     first = await within(announced.next())
     assert first is not None and first.path == "broadcast"
     down = await within(client.subscribe("broadcast", "video", priority=100))
-    writer = await eventually(lambda: server._published.get(down.subscribe_id), "the subscription on the server")
+    writer = await eventually(lambda: server.served.get(down.subscribe_id), "the subscription on the server")
     assert writer.priority == 100
     client.update_subscription(down, priority=250)
     await eventually(lambda: writer.priority == 250, "SUBSCRIBE_UPDATE on the server")
@@ -796,7 +796,7 @@ async def test_stream_level_errors_use_gomoqt_subscribe_codes(certs: Certs) -> N
             await peer.expect(again, SUBSCRIBE_OK)
             assert peer.closed() is None
             ours = origin.session()
-            assert not ours.closed and ours._published[3].priority == 5
+            assert not ours.closed and ours.served[3].priority == 5
         await assert_gomoqt_client_served(port, origin)
 
 

@@ -294,7 +294,7 @@ async def test_names_the_publisher_does_not_serve_cost_it_no_subscription(versio
                 assert refused.value.code == ErrorCode.NOT_FOUND
             assert relay.upstream_tracks == 0
             # nothing reached the publisher but TRACK requests: it served no subscription
-            assert not a_server._subscriptions
+            assert not a_server.subscribed
             _, frame = await read_label(viewer, a)
             assert frame.startswith(b"from-A")
 
@@ -351,7 +351,7 @@ async def test_a_relayed_group_that_left_the_cache_stops_being_copied() -> None:
         await until(lambda: relay.mux.route("p") is not None, "the relay learned p")
         async with peer(app, LITE_04_VERSION) as (viewer, _):
             track = await asyncio.wait_for(viewer.subscribe("p", "t"), WAIT)
-            await until(lambda: relay_side._assembling > 0, "the relay started copying the large frame")
+            await until(lambda: relay_side.stats().assembling_bytes > 0, "the relay started copying the large frame")
             more.set()
             frames = []
             while len(frames) < 3:
@@ -365,4 +365,4 @@ async def test_a_relayed_group_that_left_the_cache_stops_being_copied() -> None:
                 if frame is not None:
                     frames.append(frame)
             assert frames[-1] == b"fast-2"
-            await until(lambda: relay_side._assembling == 0, "the evicted group's copy stopped")
+            await until(lambda: relay_side.stats().assembling_bytes == 0, "the evicted group's copy stopped")

@@ -87,7 +87,7 @@ async def received(reader: TrackReader, count: int | None = None) -> list[int]:
 
 
 def published(server: Session, track: str) -> TrackWriter:
-    return next(w for w in server._published.values() if w.track == track)
+    return next(w for w in server.served.values() if w.track == track)
 
 
 class Link:
@@ -139,7 +139,7 @@ class Link:
         """Let queued writes out one by one, letting every writer queue its next chunk in between."""
         await settle()
         async with asyncio.timeout(WAIT):
-            while self.session._scheduler.queued:
+            while self.session.stats().queued_writes:
                 self.credit = 1
                 self.connection._notify_writable()
                 await settle()
@@ -323,7 +323,7 @@ async def test_bounded_range_on_a_congested_connection_delivers_every_group(vers
         link = Link(server)
         link.pause()
         pending = asyncio.ensure_future(client.subscribe("b", "t", start_group=1, end_group=3))
-        await until(lambda: server._scheduler.queued >= 3)
+        await until(lambda: server.stats().queued_writes >= 3)
         await link.drain()
         reader = await asyncio.wait_for(pending, WAIT)
         assert sorted(await received(reader)) == [1, 2, 3]
@@ -355,7 +355,7 @@ async def test_slow_subscriber_loses_groups_that_went_stale_in_flight(version: V
         link = Link(server)
         link.pause()
         pending = asyncio.ensure_future(client.subscribe("b", "t", max_latency_ms=20))
-        await until(lambda: server._scheduler.queued == 1)
+        await until(lambda: server.stats().queued_writes == 1)
         write_group(track, b"1")
         await asyncio.sleep(0.05)  # groups 0 and 1 now wait longer than 20 ms
         write_group(track, b"2")  # the newest is never stale

@@ -27,7 +27,7 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.tls import SessionTicket
 
-from ..app import ASGIApp, MoQ
+from ..app import MoQ
 from ..engine.session import Session
 from ..protocol.errors import ErrorCode, MoQError
 from ..protocol.versions import Version, native_alpns, ordered
@@ -37,6 +37,7 @@ from ..transport.admission import Admission, serve_guarded
 from ..transport.aioquic_connection import forbid_early_data
 from ..transport.quic import QuicProtocol, QuicTransport
 from ..transport.settings import QuicSettings
+from ..types import ASGIApp
 from .certs import ANTI_AMPLIFICATION_BUDGET, CERT_CHAIN_WARN_BYTES
 from .tickets import SessionTicketStore
 from .tls import ServerCredentials, TLSConfig, server_tls

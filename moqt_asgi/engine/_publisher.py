@@ -1,4 +1,4 @@
-"""The publisher's half of a session: streams the peer opens to read from us.
+"""The publisher's half of a core: streams the peer opens to read from us.
 
 Each function serves one peer-opened bidi stream whose type byte was
 already read: announce requests (from our :class:`~.mux.TrackMux`),
@@ -12,19 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError
 from ..protocol.lite_wire import HopEncoding
 from ..protocol.messages import Announce, AnnounceEnd, AnnounceInit, AnnounceOk, AnnounceStart, Subscribe, TrackInfo
 from ..protocol.paths import normalize_path, strip_prefix
 from ..transport.base import BidiStream
+from ._core import SessionCore
 from ._reader import StreamReader
 from .mux import AnnouncementWatcher
 from .track import DEFAULT_TIMESCALE, TrackWriter
-
-if TYPE_CHECKING:
-    from .session import Session
 
 FetchResult = list[tuple[bytes, int | None]]
 """A fetched group: ``(payload, timestamp or None)`` per frame."""
@@ -39,10 +37,10 @@ def _refuse(stream: BidiStream, code: int) -> None:
 class _AnnounceEncoder:
     """Turns mux changes into this version's announce messages on one stream."""
 
-    def __init__(self, session: Session, prefix: str, exclude_hop: int) -> None:
-        self.session = session
-        self.codec: Any = session.codec
-        self.features = session.features
+    def __init__(self, core: SessionCore, prefix: str, exclude_hop: int) -> None:
+        self.core = core
+        self.codec: Any = core.codec
+        self.features = core.features
         self.prefix = prefix
         self.exclude_hop = exclude_hop
         self._ids: Any = None
@@ -55,10 +53,10 @@ class _AnnounceEncoder:
 
     def route_of(self, path: str) -> tuple[int, ...] | None:
         """The hops to announce ``path`` with, or ``None`` to keep it from this peer."""
-        grant = self.session.grant
+        grant = self.core.grant
         if grant is not None and not grant.can_subscribe(path):
             return None  # the peer may not read it: it does not learn it exists
-        route = self.session.mux.route(path)
+        route = self.core.mux.route(path)
         hops = route[0].hops if route is not None else ()
         if self.exclude_hop and self.exclude_hop in hops:
             return None  # the peer is on the route already: announcing it back would make a loop
@@ -86,33 +84,33 @@ class _AnnounceEncoder:
             self._ids.end(announce_id)
             return bytes(self.codec.encode_announcement(AnnounceEnd(announce_id)))
         if active and not self.features.announce_ok and self.features.hops is not HopEncoding.NONE:
-            hops = (*hops, self.session.mux.hop_id)  # lite-03/04: the publisher appends itself
+            hops = (*hops, self.core.mux.hop_id)  # lite-03/04: the publisher appends itself
         hops = hops[-32:]
         return bytes(self.codec.encode_announce(Announce(active, suffix, hops)))
 
 
-async def serve_announce(session: Session, stream: BidiStream, reader: StreamReader) -> None:
-    codec: Any = session.codec
+async def serve_announce(core: SessionCore, stream: BidiStream, reader: StreamReader) -> None:
+    codec: Any = core.codec
     please = codec.decode_announce_please(
-        await session._with_timeout(reader.read_message(session.limits.max_message_size)))
-    if session._announce_streams >= session.limits.max_announce_streams:
-        session.log.info("refusing announce request for %r: %d already open", please.prefix,
-                         session._announce_streams)
+        await core.request(reader.read_message(core.limits.max_message_size)))
+    if core.announce_streams >= core.limits.max_announce_streams:
+        core.log.info("refusing announce request for %r: %d already open", please.prefix,
+                         core.announce_streams)
         _refuse(stream, ErrorCode.BOUNDS_EXCEEDED)
         return
     prefix = normalize_path(please.prefix)
-    grant = session.grant
+    grant = core.grant
     if grant is not None and not grant.can_watch(prefix):
-        session.log.info("refusing announce request for %r: not granted", prefix)
+        core.log.info("refusing announce request for %r: not granted", prefix)
         _refuse(stream, ErrorCode.UNAUTHORIZED)
         return
-    session._announce_streams += 1
-    watcher = session.mux.watch(prefix)
+    core.announce_streams += 1
+    watcher = core.mux.watch(prefix)
     try:
-        encoder = _AnnounceEncoder(session, prefix, please.exclude_hop)
-        await _send_initial(session, stream, encoder, [path for path in watcher.initial()
+        encoder = _AnnounceEncoder(core, prefix, please.exclude_hop)
+        await _send_initial(core, stream, encoder, [path for path in watcher.initial()
                                                        if encoder.route_of(path) is not None])
-        forward = asyncio.ensure_future(_forward_announcements(session, stream, watcher, encoder))
+        forward = asyncio.ensure_future(_forward_announcements(core, stream, watcher, encoder))
         try:
             if not await reader.at_eof():
                 raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "unexpected data on an announce stream")
@@ -123,7 +121,7 @@ async def serve_announce(session: Session, stream: BidiStream, reader: StreamRea
         with contextlib.suppress(MoQError):
             stream.write(b"", end=True)
     finally:
-        session._announce_streams -= 1
+        core.announce_streams -= 1
         watcher.close()
 
 
@@ -131,14 +129,14 @@ _BATCH = 16 * 1024
 """Announce messages are written in batches of about this many bytes."""
 
 
-async def _wait_for_room(session: Session, stream: BidiStream) -> None:
+async def _wait_for_room(core: SessionCore, stream: BidiStream) -> None:
     """Wait until the announce stream's unsent bytes are under ``Limits.announce_backlog``."""
-    limit = session.limits.announce_backlog
-    while stream.backlog() > limit and not session.connection.is_closed:
-        await session.connection.wait_writable()
+    limit = core.limits.announce_backlog
+    while stream.backlog() > limit and not core.connection.is_closed:
+        await core.connection.wait_writable()
 
 
-async def _send_initial(session: Session, stream: BidiStream, encoder: _AnnounceEncoder, initial: list[str]) -> None:
+async def _send_initial(core: SessionCore, stream: BidiStream, encoder: _AnnounceEncoder, initial: list[str]) -> None:
     """The paths already active, in backlog-gated batches.
 
     lite-01/02 put them in one ANNOUNCE_INIT; we fill it up to
@@ -146,12 +144,12 @@ async def _send_initial(session: Session, stream: BidiStream, encoder: _Announce
     messages, so a peer reading with the usual 64 KiB message limit still
     learns every path.
     """
-    codec: Any = session.codec
-    features = session.features
+    codec: Any = core.codec
+    features = core.features
     out = bytearray()
     rest = initial
     if features.announce_init:
-        budget = session.limits.max_sent_announce_init - 16
+        budget = core.limits.max_sent_announce_init - 16
         suffixes: list[str] = []
         for path in initial:
             suffix = strip_prefix(path, encoder.prefix)
@@ -163,17 +161,17 @@ async def _send_initial(session: Session, stream: BidiStream, encoder: _Announce
         encoder._sent.update(initial[:len(suffixes)])
         rest = initial[len(suffixes):]
     elif features.announce_ok:
-        out += codec.encode_announce_ok(AnnounceOk(session.mux.hop_id, len(initial)))
+        out += codec.encode_announce_ok(AnnounceOk(core.mux.hop_id, len(initial)))
     for path in rest:
         out += encoder.encode(path, True)
         if len(out) >= _BATCH:
             stream.write(bytes(out))
             out.clear()
-            await _wait_for_room(session, stream)
+            await _wait_for_room(core, stream)
     stream.write(bytes(out))
 
 
-async def _forward_announcements(session: Session, stream: BidiStream, watcher: AnnouncementWatcher,
+async def _forward_announcements(core: SessionCore, stream: BidiStream, watcher: AnnouncementWatcher,
                                  encoder: _AnnounceEncoder) -> None:
     """Changes as they happen, never more than ``Limits.announce_backlog`` ahead of the peer.
 
@@ -181,8 +179,8 @@ async def _forward_announcements(session: Session, stream: BidiStream, watcher: 
     path), so a path toggled a thousand times costs one message.
     """
     while True:
-        await _wait_for_room(session, stream)
-        if session.connection.is_closed:
+        await _wait_for_room(core, stream)
+        if core.connection.is_closed:
             return
         path, active = await watcher.next()
         data = encoder.encode(path, active)
@@ -190,57 +188,57 @@ async def _forward_announcements(session: Session, stream: BidiStream, watcher: 
             stream.write(data)
 
 
-def _may_read(session: Session, broadcast: str, stream: BidiStream) -> bool:
-    """Refuse (``UNAUTHORIZED``) a request for a broadcast the session's grant does not let it read."""
-    grant = session.grant
+def _may_read(core: SessionCore, broadcast: str, stream: BidiStream) -> bool:
+    """Refuse (``UNAUTHORIZED``) a request for a broadcast the core's grant does not let it read."""
+    grant = core.grant
     if grant is None or grant.can_subscribe(broadcast):
         return True
-    session.log.info("refusing %r: not granted to this session", broadcast)
+    core.log.info("refusing %r: not granted to this core", broadcast)
     _refuse(stream, ErrorCode.UNAUTHORIZED)
     return False
 
 
 # -- subscriptions
-async def serve_subscribe(session: Session, stream: BidiStream, reader: StreamReader) -> None:
-    msg: Subscribe = session.codec.decode_subscribe(
-        await session._with_timeout(reader.read_message(session.limits.max_message_size)))
-    published = session._published
+async def serve_subscribe(core: SessionCore, stream: BidiStream, reader: StreamReader) -> None:
+    msg: Subscribe = core.codec.decode_subscribe(
+        await core.request(reader.read_message(core.limits.max_message_size)))
+    published = core.published
     if msg.subscribe_id in published:
-        session.log.warning("duplicate subscribe id %d", msg.subscribe_id)
+        core.log.warning("duplicate subscribe id %d", msg.subscribe_id)
         _refuse(stream, ErrorCode.DUPLICATE)
         return
-    if len(published) >= session.limits.max_subscriptions:
+    if len(published) >= core.limits.max_subscriptions:
         _refuse(stream, ErrorCode.BOUNDS_EXCEEDED)
         return
     broadcast = normalize_path(msg.broadcast)
-    if not _may_read(session, broadcast, stream):
+    if not _may_read(core, broadcast, stream):
         return
-    route = session.mux.route(broadcast)
+    route = core.mux.route(broadcast)
     if route is None:
-        session.log.debug("subscribe %d to unknown broadcast %r", msg.subscribe_id, broadcast)
+        core.log.debug("subscribe %d to unknown broadcast %r", msg.subscribe_id, broadcast)
         _refuse(stream, ErrorCode.NOT_FOUND)
         return
     announcement, handler = route
-    writer = TrackWriter(session, stream, msg, broadcast)
+    writer = TrackWriter(core, stream, msg, broadcast)
     published[msg.subscribe_id] = writer
-    session.log.debug("serving subscription %d to %s/%s", msg.subscribe_id, broadcast, msg.track)
+    core.log.debug("serving subscription %d to %s/%s", msg.subscribe_id, broadcast, msg.track)
     try:
         await _first_of(
-            _run_track_handler(session, handler, writer),
-            _watch_subscriber(session, reader, writer),
+            _run_track_handler(core, handler, writer),
+            _watch_subscriber(core, reader, writer),
             announcement.wait_ended(),
-            writer._finished.wait(),
+            writer.wait_finished(),
         )
         if announcement.error is not None and not announcement.active:
             writer.close_with_error(announcement.error)  # its publisher was lost: not a clean end
         elif not writer.closed:
-            await writer.close()
+            writer.close()
     finally:
-        writer._cancelled()
+        writer.abandon()
         published.pop(msg.subscribe_id, None)
 
 
-async def _run_track_handler(session: Session, handler: Any, writer: TrackWriter) -> None:
+async def _run_track_handler(core: SessionCore, handler: Any, writer: TrackWriter) -> None:
     try:
         await handler(writer)
     except StreamError as exc:
@@ -251,66 +249,66 @@ async def _run_track_handler(session: Session, handler: Any, writer: TrackWriter
     except SessionClosed:
         raise
     except Exception:
-        session.log.exception("track handler for %s/%s failed", writer.broadcast, writer.track)
+        core.log.exception("track handler for %s/%s failed", writer.broadcast, writer.track)
         writer.close_with_error(ErrorCode.CANCEL)
 
 
-async def _watch_subscriber(session: Session, reader: StreamReader, writer: TrackWriter) -> None:
+async def _watch_subscriber(core: SessionCore, reader: StreamReader, writer: TrackWriter) -> None:
     """Returns when the subscriber unsubscribes (FIN or reset); applies SUBSCRIBE_UPDATEs."""
     try:
-        while (body := await reader.read_message_or_eof(session.limits.max_message_size)) is not None:
-            writer._update(session.codec.decode_subscribe_update(body))
+        while (body := await reader.read_message_or_eof(core.limits.max_message_size)) is not None:
+            writer.apply_update(core.codec.decode_subscribe_update(body))
     except StreamError:
         return
     except ProtocolError as exc:
-        session.log.warning("subscription %d: %s", writer.subscribe_id, exc)
+        core.log.warning("subscription %d: %s", writer.subscribe_id, exc)
         writer.close_with_error(exc.code)
 
 
 # -- fetch (lite-03+): one group, answered with its frames and FIN
-async def serve_fetch(session: Session, stream: BidiStream, reader: StreamReader) -> None:
+async def serve_fetch(core: SessionCore, stream: BidiStream, reader: StreamReader) -> None:
     """Serve one FETCH from the cache, frame by frame through the scheduler.
 
     Frames are sent by reference (never joined into a copy of the group), at
     most ``Limits.max_fetches`` requests are served at once, and a reply the
     peer does not read within ``Limits.fetch_timeout`` is reset.
     """
-    codec: Any = session.codec
-    limits = session.limits
-    msg = codec.decode_fetch(await session._with_timeout(reader.read_message(limits.max_message_size)))
-    if session._fetches >= limits.max_fetches:
-        session.log.info("refusing fetch of %s/%s: %d already being served", msg.broadcast, msg.track, session._fetches)
+    codec: Any = core.codec
+    limits = core.limits
+    msg = codec.decode_fetch(await core.request(reader.read_message(limits.max_message_size)))
+    if core.fetches >= limits.max_fetches:
+        core.log.info("refusing fetch of %s/%s: %d already being served", msg.broadcast, msg.track, core.fetches)
         _refuse(stream, ErrorCode.BOUNDS_EXCEEDED)
         return
-    if not _may_read(session, normalize_path(msg.broadcast), stream):
+    if not _may_read(core, normalize_path(msg.broadcast), stream):
         return
-    session._fetches += 1
+    core.fetches += 1
     try:
-        route = session.mux.route(normalize_path(msg.broadcast))
+        route = core.mux.route(normalize_path(msg.broadcast))
         fetch = getattr(route[1], "fetch_group", None) if route is not None else None
         frames: FetchResult | None = await fetch(msg.track, msg.group) if fetch is not None else None
         if frames is None:
-            session.log.debug("fetch of %s/%s group %d: not available", msg.broadcast, msg.track, msg.group)
+            core.log.debug("fetch of %s/%s group %d: not available", msg.broadcast, msg.track, msg.group)
             _refuse(stream, ErrorCode.NOT_FOUND)
             return
         end = len(frames) if msg.end_frame is None else min(len(frames), msg.end_frame + 1)
         try:
             async with asyncio.timeout(limits.fetch_timeout):
-                await _send_fetched(session, stream, frames[msg.start_frame:end], msg.priority, msg.group)
+                await _send_fetched(core, stream, frames[msg.start_frame:end], msg.priority, msg.group)
         except TimeoutError:
-            session.log.info("fetch of %s/%s group %d: the peer did not read it within %.0fs", msg.broadcast,
+            core.log.info("fetch of %s/%s group %d: the peer did not read it within %.0fs", msg.broadcast,
                              msg.track, msg.group, limits.fetch_timeout)
             _refuse(stream, ErrorCode.TIMEOUT)
             return
     finally:
-        session._fetches -= 1
+        core.fetches -= 1
     await _expect_fin(reader)
 
 
-async def _send_fetched(session: Session, stream: BidiStream, frames: FetchResult, priority: int, group: int) -> None:
-    codec: Any = session.codec
-    scheduler = session._scheduler
-    clock = codec.new_frame_clock() if session.features.frame_timestamps else None
+async def _send_fetched(core: SessionCore, stream: BidiStream, frames: FetchResult, priority: int, group: int) -> None:
+    codec: Any = core.codec
+    scheduler = core.scheduler
+    clock = codec.new_frame_clock() if core.features.frame_timestamps else None
     last = len(frames) - 1
     for index, (payload, timestamp) in enumerate(frames):
         if clock is not None:
@@ -323,12 +321,12 @@ async def _send_fetched(session: Session, stream: BidiStream, frames: FetchResul
 
 
 # -- track info (lite-05+)
-async def serve_track(session: Session, stream: BidiStream, reader: StreamReader) -> None:
-    codec: Any = session.codec
-    msg = codec.decode_track_request(await session._with_timeout(reader.read_message(session.limits.max_message_size)))
-    if not _may_read(session, normalize_path(msg.broadcast), stream):
+async def serve_track(core: SessionCore, stream: BidiStream, reader: StreamReader) -> None:
+    codec: Any = core.codec
+    msg = codec.decode_track_request(await core.request(reader.read_message(core.limits.max_message_size)))
+    if not _may_read(core, normalize_path(msg.broadcast), stream):
         return
-    route = session.mux.route(normalize_path(msg.broadcast))
+    route = core.mux.route(normalize_path(msg.broadcast))
     if route is None:
         _refuse(stream, ErrorCode.NOT_FOUND)
         return
@@ -345,12 +343,12 @@ async def serve_track(session: Session, stream: BidiStream, reader: StreamReader
 
 
 # -- probe (lite-03+): the peer's bitrate and RTT reports; we read them and report nothing ourselves
-async def serve_probe(session: Session, stream: BidiStream, reader: StreamReader) -> None:
-    codec: Any = session.codec
+async def serve_probe(core: SessionCore, stream: BidiStream, reader: StreamReader) -> None:
+    codec: Any = core.codec
     try:
-        while (body := await reader.read_message_or_eof(session.limits.max_message_size)) is not None:
+        while (body := await reader.read_message_or_eof(core.limits.max_message_size)) is not None:
             probe = codec.decode_probe(body)
-            session.log.debug("peer probe: bitrate=%s rtt=%s", probe.bitrate, probe.rtt_ms)
+            core.log.debug("peer probe: bitrate=%s rtt=%s", probe.bitrate, probe.rtt_ms)
     except StreamError:
         return
     with contextlib.suppress(MoQError):
@@ -358,10 +356,10 @@ async def serve_probe(session: Session, stream: BidiStream, reader: StreamReader
 
 
 # -- goaway (lite-04+)
-async def serve_goaway(session: Session, stream: BidiStream, reader: StreamReader) -> None:
-    codec: Any = session.codec
-    msg = codec.decode_goaway(await session._with_timeout(reader.read_message(session.limits.max_message_size)))
-    session._goaway_received(msg.uri)
+async def serve_goaway(core: SessionCore, stream: BidiStream, reader: StreamReader) -> None:
+    codec: Any = core.codec
+    msg = codec.decode_goaway(await core.request(reader.read_message(core.limits.max_message_size)))
+    core.goaway_received(msg.uri)
     await _expect_fin(reader)
 
 

@@ -8,6 +8,7 @@ from collections import deque
 from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError
 from ..transport.base import BidiStream
 from .mux import Announcement
+from .track import done
 
 
 class AnnouncementReader:
@@ -33,7 +34,8 @@ class AnnouncementReader:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def _update(self, path: str, active: bool, hops: tuple[int, ...] = (), *, refresh: bool = False) -> None:
+    def apply(self, path: str, active: bool, hops: tuple[int, ...] = (), *, refresh: bool = False) -> None:
+        """One announcement read off the stream (the engine calls this); misuse is a protocol violation."""
         if active and refresh and path in self.active:
             self.active[path].hops = hops
             return
@@ -55,13 +57,17 @@ class AnnouncementReader:
             if ended in self._queue:
                 self._queue.remove(ended)
 
-    def _fail(self, error: BaseException) -> None:
-        if self._error is None:
-            self._error = error
+    def finish(self, error: BaseException | None = None) -> None:
+        """The announce stream ended (the engine calls this): cleanly, or with ``error``.
 
-    def _finish(self) -> None:
+        Announcements still active end too, with an error when the stream or
+        session was lost under them (the publisher did not withdraw them).
+        """
+        if error is not None and self._error is None:
+            self._error = error
+        if self._done:
+            return
         self._done = True
-        # The stream or the session ended under them: the publisher did not withdraw them, it was lost.
         error = self._error
         lost = ErrorCode.TRANSPORT if isinstance(error, StreamError) or (
             isinstance(error, SessionClosed) and error.abrupt) else None
@@ -93,13 +99,13 @@ class AnnouncementReader:
             raise StopAsyncIteration
         return announcement
 
-    def close(self) -> None:
-        """Stop listening (FIN our side)."""
-        if self._done:
-            return
-        try:
-            self._stream.write(b"", end=True)
-            self._stream.stop(ErrorCode.CANCEL)
-        except MoQError:
-            pass
-        self._finish()
+    def close(self) -> asyncio.Future[None]:
+        """Stop listening (FIN our side), now; returns an awaitable (already complete)."""
+        if not self._done:
+            try:
+                self._stream.write(b"", end=True)
+                self._stream.stop(ErrorCode.CANCEL)
+            except MoQError:
+                pass
+            self.finish()
+        return done()

@@ -137,12 +137,16 @@ async def send_lite_setup(connection: Connection, codec: Codec, setup: LiteSetup
     stream.write(codec.encode_setup_stream(setup), end=True)  # type: ignore[attr-defined]
 
 
+SessionStream = tuple[BidiStream, StreamReader]
+"""lite-01/02 and gomoqt: the setup stream, kept open for SESSION_INFO (see :class:`~.session.Session`)."""
+
+
 @dataclass(slots=True)
 class ClientStart:
     """What a client's handshake produced: the codec and, for lite-01/02, the open session stream."""
 
     codec: Codec
-    session_stream: tuple[BidiStream, StreamReader] | None = None
+    session_stream: SessionStream | None = None
     peer_setup: LiteSetup | None = None
 
 
@@ -184,6 +188,7 @@ async def start_client(connection: Connection, limits: Limits, *, protocol: str 
 
 __all__ = [
     "ClientStart",
+    "SessionStream",
     "SetupOffer",
     "choose_version",
     "client_setup",

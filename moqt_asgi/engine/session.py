@@ -1,35 +1,43 @@
-"""The MoQ session engine: one connection, one TaskGroup, both roles.
+"""The MoQ session: one connection, one TaskGroup, both roles.
 
 After setup a session is symmetric. Peer-opened bidi streams are announce
 requests (served from our :class:`~.mux.TrackMux`) and subscriptions (served
 by the mux's handlers); peer-opened uni streams are groups for our own
 subscriptions. Everything the session starts runs in its TaskGroup, so
-:meth:`Session.close` cancels all of it and returns only when it has stopped.
+closing it cancels all of it.
+
+:class:`Session` is the public facade over a :class:`~._core.SessionCore`,
+the state the engine's modules share (its docstring describes every
+stream's state machine).
+
+Closing follows one rule across the package: ``close()`` acts at once and
+returns an awaitable; await it (or :meth:`Session.wait_closed`) to wait
+until everything has stopped. ``aclose()`` is ``await close()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from ..auth.tokens import Grant
 from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError
 from ..protocol.limits import Limits
 from ..protocol.lite import BidiStreamType, Codec, UniStreamType
-from ..protocol.lite_wire import LiteBidi, LiteUni
-from ..protocol.messages import Goaway, LiteSetup, SubscribeUpdate, TrackInfo
-from ..protocol.versions import features_of
+from ..protocol.lite_wire import Features, LiteBidi, LiteUni
+from ..protocol.messages import Goaway, LiteSetup, TrackInfo
 from ..protocol.wire import encode_varint
 from ..transport.base import BidiStream, Connection, ReceiveStream, SendStream
 from . import _publisher as publisher
 from . import _subscriber as subscriber
+from ._core import SessionCore
 from ._reader import StreamReader
-from ._scheduler import SendScheduler
 from .announce import AnnouncementReader
 from .mux import TrackMux
 from .track import GroupReader, TrackReader, TrackWriter
@@ -80,6 +88,26 @@ async def abandon_after(task: asyncio.Future[Any], timeout: float, what: str, lo
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class SessionStats:
+    """A snapshot of what a session holds (see :meth:`Session.stats`)."""
+
+    served: int
+    """The peer's subscriptions we serve (at most ``Limits.max_subscriptions``)."""
+    subscribed: int
+    """Our subscriptions open."""
+    fetches: int
+    """FETCH requests being served (at most ``Limits.max_fetches``)."""
+    announce_streams: int
+    """The peer's announce requests being served (at most ``Limits.max_announce_streams``)."""
+    assembling_bytes: int
+    """Bytes of frames being read (at most ``Limits.max_assembling_bytes``)."""
+    queued_writes: int
+    """Writes waiting for their turn in the send scheduler (one at most per group or reply)."""
+    tasks: int
+    """Tasks running in the session's TaskGroup."""
+
+
 class Session:
     """A MoQ session over one transport connection.
 
@@ -92,52 +120,74 @@ class Session:
                  limits: Limits, is_client: bool, path: str = "",
                  session_stream: tuple[BidiStream, StreamReader] | None = None,
                  logger_: logging.Logger | None = None, timeout: float = 10.0) -> None:
-        self.connection = connection
-        self.codec = codec
-        self.mux = mux if mux is not None else TrackMux()
-        self.limits = limits
-        self.is_client = is_client
-        self.path = path
-        self.timeout = timeout
-        self.log = logger_ or logger
+        self._core = SessionCore(connection, codec, mux=mux if mux is not None else TrackMux(), limits=limits,
+                                 is_client=is_client, path=path, timeout=timeout, log=logger_ or logger)
         self._session_stream = session_stream
-        self._scheduler = SendScheduler(connection)
-        self._subscribe_ids = itertools.count()
-        self._subscriptions: dict[int, TrackReader] = {}
-        self._published: dict[int, TrackWriter] = {}
-        self._assembling = 0
-        """Bytes of frames being read (declared sizes), bounded by ``limits.max_assembling_bytes``."""
-        self._fetches = 0
-        """FETCH requests being served (bounded by ``limits.max_fetches``)."""
-        self._announce_streams = 0
-        """Announce requests of the peer's being served (bounded by ``limits.max_announce_streams``)."""
-        self._tg: asyncio.TaskGroup | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
-        self._closed_event = asyncio.Event()
-        self._close_reason: SessionClosed | None = None
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
-        self.features = features_of(codec)
-        self.grant: Grant | None = None
+        self.peer_setup: LiteSetup | None = None
+        """The peer's lite-05+ SETUP (path, role, probe level...), if its version has one. On
+        WebTransport the CONNECT's path is the session's: this one then carries none."""
+        self._bidi_handlers = _bidi_handlers(codec)
+
+    # -- what it is
+    @property
+    def connection(self) -> Connection:
+        return self._core.connection
+
+    @property
+    def codec(self) -> Codec:
+        return self._core.codec
+
+    @property
+    def features(self) -> Features:
+        """What this session's version can do (FETCH, GOAWAY, timestamps...)."""
+        return self._core.features
+
+    @property
+    def limits(self) -> Limits:
+        return self._core.limits
+
+    @property
+    def mux(self) -> TrackMux:
+        """What this session publishes."""
+        return self._core.mux
+
+    @property
+    def is_client(self) -> bool:
+        return self._core.is_client
+
+    @property
+    def path(self) -> str:
+        return self._core.path
+
+    @property
+    def timeout(self) -> float:
+        return self._core.timeout
+
+    @property
+    def log(self) -> logging.Logger:
+        return self._core.log
+
+    @property
+    def grant(self) -> Grant | None:
         """What the peer may publish and read (``None``: anything). Set from the setup request; the
         engine refuses SUBSCRIBE, FETCH, TRACK and announce requests outside it, and the session
         closes (``UNAUTHORIZED``) when it expires."""
-        self.peer_setup: LiteSetup | None = None
-        """The peer's lite-05+ SETUP (path, role, probe level...), if its version has one."""
-        self._bidi_handlers = _bidi_handlers(codec)
-        self._goaway = asyncio.Event()
-        self._goaway_uri: str | None = None
-        connection.error_codes = codec.error_codes
+        return self._core.grant
 
-    # -- identity
+    @grant.setter
+    def grant(self, grant: Grant | None) -> None:
+        self._core.grant = grant
+
     @property
     def version(self) -> int:
-        return self.codec.version
+        return self._core.codec.version
 
     @property
     def version_name(self) -> str:
-        return self.codec.name
+        return self._core.codec.name
 
     def __repr__(self) -> str:
         role = "client" if self.is_client else "server"
@@ -146,11 +196,36 @@ class Session:
     # -- lifecycle
     @property
     def closed(self) -> bool:
-        return self._close_reason is not None
+        return self._core.closed
 
     @property
     def close_reason(self) -> SessionClosed | None:
-        return self._close_reason
+        return self._core.close_reason
+
+    @property
+    def served(self) -> Mapping[int, TrackWriter]:
+        """The peer's subscriptions this session serves, by the peer's subscribe id (read-only view)."""
+        return MappingProxyType(self._core.published)
+
+    @property
+    def subscribed(self) -> Mapping[int, TrackReader]:
+        """This session's own open subscriptions, by subscribe id (read-only view)."""
+        return MappingProxyType(self._core.subscriptions)
+
+    def stats(self) -> SessionStats:
+        """What this session is holding right now (for metrics, and to see limits at work)."""
+        core = self._core
+        return SessionStats(served=len(core.published), subscribed=len(core.subscriptions), fetches=core.fetches,
+                            announce_streams=core.announce_streams, assembling_bytes=core.assembling,
+                            queued_writes=core.scheduler.queued, tasks=len(core.tasks))
+
+    @property
+    def idle(self) -> bool:
+        """No work in flight: no subscription of the peer's served, none of ours open.
+
+        Announcement streams do not count (they stay open for a session's life).
+        """
+        return not self._core.published and not self._core.subscriptions
 
     def start(self) -> asyncio.Task[None]:
         """Run the session in a new task (clients use this; servers await :meth:`run`)."""
@@ -164,61 +239,57 @@ class Session:
 
     async def run(self) -> None:
         """Serve the session until it closes. Everything it starts stops before this returns."""
+        core = self._core
         if self._runner is None:
             self._runner = asyncio.current_task()
         try:
             async with asyncio.TaskGroup() as tg:
-                self._tg = tg
+                core.task_group = tg
                 tg.create_task(self._accept_bidi_loop())
                 tg.create_task(self._accept_uni_loop())
                 if self._session_stream is not None:  # its protocol errors close the session with their code
-                    tg.create_task(self._guard(self._session_stream_loop(*self._session_stream), "session-stream"))
+                    tg.create_task(core.guard(self._session_stream_loop(*self._session_stream), "session-stream"))
                 tg.create_task(self._watch_connection())
-                if self.grant is not None and self.grant.expires_at is not None:
-                    tg.create_task(self._expire(self.grant.expires_at))
+                if core.grant is not None and core.grant.expires_at is not None:
+                    tg.create_task(self._expire(core.grant.expires_at))
                 self._started.set()
-                await self._closed_event.wait()
+                await core.closed_event.wait()
                 raise _Closing
         except* _Closing:
             pass
         except* Exception as group:
-            self.log.error("session failed", exc_info=group)
-            self._mark_closed(SessionClosed(ErrorCode.TRANSPORT, "internal error"))
-            self.connection.close(ErrorCode.TRANSPORT, "internal error")
+            core.log.error("session failed", exc_info=group)
+            core.mark_closed(SessionClosed(ErrorCode.TRANSPORT, "internal error"))
+            core.connection.close(ErrorCode.TRANSPORT, "internal error")
         finally:
-            self._tg = None
+            core.task_group = None
             self._started.set()
-            for reader in list(self._subscriptions.values()):
-                reader._end(self._close_reason)
-            self._subscriptions.clear()
-            self._published.clear()
+            for reader in list(core.subscriptions.values()):
+                reader.end(core.close_reason)
+            core.subscriptions.clear()
+            core.published.clear()
             for cleanup in reversed(self._cleanups):
                 try:
                     await cleanup()
                 except Exception:
-                    self.log.exception("session cleanup failed")
+                    core.log.exception("session cleanup failed")
 
     def add_cleanup(self, cleanup: Callable[[], Awaitable[None]]) -> None:
         """Run ``cleanup()`` after the session has stopped (transports release sockets here)."""
         self._cleanups.append(cleanup)
 
-    def _mark_closed(self, reason: SessionClosed) -> None:
-        if self._close_reason is None:
-            self._close_reason = reason
-            self.log.info("session closed: %s", reason)
-        self._closed_event.set()
+    def close(self, code: int = 0, reason: str = "") -> asyncio.Future[SessionClosed]:
+        """Close the session and its connection with ``code`` (0 = no error), now; idempotent.
 
-    def close(self, code: int = 0, reason: str = "") -> None:
-        """Close the session and its connection with ``code`` (0 = no error). Idempotent."""
-        if self._close_reason is not None:
-            return
-        self._mark_closed(SessionClosed(code, reason, remote=False))
-        self.connection.close(code, reason)
+        Returns an awaitable: await it to wait until every task of the
+        session has stopped (:meth:`wait_closed`).
+        """
+        self._core.close(code, reason)
+        return asyncio.ensure_future(self.wait_closed())
 
     async def aclose(self, code: int = 0, reason: str = "") -> None:
-        """Close and wait until every task of the session has finished."""
-        self.close(code, reason)
-        await self.wait_closed()
+        """Close and wait until every task of the session has finished (``await close()``)."""
+        await self.close(code, reason)
 
     async def wait_closed(self) -> SessionClosed:
         """Wait until the session is closed and its tasks have stopped.
@@ -226,12 +297,13 @@ class Session:
         A task that ignores cancellation is waited for at most
         :data:`STOP_TIMEOUT` seconds, then abandoned (logged with its stack).
         """
-        await self._closed_event.wait()
+        core = self._core
+        await core.closed_event.wait()
         runner = self._runner
         if runner is not None and runner is not asyncio.current_task() and not runner.done():
-            await abandon_after(runner, STOP_TIMEOUT, repr(self), self.log, self._tasks)
-        assert self._close_reason is not None
-        return self._close_reason
+            await abandon_after(runner, STOP_TIMEOUT, repr(self), core.log, core.tasks)
+        assert core.close_reason is not None
+        return core.close_reason
 
     async def __aenter__(self) -> Session:
         return self
@@ -244,87 +316,40 @@ class Session:
 
         Exceptions are logged; a :class:`ProtocolError` closes the session with its code.
         """
-        return self._spawn(coro, name)
-
-    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        if self._tg is None or self.closed:
-            if asyncio.iscoroutine(coro):
-                coro.close()
-            raise self._close_reason or SessionClosed(0, "session is not running")
-        guarded = self._guard(coro, name)
-        try:
-            task = self._tg.create_task(guarded, name=name)
-        except RuntimeError:  # the TaskGroup is already stopping
-            guarded.close()
-            if asyncio.iscoroutine(coro):
-                coro.close()
-            raise self._close_reason or SessionClosed(0, "session is stopping") from None
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _guard(self, coro: Awaitable[Any], name: str) -> None:
-        """Run one stream's work: protocol errors close the session, nothing escapes."""
-        try:
-            await coro
-        except ProtocolError as exc:
-            self.log.warning("%s: protocol error from peer: %s", name, exc)
-            self.close(exc.code, exc.message[:100])
-        except (SessionClosed, StreamError) as exc:
-            self.log.debug("%s ended: %s", name, exc)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self.log.exception("%s failed", name)
-
-    def _take_frame_room(self, size: int) -> bool:
-        """Reserve room to assemble a frame of ``size`` bytes; False when the session's budget is spent.
-
-        Flow control gives credit as frame bytes are read off the stream, so
-        frames being assembled are what a peer could make us hold beyond the
-        receive windows (a frame it never finishes, on many streams).
-        """
-        if self._assembling + size > self.limits.max_assembling_bytes and self._assembling:
-            return False
-        self._assembling += size
-        return True
-
-    def _give_frame_room(self, size: int) -> None:
-        self._assembling -= size
+        return self._core.spawn(coro, name)
 
     async def _expire(self, expires_at: float) -> None:
         """Close the session when its grant expires (a token's ``exp`` holds for the whole session)."""
         await asyncio.sleep(max(0.0, expires_at - time.time()))
         self.log.info("session grant expired; closing")
-        self.close(ErrorCode.UNAUTHORIZED, "authorization expired")
+        self._core.close(ErrorCode.UNAUTHORIZED, "authorization expired")
 
     async def _watch_connection(self) -> None:
-        closed = await self.connection.wait_closed()
-        self._mark_closed(closed)
-
-    def _with_timeout(self, awaitable: Awaitable[Any]) -> Awaitable[Any]:
-        return asyncio.wait_for(awaitable, self.timeout)
+        closed = await self._core.connection.wait_closed()
+        self._core.mark_closed(closed)
 
     # -- incoming streams
     async def _accept_bidi_loop(self) -> None:
+        core = self._core
         while True:
             try:
-                stream = await self.connection.accept_bi()
+                stream = await core.connection.accept_bi()
             except SessionClosed:
                 return
-            if self._tg is None or self.closed:
+            if core.task_group is None or core.closed:
                 return
-            self._spawn(self._reset_on_timeout(stream, self._serve_bidi(stream)), f"bidi-{stream.stream_id}")
+            core.spawn(self._reset_on_timeout(stream, self._serve_bidi(stream)), f"bidi-{stream.stream_id}")
 
     async def _accept_uni_loop(self) -> None:
+        core = self._core
         while True:
             try:
-                stream = await self.connection.accept_uni()
+                stream = await core.connection.accept_uni()
             except SessionClosed:
                 return
-            if self._tg is None or self.closed:
+            if core.task_group is None or core.closed:
                 return
-            self._spawn(self._reset_on_timeout(stream, self._serve_uni(stream)), f"uni-{stream.stream_id}")
+            core.spawn(self._reset_on_timeout(stream, self._serve_uni(stream)), f"uni-{stream.stream_id}")
 
     async def _reset_on_timeout(self, stream: ReceiveStream, coro: Awaitable[None]) -> None:
         """A peer that opens a stream and stalls before its first message loses the stream, not the session."""
@@ -347,72 +372,65 @@ class Session:
 
     async def _serve_bidi(self, stream: BidiStream) -> None:
         reader = StreamReader(stream)
-        kind = await self._with_timeout(reader.read_varint())
+        kind = await self._core.request(reader.read_varint())
         if kind == BidiStreamType.SESSION and self.features.session_stream:
             raise ProtocolError(ErrorCode.UNEXPECTED_STREAM, "a second session stream")
         serve = self._bidi_handlers.get(kind)
         if serve is None:
             self._unknown_stream(stream, f"unknown bidi stream type {kind:#x}")
             return
-        await serve(self, stream, reader)
+        await serve(self._core, stream, reader)
 
     async def _serve_uni(self, stream: ReceiveStream) -> None:
+        core = self._core
         reader = StreamReader(stream)
-        kind = await self._with_timeout(reader.read_varint())
+        kind = await core.request(reader.read_varint())
         if kind == LiteUni.SETUP and self.features.setup_stream:
             raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, "a second SETUP stream")
         if kind != UniStreamType.GROUP:
             self._unknown_stream(stream, f"unknown uni stream type {kind:#x}")
             return
-        header = self.codec.decode_group_header(
-            await self._with_timeout(reader.read_message(self.limits.max_message_size)))
-        subscription = self._subscriptions.get(header.subscribe_id)
+        header = core.codec.decode_group_header(await core.request(reader.read_message(core.limits.max_message_size)))
+        subscription = core.subscriptions.get(header.subscribe_id)
         if subscription is None:
             self.log.debug("group %d for unknown subscription %d", header.sequence, header.subscribe_id)
             stream.stop(ErrorCode.NOT_FOUND)
             return
-        subscription._push_group(GroupReader(subscription, reader, header.sequence, header.frame_start))
+        subscription.deliver(GroupReader(subscription, reader, header.sequence, header.frame_start))
 
     async def _session_stream_loop(self, stream: BidiStream, reader: StreamReader) -> None:
         """lite-01/02 keep the setup stream open for SESSION_INFO; its end ends the session."""
+        core = self._core
         try:
-            while (body := await reader.read_message_or_eof(self.limits.max_message_size)) is not None:
-                info = self.codec.decode_session_info(body)
+            while (body := await reader.read_message_or_eof(core.limits.max_message_size)) is not None:
+                info = core.codec.decode_session_info(body)
                 self.log.debug("peer bitrate estimate: %d", info.bitrate)
         except StreamError as exc:
-            self.close(exc.code, "session stream reset by peer")
+            core.close(exc.code, "session stream reset by peer")
             return
         except SessionClosed:
             return
-        self.close(0, "session stream finished by peer")
+        core.close(0, "session stream finished by peer")
 
     # -- GOAWAY (lite-04+)
     @property
     def goaway_uri(self) -> str | None:
         """The peer's GOAWAY redirect once one arrived (``""``: go away, no new address), else ``None``."""
-        return self._goaway_uri
+        return self._core.goaway_uri
 
     async def wait_goaway(self) -> str:
         """Wait for the peer's GOAWAY; returns its URI (``""`` for none). Raises if the session closes first."""
-        waiter = asyncio.ensure_future(self._goaway.wait())
-        closed = asyncio.ensure_future(self._closed_event.wait())
+        core = self._core
+        waiter = asyncio.ensure_future(core.goaway_event.wait())
+        closed = asyncio.ensure_future(core.closed_event.wait())
         try:
             await asyncio.wait({waiter, closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
             closed.cancel()
-        if self._goaway_uri is None:
-            raise self._close_reason or SessionClosed()
-        return self._goaway_uri
-
-    def _goaway_received(self, uri: str) -> None:
-        if self._goaway_uri is not None:
-            raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, "a second GOAWAY")
-        if uri and self.is_client is False:
-            raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, "a client may not redirect the server")
-        self._goaway_uri = uri
-        self.log.info("peer sent GOAWAY%s", f" to {uri}" if uri else "")
-        self._goaway.set()
+        if core.goaway_uri is None:
+            raise core.close_reason or SessionClosed()
+        return core.goaway_uri
 
     async def send_goaway(self, uri: str = "") -> None:
         """Tell the peer to go away (lite-04+), optionally to ``uri`` (servers only)."""
@@ -423,11 +441,11 @@ class Session:
         stream = await self.connection.open_bi()
         stream.write(encode_varint(LiteBidi.GOAWAY) + self.codec.encode_goaway(Goaway(uri)), end=True)  # type: ignore[attr-defined]
 
-    # -- what we ask of the peer (see subscriber.py)
+    # -- what we ask of the peer (see _subscriber.py)
     async def _ready(self) -> None:
         await self._started.wait()
         if self.closed:
-            raise self._close_reason or SessionClosed()
+            raise self.close_reason or SessionClosed()
 
     async def subscribe(self, broadcast: str, track: str, *, priority: int = 0, ordered: bool = False,
                         max_latency_ms: int = 0, start_group: int | None = None,
@@ -444,36 +462,37 @@ class Session:
         pending (a refusal then ends the reader rather than raising here).
         """
         await self._ready()
-        return await subscriber.subscribe(self, broadcast, track, priority=priority, ordered=ordered,
+        return await subscriber.subscribe(self._core, broadcast, track, priority=priority, ordered=ordered,
                                           max_latency_ms=max_latency_ms, start_group=start_group, end_group=end_group,
                                           wait_for_start=wait_for_start)
 
     def update_subscription(self, track: TrackReader, *, priority: int | None = None, max_latency_ms: int = 0,
                             start_group: int | None = None, end_group: int | None = None) -> None:
-        """Send SUBSCRIBE_UPDATE (lite-03+ and gomoqt) for ``track``."""
-        subscriber.update(self, track, SubscribeUpdate(track.priority if priority is None else priority, False,
-                                                       max_latency_ms, start_group, end_group))
+        """Send SUBSCRIBE_UPDATE (lite-03+ and gomoqt) for ``track`` (the same as :meth:`TrackReader.update`)."""
+        track.update(priority=priority, max_latency_ms=max_latency_ms, start_group=start_group, end_group=end_group)
 
     async def announced(self, prefix: str = "") -> AnnouncementReader:
         """Ask the peer for its broadcasts under ``prefix``; iterate the result for changes."""
         await self._ready()
-        return await subscriber.announced(self, prefix)
+        return await subscriber.announced(self._core, prefix)
 
     async def fetch(self, broadcast: str, track: str, group: int, *, priority: int = 0) -> list[bytes]:
         """The frames of group ``group`` from the publisher's cache (lite-03+)."""
+        return [payload for payload, _ in await self.fetch_timed(broadcast, track, group, priority=priority)]
+
+    async def fetch_timed(self, broadcast: str, track: str, group: int, *,
+                          priority: int = 0) -> list[tuple[bytes, int | None]]:
+        """Like :meth:`fetch`, each frame with its timestamp (lite-05+; ``None`` before)."""
         await self._ready()
-        return await subscriber.fetch(self, broadcast, track, group, priority=priority)
+        return await subscriber.fetch_timed(self._core, broadcast, track, group, priority=priority)
 
     async def track_info(self, broadcast: str, track: str) -> TrackInfo:
         """The publisher's TRACK_INFO (priority, max latency, timescale; lite-05+)."""
         await self._ready()
-        return await subscriber.track_info(self, broadcast, track)
-
-    def _forget_subscription(self, track: TrackReader) -> None:
-        self._subscriptions.pop(track.subscribe_id, None)
+        return await subscriber.track_info(self._core, broadcast, track)
 
 
-Serve = Callable[[Session, BidiStream, StreamReader], Awaitable[None]]
+Serve = Callable[[SessionCore, BidiStream, StreamReader], Awaitable[None]]
 
 _HANDLERS: dict[int, Serve] = {
     LiteBidi.ANNOUNCE: publisher.serve_announce,
@@ -489,5 +508,3 @@ def _bidi_handlers(codec: Codec) -> dict[int, Serve]:
     """The peer-opened bidi stream types this codec's version has."""
     kinds = getattr(codec, "bidi_stream_types", (LiteBidi.ANNOUNCE, LiteBidi.SUBSCRIBE))
     return {int(kind): _HANDLERS[int(kind)] for kind in kinds}
-
-

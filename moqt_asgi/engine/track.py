@@ -8,21 +8,63 @@ Publisher side: :class:`TrackWriter` (one per incoming SUBSCRIBE) opens
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError, SubscribeError
+from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError
+from ..protocol.limits import Limits
+from ..protocol.lite import Codec
 from ..protocol.lite_wire import FrameClock
-from ..protocol.messages import GroupHeader, Subscribe, SubscribeEnd, SubscribeOk, SubscribeStart, SubscribeUpdate
+from ..protocol.messages import (
+    GroupHeader,
+    Subscribe,
+    SubscribeDrop,
+    SubscribeEnd,
+    SubscribeOk,
+    SubscribeStart,
+    SubscribeUpdate,
+)
 from ..protocol.versions import features_of
-from ..transport.base import BidiStream, SendStream
+from ..transport.base import BidiStream, Connection, SendStream
 from ._reader import StreamReader
+from ._scheduler import SendScheduler
 
-if TYPE_CHECKING:
-    from .session import Session
 
+class TrackContext(Protocol):
+    """What both ends of a subscription need from their session (its engine core provides it)."""
+
+    codec: Codec
+    connection: Connection
+    limits: Limits
+    log: logging.Logger
+    scheduler: SendScheduler
+    timeout: float
+
+    def take_frame_room(self, size: int) -> bool: ...
+
+    def give_frame_room(self, size: int) -> None: ...
+
+    def forget_subscription(self, track: TrackReader) -> None: ...
+
+
+def done() -> asyncio.Future[None]:
+    """An awaitable that is already complete: what ``close()`` returns when closing had nothing to wait for."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+MAX_DROP_NOTICES = 64
+"""SUBSCRIBE_DROP notices a subscription keeps (the most recent)."""
+STRAGGLER_GRACE = 0.1
+"""Seconds a cleanly ended subscription still accepts groups sent before its end (lite-01..04)."""
+STRAGGLER_GAP = 0.5
+"""lite-05+, where the end says which groups came before it: seconds the subscription waits for the
+next of them to arrive (started again at each arrival, at most the session timeout in all), so groups
+delayed by loss recovery are not cut off."""
 
 DEFAULT_TIMESCALE = 1000
 """Frame timestamps (lite-05+) are milliseconds unless a track says otherwise."""
@@ -61,13 +103,14 @@ class GroupWriter:
                 return
             raise MoQError(f"group {self.sequence} is already closed")
         if self._stale():
-            self.track.session.log.debug("group %d is older than the subscriber's max latency; skipped", self.sequence)
+            self.track.session.log.debug("group %d is older than the subscriber's max latency; skipped",
+                                         self.sequence)
             self.abort(ErrorCode.OLD)
             self.skipped = True
             return
         assert self._stream is not None
         session = self.track.session
-        await session._scheduler.send(self._stream, data, body, end=end, priority=self.track.priority,
+        await session.scheduler.send(self._stream, data, body, end=end, priority=self.track.priority,
                                       sequence=self.sequence)
 
     async def write_frame(self, payload: bytes, timestamp: int | None = None) -> None:
@@ -85,13 +128,23 @@ class GroupWriter:
         header = codec.encode_timed_frame_header(len(payload), self._clock, timestamp)  # type: ignore[attr-defined]
         await self._send(header, body=payload)
 
-    async def close(self) -> None:
-        """End the group cleanly (FIN)."""
+    def close(self) -> asyncio.Future[None]:
+        """End the group cleanly (FIN), now; returns an awaitable (already complete).
+
+        Every frame written before was handed over in order (each
+        :meth:`write_frame` waits its turn), so the FIN goes straight out.
+        """
         if not self._done:
-            await self._send(b"", end=True)
-            self._done = True
-            self.track._groups.discard(self)
+            if self._stale():
+                self.abort(ErrorCode.OLD)
+                self.skipped = True
+            else:
+                assert self._stream is not None
+                self._stream.write(b"", end=True)
+                self._done = True
+                self.track._groups.discard(self)
         self.track._group_closed(self)
+        return done()
 
     def abort(self, code: int = ErrorCode.CANCEL) -> None:
         """Abandon the group (reset)."""
@@ -115,8 +168,9 @@ class TrackWriter:
     subscriber sends SUBSCRIBE_UPDATE.
     """
 
-    def __init__(self, session: Session, stream: BidiStream, request: Subscribe, broadcast: str) -> None:
+    def __init__(self, session: TrackContext, stream: BidiStream, request: Subscribe, broadcast: str) -> None:
         self.session = session
+        """The engine side of the session serving this subscription (codec, limits, log...)."""
         self.subscribe_id = request.subscribe_id
         self.broadcast = broadcast
         self.track = request.track
@@ -142,7 +196,8 @@ class TrackWriter:
     def closed(self) -> bool:
         return self._closed
 
-    def _update(self, update: SubscribeUpdate) -> None:
+    def apply_update(self, update: SubscribeUpdate) -> None:
+        """The subscriber's SUBSCRIBE_UPDATE (the engine applies it): new priority, latency and range."""
         self.priority = update.priority
         self.ordered = update.ordered
         self.max_latency_ms = update.max_latency_ms
@@ -205,6 +260,10 @@ class TrackWriter:
         if self._end_passed and end is not None and not any(g.sequence <= end for g in self._groups):
             self._finished.set()
 
+    async def wait_finished(self) -> None:
+        """Wait until a bounded subscription's last group is out (``end_group`` sent); never for an unbounded one."""
+        await self._finished.wait()
+
     async def write_group(self, *frames: bytes) -> None:
         """Write a whole group of ``frames`` and close it."""
         group = await self.open_group()
@@ -212,10 +271,13 @@ class TrackWriter:
             await group.write_frame(frame)
         await group.close()
 
-    async def close(self) -> None:
-        """End the track: the subscriber sees a clean end after its last group."""
+    def close(self) -> asyncio.Future[None]:
+        """End the track, now: the subscriber sees a clean end after its last group.
+
+        Returns an awaitable (already complete), like every ``close()`` here.
+        """
         if self._closed:
-            return
+            return done()
         self.accept()
         self._closed = True
         try:
@@ -229,6 +291,7 @@ class TrackWriter:
             self._stream.write(b"", end=True)
         except (StreamError, SessionClosed):
             pass
+        return done()
 
     def close_with_error(self, code: int = ErrorCode.CANCEL) -> None:
         """Refuse or abort the subscription with ``code``; open groups are reset."""
@@ -240,8 +303,8 @@ class TrackWriter:
         self._stream.reset(code)
         self._stream.stop(code)
 
-    def _cancelled(self) -> None:
-        """The subscriber went away: abandon whatever is still open."""
+    def abandon(self) -> None:
+        """The subscriber went away (the engine calls this): abandon whatever is still open."""
         self._closed = True
         for group in list(self._groups):
             group.abort(ErrorCode.CANCEL)
@@ -274,14 +337,14 @@ class GroupReader:
             size = await reader.read_varint()
             session = self.track.session
             session.codec.check_frame_size(size)
-            if not session._take_frame_room(size):
+            if not session.take_frame_room(size):
                 self._reader.stream.stop(ErrorCode.TOO_LARGE)
                 raise StreamError(ErrorCode.TOO_LARGE, f"group {self.sequence}: no room to assemble a frame of {size} "
                                   f"bytes ({session.limits.max_assembling_bytes} in all per session)")
             try:
                 return await reader.read_exact(size)
             finally:
-                session._give_frame_room(size)
+                session.give_frame_room(size)
         except ProtocolError as exc:
             self._reader.stream.stop(exc.code)
             raise
@@ -305,9 +368,10 @@ class TrackReader:
     read; beyond that the oldest waiting group is dropped.
     """
 
-    def __init__(self, session: Session, stream: BidiStream, subscribe_id: int, broadcast: str, track: str,
+    def __init__(self, session: TrackContext, stream: BidiStream, subscribe_id: int, broadcast: str, track: str,
                  priority: int) -> None:
         self.session = session
+        """The engine side of the session this subscription belongs to (codec, limits, log...)."""
         self.subscribe_id = subscribe_id
         self.broadcast = broadcast
         self.track = track
@@ -318,7 +382,9 @@ class TrackReader:
         self._ended = False
         self._error: BaseException | None = None
         self._closed = False
-        self._timestamps = features_of(session.codec).frame_timestamps
+        features = features_of(session.codec)
+        self._timestamps = features.frame_timestamps
+        self._typed_responses = features.typed_subscribe_responses
         self.dropped_groups = 0
         self.end_group: int | None = None
         """lite-05+: the first sequence the publisher said it will never deliver (SUBSCRIBE_END)."""
@@ -341,7 +407,8 @@ class TrackReader:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def _push_group(self, group: GroupReader) -> None:
+    def deliver(self, group: GroupReader) -> None:
+        """A group stream of this subscription arrived (the engine calls this)."""
         self._responded.set()
         if self.newest_group is None or group.sequence > self.newest_group:
             self.newest_group = group.sequence
@@ -355,12 +422,81 @@ class TrackReader:
             self.dropped_groups += 1
         self._wake()
 
-    def _end(self, error: BaseException | None = None) -> None:
+    def end(self, error: BaseException | None = None) -> None:
+        """The track is over (the engine calls this): cleanly, or with ``error`` for the reader to raise."""
         self._responded.set()
         if not self._ended:
             self._ended = True
             self._error = error
             self._wake()
+
+    # -- the subscribe stream's answers (the engine's subscriber half applies them)
+    @property
+    def responded(self) -> bool:
+        """The publisher answered (a response or a group arrived), or the track ended."""
+        return self._responded.is_set()
+
+    async def wait_responded(self) -> None:
+        await self._responded.wait()
+
+    def apply_response(self, msg: SubscribeOk | SubscribeStart | SubscribeEnd | SubscribeDrop) -> None:
+        """One answer on the subscribe stream; a second SUBSCRIBE_OK/START is a protocol violation."""
+        if isinstance(msg, SubscribeOk | SubscribeStart):
+            if self._started_once and self._typed_responses:
+                raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "a second subscribe response")
+            self._started_once = True
+        if isinstance(msg, SubscribeStart):
+            self.start_group = msg.group
+        elif isinstance(msg, SubscribeEnd):
+            self.end_group = msg.group
+        elif isinstance(msg, SubscribeDrop):
+            self.dropped_ranges.append((msg.start, msg.end, msg.error))
+            del self.dropped_ranges[:-MAX_DROP_NOTICES]
+        elif msg.start_group is not None:
+            self.start_group = msg.start_group
+        self._responded.set()
+
+    async def end_after_stragglers(self) -> None:
+        """End cleanly once the groups sent before the publisher's end have arrived (or stopped coming).
+
+        Groups travel on their own streams and may arrive after the end.
+        lite-05+ says where the track ended (SUBSCRIBE_END), so this waits
+        while the missing groups keep arriving (:data:`STRAGGLER_GAP` between
+        them, the session timeout in all); without that bound, for
+        :data:`STRAGGLER_GRACE`.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        known_end = self.end_group is not None
+        deadline = started + (STRAGGLER_GAP if known_end else STRAGGLER_GRACE)
+        limit = started + max(self.session.timeout, STRAGGLER_GAP)
+        while not self._closed:
+            end = self.end_group
+            newest = self.newest_group
+            if end is not None and (end <= (self.start_group or 0) or (newest is not None and newest >= end - 1)):
+                break
+            remaining = min(deadline, limit) - loop.time()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+            if known_end:
+                deadline = loop.time() + STRAGGLER_GAP  # one more came: give the next its time too
+        self.end()
+
+    def update(self, *, priority: int | None = None, max_latency_ms: int = 0, start_group: int | None = None,
+               end_group: int | None = None) -> None:
+        """Send SUBSCRIBE_UPDATE (lite-03+ and gomoqt): a new priority, latency bound or range."""
+        codec = self.session.codec
+        if not codec.accepts_subscribe_update:
+            raise MoQError(f"{codec.name} has no SUBSCRIBE_UPDATE")
+        if priority is not None:
+            self.priority = priority
+        self._stream.write(codec.encode_subscribe_update(
+            SubscribeUpdate(self.priority, False, max_latency_ms, start_group, end_group)))
 
     async def next_group(self) -> GroupReader | None:
         """The next group to arrive, or ``None`` once the track ended cleanly."""
@@ -391,10 +527,13 @@ class TrackReader:
             async for frame in group:
                 yield frame
 
-    def close(self) -> None:
-        """Unsubscribe: FIN our side of the subscribe stream and drop queued groups."""
+    def close(self) -> asyncio.Future[None]:
+        """Unsubscribe, now: FIN our side of the subscribe stream and drop queued groups.
+
+        Returns an awaitable (already complete), like every ``close()`` here.
+        """
         if self._closed:
-            return
+            return done()
         self._closed = True
         for group in self._queue:
             group.stop(ErrorCode.CANCEL)
@@ -403,8 +542,9 @@ class TrackReader:
             self._stream.write(b"", end=True)
         except (StreamError, SessionClosed):
             pass
-        self._end()
-        self.session._forget_subscription(self)
+        self.end()
+        self.session.forget_subscription(self)
+        return done()
 
     async def __aenter__(self) -> TrackReader:
         return self
@@ -413,4 +553,4 @@ class TrackReader:
         self.close()
 
 
-__all__ = ["GroupReader", "GroupWriter", "SubscribeError", "TrackReader", "TrackWriter"]
+__all__ = ["DEFAULT_TIMESCALE", "GroupReader", "GroupWriter", "TrackContext", "TrackReader", "TrackWriter", "done"]

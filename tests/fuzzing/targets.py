@@ -259,7 +259,9 @@ def _frames_decoder(version: Version) -> Decode:
     """Reads frames with the engine's own :class:`GroupReader` until the stream's FIN."""
     async def decode(limits: Limits, stream: ByteStream) -> Decoded:
         timestamps = features_of(version.codec).frame_timestamps
-        track = SimpleNamespace(_timestamps=timestamps, session=SimpleNamespace(codec=codec_for(version, limits)))
+        session = SimpleNamespace(codec=codec_for(version, limits), limits=limits, take_frame_room=lambda size: True,
+                                  give_frame_room=lambda size: None)
+        track = SimpleNamespace(_timestamps=timestamps, session=session)
         reader = StreamReader(stream)
         group = GroupReader(cast(Any, track), reader, 0)
         frames = []
