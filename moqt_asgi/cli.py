@@ -94,7 +94,7 @@ async def _serve(args: argparse.Namespace) -> None:
             # Whatever the application does, the process is gone a little after its grace.
             loop.call_later(args.graceful_timeout + FORCE_EXIT_MARGIN, _force_exit, "the graceful timeout ran out")
         else:
-            stopping.append(loop.create_task(server.close()))
+            stopping.append(server.close())
             loop.call_later(FORCE_EXIT_MARGIN, _force_exit, "a second signal")
 
     for sig in (signal.SIGINT, signal.SIGTERM):

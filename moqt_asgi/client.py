@@ -214,15 +214,20 @@ class Client:
         await session.aclose()
         return new
 
-    async def close(self) -> bool:
-        """Close every session now (code 0). False (logged) if already closed."""
+    def close(self) -> asyncio.Task[bool]:
+        """Close every session now (code 0); await the result to wait for them. False (logged) if already closed."""
         if self._closed:
             self.logger.info("client already closed")
-            return False
+            return asyncio.ensure_future(self._stopped(None))
         self._closed = True
         sessions = self.sessions
         for session in sessions:
             session.close(0, "client closed")
+        return asyncio.ensure_future(self._stopped(sessions))
+
+    async def _stopped(self, sessions: list[Session] | None) -> bool:
+        if sessions is None:
+            return False
         await self._stop(sessions)
         return True
 

@@ -58,6 +58,10 @@ def handle_func(path: str, func: SetupHandler) -> None:
     default_router.add_route(path, func)
 
 
+async def _answer(value: bool) -> bool:
+    return value
+
+
 class ServerClosed(MoQError):
     """The server is closed (or closing): it cannot serve again."""
 
@@ -271,16 +275,17 @@ class Server:
             session.spawn(send_goaway(session, self._goaway_uri, self.logger), "goaway")
 
     # -- stopping
-    async def close(self) -> bool:
+    def close(self) -> asyncio.Task[bool]:
         """Close every session now (code 0, no error) and the listener.
 
-        Returns True if this call closed the server; False (and a log line)
-        if it was already closed or closing. A :meth:`shutdown` in progress
-        is cut short: its sessions close at once.
+        Acts at once and returns an awaitable; awaiting it waits until the
+        server has stopped and gives True if this call closed the server,
+        False (and a log line) if it was already closed or closing. A
+        :meth:`shutdown` in progress is cut short: its sessions close at once.
         """
         if self._state == "closed":
             self.logger.info("server already closed")
-            return False
+            return asyncio.ensure_future(_answer(False))
         already_stopping = self._state == "stopping"
         self._state = "stopping"
         self._forced = True
@@ -288,6 +293,9 @@ class Server:
             server.draining = True
         for session in self.sessions:
             session.close(0, "server closed")
+        return asyncio.ensure_future(self._closed_after(already_stopping))
+
+    async def _closed_after(self, already_stopping: bool) -> bool:
         if already_stopping:
             self.logger.info("server is already shutting down; its sessions were closed now")
             await self._done.wait()
