@@ -8,8 +8,11 @@ native-QUIC entrypoint (``python -m moqt_asgi serve``) uses the same object.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from .auth.tokens import Authenticator, AuthError, Grant
 from .engine.mux import TrackMux
@@ -24,6 +27,8 @@ from .types import ASGIApp, Message, Receive, Scope, Send, SetupHandler
 logger = logging.getLogger("moqt_asgi.app")
 
 Hook = Callable[[], Awaitable[None]]
+Lifespan = Callable[["MoQ"], AbstractAsyncContextManager[Any]]
+"""``lifespan(app)``, an async context manager: set up before the first session, torn down after the last."""
 
 
 async def accept_all(request: SetupRequest) -> None:
@@ -44,7 +49,7 @@ class MoQ:
                  limits: Limits = DEFAULT_LIMITS, versions: Sequence[Version] = DEFAULT_VERSIONS,
                  goaway_uri: str = "", auth: Authenticator | None = None, require_origin: bool = False,
                  max_sessions: int | None = None, max_sessions_per_address: int | None = None,
-                 setup_handler_timeout: float = 10.0) -> None:
+                 setup_handler_timeout: float = 10.0, lifespan: Lifespan | None = None) -> None:
         self.routes: list[Route] = list(routes)
         self.versions: tuple[Version, ...] = ordered(versions)
         """The versions sessions may use, preferred first (restrict it to force one)."""
@@ -54,8 +59,16 @@ class MoQ:
         self.allow_origins = allow_origins
         self.app = app
         self.limits = limits
+        self.lifespan = lifespan
+        """``lifespan(app)``: an async context manager entered at startup and left at shutdown (Starlette's
+        ``lifespan=``); what it yields, if a mapping, becomes :attr:`state`."""
+        self.state: dict[str, Any] = {}
+        """What the lifespan context yielded (a mapping), for the application's own use."""
+        self._lifespan_stack: contextlib.AsyncExitStack | None = None
         self.on_startup: list[Hook] = list(on_startup)
+        """Older form of :attr:`lifespan`: coroutines run at startup, before the lifespan context."""
         self.on_shutdown: list[Hook] = list(on_shutdown)
+        """Older form: coroutines run at shutdown, after the lifespan context is left."""
         self.goaway_uri = goaway_uri
         """Where GOAWAY sends WebTransport clients when the ASGI server stops (``""``: nowhere in particular)."""
         self.auth = auth
@@ -89,7 +102,7 @@ class MoQ:
         return register
 
     def on_event(self, event: str) -> Callable[[Hook], Hook]:
-        """Decorator for ``"startup"`` / ``"shutdown"`` hooks."""
+        """Decorator for ``"startup"`` / ``"shutdown"`` hooks (the older form of ``lifespan=``)."""
         def register(hook: Hook) -> Hook:
             {"startup": self.on_startup, "shutdown": self.on_shutdown}[event].append(hook)
             return hook
@@ -97,10 +110,21 @@ class MoQ:
 
     # -- lifespan
     async def startup(self) -> None:
+        """Run the startup hooks, then enter the lifespan context (servers and ASGI lifespan call this)."""
         for hook in self.on_startup:
             await hook()
+        if self.lifespan is not None and self._lifespan_stack is None:
+            stack = contextlib.AsyncExitStack()
+            state = await stack.enter_async_context(self.lifespan(self))
+            self._lifespan_stack = stack
+            if isinstance(state, Mapping):
+                self.state.update(state)
 
     async def shutdown(self) -> None:
+        """Leave the lifespan context, then run the shutdown hooks."""
+        stack, self._lifespan_stack = self._lifespan_stack, None
+        if stack is not None:
+            await stack.aclose()
         for hook in self.on_shutdown:
             await hook()
 
@@ -149,7 +173,7 @@ class MoQ:
             return exc.status, exc.message, None
 
     # -- setup dispatch
-    def resolve(self, path: str) -> tuple[Route | None, dict[str, str]]:
+    def resolve(self, path: str) -> tuple[Route | None, dict[str, Any]]:
         for route in self.routes:
             params = route.match(path)
             if params is not None:
