@@ -1,17 +1,17 @@
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from moqt_asgi.endpoints.certs import write_certificate
+
+pytest_plugins = ["pytester"]  # test_testing.py runs the moqt_asgi.testing plugin in a project of its own
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_DIR = ROOT / "tests" / "token"
@@ -30,19 +30,6 @@ class Certs:
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     cert, key, fingerprint = write_certificate(tmp_path_factory.mktemp("certs"))
     return Certs(cert, key, fingerprint)
-
-
-@pytest.fixture
-async def no_leaked_tasks() -> AsyncIterator[None]:
-    """Fails the test if it leaves tasks running."""
-    before = set(asyncio.all_tasks())
-    yield
-    for _ in range(20):
-        leaked = {t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()}
-        if not leaked:
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"tasks left running: {leaked}")
 
 
 # --- the official @moq/token tools (tests/token/package.json) ---------------------------------------
