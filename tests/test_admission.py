@@ -164,6 +164,7 @@ def free_udp_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.cli
 def test_cli_second_signal_exits_even_when_a_handler_swallows_cancellation(certs: Certs, tmp_path: Path) -> None:
     (tmp_path / "stubborn_app.py").write_text(STUBBORN_APP)
     port = free_udp_port()
@@ -264,6 +265,7 @@ async def test_one_path_routes_the_same_on_every_transport(certs: Certs, scheme:
     assert seen == [("/rooms/a b", {"room": "a b"})]
 
 
+@pytest.mark.cli
 def test_serve_flags_set_the_connection_limits(certs: Certs) -> None:
     port = free_udp_port()
     process = subprocess.Popen(

@@ -502,6 +502,7 @@ def authorize(key_file: Path, token: str, path: str) -> Grant | int:
         return exc.status
 
 
+@pytest.mark.browser
 def test_cli_keys_load(cli_keys: Path) -> None:
     hs, es, ed = (Key.from_file(cli_keys / name) for name in ("hs.jwk", "es.pub.jwk", "ed.pub.jwk"))
     assert (hs.kty, hs.alg, hs.private, len(hs.kid or "")) == ("oct", "HS256", True, 16)
@@ -512,6 +513,7 @@ def test_cli_keys_load(cli_keys: Path) -> None:
     assert public_jwk(json.loads((cli_keys / "es.jwk").read_text())) == json.loads((cli_keys / "es.pub.jwk").read_text())
 
 
+@pytest.mark.browser
 def test_cli_tokens_grant_as_moq_relay(tools: TokenTools, cli_keys: Path) -> None:
     hs, es, ed = cli_keys / "hs.jwk", cli_keys / "es.pub.jwk", cli_keys / "ed.pub.jwk"
     demo = tools.cli("sign", "--key", str(hs), "--root", "demo", "--publish", "my-stream", "--subscribe", "")
@@ -541,6 +543,7 @@ def test_cli_tokens_grant_as_moq_relay(tools: TokenTools, cli_keys: Path) -> Non
     assert authorize(hs, write_only, "/demo") == Grant("demo", ("my-stream",), ())
 
 
+@pytest.mark.browser
 def test_cli_keys_in_a_key_directory(tools: TokenTools, cli_keys: Path, tmp_path: Path) -> None:
     for name in ("es", "ed"):
         public = json.loads((cli_keys / f"{name}.pub.jwk").read_text())
@@ -553,6 +556,7 @@ def test_cli_keys_in_a_key_directory(tools: TokenTools, cli_keys: Path, tmp_path
         keys.authorize("/", "jwt=" + tools.cli("sign", "--key", str(cli_keys / "hs.jwk"), "--publish", ""))
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("alg", ["HS256", "ES256", "EdDSA"])
 def test_cli_signs_with_our_keys(tools: TokenTools, tmp_path: Path, alg: str) -> None:
     private = generate_key(alg, kid=f"ours-{alg.lower()}")
@@ -563,6 +567,7 @@ def test_cli_signs_with_our_keys(tools: TokenTools, tmp_path: Path, alg: str) ->
     assert grant == Grant("room", ("me",), ("",))
 
 
+@pytest.mark.browser
 def test_library_both_ways(tools: TokenTools, cli_keys: Path) -> None:
     """One node process: @moq/token signs claim shapes we verify, and verifies tokens we signed."""
     key_text = {name: (cli_keys / f"{name}.jwk").read_text() for name in ("hs", "es", "ed", "es.pub", "ed.pub")}

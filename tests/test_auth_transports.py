@@ -29,6 +29,8 @@ from moqt_asgi.protocol.scoped_codes import SessionCode
 
 from .conftest import ROOT, Certs, TokenTools
 
+pytestmark = [pytest.mark.cli, pytest.mark.browser]
+
 TIMEOUT = 15.0
 
 
@@ -164,6 +166,7 @@ async def test_the_public_prefix_needs_no_token(relay: AuthRelay) -> None:
             assert (await first_frame(viewer, "cam")).startswith(b"anon-")
 
 
+@pytest.mark.interop
 async def test_moqrs_reads_with_a_cli_token(relay: AuthRelay) -> None:
     async with publishing(relay.url("moql", "/demo", "alice"), relay.fingerprint, "alice", b"alice"):
         url = relay.url("https", "/demo", "viewer")

@@ -34,6 +34,8 @@ from .chromium import chromium
 from .conftest import ROOT, Certs
 from .wt_client import free_udp_port, udp_port_bound
 
+pytestmark = pytest.mark.browser
+
 BROWSER_DIR = ROOT / "tests" / "browser"
 TIMEOUT = 30  # seconds for any one wait; the page gives up by itself after 25
 

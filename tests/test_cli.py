@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .conftest import ROOT, Certs
 
+pytestmark = pytest.mark.cli
+
 TIMEOUT = 15
 
 
@@ -104,6 +106,7 @@ def test_versions_flag_restricts_serve_and_sub(serve: object, certs: Certs, vers
     assert bad.returncode == 2 and "unknown version 'moq-lite-99'" in bad.stderr
 
 
+@pytest.mark.interop
 def test_moqrs_subscribes_to_served_clock(serve: object, certs: Certs) -> None:
     url = serve("examples.clock:moq")  # type: ignore[operator]
 

@@ -86,6 +86,7 @@ async def test_goaway_to_another_origin_does_not_carry_credentials(certs: Certs)
         await client.close()
 
 
+@pytest.mark.cli
 async def test_sub_escapes_control_characters(certs: Certs) -> None:
     from moqt_asgi.relay import Relay
 

@@ -21,6 +21,8 @@ from moqt_asgi.protocol.lite06 import LITE_06
 from .conftest import Certs
 from .helpers import native_server
 
+pytestmark = pytest.mark.interop
+
 TIMEOUT = 10
 
 

@@ -82,6 +82,7 @@ def test_goaway_timeout_code_per_dialect() -> None:
     assert SCOPED_CODES.session_in(0x10) == ErrorCode.TIMEOUT
 
 
+@pytest.mark.slow
 async def test_close_is_immediate_and_idempotent(certs: Certs) -> None:
     async with no_leaks():
         app, _ = clock_app(LITE_06_VERSION)
@@ -232,6 +233,7 @@ async def test_client_close_and_shutdown(certs: Certs) -> None:
         await tick
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("version", [LITE_04_VERSION, LITE_06_VERSION], ids=lambda v: v.name)
 async def test_moqrs_subscriber_leaves_on_goaway(certs: Certs, version: Version) -> None:
     async with no_leaks(fds_too=False):
@@ -277,6 +279,8 @@ async def session_end(session: object) -> str:
     return "closed"
 
 
+@pytest.mark.cli
+@pytest.mark.interop
 def test_cli_serve_shuts_down_gracefully_on_sigterm(certs: Certs) -> None:
     port = free_udp_port()
     url = f"moql://127.0.0.1:{port}/"
@@ -317,6 +321,7 @@ def test_cli_serve_shuts_down_gracefully_on_sigterm(certs: Certs) -> None:
     assert "shutdown finished" in output, output
 
 
+@pytest.mark.cli
 def test_cli_second_signal_forces_close(certs: Certs) -> None:
     port = free_udp_port()
     process = subprocess.Popen(

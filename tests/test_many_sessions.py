@@ -21,6 +21,8 @@ from benchmarks.soak import MEMORY_VERSIONS, Peer, memory_peer
 from moqt_asgi import Broadcast, MoQ, Session, TrackMux, TrackReader
 from moqt_asgi.relay import Relay
 
+pytestmark = pytest.mark.slow
+
 SESSIONS = 500
 BATCH = 50
 WAIT = 60

@@ -147,6 +147,7 @@ async def relay_roundtrip(port: int, fingerprint: str, publisher: str) -> None:
 
 
 # -- in-process
+@pytest.mark.interop
 @pytest.mark.parametrize("publisher", ["moqrs", "ours"])
 async def test_moql_publisher_reaches_https_subscribers_on_one_port(certs: Certs, publisher: str) -> None:
     app = relay_app()
@@ -335,11 +336,15 @@ def serve(certs: Certs) -> Iterator[Any]:
                 pytest.fail("serve did not stop on SIGTERM")
 
 
+@pytest.mark.cli
+@pytest.mark.interop
 def test_serve_cli_relays_moql_to_https(serve: Any, certs: Certs) -> None:
     port, _ = serve("examples.relay:moq")
     asyncio.run(relay_roundtrip(port, certs.fingerprint, "moqrs"))
 
 
+@pytest.mark.cli
+@pytest.mark.interop
 def test_moqrs_over_https_subscribes_to_served_clock_then_server_stops(serve: Any, certs: Certs) -> None:
     port, process = serve("examples.clock:moq")
 
@@ -366,6 +371,7 @@ def test_moqrs_over_https_subscribes_to_served_clock_then_server_stops(serve: An
     assert "Traceback" not in output, output
 
 
+@pytest.mark.cli
 def test_sub_cli_over_https_prints_clock_lines(serve: Any, certs: Certs) -> None:
     port, _ = serve("examples.clock:moq")
     result = subprocess.run(cli("sub", f"https://127.0.0.1:{port}/", "clock", "seconds", "--fingerprint",
@@ -376,6 +382,7 @@ def test_sub_cli_over_https_prints_clock_lines(serve: Any, certs: Certs) -> None
     assert len(stamps) == 2 and stamps[0].tzinfo is not None and stamps[1] > stamps[0]
 
 
+@pytest.mark.cli
 def test_pub_cli_over_https_reaches_sub_cli_over_moql(serve: Any, certs: Certs) -> None:
     port, _ = serve("examples.relay:moq")
     sub = subprocess.Popen(cli("sub", f"moql://127.0.0.1:{port}/", "chat", "room", "--fingerprint", certs.fingerprint,
@@ -402,6 +409,7 @@ def test_pub_cli_over_https_reaches_sub_cli_over_moql(serve: Any, certs: Certs) 
     assert len(lines) == 3 and all(line.startswith("line ") for line in lines) and numbers == sorted(numbers)
 
 
+@pytest.mark.cli
 def test_https_url_without_port_is_a_clear_error() -> None:
     result = subprocess.run(cli("sub", "https://127.0.0.1/", "a", "b", "--insecure"), capture_output=True,
                             text=True, timeout=TIMEOUT, cwd=ROOT)

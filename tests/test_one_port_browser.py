@@ -27,7 +27,7 @@ from .wt_client import free_udp_port
 
 TIMEOUT = 30
 
-pytestmark = pytest.mark.usefixtures("bundle")
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("bundle")]
 
 
 @contextlib.contextmanager

@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT
+
+pytestmark = pytest.mark.cli
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

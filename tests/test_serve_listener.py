@@ -91,6 +91,7 @@ async def test_serve_quic_listener_with_our_client_then_close(certs: Certs, sche
         assert sock.fileno() == -1  # the server owned the socket and closed it
 
 
+@pytest.mark.interop
 async def test_serve_quic_listener_with_moqrs_then_shutdown(certs: Certs) -> None:
     async with no_leaks(fds_too=False):
         sock = udp_socket()
@@ -160,6 +161,7 @@ async def test_bad_sockets_and_bad_tls_are_refused_and_closed(certs: Certs) -> N
 
 
 # -- aioquic's own serve()
+@pytest.mark.interop
 async def test_aioquic_serve_with_our_arguments(certs: Certs) -> None:
     async with no_leaks(fds_too=False):
         server = Server(tls=TLSConfig(certfile=certs.cert, keyfile=certs.key), handler=tick_app())

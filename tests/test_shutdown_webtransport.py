@@ -181,6 +181,7 @@ async def test_server_close_closes_webtransport_sessions_with_code_0(certs: Cert
             await client.close()
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("version", [LITE_04_VERSION, LITE_06_VERSION], ids=lambda v: v.name)
 async def test_moqrs_webtransport_subscriber_leaves_on_goaway(certs: Certs, version: Version) -> None:
     async with no_leaks(fds_too=False), clock_ticking(version) as app, wt_server(app, certs) as server:
@@ -380,6 +381,8 @@ def finish(process: subprocess.Popen[str]) -> str:
     return process.stdout.read()
 
 
+@pytest.mark.cli
+@pytest.mark.interop
 def test_hypercorn_sigterm_moqrs_leaves_on_goaway(certs: Certs) -> None:
     port, process = start_hypercorn(certs, LITE_06_VERSION)
 
@@ -411,6 +414,7 @@ def test_hypercorn_sigterm_moqrs_leaves_on_goaway(certs: Certs) -> None:
     assert CUT not in output and "Traceback" not in output, output
 
 
+@pytest.mark.cli
 def test_hypercorn_sigterm_closes_a_client_that_ignores_goaway(certs: Certs) -> None:
     port, process = start_hypercorn(certs, LITE_06_VERSION)
 

@@ -20,6 +20,8 @@ from benchmarks.soak import soak
 
 from .conftest import Certs
 
+pytestmark = pytest.mark.slow
+
 SOAK_SECONDS = 60.0
 SAMPLE_EVERY = 5.0
 

@@ -275,6 +275,7 @@ def test_trust_labels_tell_every_kind_of_check_apart(pki: Pki, tmp_path: Path) -
 
 
 # -- moq-rs checks our chain with its own TLS stack (rustls)
+@pytest.mark.interop
 @pytest.mark.parametrize("scheme", ["moql", "https"])
 async def test_moqrs_verifies_a_server_configured_with_objects(pki: Pki, scheme: str) -> None:
     async with no_leaks(fds_too=False):

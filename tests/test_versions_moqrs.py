@@ -47,6 +47,8 @@ from .conftest import Certs
 from .helpers import native_server
 from .wt_client import hypercorn_server
 
+pytestmark = pytest.mark.interop
+
 TIMEOUT = 10
 GROUPS = 3
 PACE = 0.05

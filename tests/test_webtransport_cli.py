@@ -20,6 +20,8 @@ import pytest
 from .conftest import ROOT, Certs
 from .wt_client import free_udp_port, wait_udp_port, wt_client
 
+pytestmark = [pytest.mark.cli, pytest.mark.interop]
+
 TIMEOUT = 15
 
 

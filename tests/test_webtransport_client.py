@@ -15,6 +15,8 @@ from .conftest import Certs
 from .test_webtransport_moq import counter_app
 from .wt_client import hypercorn_server
 
+pytestmark = pytest.mark.interop
+
 TIMEOUT = 10
 
 

@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import moq
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -20,6 +21,8 @@ from moqt_asgi.protocol.lite06 import LITE_06
 
 from .conftest import Certs
 from .wt_client import hypercorn_server, wt_client
+
+pytestmark = pytest.mark.interop
 
 TIMEOUT = 10
 
