@@ -5,12 +5,10 @@ from __future__ import annotations
 import pytest
 
 from moqt_asgi.protocol.errors import DecodeError, ErrorCode, ProtocolError
-from moqt_asgi.protocol.gomoqt import (
-    ALPN_GOMOQT,
-    GOMOQT_VERSION,
+from moqt_asgi.protocol.gomoqt import ALPN_GOMOQT, GOMOQT_VERSION, GomoqtCodec
+from moqt_asgi.protocol.gomoqt_codes import (
     AnnounceCode,
     ErrorScope,
-    GomoqtCodec,
     GroupCode,
     SessionCode,
     SubscribeCode,
@@ -182,7 +180,7 @@ def test_version_entry() -> None:
     assert GOMOQT_DIALECT not in SETUP_VERSIONS and version_by_number(GOMOQT_VERSION) is None
     assert choose_version([GOMOQT_VERSION], (*SETUP_VERSIONS, GOMOQT_DIALECT)) is GOMOQT_DIALECT
     features = features_of(G)
-    assert features.one_byte_stream_type and features.subscribe_update and features.session_stream
+    assert features.subscribe_update and features.session_stream
     assert features.unknown_stream_fatal and features.announce_init
     assert G.accepts_subscribe_update and not G.subscribe_ok_has_priority
 

@@ -13,15 +13,17 @@ from typing import Any
 
 import pytest
 
+from moqt_asgi.protocol.codec import Codec
 from moqt_asgi.protocol.errors import DecodeError, ErrorCode, ProtocolError
 from moqt_asgi.protocol.limits import DEFAULT_LIMITS, Limits
-from moqt_asgi.protocol.lite import Codec, Lite01Codec
+from moqt_asgi.protocol.lite import Lite01Codec
 from moqt_asgi.protocol.lite03 import Lite03Codec
 from moqt_asgi.protocol.lite04 import Lite04Codec
 from moqt_asgi.protocol.lite05 import Lite05Codec, ProbeLevel, Role
-from moqt_asgi.protocol.lite06 import AnnounceIds, Lite06Codec
+from moqt_asgi.protocol.lite06 import Lite06Codec
 from moqt_asgi.protocol.lite_wire import (
     MAX_HOPS,
+    AnnounceIds,
     FrameClock,
     HopEncoding,
     LiteBidi,
@@ -193,11 +195,11 @@ def test_features() -> None:
     assert features_of(Codec).session_stream and features_of(Lite01Codec).announce_init
     assert not features_of(Codec).subscribe_update
     f03, f04, f05, f06 = (features_of(c) for c in ALL)
-    assert f03.version_in_alpn and not f03.session_stream and f03.hops is HopEncoding.COUNT
+    assert Lite03Codec.alpn is not None and not f03.session_stream and f03.hops is HopEncoding.COUNT
     assert f04.hops is HopEncoding.IDS and f04.exclude_hop and f04.goaway and f04.probe_rtt and not f03.probe_rtt
-    assert f05.setup_stream and f05.announce_ok and f05.subscribe_start_end and not f05.subscribe_ok
+    assert f05.setup_stream and f05.announce_ok and f05.subscribe_start_end
     assert f05.frame_timestamps and f05.datagrams and f05.track_stream and f05.exclude_hop
-    assert f06.announce_ids and f06.route_cost and f06.frame_ranges and not f06.exclude_hop
+    assert f06.announce_ids and f06.frame_ranges and not f06.exclude_hop
     assert all(not f.unknown_stream_fatal for f in (f03, f04, f05, f06))
 
 

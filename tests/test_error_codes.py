@@ -15,11 +15,13 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
 from moqt_asgi.protocol import scoped_codes
+from moqt_asgi.protocol.codec import Codec
 from moqt_asgi.protocol.codes import FLAT_CODES, GOMOQT_CODES, SCOPED_CODES, ErrorCodes, app_to_http, http_to_app
 from moqt_asgi.protocol.errors import ErrorCode, SessionClosed, StreamError
-from moqt_asgi.protocol.gomoqt import GomoqtCodec, GroupCode, SubscribeCode
-from moqt_asgi.protocol.gomoqt import SessionCode as GomoqtSessionCode
-from moqt_asgi.protocol.lite import Codec, Lite01Codec
+from moqt_asgi.protocol.gomoqt import GomoqtCodec
+from moqt_asgi.protocol.gomoqt_codes import GroupCode, SubscribeCode
+from moqt_asgi.protocol.gomoqt_codes import SessionCode as GomoqtSessionCode
+from moqt_asgi.protocol.lite import Lite01Codec
 from moqt_asgi.protocol.lite03 import Lite03Codec
 from moqt_asgi.protocol.lite04 import Lite04Codec
 from moqt_asgi.protocol.lite05 import Lite05Codec

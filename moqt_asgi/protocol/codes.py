@@ -12,7 +12,7 @@ closes, never on the per-frame path:
   stream codes in WebTransport's HTTP/3 mapping (:func:`app_to_http`) even
   though no WebTransport is involved (``wt_mapped_on_quic``); session close
   codes go unmapped.
-* :data:`GOMOQT_CODES`: gomoqt's per-scope tables (:mod:`.gomoqt`), and
+* :data:`GOMOQT_CODES`: gomoqt's per-scope tables (:mod:`.gomoqt_codes`), and
   :data:`GOMOQT_SETUP_CODES` for its session setup.
 
 Application codes (``64 + n``) pass through every map. The HTTP/3 mapping
@@ -25,6 +25,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from .errors import GOAWAY_TIMEOUT, ErrorCode
+from .gomoqt_codes import ErrorScope, from_gomoqt, to_gomoqt
+from .gomoqt_codes import SessionCode as GomoqtSessionCode
+from .scoped_codes import SessionCode as ScopedSessionCode
 from .scoped_codes import from_session_code, from_stream_code, to_session_code, to_stream_code
 
 WT_CODE_FIRST = 0x52E4A40FA8DB
@@ -33,17 +37,6 @@ WT_CODE_LAST = 0x52E5AC983162
 """The HTTP/3 code carrying WebTransport application code ``2**32 - 1``."""
 MAX_APP_CODE = 0xFFFFFFFF
 """WebTransport application error codes are 32-bit."""
-GOAWAY_TIMEOUT = 0x30
-"""Session close code for a peer that did not leave within a GOAWAY's grace period.
-
-An internal value outside :class:`~.errors.ErrorCode` (below the application
-range); the scoped and gomoqt dialects map it on the way out to their session
-code ``0x10`` (GOAWAY_TIMEOUT). The flat codes of lite-01/02 have no such
-code: use :func:`goaway_timeout_code`. Read back from the wire it is
-``ErrorCode.TIMEOUT``.
-"""
-_SESSION_GOAWAY_TIMEOUT = 0x10  # moq-rs's and gomoqt's session code
-
 
 def app_to_http(code: int) -> int:
     """The HTTP/3 error code carrying WebTransport application code ``code`` (0..2**32-1)."""
@@ -78,6 +71,12 @@ class ErrorCodes:
     name: ClassVar[str] = "flat"
     wt_mapped_on_quic: ClassVar[bool] = False
     """True if stream codes travel in WebTransport's HTTP/3 mapping on native QUIC too."""
+    goaway_timeout: ClassVar[int] = int(ErrorCode.TIMEOUT)
+    """The code to close a session with when the peer did not leave after a GOAWAY.
+
+    lite-01/02's flat codes have no such code, so ``TIMEOUT``; the other dialects
+    use :data:`~.errors.GOAWAY_TIMEOUT`, which their ``session_out`` maps to ``0x10``.
+    """
 
     def __repr__(self) -> str:
         return f"<ErrorCodes {self.name}>"
@@ -112,9 +111,10 @@ class ScopedErrorCodes(ErrorCodes):
 
     name: ClassVar[str] = "scoped"
     wt_mapped_on_quic: ClassVar[bool] = True
+    goaway_timeout: ClassVar[int] = GOAWAY_TIMEOUT
 
     def session_out(self, code: int) -> int:
-        return _SESSION_GOAWAY_TIMEOUT if code == GOAWAY_TIMEOUT else to_session_code(code)
+        return int(ScopedSessionCode.GOAWAY_TIMEOUT) if code == GOAWAY_TIMEOUT else to_session_code(code)
 
     def session_in(self, code: int) -> int:
         return from_session_code(code)
@@ -140,28 +140,20 @@ class GomoqtErrorCodes(ErrorCodes):
     __slots__ = ()
 
     name: ClassVar[str] = "gomoqt"
+    goaway_timeout: ClassVar[int] = GOAWAY_TIMEOUT
 
-    # gomoqt.py imports the codecs, which import this module: import it when first used.
     def session_out(self, code: int) -> int:
-        from .gomoqt import ErrorScope, to_gomoqt
-
         if code == GOAWAY_TIMEOUT:
-            return _SESSION_GOAWAY_TIMEOUT
+            return int(GomoqtSessionCode.GOAWAY_TIMEOUT)
         return to_gomoqt(code, ErrorScope.SESSION)
 
     def session_in(self, code: int) -> int:
-        from .gomoqt import ErrorScope, from_gomoqt
-
         return from_gomoqt(code, ErrorScope.SESSION)
 
     def stream_out(self, code: int, *, bidi: bool) -> int:
-        from .gomoqt import ErrorScope, to_gomoqt
-
         return to_gomoqt(code, ErrorScope.SUBSCRIBE if bidi else ErrorScope.GROUP)
 
     def stream_in(self, code: int, *, bidi: bool) -> int:
-        from .gomoqt import ErrorScope, from_gomoqt
-
         return from_gomoqt(code, ErrorScope.SUBSCRIBE if bidi else ErrorScope.GROUP)
 
 
@@ -179,13 +171,9 @@ class GomoqtSetupErrorCodes(GomoqtErrorCodes):
     name: ClassVar[str] = "gomoqt-setup"
 
     def stream_out(self, code: int, *, bidi: bool) -> int:
-        from .gomoqt import ErrorScope, to_gomoqt
-
         return to_gomoqt(code, ErrorScope.SESSION if bidi else ErrorScope.GROUP)
 
     def stream_in(self, code: int, *, bidi: bool) -> int:
-        from .gomoqt import ErrorScope, from_gomoqt
-
         return from_gomoqt(code, ErrorScope.SESSION if bidi else ErrorScope.GROUP)
 
 
@@ -196,8 +184,8 @@ GOMOQT_SETUP_CODES = GomoqtSetupErrorCodes()
 
 
 def goaway_timeout_code(codes: ErrorCodes) -> int:
-    """The close code for "did not leave after GOAWAY" in dialect ``codes``: ``TIMEOUT`` (3) where flat."""
-    return GOAWAY_TIMEOUT if isinstance(codes, (ScopedErrorCodes, GomoqtErrorCodes)) else 3
+    """The close code for "did not leave after GOAWAY" in dialect ``codes`` (its ``goaway_timeout``)."""
+    return codes.goaway_timeout
 
 
 __all__ = [

@@ -37,6 +37,16 @@ class ErrorCode(IntEnum):
 APPLICATION_CODE_BASE = 64
 """Application error ``n`` travels as ``64 + n``."""
 
+GOAWAY_TIMEOUT = 0x30
+"""Session close code for a peer that did not leave within a GOAWAY's grace period.
+
+An internal value outside :class:`ErrorCode` (below the application range):
+the scoped and gomoqt dialects map it on the way out to their session code
+``0x10`` (GOAWAY_TIMEOUT), and lite-01/02, whose flat codes have none, close
+with ``TIMEOUT`` instead (each :class:`~.codes.ErrorCodes` map says which in
+its ``goaway_timeout``). Read back from the wire it is ``ErrorCode.TIMEOUT``.
+"""
+
 
 def describe(code: int) -> str:
     """A human-readable name for a wire code."""

@@ -18,18 +18,17 @@ lite-04..06 codecs only change the features and the few layouts that moved.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import IntEnum
 from typing import ClassVar
 
+from .codec import Codec
 from .codes import SCOPED_CODES, ErrorCodes
 from .errors import ErrorCode, ProtocolError
-from .lite import Codec
 from .lite_wire import (
     MAX_HOPS,
     Features,
     HopEncoding,
-    LiteBidi,
-    LiteUni,
     decode_flag,
     decode_hop_count,
     decode_hops,
@@ -49,7 +48,6 @@ from .messages import (
     AnnouncePlease,
     Fetch,
     Goaway,
-    GroupHeader,
     Probe,
     SessionInfo,
     Subscribe,
@@ -77,12 +75,11 @@ class SubscribeResponseType(IntEnum):
 class Lite03Codec(Codec):
     """moq-lite-03, and the base of the lite-04..06 codecs."""
 
-    version = LITE_03
-    name = "moq-lite-03"
-    alpn: ClassVar[str] = ALPN_LITE_03
-    accepts_subscribe_update = True
-    features: ClassVar[Features] = Features(
-        version_in_alpn=True,
+    version: ClassVar[int] = LITE_03
+    name: ClassVar[str] = "moq-lite-03"
+    alpn: ClassVar[str | None] = ALPN_LITE_03
+    features: ClassVar[Features] = replace(
+        Codec.features,
         session_stream=False,
         announce_init=False,
         hops=HopEncoding.COUNT,
@@ -93,39 +90,11 @@ class Lite03Codec(Codec):
         probe=True,
         unknown_stream_fatal=False,
     )
-    bidi_stream_types: ClassVar[frozenset[LiteBidi]] = frozenset(
-        {LiteBidi.ANNOUNCE, LiteBidi.SUBSCRIBE, LiteBidi.FETCH, LiteBidi.PROBE}
-    )
-    uni_stream_types: ClassVar[frozenset[LiteUni]] = frozenset({LiteUni.GROUP})
     response_types: ClassVar[type[IntEnum]] = SubscribeResponseType
+    """The subscribe-stream response types (their names say which is which)."""
     accepts_restart_status: ClassVar[bool] = False
+    """lite-05: ANNOUNCE status 2 (restart) is accepted and reads as active."""
     error_codes: ClassVar[ErrorCodes] = SCOPED_CODES
-
-    # -- stream types
-    def encode_stream_type(self, kind: int) -> bytes:
-        return encode_varint(kind)
-
-    def bidi_stream_type(self, value: int) -> LiteBidi | None:
-        """The stream kind, or ``None`` for a type this version lacks (reset that stream)."""
-        try:
-            kind = LiteBidi(value)
-        except ValueError:
-            return None
-        return kind if kind in self.bidi_stream_types else None
-
-    def uni_stream_type(self, value: int) -> LiteUni | None:
-        try:
-            kind = LiteUni(value)
-        except ValueError:
-            return None
-        return kind if kind in self.uni_stream_types else None
-
-    # -- prefixes: the same relative form as paths in kixelated lite
-    def prefix_to_wire(self, prefix: str) -> str:
-        return self.path_to_wire(prefix)
-
-    def prefix_from_wire(self, prefix: str) -> str:
-        return self.path_from_wire(prefix)
 
     # -- gone since lite-03
     def encode_session_info(self, msg: SessionInfo) -> bytes:
@@ -216,13 +185,13 @@ class Lite03Codec(Codec):
 
     def encode_subscribe_ok(self, msg: SubscribeOk) -> bytes:
         """The whole typed message (type 0, length, body)."""
-        if not self.features.subscribe_ok:
+        if self.features.subscribe_start_end:
             raise unsupported(self.name, "SUBSCRIBE_OK")
         return typed_message(SubscribeResponseType.OK, self._subscribe_ok_body(msg))
 
     def decode_subscribe_ok(self, body: bytes) -> SubscribeOk:
         """The body of a type-0 response (after its type and length)."""
-        if not self.features.subscribe_ok:
+        if self.features.subscribe_start_end:
             raise unsupported(self.name, "SUBSCRIBE_OK")
         reader = Reader(body)
         priority = reader.u8()
@@ -275,14 +244,6 @@ class Lite03Codec(Codec):
         end = decode_optional(reader)
         reader.expect_end("SUBSCRIBE_UPDATE")
         return SubscribeUpdate(priority, ordered, max_latency, start, end)
-
-    # -- group streams (unchanged from lite-02 until lite-06)
-    def decode_group_header(self, body: bytes) -> GroupHeader:
-        reader = Reader(body)
-        subscribe_id = reader.varint()
-        sequence = reader.varint()
-        reader.expect_end("GROUP")
-        return GroupHeader(subscribe_id, sequence)
 
     # -- fetch stream: the request, then the group's frames and FIN
     def encode_fetch(self, msg: Fetch) -> bytes:

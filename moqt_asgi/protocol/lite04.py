@@ -13,36 +13,22 @@ Changes from lite-03:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 from .lite03 import MAX_URI_LENGTH, Lite03Codec
-from .lite_wire import Features, HopEncoding, LiteBidi
+from .lite_wire import Features, HopEncoding
 
 LITE_04 = 0xFF0DAD04
 ALPN_LITE_04 = "moq-lite-04"
 
 
 class Lite04Codec(Lite03Codec):
-    version = LITE_04
-    name = "moq-lite-04"
-    alpn: ClassVar[str] = ALPN_LITE_04
-    features: ClassVar[Features] = Features(
-        version_in_alpn=True,
-        session_stream=False,
-        announce_init=False,
-        hops=HopEncoding.IDS,
-        exclude_hop=True,
-        typed_subscribe_responses=True,
-        subscribe_update=True,
-        subscribe_ranges=True,
-        fetch=True,
-        probe=True,
-        probe_rtt=True,
-        goaway=True,
-        unknown_stream_fatal=False,
-    )
-    bidi_stream_types: ClassVar[frozenset[LiteBidi]] = frozenset(
-        {LiteBidi.ANNOUNCE, LiteBidi.SUBSCRIBE, LiteBidi.FETCH, LiteBidi.PROBE, LiteBidi.GOAWAY}
+    version: ClassVar[int] = LITE_04
+    name: ClassVar[str] = "moq-lite-04"
+    alpn: ClassVar[str | None] = ALPN_LITE_04
+    features: ClassVar[Features] = replace(
+        Lite03Codec.features, hops=HopEncoding.IDS, exclude_hop=True, probe_rtt=True, goaway=True
     )
 
 

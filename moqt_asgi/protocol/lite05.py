@@ -20,6 +20,7 @@ Changes from lite-04:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import IntEnum
 from typing import ClassVar
 
@@ -29,9 +30,7 @@ from .lite_wire import (
     MAX_DATAGRAM_BODY,
     Features,
     FrameClock,
-    HopEncoding,
-    LiteBidi,
-    LiteUni,
+    UniStreamType,
     decode_flag,
     encode_flag,
     encode_u8,
@@ -98,36 +97,22 @@ def _varint_param(raw: bytes, name: str) -> int:
 
 
 class Lite05Codec(Lite04Codec):
-    version = LITE_05
-    name = "moq-lite-05"
-    alpn: ClassVar[str] = ALPN_LITE_05
-    features: ClassVar[Features] = Features(
-        version_in_alpn=True,
-        session_stream=False,
+    version: ClassVar[int] = LITE_05
+    name: ClassVar[str] = "moq-lite-05"
+    alpn: ClassVar[str | None] = ALPN_LITE_05
+    features: ClassVar[Features] = replace(
+        Lite04Codec.features,
         setup_stream=True,
-        announce_init=False,
         announce_ok=True,
-        hops=HopEncoding.IDS,
-        exclude_hop=True,
-        subscribe_ok=False,
-        typed_subscribe_responses=True,
         subscribe_start_end=True,
-        subscribe_update=True,
-        subscribe_ranges=True,
-        fetch=True,
-        probe=True,
-        probe_rtt=True,
-        goaway=True,
         track_stream=True,
         frame_timestamps=True,
         datagrams=True,
-        unknown_stream_fatal=False,
     )
-    bidi_stream_types: ClassVar[frozenset[LiteBidi]] = frozenset(LiteBidi)
-    uni_stream_types: ClassVar[frozenset[LiteUni]] = frozenset(LiteUni)
     response_types: ClassVar[type[IntEnum]] = SubscribeResponseType
     accepts_restart_status: ClassVar[bool] = True
     track_info_has_ordered: ClassVar[bool] = True
+    """TRACK_INFO carries ``ordered`` (lite-05 only)."""
 
     # -- setup stream
     def encode_setup_stream(self, msg: LiteSetup) -> bytes:
@@ -154,7 +139,7 @@ class Lite05Codec(Lite04Codec):
         body = bytearray(encode_varint(len(params)))
         for key, value in params:
             body += encode_varint(key) + encode_bytes(value)
-        return encode_varint(LiteUni.SETUP) + frame_message(bytes(body))
+        return encode_varint(UniStreamType.SETUP) + frame_message(bytes(body))
 
     def decode_setup(self, body: bytes) -> LiteSetup:
         """The SETUP body (after the stream type and the length)."""

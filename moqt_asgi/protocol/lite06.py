@@ -23,14 +23,16 @@ checked by feeding it these bytes. Changes from lite-05:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import IntEnum
 from typing import ClassVar
 
 from .errors import ErrorCode, ProtocolError
 from .lite05 import Lite05Codec
 from .lite_wire import (
+    AnnounceIds,
     Features,
-    HopEncoding,
+    UniStreamType,
     decode_hops,
     decode_optional,
     encode_hops,
@@ -77,33 +79,10 @@ def _encode_bounds(start_group: int | None, end_group: int | None, start_frame: 
 
 
 class Lite06Codec(Lite05Codec):
-    version = LITE_06
-    name = "moq-lite-06"
-    alpn: ClassVar[str] = ALPN_LITE_06
-    features: ClassVar[Features] = Features(
-        version_in_alpn=True,
-        session_stream=False,
-        setup_stream=True,
-        announce_init=False,
-        announce_ok=True,
-        announce_ids=True,
-        hops=HopEncoding.IDS,
-        route_cost=True,
-        subscribe_ok=False,
-        typed_subscribe_responses=True,
-        subscribe_start_end=True,
-        subscribe_update=True,
-        subscribe_ranges=True,
-        frame_ranges=True,
-        fetch=True,
-        probe=True,
-        probe_rtt=True,
-        goaway=True,
-        track_stream=True,
-        frame_timestamps=True,
-        datagrams=True,
-        unknown_stream_fatal=False,
-    )
+    version: ClassVar[int] = LITE_06
+    name: ClassVar[str] = "moq-lite-06"
+    alpn: ClassVar[str | None] = ALPN_LITE_06
+    features: ClassVar[Features] = replace(Lite05Codec.features, announce_ids=True, exclude_hop=False, frame_ranges=True)
     accepts_restart_status: ClassVar[bool] = False
     track_info_has_ordered: ClassVar[bool] = False
 
@@ -134,6 +113,9 @@ class Lite06Codec(Lite05Codec):
             result = AnnounceUpdate(announce_id, hops, reader.varint(), reader.varint())
         reader.expect_end(f"ANNOUNCE_{kind.name}")
         return result
+
+    def new_announce_ids(self, limit: int) -> AnnounceIds:
+        return AnnounceIds(limit)
 
     # -- subscribe stream: no ordered byte, frame bounds
     def encode_subscribe(self, msg: Subscribe) -> bytes:
@@ -184,7 +166,7 @@ class Lite06Codec(Lite05Codec):
     # -- group streams
     def encode_group_header(self, msg: GroupHeader) -> bytes:
         body = encode_varint(msg.subscribe_id) + encode_varint(msg.sequence) + encode_varint(msg.frame_start)
-        return encode_varint(0) + frame_message(body)
+        return encode_varint(UniStreamType.GROUP) + frame_message(body)
 
     def decode_group_header(self, body: bytes) -> GroupHeader:
         reader = Reader(body)
@@ -200,63 +182,6 @@ class Lite06Codec(Lite05Codec):
 
     def _decode_fetch_frames(self, reader: Reader) -> tuple[int, int | None]:
         return reader.varint(), decode_optional(reader)
-
-
-class AnnounceIds:
-    """The implicit announce ids of one lite-06 announce stream.
-
-    Both sides keep one: the publisher to turn a suffix into the id its
-    ANNOUNCE_END / ANNOUNCE_UPDATE reference, the subscriber to turn those ids
-    back into suffixes. Misuse by the peer is a protocol violation.
-    """
-
-    __slots__ = ("_by_id", "_by_suffix", "_limit", "_next")
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._next = 0
-        self._by_id: dict[int, str] = {}
-        self._by_suffix: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._by_id)
-
-    def start(self, suffix: str) -> int:
-        """Assign the next id to ``suffix`` (an ANNOUNCE_START was sent or received)."""
-        if suffix in self._by_suffix:
-            raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, f"ANNOUNCE_START for {suffix!r}, which is already announced")
-        if len(self._by_id) >= self._limit:
-            raise ProtocolError(ErrorCode.TOO_LARGE, f"more than {self._limit} active announcements")
-        announce_id = self._next
-        self._next += 1
-        self._by_id[announce_id] = suffix
-        self._by_suffix[suffix] = announce_id
-        return announce_id
-
-    def suffix(self, announce_id: int) -> str:
-        try:
-            return self._by_id[announce_id]
-        except KeyError:
-            raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, f"announce id {announce_id} is not active") from None
-
-    def id_of(self, suffix: str) -> int | None:
-        return self._by_suffix.get(suffix)
-
-    def end(self, announce_id: int) -> str:
-        """Retire ``announce_id`` and return its suffix."""
-        suffix = self.suffix(announce_id)
-        del self._by_id[announce_id]
-        del self._by_suffix[suffix]
-        return suffix
-
-    def apply(self, msg: Announcement) -> tuple[str, bool]:
-        """Receiver side: ``(suffix, active)`` for an announcement, updating the table."""
-        if isinstance(msg, AnnounceStart):
-            self.start(msg.suffix)
-            return msg.suffix, True
-        if isinstance(msg, AnnounceEnd):
-            return self.end(msg.announce_id), False
-        return self.suffix(msg.announce_id), True
 
 
 __all__ = ["ALPN_LITE_06", "LITE_06", "AnnounceIds", "AnnounceType", "Lite06Codec"]

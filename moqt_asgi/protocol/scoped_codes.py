@@ -9,8 +9,8 @@ and reading back how it classified the code.
 On the wire, moq-rs carries stream codes in WebTransport's HTTP/3 mapping
 (``0x52e4a40fa8db + n + n // 0x1e``) even on native QUIC, and reads a bare
 code as a transport failure; session close codes travel unmapped. The mapping
-functions live in ``moqt_asgi.webtransport.capsules`` (``app_to_http``,
-``http_to_app``). Application codes are ``64 + n`` in both registries.
+functions live in :mod:`.codes` (``app_to_http``, ``http_to_app``).
+Application codes are ``64 + n`` in both registries.
 """
 
 from __future__ import annotations

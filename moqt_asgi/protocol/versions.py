@@ -1,7 +1,9 @@
 """The versions this package speaks and how one is chosen.
 
-A version is a codec class plus a few facts about how a session on it
-starts. Adding a version means adding an entry here and a codec module.
+A version is a codec class (:mod:`.codec`): its number, name, ALPN and
+:class:`~.lite_wire.Features` are attributes of that class, and
+:class:`Version` only reads them. Adding a version means adding a codec class
+and an entry in the tables here.
 
 * lite-01/02 (and gomoqt's dialect) are negotiated inside a SETUP exchange on
   the first bidi stream (ALPN ``moql``; gomoqt uses ``moq-00`` natively).
@@ -14,14 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .gomoqt import ALPN_GOMOQT, GOMOQT_VERSION, GomoqtCodec
+from .codec import Codec
+from .gomoqt import ALPN_GOMOQT, GomoqtCodec
 from .limits import Limits
-from .lite import LITE_01, LITE_02, Codec, Lite01Codec
-from .lite03 import ALPN_LITE_03, LITE_03, Lite03Codec
-from .lite04 import ALPN_LITE_04, LITE_04, Lite04Codec
-from .lite05 import ALPN_LITE_05, LITE_05, Lite05Codec
-from .lite06 import ALPN_LITE_06, LITE_06, Lite06Codec
-from .lite_wire import LITE_02_FEATURES, Features
+from .lite import Lite01Codec
+from .lite03 import Lite03Codec
+from .lite04 import Lite04Codec
+from .lite05 import Lite05Codec
+from .lite06 import Lite06Codec
+from .lite_wire import Features
 
 ALPN_LITE = "moql"
 """ALPN of moq-lite with the version chosen in a SETUP exchange (lite-01/02)."""
@@ -29,19 +32,57 @@ ALPN_MOQT_ALIAS = "moqt"
 ALPN_H3 = "h3"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Version:
-    number: int
-    name: str
+    """One version this package speaks: a codec class, and what follows from it.
+
+    Every property reads the codec class, which holds the one copy of each
+    fact; two ``Version`` values of one codec class are equal. Use
+    :meth:`of` (or the module's constants) rather than the constructor.
+    """
+
     codec: type[Codec]
-    alpn: str | None = None
-    """The ALPN (or WebTransport protocol) that selects exactly this version, if any."""
-    setup_in_alpn: bool = False
-    """The ALPN alone fixes the version: no version negotiation in a SETUP."""
-    bidi_setup: bool = True
-    """A SETUP exchange on the first bidi stream negotiates the version (lite-01/02, gomoqt)."""
-    uni_setup: bool = False
-    """Each side sends one SETUP on its own uni stream (lite-05+)."""
+
+    @classmethod
+    def of(cls, codec: type[Codec]) -> Version:
+        """The version ``codec`` speaks (the registered constant, if it is one of ours)."""
+        return _BY_CODEC.get(codec) or cls(codec)
+
+    def __repr__(self) -> str:
+        return f"Version({self.name!r})"
+
+    @property
+    def number(self) -> int:
+        """The version number, as offered in a SETUP exchange."""
+        return self.codec.version
+
+    @property
+    def name(self) -> str:
+        return self.codec.name
+
+    @property
+    def alpn(self) -> str | None:
+        """The ALPN (or WebTransport protocol) that selects exactly this version, if any."""
+        return self.codec.alpn
+
+    @property
+    def features(self) -> Features:
+        return self.codec.features
+
+    @property
+    def setup_in_alpn(self) -> bool:
+        """The ALPN alone fixes the version: no version negotiation in a SETUP."""
+        return self.codec.alpn is not None
+
+    @property
+    def bidi_setup(self) -> bool:
+        """A SETUP exchange on the first bidi stream negotiates the version (lite-01/02, gomoqt)."""
+        return self.codec.features.session_stream
+
+    @property
+    def uni_setup(self) -> bool:
+        """Each side sends one SETUP on its own uni stream (lite-05+)."""
+        return self.codec.features.setup_stream
 
     @property
     def has_setup_stream(self) -> bool:
@@ -51,17 +92,13 @@ class Version:
         return self.codec(limits)
 
 
-LITE_02_VERSION = Version(LITE_02, "moq-lite-02", Codec)
-LITE_01_VERSION = Version(LITE_01, "moq-lite-01", Lite01Codec)
-LITE_03_VERSION = Version(LITE_03, "moq-lite-03", Lite03Codec, ALPN_LITE_03, setup_in_alpn=True, bidi_setup=False)
-LITE_04_VERSION = Version(LITE_04, "moq-lite-04", Lite04Codec, ALPN_LITE_04, setup_in_alpn=True, bidi_setup=False)
-LITE_05_VERSION = Version(
-    LITE_05, "moq-lite-05", Lite05Codec, ALPN_LITE_05, setup_in_alpn=True, bidi_setup=False, uni_setup=True
-)
-LITE_06_VERSION = Version(
-    LITE_06, "moq-lite-06", Lite06Codec, ALPN_LITE_06, setup_in_alpn=True, bidi_setup=False, uni_setup=True
-)
-GOMOQT_DIALECT = Version(GOMOQT_VERSION, "gomoqt", GomoqtCodec)
+LITE_02_VERSION = Version(Codec)
+LITE_01_VERSION = Version(Lite01Codec)
+LITE_03_VERSION = Version(Lite03Codec)
+LITE_04_VERSION = Version(Lite04Codec)
+LITE_05_VERSION = Version(Lite05Codec)
+LITE_06_VERSION = Version(Lite06Codec)
+GOMOQT_DIALECT = Version(GomoqtCodec)
 """gomoqt's dialect: legacy (0x00) SETUP framing only, version 0xfeedbabe."""
 
 SETUP_VERSIONS: tuple[Version, ...] = (LITE_02_VERSION, LITE_01_VERSION)
@@ -84,6 +121,8 @@ ALPN_PREFERENCE: tuple[str, ...] = (*ALPN_TO_VERSION, ALPN_LITE)
 
 _BY_NUMBER = {v.number: v for v in SETUP_VERSIONS}
 _ALL_BY_NUMBER = {v.number: v for v in ALL_VERSIONS}
+_BY_NAME = {v.name: v for v in ALL_VERSIONS}
+_BY_CODEC = {v.codec: v for v in ALL_VERSIONS}
 
 
 def version_by_number(number: int) -> Version | None:
@@ -102,8 +141,17 @@ def version_by_alpn(alpn: str | None) -> Version | None:
 
 
 def version_name(number: int) -> str:
+    """The name of version ``number`` (``"moq-lite-06"``), or the number in hex for one we do not know."""
     version = _ALL_BY_NUMBER.get(number)
     return version.name if version else f"{number:#x}"
+
+
+def version_named(name: str) -> Version:
+    """The version called ``name`` (``"moq-lite-06"``, ``"gomoqt"``); ``ValueError`` names the known ones."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown version {name!r}; known versions: {', '.join(_BY_NAME)}") from None
 
 
 def choose_version(offered: Iterable[int], supported: Sequence[Version] = SETUP_VERSIONS) -> Version | None:
@@ -124,16 +172,22 @@ def choose_alpn(offered: Iterable[str], supported: Sequence[str] = ALPN_PREFEREN
     return None
 
 
-def ordered(versions: Iterable[Version]) -> tuple[Version, ...]:
-    """``versions`` in our order of preference, duplicates dropped."""
-    wanted = set(versions)
+def ordered(versions: Iterable[Version | str]) -> tuple[Version, ...]:
+    """``versions`` (or their names, ``"moq-lite-06"``) in our order of preference, duplicates dropped.
+
+    A single name stands for itself, not for its characters. An unknown name or
+    version raises ``ValueError``.
+    """
+    if isinstance(versions, str):
+        versions = (versions,)
+    wanted = {version_named(v) if isinstance(v, str) else v for v in versions}
     unknown = wanted - set(ALL_VERSIONS)
     if unknown:
         raise ValueError(f"unknown versions: {sorted(v.name for v in unknown)}")
     return tuple(v for v in ALL_VERSIONS if v in wanted)
 
 
-def protocols_for(versions: Iterable[Version]) -> tuple[str, ...]:
+def protocols_for(versions: Iterable[Version | str]) -> tuple[str, ...]:
     """The ALPNs / WebTransport protocols that reach ``versions``, preferred first.
 
     ``moql`` stands for every SETUP-negotiated lite version; gomoqt's native
@@ -147,21 +201,20 @@ def protocols_for(versions: Iterable[Version]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def native_alpns(versions: Iterable[Version]) -> tuple[str, ...]:
+def native_alpns(versions: Iterable[Version | str]) -> tuple[str, ...]:
     """The ALPNs a native QUIC endpoint offers for ``versions``."""
     chosen = ordered(versions)
     return (*protocols_for(chosen), *((ALPN_GOMOQT,) if GOMOQT_DIALECT in chosen else ()))
 
 
-def setup_versions(versions: Iterable[Version]) -> tuple[Version, ...]:
+def setup_versions(versions: Iterable[Version | str]) -> tuple[Version, ...]:
     """Of ``versions``, those negotiated inside a SETUP exchange (lite-01/02, gomoqt)."""
     return tuple(v for v in ordered(versions) if v.bidi_setup)
 
 
 def features_of(codec: Codec | type[Codec]) -> Features:
-    """What a codec's version has; lite-01/02 codecs predate the ``features`` attribute."""
-    features = getattr(codec, "features", None)
-    return features if isinstance(features, Features) else LITE_02_FEATURES
+    """What a codec's version has: ``codec.features``."""
+    return codec.features
 
 
 __all__ = [
@@ -194,4 +247,5 @@ __all__ = [
     "version_by_alpn",
     "version_by_number",
     "version_name",
+    "version_named",
 ]
