@@ -21,9 +21,9 @@ from typing import Any, cast
 from moqt_asgi.engine._reader import StreamReader
 from moqt_asgi.engine.handshake import _read_setup_body, read_client_setup, read_lite_setup
 from moqt_asgi.engine.track import GroupReader
+from moqt_asgi.protocol.codec import Codec
 from moqt_asgi.protocol.errors import ErrorCode, ProtocolError, SessionClosed
 from moqt_asgi.protocol.limits import DEFAULT_LIMITS, Limits
-from moqt_asgi.protocol.lite import Codec
 from moqt_asgi.protocol.lite_wire import FrameClock, LiteUni
 from moqt_asgi.protocol.setup import (
     COMPAT_SERVER_TYPE,
