@@ -46,7 +46,7 @@ class MoQ:
     def __init__(self, *, routes: Sequence[Route] = (), mux: TrackMux | None = None,
                  allow_origins: OriginCheck = None, app: ASGIApp | None = None,
                  on_startup: Sequence[Hook] = (), on_shutdown: Sequence[Hook] = (),
-                 limits: Limits = DEFAULT_LIMITS, versions: Sequence[Version] = DEFAULT_VERSIONS,
+                 limits: Limits = DEFAULT_LIMITS, versions: Sequence[Version | str] = DEFAULT_VERSIONS,
                  goaway_uri: str = "", auth: Authenticator | None = None, require_origin: bool = False,
                  max_sessions: int | None = None, max_sessions_per_address: int | None = None,
                  setup_handler_timeout: float = 10.0, lifespan: Lifespan | None = None) -> None:

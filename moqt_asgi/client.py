@@ -28,7 +28,7 @@ from .engine.mux import TrackMux
 from .engine.session import Session
 from .protocol.errors import MoQError, SessionClosed
 from .protocol.limits import DEFAULT_LIMITS, Limits
-from .protocol.versions import DEFAULT_VERSIONS, Version
+from .protocol.versions import DEFAULT_VERSIONS, Version, ordered
 from .stopping import drain, send_goaway
 from .transport.settings import QuicSettings
 
@@ -39,7 +39,7 @@ SCHEMES = (*NATIVE_SCHEMES, "https")
 
 async def dial(url: str, *, mux: TrackMux | None = None, fingerprint: str | None = None, insecure: bool = False,
                cafile: str | None = None, quic: QuicSettings | None = None, limits: Limits = DEFAULT_LIMITS,
-               setup_timeout: float = 10.0, versions: Sequence[Version] = DEFAULT_VERSIONS,
+               setup_timeout: float = 10.0, versions: Sequence[Version | str] = DEFAULT_VERSIONS,
                headers: Sequence[tuple[str, str]] = (), log: logging.Logger = logger,
                tickets: ClientTicketStore | None = None, tls: TLSConfig | ssl.SSLContext | None = None) -> Session:
     """Connect to ``url`` and set up a MoQ session (already running).
@@ -68,14 +68,15 @@ async def dial(url: str, *, mux: TrackMux | None = None, fingerprint: str | None
     resumes, with 0-RTT early data if ``quic.allow_0rtt`` (see :mod:`moqt_asgi.endpoints.tickets`).
     """
     scheme, _, _, _ = parse_url(url)
+    chosen = ordered(versions)  # names ("moq-lite-06") or Version objects
     if scheme == "https":
         return await dial_webtransport(url, mux=mux, fingerprint=fingerprint, insecure=insecure, cafile=cafile,
-                                       quic=quic, limits=limits, setup_timeout=setup_timeout, versions=versions,
+                                       quic=quic, limits=limits, setup_timeout=setup_timeout, versions=chosen,
                                        headers=headers, log=log, tickets=tickets, tls=tls)
     if headers:
         raise MoQError(f"{scheme}:// has no HTTP headers to send; use an https:// URL for WebTransport")
     return await dial_quic(url, mux=mux, fingerprint=fingerprint, insecure=insecure, cafile=cafile, quic=quic,
-                           limits=limits, setup_timeout=setup_timeout, versions=versions, log=log, tickets=tickets,
+                           limits=limits, setup_timeout=setup_timeout, versions=chosen, log=log, tickets=tickets,
                            tls=tls)
 
 
@@ -121,7 +122,7 @@ class Client:
     functions get it as ``tls=`` (only when set)."""
     quic: QuicSettings | None = None
     limits: Limits = DEFAULT_LIMITS
-    versions: Sequence[Version] = DEFAULT_VERSIONS
+    versions: Sequence[Version | str] = DEFAULT_VERSIONS
     setup_timeout: float = 10.0
     headers: Sequence[tuple[str, str]] = ()
     logger: logging.Logger = logger
@@ -150,7 +151,7 @@ class Client:
         scheme, _, _, _ = parse_url(url)
         options: dict[str, object] = dict(mux=mux, fingerprint=self.fingerprint, insecure=self.insecure,
                                           cafile=self.cafile, quic=self.quic, limits=self.limits,
-                                          setup_timeout=self.setup_timeout, versions=self.versions, log=self.logger)
+                                          setup_timeout=self.setup_timeout, versions=ordered(self.versions), log=self.logger)
         if self.tls is not None:
             options["tls"] = self.tls
         if scheme == "https":

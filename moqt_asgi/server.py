@@ -30,7 +30,7 @@ from .endpoints.tls import TLSConfig, server_tls
 from .engine.session import Session
 from .protocol.errors import MoQError
 from .protocol.limits import Limits
-from .protocol.versions import Version
+from .protocol.versions import Version, ordered
 from .serving import serve_connection
 from .stopping import CLOSE_GRACE, drain, send_goaway, session_idle
 from .transport.base import Connection
@@ -96,7 +96,7 @@ class Server:
     quic: QuicSettings = field(default_factory=QuicSettings)
     setup_timeout: float = 10.0
     limits: Limits | None = None
-    versions: Sequence[Version] | None = None
+    versions: Sequence[Version | str] | None = None
     handler: MoQ | None = None
     logger: logging.Logger = logger
     webtransport: bool = True
@@ -220,7 +220,8 @@ class Server:
                 self._app = self.app
             app = self._app
             server = QuicServer(app, host=host, port=port, tls=tls, quic=self.quic, setup_timeout=self.setup_timeout,
-                                versions=self.versions, log=self.logger, webtransport=self.webtransport,
+                                versions=ordered(self.versions) if self.versions is not None else None,
+                                log=self.logger, webtransport=self.webtransport,
                                 tickets=self._tickets)
             server.on_session = self._session_accepted
             if first and self.lifespan:
@@ -256,7 +257,7 @@ class Server:
             connection.close(0, "server is shutting down")
             raise ServerClosed("the server is shutting down")
         app = self.app
-        versions = tuple(self.versions) if self.versions is not None else None
+        versions = ordered(self.versions) if self.versions is not None else None
 
         def track(session: Session) -> None:
             self._own_sessions.add(session)

@@ -105,3 +105,18 @@ def test_the_top_level_teaches_one_server_and_one_client() -> None:
     assert not names & {"QuicServer", "dial_quic", "dial_webtransport", "handle", "handle_func", "new_router",
                         "default_router", "install_webtransport"}
     assert moqt_asgi.__version__ and moqt_asgi.__version__ != "0+unknown"
+
+
+async def test_versions_by_name(certs: Any) -> None:
+    from moqt_asgi import Server, dial
+
+    app = MoQ(versions=["moq-lite-06", "moq-lite-02"])
+    assert [v.name for v in app.versions] == ["moq-lite-06", "moq-lite-02"]
+    async with Server(addr="127.0.0.1:0", certfile=str(certs.cert), keyfile=str(certs.key), handler=app) as server:
+        url = f"moql://127.0.0.1:{server.address[1]}/"
+        for name in ("moq-lite-02", "moq-lite-06"):
+            session = await dial(url, fingerprint=certs.fingerprint, versions=[name])
+            assert session.version_name == name
+            await session.aclose()
+    with pytest.raises(ValueError, match="moq-lite-99"):
+        MoQ(versions=["moq-lite-99"])

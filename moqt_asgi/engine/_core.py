@@ -69,10 +69,9 @@ from collections.abc import Awaitable
 from typing import Any
 
 from ..auth.tokens import Grant
+from ..protocol.codec import Codec
 from ..protocol.errors import ErrorCode, ProtocolError, SessionClosed, StreamError
 from ..protocol.limits import Limits
-from ..protocol.lite import Codec
-from ..protocol.versions import features_of
 from ..transport.base import Connection
 from ._scheduler import SendScheduler
 from .mux import TrackMux
@@ -90,7 +89,7 @@ class SessionCore:
                  path: str, timeout: float, log: logging.Logger) -> None:
         self.connection = connection
         self.codec = codec
-        self.features = features_of(codec)
+        self.features = codec.features
         self.limits = limits
         self.mux = mux
         self.is_client = is_client

@@ -39,16 +39,12 @@ class _AnnounceEncoder:
 
     def __init__(self, core: SessionCore, prefix: str, exclude_hop: int) -> None:
         self.core = core
-        self.codec: Any = core.codec
+        self.codec = core.codec
         self.features = core.features
         self.prefix = prefix
         self.exclude_hop = exclude_hop
-        self._ids: Any = None
-        if self.features.announce_ids:
-            from ..protocol.lite06 import AnnounceIds
-
-            # What we send is bounded by what our mux holds, not by what we accept from peers.
-            self._ids = AnnounceIds(sys.maxsize)
+        # What we send is bounded by what our mux holds, not by what we accept from peers.
+        self._ids = self.codec.new_announce_ids(sys.maxsize)
         self._sent: set[str] = set()
 
     def route_of(self, path: str) -> tuple[int, ...] | None:
@@ -90,7 +86,7 @@ class _AnnounceEncoder:
 
 
 async def serve_announce(core: SessionCore, stream: BidiStream, reader: StreamReader) -> None:
-    codec: Any = core.codec
+    codec = core.codec
     please = codec.decode_announce_please(
         await core.request(reader.read_message(core.limits.max_message_size)))
     if core.announce_streams >= core.limits.max_announce_streams:
@@ -144,7 +140,7 @@ async def _send_initial(core: SessionCore, stream: BidiStream, encoder: _Announc
     messages, so a peer reading with the usual 64 KiB message limit still
     learns every path.
     """
-    codec: Any = core.codec
+    codec = core.codec
     features = core.features
     out = bytearray()
     rest = initial
@@ -273,7 +269,7 @@ async def serve_fetch(core: SessionCore, stream: BidiStream, reader: StreamReade
     most ``Limits.max_fetches`` requests are served at once, and a reply the
     peer does not read within ``Limits.fetch_timeout`` is reset.
     """
-    codec: Any = core.codec
+    codec = core.codec
     limits = core.limits
     msg = codec.decode_fetch(await core.request(reader.read_message(limits.max_message_size)))
     if core.fetches >= limits.max_fetches:
@@ -306,9 +302,9 @@ async def serve_fetch(core: SessionCore, stream: BidiStream, reader: StreamReade
 
 
 async def _send_fetched(core: SessionCore, stream: BidiStream, frames: FetchResult, priority: int, group: int) -> None:
-    codec: Any = core.codec
+    codec = core.codec
     scheduler = core.scheduler
-    clock = codec.new_frame_clock() if core.features.frame_timestamps else None
+    clock = codec.new_frame_clock()
     last = len(frames) - 1
     for index, (payload, timestamp) in enumerate(frames):
         if clock is not None:
@@ -322,7 +318,7 @@ async def _send_fetched(core: SessionCore, stream: BidiStream, frames: FetchResu
 
 # -- track info (lite-05+)
 async def serve_track(core: SessionCore, stream: BidiStream, reader: StreamReader) -> None:
-    codec: Any = core.codec
+    codec = core.codec
     msg = codec.decode_track_request(await core.request(reader.read_message(core.limits.max_message_size)))
     if not _may_read(core, normalize_path(msg.broadcast), stream):
         return
@@ -344,7 +340,7 @@ async def serve_track(core: SessionCore, stream: BidiStream, reader: StreamReade
 
 # -- probe (lite-03+): the peer's bitrate and RTT reports; we read them and report nothing ourselves
 async def serve_probe(core: SessionCore, stream: BidiStream, reader: StreamReader) -> None:
-    codec: Any = core.codec
+    codec = core.codec
     try:
         while (body := await reader.read_message_or_eof(core.limits.max_message_size)) is not None:
             probe = codec.decode_probe(body)
@@ -357,7 +353,7 @@ async def serve_probe(core: SessionCore, stream: BidiStream, reader: StreamReade
 
 # -- goaway (lite-04+)
 async def serve_goaway(core: SessionCore, stream: BidiStream, reader: StreamReader) -> None:
-    codec: Any = core.codec
+    codec = core.codec
     msg = codec.decode_goaway(await core.request(reader.read_message(core.limits.max_message_size)))
     core.goaway_received(msg.uri)
     await _expect_fin(reader)

@@ -12,6 +12,7 @@ import contextlib
 from typing import Any
 
 from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError, SubscribeError
+from ..protocol.lite06 import AnnounceType
 from ..protocol.lite_wire import LiteBidi
 from ..protocol.messages import (
     AnnouncePlease,
@@ -31,7 +32,7 @@ from .track import TrackReader
 
 async def _read_response(core: SessionCore, reader: StreamReader) -> Any:
     """One subscribe-stream response, or ``None`` at FIN. Typed from lite-03 on."""
-    codec: Any = core.codec
+    codec = core.codec
     limit = core.limits.max_message_size
     if not core.features.typed_subscribe_responses:
         body = await reader.read_message_or_eof(limit)
@@ -53,7 +54,7 @@ def _refuse_answer(stream: BidiStream, exc: ProtocolError) -> None:
 async def subscribe(core: SessionCore, broadcast: str, track: str, *, priority: int = 0, ordered: bool = False,
                     max_latency_ms: int = 0, start_group: int | None = None,
                     end_group: int | None = None, wait_for_start: bool = True) -> TrackReader:
-    codec: Any = core.codec
+    codec = core.codec
     features = core.features
     broadcast = normalize_path(broadcast)
     subscribe_id = core.next_subscribe_id()
@@ -135,7 +136,7 @@ async def _watch_publisher(core: SessionCore, track: TrackReader, reader: Stream
 
 # -- announcements
 async def announced(core: SessionCore, prefix: str) -> AnnouncementReader:
-    codec: Any = core.codec
+    codec = core.codec
     features = core.features
     limit = core.limits.max_message_size
     prefix = normalize_path(prefix)
@@ -170,15 +171,11 @@ async def announced(core: SessionCore, prefix: str) -> AnnouncementReader:
 class _AnnounceState:
     def __init__(self, core: SessionCore, announcements: AnnouncementReader) -> None:
         self.core = core
-        self.codec: Any = core.codec
+        self.codec = core.codec
         self.announcements = announcements
         self.peer_hop: int | None = None
         self.ignored: set[str] = set()
-        self.ids: Any = None
-        if core.features.announce_ids:
-            from ..protocol.lite06 import AnnounceIds
-
-            self.ids = AnnounceIds(core.limits.max_announcements)
+        self.ids = self.codec.new_announce_ids(core.limits.max_announcements)
 
     async def read_one(self, reader: StreamReader) -> bool:
         """Read and apply one announcement; False at a clean FIN."""
@@ -189,7 +186,7 @@ class _AnnounceState:
                 return False
             msg_type = await reader.read_varint()
             msg = self.codec.decode_announcement(msg_type, await reader.read_message(limit))
-            refresh = msg_type == 2
+            refresh = msg_type == AnnounceType.UPDATE
             suffix, active = self.ids.apply(msg)
             hops = tuple(getattr(msg, "hops", ()))
         else:
@@ -247,14 +244,14 @@ async def _read_announcements(announcements: AnnouncementReader, reader: StreamR
 async def fetch_timed(core: SessionCore, broadcast: str, track: str, group: int, *,
                       priority: int = 0) -> list[tuple[bytes, int | None]]:
     """Like :func:`fetch`, each frame with its timestamp (lite-05+; ``None`` before)."""
-    codec: Any = core.codec
+    codec = core.codec
     if not core.features.fetch:
         raise MoQError(f"{core.version_name} has no FETCH")
     stream = await core.connection.open_bi()
     stream.write(encode_varint(LiteBidi.FETCH) + codec.encode_fetch(Fetch(normalize_path(broadcast), track, priority, group)))
     stream.write(b"", end=True)
     reader = StreamReader(stream)
-    clock = codec.new_frame_clock() if core.features.frame_timestamps else None
+    clock = codec.new_frame_clock()
     frames: list[tuple[bytes, int | None]] = []
     total = 0
     try:
@@ -281,7 +278,7 @@ async def fetch_timed(core: SessionCore, broadcast: str, track: str, group: int,
 
 async def track_info(core: SessionCore, broadcast: str, track: str) -> TrackInfo:
     """The publisher's TRACK_INFO for a track (lite-05+)."""
-    codec: Any = core.codec
+    codec = core.codec
     if not core.features.track_stream:
         raise MoQError(f"{core.version_name} has no TRACK stream")
     stream = await core.connection.open_bi()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from ..protocol.codec import Codec
 from ..protocol.codes import GOMOQT_SETUP_CODES
 from ..protocol.errors import ErrorCode, ProtocolError, SetupRejected, StreamError
 from ..protocol.limits import Limits
-from ..protocol.lite import Codec
 from ..protocol.lite_wire import LiteUni
 from ..protocol.messages import ClientSetup, LiteSetup, Parameters, ServerSetup
 from ..protocol.setup import (
@@ -128,13 +128,13 @@ async def read_lite_setup(connection: Connection, codec: Codec, limits: Limits) 
     kind = await reader.read_varint()
     if kind != LiteUni.SETUP:
         raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, f"the first uni stream has type {kind:#x}, not SETUP")
-    setup: LiteSetup = codec.decode_setup(await reader.read_message(limits.max_message_size))  # type: ignore[attr-defined]
+    setup: LiteSetup = codec.decode_setup(await reader.read_message(limits.max_message_size))
     return setup
 
 
 async def send_lite_setup(connection: Connection, codec: Codec, setup: LiteSetup) -> None:
     stream = await connection.open_uni()
-    stream.write(codec.encode_setup_stream(setup), end=True)  # type: ignore[attr-defined]
+    stream.write(codec.encode_setup_stream(setup), end=True)
 
 
 SessionStream = tuple[BidiStream, StreamReader]

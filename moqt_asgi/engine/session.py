@@ -27,10 +27,10 @@ from types import MappingProxyType
 from typing import Any
 
 from ..auth.tokens import Grant
+from ..protocol.codec import Codec
 from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError
 from ..protocol.limits import Limits
-from ..protocol.lite import BidiStreamType, Codec, UniStreamType
-from ..protocol.lite_wire import Features, LiteBidi, LiteUni
+from ..protocol.lite_wire import BidiStreamType, Features, LiteBidi, LiteUni, UniStreamType
 from ..protocol.messages import Goaway, LiteSetup, TrackInfo
 from ..protocol.wire import encode_varint
 from ..transport.base import BidiStream, Connection, ReceiveStream, SendStream
@@ -439,7 +439,7 @@ class Session:
         if uri and self.is_client:
             raise MoQError("only a server may redirect its peer")
         stream = await self.connection.open_bi()
-        stream.write(encode_varint(LiteBidi.GOAWAY) + self.codec.encode_goaway(Goaway(uri)), end=True)  # type: ignore[attr-defined]
+        stream.write(encode_varint(LiteBidi.GOAWAY) + self.codec.encode_goaway(Goaway(uri)), end=True)
 
     # -- what we ask of the peer (see _subscriber.py)
     async def _ready(self) -> None:
@@ -506,5 +506,5 @@ _HANDLERS: dict[int, Serve] = {
 
 def _bidi_handlers(codec: Codec) -> dict[int, Serve]:
     """The peer-opened bidi stream types this codec's version has."""
-    kinds = getattr(codec, "bidi_stream_types", (LiteBidi.ANNOUNCE, LiteBidi.SUBSCRIBE))
+    kinds = codec.bidi_stream_types
     return {int(kind): _HANDLERS[int(kind)] for kind in kinds}

@@ -14,9 +14,9 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from ..protocol.codec import Codec
 from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, StreamError
 from ..protocol.limits import Limits
-from ..protocol.lite import Codec
 from ..protocol.lite_wire import FrameClock
 from ..protocol.messages import (
     GroupHeader,
@@ -27,7 +27,6 @@ from ..protocol.messages import (
     SubscribeStart,
     SubscribeUpdate,
 )
-from ..protocol.versions import features_of
 from ..transport.base import BidiStream, Connection, SendStream
 from ._reader import StreamReader
 from ._scheduler import SendScheduler
@@ -125,7 +124,7 @@ class GroupWriter:
             return
         if timestamp is None:
             timestamp = int(time.time() * self.track.timescale)
-        header = codec.encode_timed_frame_header(len(payload), self._clock, timestamp)  # type: ignore[attr-defined]
+        header = codec.encode_timed_frame_header(len(payload), self._clock, timestamp)
         await self._send(header, body=payload)
 
     def close(self) -> asyncio.Future[None]:
@@ -181,7 +180,7 @@ class TrackWriter:
         self.end_group = request.end_group
         self.timescale = DEFAULT_TIMESCALE
         self._stream = stream
-        features = features_of(session.codec)
+        features = session.codec.features
         self._timestamps = features.frame_timestamps
         self._start_end = features.subscribe_start_end
         self._accepted = False
@@ -215,7 +214,7 @@ class TrackWriter:
     def _start(self, sequence: int) -> None:
         if self._start_end and not self._started:
             self._started = True
-            self._stream.write(self.session.codec.encode_subscribe_response(  # type: ignore[attr-defined]
+            self._stream.write(self.session.codec.encode_subscribe_response(
                 SubscribeStart(sequence)))
 
     def _in_range(self, sequence: int) -> bool:
@@ -286,7 +285,7 @@ class TrackWriter:
                 if self.end_group is not None:
                     end = min(end, self.end_group + 1)
                 self._start(end)
-                self._stream.write(self.session.codec.encode_subscribe_response(  # type: ignore[attr-defined]
+                self._stream.write(self.session.codec.encode_subscribe_response(
                     SubscribeEnd(end)))
             self._stream.write(b"", end=True)
         except (StreamError, SessionClosed):
@@ -382,7 +381,7 @@ class TrackReader:
         self._ended = False
         self._error: BaseException | None = None
         self._closed = False
-        features = features_of(session.codec)
+        features = session.codec.features
         self._timestamps = features.frame_timestamps
         self._typed_responses = features.typed_subscribe_responses
         self.dropped_groups = 0
@@ -491,7 +490,7 @@ class TrackReader:
                end_group: int | None = None) -> None:
         """Send SUBSCRIBE_UPDATE (lite-03+ and gomoqt): a new priority, latency bound or range."""
         codec = self.session.codec
-        if not codec.accepts_subscribe_update:
+        if not codec.features.subscribe_update:
             raise MoQError(f"{codec.name} has no SUBSCRIBE_UPDATE")
         if priority is not None:
             self.priority = priority
