@@ -105,7 +105,7 @@ class H3Meter:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.held = 0
         self.cpu = 0.0
-        original = WebTransportH3Connection._receive_request_or_push_data
+        original = WebTransportH3Connection.receive_request_data
         meter = self
 
         def measured(h3: WebTransportH3Connection, stream: Any, data: bytes, ended: bool) -> Any:
@@ -117,7 +117,7 @@ class H3Meter:
                 pending = getattr(h3, "_pending", {}).get(stream.stream_id, b"")
                 meter.held = max(meter.held, len(stream.buffer) + len(pending))
 
-        monkeypatch.setattr(WebTransportH3Connection, "_receive_request_or_push_data", measured)
+        monkeypatch.setattr(WebTransportH3Connection, "receive_request_data", measured)
 
 
 @pytest.mark.parametrize("where", SERVERS)

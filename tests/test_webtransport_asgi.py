@@ -334,7 +334,7 @@ async def test_an_error_in_event_handling_closes_one_connection_not_the_listener
     async with hypercorn_server(echo_app(events), str(certs.cert), str(certs.key)) as port:
         async with wt_client(port) as client:
             session_id = await open_session(client)
-            monkeypatch.setattr(WebTransportSession, "_on_datagram", explode)
+            monkeypatch.setattr(WebTransportSession, "handle_datagram", explode)
             client.send_datagram(session_id, b"x")
             await client.wait_for(lambda: client.terminated)
             monkeypatch.undo()

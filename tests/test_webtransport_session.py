@@ -83,15 +83,15 @@ def host() -> FakeHost:
 async def test_data_after_a_local_stop_is_not_a_new_stream(host: FakeHost) -> None:
     session = WebTransportSession(host, 0)
     session.accept()
-    session._on_stream_data(4, b"abc", False)
+    session.handle_stream_data(4, b"abc", False)
     stream = await session.accept_bi()
     assert isinstance(stream, WebTransportStream) and await stream.read() == b"abc"
     stream.stop(5)
     stream.write(b"bye", end=True)
     assert ("stop", 4, app_to_http(5)) in host.calls and not session.owns(4)
-    session._on_stream_data(4, b"in flight", False)  # sent before the peer saw STOP_SENDING
-    session._on_stream_data(4, b"", True)
-    session._on_stream_data(8, b"new", False)
+    session.handle_stream_data(4, b"in flight", False)  # sent before the peer saw STOP_SENDING
+    session.handle_stream_data(4, b"", True)
+    session.handle_stream_data(8, b"new", False)
     assert (await session.accept_bi()).stream_id == 8
     assert session._accept_bi.empty() and 4 not in session._stopped
 
@@ -99,7 +99,7 @@ async def test_data_after_a_local_stop_is_not_a_new_stream(host: FakeHost) -> No
 async def test_streams_before_accept_are_bounded_then_delivered(host: FakeHost) -> None:
     session = WebTransportSession(host, 0, max_pending_streams=3)
     for sid in (2, 6, 10, 14):
-        session._on_stream_data(sid, b"x", True)
+        session.handle_stream_data(sid, b"x", True)
     assert ("stop", 14, 0x3994BD84) in host.calls
     session.accept()
     assert [(await session.accept_uni()).stream_id for _ in range(3)] == [2, 6, 10]
@@ -108,15 +108,15 @@ async def test_streams_before_accept_are_bounded_then_delivered(host: FakeHost) 
 async def test_peer_reset_and_stop_use_application_codes(host: FakeHost) -> None:
     session = WebTransportSession(host, 0)
     session.accept()
-    session._on_stream_data(4, b"hi", False)
+    session.handle_stream_data(4, b"hi", False)
     stream = await session.accept_bi()
     stopped: list[int] = []
     stream.on_stopped(stopped.append)
-    session._on_stream_reset(4, app_to_http(42))
+    session.handle_stream_reset(4, app_to_http(42))
     with pytest.raises(StreamError) as error:
         await stream.read()
     assert error.value.code == 42
-    session._on_stop_sending(4, app_to_http(43))
+    session.handle_stop_sending(4, app_to_http(43))
     assert stopped == [43]
     with pytest.raises(StreamError):
         stream.write(b"more")
@@ -129,7 +129,7 @@ async def test_close_sends_capsule_and_resets_open_streams(host: FakeHost) -> No
     uni.write(b"done", end=True)  # finished: left to deliver
     bidi = await session.open_bi()
     bidi.write(b"half")  # still open: reset
-    session._on_stream_data(4, b"peer", False)
+    session.handle_stream_data(4, b"peer", False)
     session.close(4001, "bye")
     connect = [c for c in host.calls if c[0] == "connect-data"]
     assert connect == [("connect-data", 0, encode_close(4001, "bye"), True)]
@@ -149,9 +149,9 @@ async def test_peer_capsules(host: FakeHost) -> None:
     drained: list[bool] = []
     session.on_drain(lambda: drained.append(True))
     data = encode_drain() + encode_close(7, "peer-bye")
-    session._on_connect_data(data[:7], False)
+    session.handle_connect_data(data[:7], False)
     assert drained == [True] and not session.is_closed
-    session._on_connect_data(data[7:], False)
+    session.handle_connect_data(data[7:], False)
     closed = await asyncio.wait_for(session.wait_closed(), 1)
     assert (closed.code, closed.reason, closed.remote) == (7, "peer-bye", True)
     assert ("connect-data", 0, b"", True) in host.calls  # we end our side of the CONNECT stream
@@ -159,7 +159,7 @@ async def test_peer_capsules(host: FakeHost) -> None:
 
 async def test_reject_and_close_before_accept(host: FakeHost) -> None:
     session = WebTransportSession(host, 0)
-    session._on_stream_data(2, b"early", False)
+    session.handle_stream_data(2, b"early", False)
     session.close()  # before accept: an HTTP refusal
     assert ("headers", 0, b"403", True) in host.calls
     assert ("stop", 2, WT_SESSION_GONE) in host.calls
@@ -172,12 +172,12 @@ async def test_datagrams_are_bounded_both_ways(host: FakeHost) -> None:
     session = WebTransportSession(host, 0, max_datagrams=2)
     session.accept()
     for n in range(3):
-        session._on_datagram(bytes([n]))
+        session.handle_datagram(bytes([n]))
     assert session.datagrams_dropped == 1
     assert [await session.receive_datagram() for _ in range(2)] == [b"\x01", b"\x02"]
     assert session.send_datagram(b"x" * 100) is True
     assert session.send_datagram(b"x" * 5000) is False  # larger than a packet
-    session._on_connection_terminated(0, "gone")
+    session.handle_connection_terminated(0, "gone")
     with pytest.raises(SessionClosed):
         await session.receive_datagram()
 

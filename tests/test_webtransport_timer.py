@@ -9,7 +9,7 @@ import hypercorn.asyncio.worker_context as worker_context
 import hypercorn.protocol.quic as hc_quic
 import pytest
 
-from moqt_asgi.webtransport.hypercorn import _QuicTimer
+from moqt_asgi.webtransport.hypercorn_quic import QuicTimer as _QuicTimer
 
 from .conftest import Certs
 from .wt_client import hypercorn_server, wt_client

@@ -20,7 +20,7 @@ from typing import Any
 from aioquic.asyncio.client import connect as quic_connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN
-from aioquic.h3.events import DatagramReceived, DataReceived, HeadersReceived, WebTransportStreamDataReceived
+from aioquic.h3.events import HeadersReceived
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StopSendingReceived, StreamReset
 
 from ..engine.handshake import start_client
@@ -29,12 +29,14 @@ from ..engine.session import Session
 from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SessionClosed, SetupRejected
 from ..protocol.limits import DEFAULT_LIMITS, Limits
 from ..protocol.versions import DEFAULT_VERSIONS, Version, ordered, protocols_for
-from ..transport.aioquic_connection import CreditedQuicConnection
+from ..transport.aioquic_connection import adopt_quic
 from ..transport.settings import QuicSettings
+from ..transport.transmit import TransmitSoon
 from ..webtransport.asgi import parse_sf_string_list, sf_string
-from ..webtransport.capsules import H3_INTERNAL_ERROR, WT_SESSION_GONE
+from ..webtransport.capsules import H3_INTERNAL_ERROR
 from ..webtransport.h3 import WebTransportH3Connection
-from ..webtransport.session import SessionHost, WebTransportSession
+from ..webtransport.router import RouterHost, WebTransportRouter
+from ..webtransport.session import WebTransportSession
 from .settings import check_fingerprint, parse_url, resumption_note, trust_label, use_tickets
 from .tickets import ClientTicketStore
 from .tls import TLSConfig, client_tls
@@ -42,18 +44,24 @@ from .tls import TLSConfig, client_tls
 logger = logging.getLogger("moqt_asgi.webtransport")
 
 
-class WebTransportClientProtocol(QuicConnectionProtocol, SessionHost):
-    """An HTTP/3 client connection carrying WebTransport sessions."""
+class WebTransportClientProtocol(QuicConnectionProtocol, RouterHost):
+    """An HTTP/3 client connection carrying WebTransport sessions.
+
+    The sessions' events are routed by a
+    :class:`~moqt_asgi.webtransport.router.WebTransportRouter`, as on the
+    servers; this class keeps the answers to its CONNECTs.
+    """
 
     def __init__(self, *args: Any, limits: Limits = DEFAULT_LIMITS, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.quic = self._quic = CreditedQuicConnection.adopt(self._quic)  # our receive-credit policy
+        self.quic = adopt_quic(self)  # our receive-credit policy
+        self.transmitter = TransmitSoon(self.transmit, asyncio.get_running_loop())
         self.quic.on_credit = self.transmit_soon
-        self.h3 = WebTransportH3Connection(self._quic)
+        self.h3 = WebTransportH3Connection(self.quic)
+        self.router = WebTransportRouter(self)
+        self.h3.router = self.router
         self.limits = limits
-        self.sessions: dict[int, WebTransportSession] = {}
         self._responses: dict[int, asyncio.Future[list[tuple[bytes, bytes]]]] = {}
-        self._flush_scheduled = False
         self.resumed = False
         """The TLS handshake resumed an earlier session from a ticket (no certificate exchange)."""
         self.early_data_accepted = False
@@ -65,9 +73,9 @@ class WebTransportClientProtocol(QuicConnectionProtocol, SessionHost):
 
         Returns the session and the server's ``wt-protocol`` choice (``None`` if it made none).
         """
-        session_id = self._quic.get_next_available_stream_id()
+        session_id = self.quic.get_next_available_stream_id()
         session = WebTransportSession(self, session_id, limits=self.limits)
-        self.sessions[session_id] = session
+        self.router.open(session)
         response = self._responses[session_id] = asyncio.get_running_loop().create_future()
         self.h3.send_headers(session_id, [
             (b":method", b"CONNECT"), (b":protocol", b"webtransport"), (b":scheme", b"https"),
@@ -79,10 +87,9 @@ class WebTransportClientProtocol(QuicConnectionProtocol, SessionHost):
         finally:
             self._responses.pop(session_id, None)
         status = int(dict(answer).get(b":status", b"0"))
+        session.handle_response(status)
         if not 200 <= status < 300:
-            session._terminate(SessionClosed(status, "CONNECT refused", remote=True))
             raise SetupRejected(status, f"the server answered the WebTransport CONNECT with {status}")
-        session._established()
         return session, _chosen_protocol(answer)
 
     # -- events (never raise: an exception here would be lost inside aioquic)
@@ -91,79 +98,35 @@ class WebTransportClientProtocol(QuicConnectionProtocol, SessionHost):
             self._handle(event)
         except Exception:
             logger.exception("error handling %s; closing the connection", type(event).__name__)
-            self._quic.close(error_code=H3_INTERNAL_ERROR, reason_phrase="internal error")
+            self.quic.close(error_code=H3_INTERNAL_ERROR, reason_phrase="internal error")
             self.transmit()
 
     def _handle(self, event: QuicEvent) -> None:
         if isinstance(event, HandshakeCompleted):
             self.resumed = event.session_resumed
             self.early_data_accepted = event.early_data_accepted
-        elif isinstance(event, StreamReset):
-            self._route(event.stream_id, event.error_code, stop=False)
-        elif isinstance(event, StopSendingReceived):
-            self._route(event.stream_id, event.error_code, stop=True)
+        elif isinstance(event, (StreamReset, StopSendingReceived)):
+            if event.stream_id in self.sessions:  # the CONNECT stream: no answer is coming
+                self._fail_response(event.stream_id, SessionClosed(event.error_code, "CONNECT stream reset",
+                                                                   remote=True))
         elif isinstance(event, ConnectionTerminated):
-            for session in list(self.sessions.values()):
-                session._on_connection_terminated(event.error_code, event.reason_phrase)
-            for future in self._responses.values():
-                if not future.done():
-                    future.set_exception(SessionClosed(event.error_code, event.reason_phrase, remote=True))
+            for stream_id in list(self._responses):
+                self._fail_response(stream_id, SessionClosed(event.error_code, event.reason_phrase, remote=True))
+        # the router takes the WebTransport events (sessions' streams, datagrams, capsules, resets)
         for h3_event in self.h3.handle_event(event):
-            if isinstance(h3_event, WebTransportStreamDataReceived):
-                receiver = self.sessions.get(h3_event.session_id)
-                if receiver is not None:
-                    receiver._on_stream_data(h3_event.stream_id, h3_event.data, h3_event.stream_ended)
-                else:
-                    self.refuse_stream(h3_event.stream_id, WT_SESSION_GONE)
-            elif isinstance(h3_event, DatagramReceived):
-                target = self.sessions.get(h3_event.stream_id)
-                if target is not None:
-                    target._on_datagram(h3_event.data)
-            elif isinstance(h3_event, HeadersReceived):
+            if isinstance(h3_event, HeadersReceived):
                 waiter = self._responses.get(h3_event.stream_id)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(list(h3_event.headers))
-            elif isinstance(h3_event, DataReceived):
-                owner = self.sessions.get(h3_event.stream_id)
-                if owner is not None and owner.state == "accepted":
-                    owner._on_connect_data(h3_event.data, h3_event.stream_ended)
 
-    def _route(self, stream_id: int, code: int, *, stop: bool) -> None:
-        connect = self.sessions.get(stream_id)
-        if connect is not None:
-            connect._on_connect_reset(code)
-            future = self._responses.get(stream_id)
-            if future is not None and not future.done():
-                future.set_exception(SessionClosed(code, "CONNECT stream reset", remote=True))
-            return
-        for session in self.sessions.values():
-            if session.owns(stream_id) or stream_id in session._stopped:
-                if stop:
-                    session._on_stop_sending(stream_id, code)
-                else:
-                    session._on_stream_reset(stream_id, code)
-                return
-
-    # -- SessionHost
-    def transmit_soon(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self.transmit()
+    def _fail_response(self, stream_id: int, error: SessionClosed) -> None:
+        future = self._responses.get(stream_id)
+        if future is not None and not future.done():
+            future.set_exception(error)
 
     def transmit(self) -> None:
         super().transmit()
-        for session in list(self.sessions.values()):
-            session._after_transmit()
-
-    def session_ended(self, session: WebTransportSession) -> None:
-        self.sessions.pop(session.session_id, None)
-
-    def finish_sending(self, stream_id: int) -> None:
-        self.h3.finish_webtransport_sending(stream_id)
+        self.router.after_transmit()
 
 
 def _chosen_protocol(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
@@ -220,7 +183,7 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
                              session_ticket_handler=ticket_slot))
             assert isinstance(protocol, WebTransportClientProtocol)
             if pin:
-                check_fingerprint(protocol, pin)  # type: ignore[arg-type]
+                check_fingerprint(protocol, pin)
             if ticket_slot is not None:
                 ticket_slot.verified()
             connection, chosen_protocol = await protocol.open_session(authority, target, extra)

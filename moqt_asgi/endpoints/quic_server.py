@@ -34,7 +34,7 @@ from ..protocol.versions import Version, native_alpns, ordered
 from ..serving import serve_connection, session_hook
 from ..stopping import CLOSE_GRACE
 from ..transport.admission import Admission, serve_guarded
-from ..transport.aioquic_connection import forbid_early_data
+from ..transport.aioquic_connection import forbid_early_data, local_address
 from ..transport.quic import QuicProtocol, QuicTransport
 from ..transport.settings import QuicSettings
 from ..types import ASGIApp
@@ -69,7 +69,7 @@ class ServerProtocol(QuicProtocol):
         if isinstance(event, quic_events.ProtocolNegotiated) and not self._early_data:
             # aioquic's server TLS always advertises early data in the tickets it issues (sent
             # after the client's Finished, so after this event): take the permission out.
-            forbid_early_data(self._quic)
+            forbid_early_data(self.quic)
         elif isinstance(event, quic_events.HandshakeCompleted):
             self.moq_transport.resumed = event.session_resumed
             self.moq_transport.early_data_accepted = event.early_data_accepted
@@ -84,7 +84,7 @@ class ServerProtocol(QuicProtocol):
                     self._on_h3 = None
             except Exception:  # an exception here would kill the whole listener
                 logger.exception("could not start HTTP/3 on a connection; closing it")
-                self._quic.close(error_code=H3ErrorCode.H3_INTERNAL_ERROR, reason_phrase="internal error")
+                self.quic.close(error_code=H3ErrorCode.H3_INTERNAL_ERROR, reason_phrase="internal error")
         else:
             super().quic_event_received(event)
 
@@ -153,13 +153,12 @@ class QuicServer:
         """The bound ``(host, port)``; under aioquic's own ``serve()`` (see :meth:`serve_arguments`), known
         once a first connection has arrived."""
         if self._address is None:
-            transport = self._server._transport if self._server is not None else next(
-                (p._transport for p in list(self._protocols) if p._transport is not None), None)
-            if transport is None:
+            address = local_address(self._server) if self._server is not None else next(
+                (bound for p in list(self._protocols) if (bound := local_address(p)) is not None), None)
+            if address is None:
                 raise MoQError("server is not started" if self._server is None and not self._serving_elsewhere
                                else "no connection has arrived yet to tell the address")
-            sockname = transport.get_extra_info("sockname")
-            self._address = str(sockname[0]), int(sockname[1])
+            self._address = address
         return self._address
 
     @property
@@ -285,7 +284,7 @@ class QuicServer:
 
         if self.draining:
             self.log.info("refusing an HTTP/3 connection: the server is shutting down")
-            protocol._quic.close(error_code=H3ErrorCode.H3_NO_ERROR, reason_phrase="server is shutting down")
+            protocol.quic.close(error_code=H3ErrorCode.H3_NO_ERROR, reason_phrase="server is shutting down")
             protocol.transmit()
             return None
 

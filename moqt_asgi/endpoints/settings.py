@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from cryptography.hazmat.primitives import serialization
 
 from ..protocol.errors import MoQError
 from ..transport.aioquic_connection import peer_certificate
-from ..transport.quic import QuicProtocol
 from ..transport.settings import MIN_STREAM_WINDOW, QuicSettings
 from .tickets import ClientTicketStore, TicketSlot
 
@@ -37,10 +38,19 @@ def parse_url(url: str) -> tuple[str, str, int, str]:
     return parts.scheme, parts.hostname, port, target
 
 
-def check_fingerprint(protocol: QuicProtocol, expected: str) -> None:
-    if protocol._quic.tls.session_resumed:
+class HasQuic(Protocol):
+    """A connection protocol of ours: it exposes its aioquic connection as ``quic``."""
+
+    @property
+    def quic(self) -> QuicConnection: ...
+
+
+def check_fingerprint(protocol: HasQuic, expected: str) -> None:
+    """Raise :class:`MoQError` unless the server's certificate has the SHA-256 fingerprint ``expected``."""
+    quic = protocol.quic
+    if quic.tls.session_resumed:
         return  # no certificate: the ticket was only offered under this same pinned fingerprint
-    cert = peer_certificate(protocol._quic)
+    cert = peer_certificate(quic)
     if cert is None:
         raise MoQError("server sent no certificate")
     actual = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()

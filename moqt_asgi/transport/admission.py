@@ -39,10 +39,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from aioquic._buffer import Buffer
 from aioquic.asyncio.server import QuicServer as AioquicServer
 from aioquic.quic import connection as aioquic_connection
-from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import (
     QuicErrorCode,
@@ -50,12 +49,19 @@ from aioquic.quic.packet import (
     QuicHeader,
     QuicPacketType,
     encode_quic_retry,
-    pull_quic_header,
 )
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.retry import QuicRetryTokenHandler
 
-from .aioquic_connection import CreditedQuicConnection
+from .aioquic_connection import (
+    CreditedQuicConnection,
+    has_connection,
+    parse_header,
+    protocol_quic,
+    server_protocol,
+    server_transport,
+    use_retry_tokens,
+)
 
 logger = logging.getLogger("moqt_asgi.admission")
 
@@ -112,7 +118,7 @@ def parse_initial(data: bytes, connection_id_length: int) -> QuicHeader | None:
     if len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
         return None
     try:
-        header = pull_quic_header(Buffer(data=data), host_cid_length=connection_id_length)
+        header = parse_header(data, connection_id_length)
     except ValueError:
         return None
     if header.packet_type != QuicPacketType.INITIAL or header.version is None:
@@ -259,39 +265,39 @@ class GuardedQuicServer(AioquicServer):
     reports their handshake and their end to the admission.
     """
 
-    def __init__(self, *, admission: Admission, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, admission: Admission, configuration: QuicConfiguration, **kwargs: Any) -> None:
+        super().__init__(configuration=configuration, **kwargs)
         self.admission = admission
-        self._protocols: dict[bytes, Any]
-        self._retry: QuicRetryTokenHandler | None = None  # type: ignore[assignment]  # set per datagram
-        self._connection_id_length = int(self._configuration.connection_id_length)
+        use_retry_tokens(self, None)  # set per datagram
+        self._connection_id_length = int(configuration.connection_id_length)
+        self._loop_time = asyncio.get_running_loop().time
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         assert isinstance(data, bytes)
         header = parse_initial(data, self._connection_id_length)
-        if header is None or header.destination_cid in self._protocols:
+        if header is None or has_connection(self, header.destination_cid):
             super().datagram_received(data, addr)
             return
         admission = self.admission
         verdict = admission.decide(header, addr)
-        transport = self._transport
+        transport = server_transport(self)
         if verdict == "retry":
             if transport is not None:
-                transport.sendto(admission.retry_packet(header, addr, self._loop.time()), addr)
+                transport.sendto(admission.retry_packet(header, addr, self._loop_time()), addr)
             return
         if verdict != "accept":
             if verdict == "refuse" and transport is not None:
                 transport.sendto(admission.refusal_packet(header), addr)
             return
         # a token is checked by aioquic against our token handler; without one, no Retry happened
-        self._retry = admission.retry_tokens if header.token and admission.policy.retry else None
+        use_retry_tokens(self, admission.retry_tokens if header.token and admission.policy.retry else None)
         try:
             super().datagram_received(data, addr)
         finally:
-            self._retry = None
-        protocol = self._protocols.get(header.destination_cid)
+            use_retry_tokens(self, None)
+        protocol = server_protocol(self, header.destination_cid)
         if protocol is not None:
-            quic = getattr(protocol, "_quic", None)
+            quic = protocol_quic(protocol)
             if isinstance(quic, CreditedQuicConnection):
                 admission.admitted(quic, addr)
 

@@ -42,12 +42,20 @@ aioquic's server and client build the ``QuicConnection`` themselves;
 before it has handled any packet.
 
 Every private aioquic name the project uses is reached from this module
-(or listed in :func:`check_compatible`, which runs on first use and raises
-:class:`IncompatibleAioquic` naming whatever moved).
+only, and listed in :func:`check_compatible` (which runs on first use and
+raises :class:`IncompatibleAioquic` naming whatever moved): the credit
+policy above, and small named accessors for the rest (the connection of a
+protocol, a stream's unsent bytes, the peer's address and certificate,
+datagram room, stream limits, 0-RTT permission, the server's connection
+table and Retry handler, the HTTP/3 stream records, and
+:class:`H3ConnectionHooks`, which gives the HTTP/3 receive hooks public
+names). An aioquic upgrade that moves one of them fails that check, in
+this one module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -55,13 +63,15 @@ from typing import Any, Protocol
 import aioquic
 import aioquic.quic.connection as aioquic_connection
 from aioquic import tls
+from aioquic._buffer import Buffer
 from aioquic.asyncio import protocol as aioquic_protocol
 from aioquic.asyncio import server as aioquic_server
 from aioquic.h3 import connection as h3_connection
+from aioquic.h3.events import H3Event
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicHeader, pull_quic_header
 from aioquic.quic.packet_builder import QuicPacketBuilder
 
 logger = logging.getLogger("moqt_asgi.quic")
@@ -100,9 +110,10 @@ _MODULE_NAMES = ((aioquic_connection, "MAX_STREAM_DATA_FRAME_CAPACITY"),
                  (h3_connection.H3Connection, "_receive_stream_reset"),
                  (h3_connection.H3Connection, "create_webtransport_stream"))
 _H3_STREAM_ATTRIBUTES = ("buffer", "blocked", "frame_type", "frame_size", "headers_recv_state", "session_id",
-                         "stream_type", "receiving_ended", "sending_ended")
-_INIT_ATTRIBUTES = ((aioquic_protocol.QuicConnectionProtocol, ("_quic", "_loop", "_transport")),
-                    (aioquic_server.QuicServer, ("_protocols", "_retry", "_transport", "_configuration", "_loop")))
+                         "stream_id", "stream_type", "receiving_ended", "sending_ended", "is_ended")
+_H3_CONNECTION_ATTRIBUTES = ("_stream",)
+_INIT_ATTRIBUTES = ((aioquic_protocol.QuicConnectionProtocol, ("_quic", "_transport")),
+                    (aioquic_server.QuicServer, ("_protocols", "_retry", "_transport")))
 _checked = False
 
 
@@ -149,7 +160,7 @@ def check_compatible() -> None:
     except Exception as exc:  # pragma: no cover - only when aioquic changed
         missing.append(f"H3Connection(quic) ({exc})")
     else:
-        missing += [f"H3Connection().{name}" for name in ("_stream", "_is_client", "_quic") if not hasattr(h3, name)]
+        missing += [f"H3Connection().{name}" for name in _H3_CONNECTION_ATTRIBUTES if not hasattr(h3, name)]
     h3_stream_class = getattr(h3_connection, "H3Stream", None)
     if h3_stream_class is not None:
         h3_stream = h3_stream_class(0)
@@ -232,6 +243,119 @@ def peer_certificate(quic: QuicConnection) -> Any:
 def handshake_complete(quic: QuicConnection) -> bool:
     """Whether the TLS handshake has completed (before it does, a server only receives 0-RTT application data)."""
     return bool(quic._handshake_complete)
+
+
+_CLOSING_STATES = (aioquic_connection.QuicConnectionState.CLOSING, aioquic_connection.QuicConnectionState.DRAINING,
+                   aioquic_connection.QuicConnectionState.TERMINATED)
+
+
+def connection_closing(quic: QuicConnection) -> bool:
+    """Whether the connection is closing, draining or gone (it sent or received CONNECTION_CLOSE, or timed out)."""
+    return getattr(quic, "_state", None) in _CLOSING_STATES
+
+
+def parse_header(data: bytes, connection_id_length: int) -> QuicHeader:
+    """The QUIC packet header at the start of ``data``; raises ``ValueError`` if there is none."""
+    return pull_quic_header(Buffer(data=data), host_cid_length=connection_id_length)
+
+
+# -- aioquic's asyncio layer: the protocol's connection, the server's table
+def protocol_quic(protocol: Any) -> QuicConnection:
+    """The ``QuicConnection`` an aioquic ``QuicConnectionProtocol`` drives."""
+    quic: QuicConnection = protocol._quic
+    return quic
+
+
+def adopt_quic(protocol: aioquic_protocol.QuicConnectionProtocol) -> CreditedQuicConnection:
+    """Make the fresh connection of ``protocol`` a :class:`CreditedQuicConnection` (see :meth:`~CreditedQuicConnection.adopt`)."""
+    quic = protocol._quic = CreditedQuicConnection.adopt(protocol._quic)
+    return quic
+
+
+def local_address(endpoint: aioquic_protocol.QuicConnectionProtocol | aioquic_server.QuicServer) -> tuple[str, int] | None:
+    """The bound ``(host, port)`` of an aioquic server or connection protocol; None before it has a socket."""
+    transport = endpoint._transport
+    if transport is None:
+        return None
+    sockname = transport.get_extra_info("sockname")
+    return str(sockname[0]), int(sockname[1])
+
+
+def server_transport(server: aioquic_server.QuicServer) -> asyncio.DatagramTransport | None:
+    """The UDP transport of an aioquic ``QuicServer`` (None before it is bound)."""
+    return server._transport
+
+
+def server_protocol(server: aioquic_server.QuicServer, connection_id: bytes) -> Any:
+    """The connection protocol an aioquic ``QuicServer`` routes ``connection_id`` to, or None."""
+    return server._protocols.get(connection_id)
+
+
+def has_connection(server: aioquic_server.QuicServer, connection_id: bytes) -> bool:
+    """Whether an aioquic ``QuicServer`` already has a connection for ``connection_id``."""
+    return connection_id in server._protocols
+
+
+def use_retry_tokens(server: aioquic_server.QuicServer, handler: Any) -> None:
+    """The Retry-token handler an aioquic ``QuicServer`` checks the next Initial with (None: no Retry happened)."""
+    server._retry = handler
+
+
+# -- HTTP/3: aioquic's per-stream records and its receive hooks
+Http3Stream = h3_connection.H3Stream
+"""aioquic's per-stream HTTP/3 state (frame being parsed, buffer, WebTransport session)."""
+
+
+def h3_stream(h3: h3_connection.H3Connection, stream_id: int) -> Http3Stream | None:
+    """The HTTP/3 record of ``stream_id``, if aioquic has one."""
+    return h3._stream.get(stream_id)
+
+
+def mark_webtransport_stream(h3: h3_connection.H3Connection, stream_id: int, session_id: int) -> None:
+    """Record ``stream_id`` (a bidi stream we opened) as a WebTransport stream of ``session_id``.
+
+    aioquic only marks the WebTransport streams it receives: without this,
+    the peer's data on the stream would be parsed as HTTP/3 frames.
+    """
+    stream = h3_connection.H3Stream(stream_id)
+    stream.frame_type = h3_connection.FrameType.WEBTRANSPORT_STREAM
+    stream.session_id = session_id
+    h3._stream[stream_id] = stream
+
+
+def forget_h3_stream(h3: h3_connection.H3Connection, stream_id: int) -> None:
+    """Drop aioquic's HTTP/3 record of ``stream_id`` (both halves are over)."""
+    h3._stream.pop(stream_id, None)
+
+
+class H3ConnectionHooks(h3_connection.H3Connection):
+    """aioquic's ``H3Connection`` with its receive hooks under public names, to override.
+
+    :meth:`receive_request_data` (request, push and bidi WebTransport
+    streams), :meth:`receive_uni_data` (control, QPACK and uni WebTransport
+    streams) and :meth:`stream_reset_received`; each calls aioquic's by default.
+    """
+
+    def _receive_request_or_push_data(self, stream: Http3Stream, data: bytes, stream_ended: bool) -> list[H3Event]:
+        return self.receive_request_data(stream, data, stream_ended)
+
+    def _receive_stream_data_uni(self, stream: Http3Stream, data: bytes, stream_ended: bool) -> list[H3Event]:
+        return self.receive_uni_data(stream, data, stream_ended)
+
+    def _receive_stream_reset(self, stream_id: int) -> None:
+        self.stream_reset_received(stream_id)
+
+    def receive_request_data(self, stream: Http3Stream, data: bytes, stream_ended: bool) -> list[H3Event]:
+        """Bytes on a request, push or bidi WebTransport stream: the HTTP/3 events they complete."""
+        return h3_connection.H3Connection._receive_request_or_push_data(self, stream, data, stream_ended)
+
+    def receive_uni_data(self, stream: Http3Stream, data: bytes, stream_ended: bool) -> list[H3Event]:
+        """Bytes on a peer's uni stream (control, QPACK, push, WebTransport)."""
+        return h3_connection.H3Connection._receive_stream_data_uni(self, stream, data, stream_ended)
+
+    def stream_reset_received(self, stream_id: int) -> None:
+        """The peer reset ``stream_id``."""
+        h3_connection.H3Connection._receive_stream_reset(self, stream_id)
 
 
 # -- receive credit
@@ -468,16 +592,30 @@ class CreditedQuicConnection(QuicConnection):
 __all__ = [
     "ConnectionWatcher",
     "CreditedQuicConnection",
+    "H3ConnectionHooks",
+    "Http3Stream",
     "IncompatibleAioquic",
     "StreamCredit",
+    "adopt_quic",
     "check_compatible",
+    "connection_closing",
     "datagram_room",
     "forbid_early_data",
+    "forget_h3_stream",
+    "h3_stream",
     "handshake_complete",
+    "has_connection",
+    "local_address",
+    "mark_webtransport_stream",
+    "parse_header",
     "peer_address",
     "peer_certificate",
+    "protocol_quic",
     "send_backlog",
     "send_stream_first",
+    "server_protocol",
+    "server_transport",
     "set_stream_limits",
     "stream_credit",
+    "use_retry_tokens",
 ]

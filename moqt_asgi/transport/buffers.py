@@ -64,6 +64,11 @@ class ReceiveBuffer:
         """True once FIN arrived or the stream failed."""
         return self._fin or self._error is not None
 
+    @property
+    def drained(self) -> bool:
+        """True once FIN arrived (or the stream failed) and nothing is left to read."""
+        return (self._fin or self._error is not None) and not self._size
+
     def feed(self, data: bytes, fin: bool) -> None:
         if self._error is not None or self._fin:
             return

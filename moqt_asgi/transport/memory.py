@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TypeVar
 
 from ..protocol.errors import ErrorCode, SessionClosed, StreamError
 from ..protocol.limits import DEFAULT_LIMITS
 from .base import BidiStream, Connection, ReceiveStream, SendStream
 from .buffers import ReceiveBuffer
+from .streams import next_stream
+
+T = TypeVar("T")
 
 
 class _Half:
@@ -218,28 +222,19 @@ class MemoryConnection(Connection):
         peer._uni.put_nowait(MemoryReceiveStream(half))
         return MemorySendStream(half)
 
-    async def _accept(self, queue: asyncio.Queue[MemoryBidiStream] | asyncio.Queue[MemoryReceiveStream]):  # type: ignore[no-untyped-def]
+    async def _accept(self, queue: asyncio.Queue[T]) -> T:
         if self._closed:
             raise self._closed
-        getter = asyncio.ensure_future(queue.get())
-        closer = asyncio.ensure_future(self._closed_event.wait())
-        try:
-            await asyncio.wait((getter, closer), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closer.cancel()
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        raise self.closed_error()
+        stream = await next_stream(queue, self._closed_event)
+        if stream is None:
+            raise self.closed_error()
+        return stream
 
     async def accept_bi(self) -> BidiStream:
-        stream: BidiStream = await self._accept(self._bi)
-        return stream
+        return await self._accept(self._bi)
 
     async def accept_uni(self) -> ReceiveStream:
-        stream: ReceiveStream = await self._accept(self._uni)
-        return stream
+        return await self._accept(self._uni)
 
     def _terminate(self, error: SessionClosed) -> None:
         if self._closed is not None:

@@ -34,86 +34,41 @@ from aioquic.quic.connection import stream_is_client_initiated, stream_is_unidir
 from ..protocol.codes import app_to_http, clamp_app_code, http_to_app
 from ..protocol.errors import ErrorCode, SessionClosed, StreamError
 from ..protocol.limits import DEFAULT_LIMITS, Limits
-from .aioquic_connection import CreditedQuicConnection, peer_address, send_backlog, set_stream_limits, stream_credit
+from .aioquic_connection import adopt_quic, peer_address, protocol_quic, send_backlog, set_stream_limits, stream_credit
 from .base import BidiStream, Connection, ReceiveStream, SendStream
-from .buffers import ReceiveBuffer
+from .streams import BufferedStream, next_stream
+from .transmit import TransmitSoon
 
 logger = logging.getLogger("moqt_asgi.quic")
 
 
-class QuicStream(BidiStream):
+class QuicStream(BufferedStream):
     """A QUIC stream as the engine sees it; uni streams use only one half."""
 
-    def __init__(self, transport: QuicTransport, stream_id: int, *, readable: bool, writable: bool) -> None:
-        self.stream_id = stream_id
-        self._transport = transport
-        limit = transport.limits.max_stream_buffer
-        self._buffer = ReceiveBuffer(limit, on_overflow=self._overflow,
-                                     credit=stream_credit(transport.protocol._quic, stream_id)) if readable else None
-        self._writable = writable
-        self._send_done = not writable
-        self._stop_code: int | None = None
-        self._stopped_callbacks: list[Callable[[int], None]] = []
+    __slots__ = ("_connection",)
 
-    # receive half
-    async def read(self, max_bytes: int = 65536, min_bytes: int = 1) -> bytes:
-        if self._buffer is None:
-            raise StreamError(ErrorCode.UNEXPECTED_STREAM, "stream is send-only")
-        data = await self._buffer.read(max_bytes, min_bytes)
-        if not data:
-            self._transport._maybe_forget(self)
-        return data
+    def __init__(self, connection: QuicTransport, stream_id: int, *, readable: bool, writable: bool) -> None:
+        self._connection = connection
+        super().__init__(stream_id, readable=readable, writable=writable, limit=connection.limits.max_stream_buffer,
+                         credit=stream_credit(connection.quic, stream_id) if readable else None)
 
-    def stop(self, code: int) -> None:
-        if self._buffer is None or self._buffer.finished:
-            return
-        self._buffer.fail(StreamError(code, f"stream {self.stream_id} was stopped locally"))
-        self._transport._stop_stream(self.stream_id, code)
-        self._transport._stopped.add(self.stream_id)
-        self._transport._maybe_forget(self)
+    def _send_data(self, data: bytes, end: bool) -> None:
+        self._connection._send(self, data, end)
 
-    def _overflow(self) -> None:
-        self._transport._stop_stream(self.stream_id, ErrorCode.TOO_LARGE)
+    def _send_reset(self, code: int) -> None:
+        self._connection._reset_stream(self.stream_id, code)
 
-    @property
-    def _recv_done(self) -> bool:
-        return self._buffer is None or (self._buffer.finished and self._buffer.buffered == 0)
+    def _send_stop(self, code: int) -> None:
+        self._connection._stop_stream(self.stream_id, code)
 
-    # send half
-    def write(self, data: bytes, end: bool = False) -> None:
-        if self._stop_code is not None:
-            raise StreamError(self._stop_code, f"peer stopped stream {self.stream_id} with code {self._stop_code}")
-        if self._send_done:
-            raise StreamError(ErrorCode.CANCEL, f"stream {self.stream_id} is already finished")
-        self._transport._send(self, data, end)
-        if end:
-            self._send_done = True
-            self._transport._maybe_forget(self)
+    def _sending_ended(self) -> None:
+        self._connection._maybe_forget(self)
 
-    def reset(self, code: int) -> None:
-        if self._send_done:
-            return
-        self._send_done = True
-        self._transport._reset_stream(self.stream_id, code)
-        self._transport._maybe_forget(self)
+    def _receiving_ended(self) -> None:
+        self._connection._maybe_forget(self)
 
     def backlog(self) -> int:
-        return self._transport._stream_backlog(self.stream_id)
-
-    def on_stopped(self, callback: Callable[[int], None]) -> None:
-        if self._stop_code is not None:
-            callback(self._stop_code)
-        else:
-            self._stopped_callbacks.append(callback)
-
-    def _peer_stopped(self, code: int) -> None:
-        if self._stop_code is not None:
-            return
-        self._stop_code = code
-        self._send_done = True
-        callbacks, self._stopped_callbacks = self._stopped_callbacks, []
-        for callback in callbacks:
-            callback(code)
+        return send_backlog(self._connection.quic, self.stream_id)
 
 
 class QuicTransport(Connection):
@@ -121,6 +76,8 @@ class QuicTransport(Connection):
 
     def __init__(self, protocol: QuicProtocol, limits: Limits) -> None:
         self.protocol = protocol
+        self.quic = protocol_quic(protocol)
+        """The aioquic ``QuicConnection`` (a :class:`CreditedQuicConnection` under :class:`QuicProtocol`)."""
         self.limits = limits
         self.alpn: str | None = None
         self.resumed = False
@@ -143,8 +100,7 @@ class QuicTransport(Connection):
         self._closed: SessionClosed | None = None
         self._closed_event = asyncio.Event()
         self._writable_waiters: list[Callable[[], None]] = []
-        self._flush_scheduled = False
-        self._loop = asyncio.get_event_loop()
+        self._transmitter = TransmitSoon(self._flush, asyncio.get_event_loop())
 
     # -- properties
     @property
@@ -153,7 +109,7 @@ class QuicTransport(Connection):
 
     @property
     def peer_address(self) -> tuple[str, int] | None:
-        return peer_address(self.protocol._quic)
+        return peer_address(self.quic)
 
     # -- opening and accepting
     def _check_open(self) -> None:
@@ -162,37 +118,30 @@ class QuicTransport(Connection):
 
     async def open_bi(self) -> BidiStream:
         self._check_open()
-        sid = self.protocol._quic.get_next_available_stream_id(is_unidirectional=False)
+        sid = self.quic.get_next_available_stream_id(is_unidirectional=False)
         # aioquic hands out the same id until the stream exists: create it now, so that two streams
         # opened before either writes (a group header waiting in the scheduler) never share an id
-        self.protocol._quic.send_stream_data(sid, b"")
+        self.quic.send_stream_data(sid, b"")
         stream = QuicStream(self, sid, readable=True, writable=True)
         self._streams[sid] = stream
         return stream
 
     async def open_uni(self) -> SendStream:
         self._check_open()
-        sid = self.protocol._quic.get_next_available_stream_id(is_unidirectional=True)
+        sid = self.quic.get_next_available_stream_id(is_unidirectional=True)
         # aioquic hands out the same id until the stream exists: create it now, so that two streams
         # opened before either writes (a group header waiting in the scheduler) never share an id
-        self.protocol._quic.send_stream_data(sid, b"")
+        self.quic.send_stream_data(sid, b"")
         stream = QuicStream(self, sid, readable=False, writable=True)
         self._streams[sid] = stream
         return stream
 
     async def _accept(self, queue: asyncio.Queue[QuicStream]) -> QuicStream:
         self._check_open()
-        getter = asyncio.ensure_future(queue.get())
-        closer = asyncio.ensure_future(self._closed_event.wait())
-        try:
-            await asyncio.wait((getter, closer), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closer.cancel()
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        raise self._closed or SessionClosed(0, "closed")
+        stream = await next_stream(queue, self._closed_event)
+        if stream is None:
+            raise self._closed or SessionClosed(0, "closed")
+        return stream
 
     async def accept_bi(self) -> BidiStream:
         return await self._accept(self._accept_bi)
@@ -218,9 +167,7 @@ class QuicTransport(Connection):
         self._closed = error
         self._closed_event.set()
         for stream in list(self._streams.values()):
-            if stream._buffer is not None:
-                stream._buffer.fail(error)
-            stream._peer_stopped(error.code)
+            stream.connection_closed(error, error.code)
         self._streams.clear()
         self._stopped.clear()
         self._pending.clear()
@@ -228,9 +175,6 @@ class QuicTransport(Connection):
         self._wake_writers()
 
     # -- backpressure
-    def _stream_backlog(self, stream_id: int) -> int:
-        return send_backlog(self.protocol._quic, stream_id)
-
     def backlog(self) -> int:
         # Asked before every write, so it is counted once and then kept up to date: between two
         # transmits what aioquic holds unsent only grows by what _send hands it. aioquic sends only
@@ -240,8 +184,9 @@ class QuicTransport(Connection):
         if total is None:
             total = 0
             done = []
+            quic = self.quic
             for sid in self._pending:
-                size = self._stream_backlog(sid)
+                size = send_backlog(quic, sid)
                 if size:
                     total += size
                 else:
@@ -264,19 +209,19 @@ class QuicTransport(Connection):
 
     # -- sending (called by QuicStream)
     def _send(self, stream: QuicStream, data: bytes, end: bool) -> None:
-        # Runs once per frame: _check_open and _schedule_flush are inlined.
+        # Runs once per frame: _check_open is inlined, and the transmission is requested only once per iteration.
         if self._closed is not None:
             raise self._closed
         try:
-            self.protocol._quic.send_stream_data(stream.stream_id, data, end_stream=end)
+            self.quic.send_stream_data(stream.stream_id, data, end_stream=end)
         except (ValueError, RuntimeError) as exc:  # stream already finished, or reset under us by aioquic
             raise StreamError(ErrorCode.CANCEL, str(exc)) from None
         self._pending.add(stream.stream_id)
         if self._backlog is not None:
             self._backlog += len(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        transmitter = self._transmitter
+        if not transmitter.scheduled:
+            transmitter.request()
 
     # -- error codes: ours (flat) <-> the wire
     def _stream_code_out(self, stream_id: int, code: int) -> int:
@@ -292,32 +237,32 @@ class QuicTransport(Connection):
         if self._closed is not None:
             return
         try:
-            self.protocol._quic.reset_stream(stream_id, self._stream_code_out(stream_id, code))
+            self.quic.reset_stream(stream_id, self._stream_code_out(stream_id, code))
         except ValueError:
             return
-        self._schedule_flush()
+        self._transmitter.request()
 
     def _stop_stream(self, stream_id: int, code: int) -> None:
+        """STOP_SENDING; what the peer sent before it saw it will not look like a new stream."""
         if self._closed is not None:
             return
+        self._stopped.add(stream_id)
         try:
-            self.protocol._quic.stop_stream(stream_id, self._stream_code_out(stream_id, code))
+            self.quic.stop_stream(stream_id, self._stream_code_out(stream_id, code))
         except ValueError:
             return
-        self._schedule_flush()
+        self._transmitter.request()
 
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+    def transmit_soon(self) -> None:
+        """Transmit on the next event-loop iteration (coalesced)."""
+        self._transmitter.request()
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
         if self._closed is None:
             self.protocol.transmit()
 
     def _maybe_forget(self, stream: QuicStream) -> None:
-        if stream._send_done and stream._recv_done:
+        if stream.done:
             self._streams.pop(stream.stream_id, None)
 
     # -- events from aioquic (never await, never raise)
@@ -333,8 +278,7 @@ class QuicTransport(Connection):
                 stream = self._incoming(event.stream_id)
                 if stream is None:
                     return
-            if stream._buffer is not None:
-                stream._buffer.feed(event.data, event.end_stream)
+            stream.deliver(event.data, event.end_stream)
             if event.end_stream and self._stopped:
                 self._stopped.discard(event.stream_id)
         elif isinstance(event, events.StreamReset):
@@ -346,15 +290,12 @@ class QuicTransport(Connection):
                 stream = self._incoming(event.stream_id)
             else:
                 self._stopped.discard(event.stream_id)
-            if stream is not None and stream._buffer is not None:
-                code = self._stream_code_in(event.stream_id, event.error_code)
-                message = f"peer reset stream {event.stream_id} with code {code}"
-                stream._buffer.fail(StreamError(code, message))
+            if stream is not None and stream.peer_reset(self._stream_code_in(event.stream_id, event.error_code)):
                 self._maybe_forget(stream)
         elif isinstance(event, events.StopSendingReceived):
             stream = self._streams.get(event.stream_id)
             if stream is not None:
-                stream._peer_stopped(self._stream_code_in(event.stream_id, event.error_code))
+                stream.peer_stopped(self._stream_code_in(event.stream_id, event.error_code))
                 self._maybe_forget(stream)
         elif isinstance(event, events.ConnectionTerminated):
             code = event.error_code
@@ -363,7 +304,7 @@ class QuicTransport(Connection):
             self._terminate(SessionClosed(code, event.reason_phrase, remote=True))
 
     def _incoming(self, stream_id: int) -> QuicStream | None:
-        is_client = self.protocol._quic.configuration.is_client
+        is_client = self.quic.configuration.is_client
         if stream_is_client_initiated(stream_id) == is_client:
             return None  # a locally opened stream we already forgot
         uni = stream_is_unidirectional(stream_id)
@@ -407,12 +348,12 @@ class QuicProtocol(QuicConnectionProtocol):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        quic = self._quic = CreditedQuicConnection.adopt(self._quic)
+        quic = self.quic = adopt_quic(self)
         quic.handshake_timeout = handshake_timeout
         if max_streams is not None:
             set_stream_limits(quic, *max_streams)
         self.moq_transport = QuicTransport(self, limits)
-        quic.on_credit = self.moq_transport._schedule_flush
+        quic.on_credit = self.moq_transport.transmit_soon
         self._on_handshake = on_handshake
         self._early_start = early_start
         self._check_peer = check_peer
@@ -431,7 +372,7 @@ class QuicProtocol(QuicConnectionProtocol):
     def _handshake_event(self, event: events.HandshakeCompleted | events.ProtocolNegotiated) -> None:
         transport = self.moq_transport
         if isinstance(event, events.ProtocolNegotiated):
-            if self._early_start and self._on_handshake is not None and self._quic.tls.early_data_accepted:
+            if self._early_start and self._on_handshake is not None and self.quic.tls.early_data_accepted:
                 transport.alpn = event.alpn_protocol
                 transport.resumed = transport.early_data_accepted = transport.started_early = True
                 self._on_handshake(transport)
@@ -453,7 +394,7 @@ class QuicProtocol(QuicConnectionProtocol):
             self.peer_check_error = exc
             # a transport close with the TLS bad_certificate alert (0x100 + 42), sent when this datagram's
             # events are done: before anything else goes out under the new keys
-            self._quic.close(error_code=0x100 + 42, frame_type=0x06, reason_phrase="bad certificate")
+            self.quic.close(error_code=0x100 + 42, frame_type=0x06, reason_phrase="bad certificate")
             return False
         return True
 

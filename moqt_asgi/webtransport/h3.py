@@ -1,7 +1,7 @@
 """aioquic's HTTP/3 connection with WebTransport enabled, stream-state fixes, and bounded frames.
 
 Used everywhere we speak HTTP/3: Hypercorn's server connections (hook H1),
-our own h3 server (:mod:`.native_h3`) and our client.
+our own h3 server (:mod:`.h3_server`) and our client.
 
 What it changes in aioquic's ``H3Connection`` (1.7):
 
@@ -28,6 +28,15 @@ What it changes in aioquic's ``H3Connection`` (1.7):
 * Server side, :attr:`WebTransportH3Connection.incomplete` lists the request
   streams whose HEADERS frame has not been completed yet, with when they
   started, so the server can reset slow ones (:meth:`abandon_request`).
+* With a :attr:`WebTransportH3Connection.router` (a
+  :class:`~moqt_asgi.webtransport.router.WebTransportRouter`),
+  :meth:`~WebTransportH3Connection.handle_event` hands every WebTransport
+  event to it (the QUIC resets and STOP_SENDING that concern sessions,
+  stream data, datagrams, capsules on CONNECT streams) and returns only
+  the events its owner handles itself.
+
+aioquic's HTTP/3 internals (its stream records and receive hooks) are
+reached through :mod:`moqt_asgi.transport.aioquic_connection`.
 """
 
 from __future__ import annotations
@@ -37,22 +46,25 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aioquic.h3.connection import (
-    ErrorCode,
-    FrameType,
-    H3Connection,
-    H3Stream,
-    HeadersState,
-    ProtocolError,
-    StreamType,
-)
+from aioquic.h3.connection import ErrorCode, FrameType, HeadersState, ProtocolError, StreamType
 from aioquic.h3.events import H3Event
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import QuicEvent
 
 from ..protocol.wire import NeedMore, decode_varint
-from ..transport.aioquic_connection import CreditedQuicConnection
+from ..transport.aioquic_connection import (
+    CreditedQuicConnection,
+    H3ConnectionHooks,
+    Http3Stream,
+    forget_h3_stream,
+    h3_stream,
+    mark_webtransport_stream,
+)
+
+if TYPE_CHECKING:
+    from .router import WebTransportRouter
 
 logger = logging.getLogger("moqt_asgi.webtransport")
 
@@ -75,11 +87,16 @@ class MalformedFrame(ProtocolError):
     error_code = ErrorCode.H3_FRAME_ERROR
 
 
-class WebTransportH3Connection(H3Connection):
+class WebTransportH3Connection(H3ConnectionHooks):
     """``H3Connection(enable_webtransport=True)`` with the changes listed in the module docstring."""
 
     def __init__(self, quic: QuicConnection, enable_webtransport: bool = True, *,
                  max_header_frame: int = MAX_HEADER_FRAME) -> None:
+        self.quic = quic
+        """The QUIC connection this HTTP/3 connection runs on."""
+        self.is_client = bool(quic.configuration.is_client)
+        self.router: WebTransportRouter | None = None
+        """Set by the owner: WebTransport events go there instead of being returned (see the module docstring)."""
         self.max_header_frame = max_header_frame
         self._request_caps = {int(FrameType.HEADERS): max_header_frame, int(FrameType.PUSH_PROMISE): max_header_frame}
         self._pending: dict[int, bytearray] = {}
@@ -91,25 +108,30 @@ class WebTransportH3Connection(H3Connection):
         self._credit = quic if isinstance(quic, CreditedQuicConnection) else None
         super().__init__(quic, enable_webtransport=True)
 
+    def handle_event(self, event: QuicEvent) -> list[H3Event]:
+        """aioquic's ``handle_event``; with a :attr:`router`, only the events that are not WebTransport's."""
+        router = self.router
+        if router is None:
+            return super().handle_event(event)
+        router.handle_quic_event(event)
+        return router.route(super().handle_event(event))
+
     # -- WebTransport streams we open
     def create_webtransport_stream(self, session_id: int, is_unidirectional: bool = False) -> int:
         stream_id: int = super().create_webtransport_stream(session_id, is_unidirectional)
         if not is_unidirectional:
             # aioquic only marks bidi WebTransport streams it *receives*; without this the
             # peer's reply would be parsed as HTTP/3 frames and kill the connection.
-            stream = H3Stream(stream_id)
-            stream.frame_type = FrameType.WEBTRANSPORT_STREAM
-            stream.session_id = session_id
-            self._stream[stream_id] = stream
+            mark_webtransport_stream(self, stream_id, session_id)
         return stream_id
 
     def finish_webtransport_sending(self, stream_id: int) -> None:
         """Our half of a bidi WebTransport stream ended: free its state once both halves did."""
-        stream = self._stream.get(stream_id)
+        stream = h3_stream(self, stream_id)
         if stream is not None:
             stream.sending_ended = True
             if stream.is_ended():
-                del self._stream[stream_id]
+                forget_h3_stream(self, stream_id)
 
     # -- slow request headers
     def abandon_request(self, stream_id: int) -> None:
@@ -121,21 +143,21 @@ class WebTransportH3Connection(H3Connection):
         self.incomplete.pop(stream_id, None)
         self._discarding.add(stream_id)
         self._pending.pop(stream_id, None)
-        stream = self._stream.get(stream_id)
+        stream = h3_stream(self, stream_id)
         if stream is not None:
             stream.buffer = b""
         self._hold(stream_id, 0)
 
     # -- receiving
-    def _receive_request_or_push_data(self, stream: H3Stream, data: bytes, stream_ended: bool) -> list[H3Event]:
+    def receive_request_data(self, stream: Http3Stream, data: bytes, stream_ended: bool) -> list[H3Event]:
         if stream.frame_type == FrameType.WEBTRANSPORT_STREAM and stream.session_id is not None:
-            return super()._receive_request_or_push_data(stream, data, stream_ended)  # WebTransport data
+            return super().receive_request_data(stream, data, stream_ended)  # WebTransport data
         stream_id = stream.stream_id
         if stream_id in self._discarding:
             if stream_ended:
                 self._discarding.discard(stream_id)
             return []
-        if not self._is_client and stream.headers_recv_state == HeadersState.INITIAL and not stream_id % 4:
+        if not self.is_client and stream.headers_recv_state == HeadersState.INITIAL and not stream_id % 4:
             self.incomplete.setdefault(stream_id, time.monotonic())
         pending = self._pending.get(stream_id)
         buffered = len(stream.buffer) + (len(pending) if pending is not None else 0)
@@ -155,18 +177,18 @@ class WebTransportH3Connection(H3Connection):
             pending += data
             data = bytes(pending)
         self._check_frames(stream, data, self._request_caps)
-        events = list(super()._receive_request_or_push_data(stream, data, stream_ended))
+        events = list(super().receive_request_data(stream, data, stream_ended))
         self._hold(stream_id, len(stream.buffer))
         if stream_id in self.incomplete and (stream.headers_recv_state != HeadersState.INITIAL
                                              or stream.session_id is not None):
             del self.incomplete[stream_id]
         return events
 
-    def _receive_stream_data_uni(self, stream: H3Stream, data: bytes, stream_ended: bool) -> list[H3Event]:
+    def receive_uni_data(self, stream: Http3Stream, data: bytes, stream_ended: bool) -> list[H3Event]:
         control = stream.stream_type == StreamType.CONTROL
         if control:
             self._check_frames(stream, data, _CONTROL_CAPS)
-        events = list(super()._receive_stream_data_uni(stream, data, stream_ended))
+        events = list(super().receive_uni_data(stream, data, stream_ended))
         if stream.stream_type == StreamType.CONTROL and stream.frame_size is not None:
             self._check_size(stream.frame_type, stream.frame_size, _CONTROL_CAPS)
         if self._pending:
@@ -179,23 +201,23 @@ class WebTransportH3Connection(H3Connection):
         """Streams the QPACK encoder stream just unblocked still have bytes with us: hand them over."""
         events: list[H3Event] = []
         for stream_id in list(self._pending):
-            stream = self._stream.get(stream_id)
+            stream = h3_stream(self, stream_id)
             if stream is None:  # aioquic is done with it
                 del self._pending[stream_id]
                 self._hold(stream_id, 0)
             elif not stream.blocked:
-                events.extend(self._receive_request_or_push_data(stream, b"", stream.receiving_ended))
+                events.extend(self.receive_request_data(stream, b"", stream.receiving_ended))
         return events
 
-    def _receive_stream_reset(self, stream_id: int) -> None:
-        super()._receive_stream_reset(stream_id)
+    def stream_reset_received(self, stream_id: int) -> None:
+        super().stream_reset_received(stream_id)
         self._pending.pop(stream_id, None)
         self.incomplete.pop(stream_id, None)
         self._discarding.discard(stream_id)
         self._hold(stream_id, 0)
 
     # -- checks and credit
-    def _check_frames(self, stream: H3Stream, data: bytes, caps: dict[int, int]) -> None:
+    def _check_frames(self, stream: Http3Stream, data: bytes, caps: dict[int, int]) -> None:
         """Read the frame headers ``data`` completes or starts, and refuse the ones declaring too much."""
         if stream.frame_size is None:
             view: bytes = stream.buffer + data if stream.buffer else data
@@ -281,7 +303,7 @@ class HeaderDeadline:
         self._timer = None
         limit = time.monotonic() - self.timeout
         expired = [stream_id for stream_id, since in self.h3.incomplete.items() if since <= limit]
-        quic = self.h3._quic
+        quic = self.h3.quic
         for stream_id in expired:
             self.h3.abandon_request(stream_id)
             for stop in (quic.stop_stream, quic.reset_stream):

@@ -25,6 +25,12 @@ OPTIONS); safe ones reach the application with an ``early-data: 1`` header.
 Request bodies are held against the QUIC receive credit until the
 application takes them, so a slow ``http`` app slows its client down.
 
+WebTransport events (stream data, datagrams, capsules, resets, the
+connection's end) are routed by the connection's
+:class:`~moqt_asgi.webtransport.router.WebTransportRouter`, as under
+Hypercorn and in the client; this module handles what is left: HEADERS
+(sessions, plain requests, refusals) and request bodies.
+
 Everything aioquic calls (:meth:`H3ServerConnection.quic_event_received`)
 runs inside the QUIC event path: it never awaits and never raises. Each
 session and each request runs the application in its own task, started with
@@ -36,14 +42,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine, Iterable, Mapping, MutableMapping
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import ErrorCode as H3ErrorCode
-from aioquic.h3.events import DatagramReceived, DataReceived, HeadersReceived, WebTransportStreamDataReceived
+from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived, StreamReset
 
 from ..protocol.limits import DEFAULT_LIMITS, Limits
@@ -51,22 +57,22 @@ from ..transport.aioquic_connection import (
     CreditedQuicConnection,
     handshake_complete,
     peer_address,
+    protocol_quic,
     send_backlog,
     set_stream_limits,
 )
+from ..transport.transmit import TransmitSoon
 from .asgi import ASGIApp, Message, build_scope
-from .capsules import H3_INTERNAL_ERROR, H3_NO_ERROR, WT_BUFFERED_STREAM_REJECTED, WT_SESSION_GONE
+from .capsules import H3_INTERNAL_ERROR, H3_NO_ERROR
 from .early import EarlyStreams
 from .h3 import HeaderDeadline, WebTransportH3Connection
-from .session import SessionHost, WebTransportSession
+from .router import MAX_EARLY_BYTES, MAX_EARLY_STREAMS, RouterHost, WebTransportRouter, method_and_protocol
+from .session import WebTransportSession
 
 logger = logging.getLogger("moqt_asgi.webtransport")
 
 MAX_STREAMS = 1000
 """Concurrent peer streams of each kind (aioquic's fixed default is 128; Chromium fails fast at the limit)."""
-MAX_EARLY_STREAMS = 32
-MAX_EARLY_BYTES = 256 * 1024
-MAX_ENDED_SESSIONS = 256
 MAX_REQUEST_BUFFER = 1024 * 1024
 """Unread request-body bytes held for an ``http`` app; beyond that the request is cancelled."""
 RESPONSE_HIGH_WATER = 1024 * 1024
@@ -84,18 +90,7 @@ _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"tr
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
-def _method_and_protocol(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
-    """A request's ``:method`` and ``:protocol`` (None for trailers, which have neither)."""
-    method = protocol = None
-    for name, value in headers:
-        if name == b":method":
-            method = value
-        elif name == b":protocol":
-            protocol = value
-    return method, protocol
-
-
-class H3ServerConnection(SessionHost):
+class H3ServerConnection(RouterHost):
     """HTTP/3 with WebTransport on one QUIC connection of the native server (see the module docstring)."""
 
     def __init__(self, protocol: QuicConnectionProtocol, app: ASGIApp, *, spawn: Spawn,
@@ -103,11 +98,12 @@ class H3ServerConnection(SessionHost):
                  state: Mapping[str, Any] | None = None, root_path: str = "", max_sessions: int = MAX_SESSIONS,
                  header_timeout: float = HEADER_TIMEOUT) -> None:
         self.protocol = protocol
-        self.quic = protocol._quic
+        self.quic = protocol_quic(protocol)
         set_stream_limits(self.quic, MAX_STREAMS, MAX_STREAMS, announced=True)  # the handshake is under way
         self.h3 = WebTransportH3Connection(self.quic)  # sends SETTINGS with WebTransport and H3_DATAGRAM
         self.max_sessions = max_sessions
         self.header_timeout = header_timeout
+        self.transmitter = TransmitSoon(protocol.transmit, asyncio.get_running_loop())
         credit = self.quic if isinstance(self.quic, CreditedQuicConnection) else None
         self.credit = credit
         """The connection's receive credit, when it manages one (request bodies are held against it)."""
@@ -121,13 +117,12 @@ class H3ServerConnection(SessionHost):
         self.root_path = root_path
         self.client: tuple[str, int] | None = peer_address(self.quic)
         self._header_deadline = HeaderDeadline(self.h3, header_timeout, self.transmit_soon, self.client)
-        self.sessions: dict[int, WebTransportSession] = {}
         self.requests: dict[int, HTTPExchange] = {}
+        self.router = WebTransportRouter(self, early=EarlyStreams(MAX_EARLY_STREAMS, MAX_EARLY_BYTES),
+                                         is_request=self.requests.__contains__)
+        self.h3.router = self.router
         self.closing = False
         self.terminated = False
-        self._ended: OrderedDict[int, None] = OrderedDict()
-        self._early = EarlyStreams(MAX_EARLY_STREAMS, MAX_EARLY_BYTES)
-        self._flush_scheduled = False
         self._writable: list[asyncio.Future[None]] = []
 
     def __repr__(self) -> str:
@@ -146,45 +141,34 @@ class H3ServerConnection(SessionHost):
                 self.transmit_soon()
 
     def _handle(self, event: QuicEvent) -> None:
-        if isinstance(event, StreamReset):
-            self._route_reset(event.stream_id, event.error_code)
-        elif isinstance(event, StopSendingReceived):
-            self._route_stop(event.stream_id, event.error_code)
+        if isinstance(event, (StreamReset, StopSendingReceived)):
+            if (request := self.requests.get(event.stream_id)) is not None:
+                request.disconnect()
         elif isinstance(event, ConnectionTerminated):
-            self._connection_lost(event.error_code, event.reason_phrase)
-            return
+            self._connection_lost()
+        # the router takes the WebTransport events (sessions' streams, datagrams, capsules, resets)
         for h3_event in self.h3.handle_event(event):
-            if isinstance(h3_event, WebTransportStreamDataReceived):
-                self._stream_data(h3_event.session_id, h3_event.stream_id, h3_event.data, h3_event.stream_ended)
-            elif isinstance(h3_event, DatagramReceived):
-                target = self.sessions.get(h3_event.stream_id)
-                if target is not None:
-                    target._on_datagram(h3_event.data)
-            elif isinstance(h3_event, HeadersReceived):
+            if isinstance(h3_event, HeadersReceived):
                 self._headers(h3_event)
             elif isinstance(h3_event, DataReceived):
-                sid = h3_event.stream_id
-                owner = self.sessions.get(sid)
-                if owner is not None:
-                    owner._on_connect_data(h3_event.data, h3_event.stream_ended)
-                elif (request := self.requests.get(sid)) is not None:
+                if (request := self.requests.get(h3_event.stream_id)) is not None:
                     request.feed(h3_event.data, h3_event.stream_ended)
 
     def _headers(self, event: HeadersReceived) -> None:
         sid = event.stream_id
-        method, protocol = _method_and_protocol(event.headers)
-        if method is None or sid in self.sessions or sid in self._ended or sid in self.requests:
+        method, protocol = method_and_protocol(event.headers)
+        if method is None or sid in self.requests:
             return  # trailers: nothing to do
         is_connect = method == b"CONNECT"
         early = not handshake_complete(self.quic)
         if early and method not in SAFE_METHODS:
-            self._refuse_early(sid)
+            self.router.refuse_early(sid)
             self._respond(sid, 425)  # Too Early: the client sends it again once the handshake is done
             return
         if is_connect and protocol == b"webtransport":
             self._open_session(event)
             return
-        self._refuse_early(sid)
+        self.router.refuse_early(sid)
         if self.closing:
             self._respond(sid, 503)
         elif is_connect:
@@ -199,87 +183,30 @@ class H3ServerConnection(SessionHost):
                                  end_stream=True)
         self.transmit_soon()
 
-    def _connection_lost(self, code: int, reason: str) -> None:
+    def _connection_lost(self) -> None:
+        """The QUIC connection is gone (the router ends the sessions)."""
         self.terminated = True
         self._header_deadline.cancel()
-        for session in list(self.sessions.values()):
-            session._on_connection_terminated(code, reason)
         for request in list(self.requests.values()):
             request.disconnect()
-        self._early.clear()
         self._wake_writable()
 
-    # -- WebTransport streams and sessions
-    def _stream_data(self, session_id: int, stream_id: int, data: bytes, ended: bool) -> None:
-        session = self.sessions.get(session_id)
-        if session is not None:
-            session._on_stream_data(stream_id, data, ended)
-        elif session_id in self._ended:
-            self.refuse_stream(stream_id, WT_SESSION_GONE)
-        elif session_id in self.requests:  # a plain HTTP request, not a session
-            self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
-        else:
-            self._hold_early(session_id, stream_id, data, ended)
-
-    def _hold_early(self, session_id: int, stream_id: int, data: bytes, ended: bool) -> None:
-        """Keep (bounded) the data of a stream whose CONNECT has not arrived yet."""
-        if not self._early.hold(session_id, stream_id, data, ended):
-            self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
-
-    def _refuse_early(self, session_id: int) -> None:
-        """``session_id`` turned out to be a plain request: refuse the streams that claimed it."""
-        for stream_id in self._early.take_stream_ids(session_id):
-            self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
-
-    def _route_reset(self, stream_id: int, code: int) -> None:
-        if (connect := self.sessions.get(stream_id)) is not None:
-            connect._on_connect_reset(code)
-        elif (request := self.requests.get(stream_id)) is not None:
-            request.disconnect()
-        elif stream_id in self._early:
-            self._early.drop(stream_id)
-        else:
-            for session in self.sessions.values():
-                if session.owns(stream_id) or stream_id in session._stopped:
-                    session._on_stream_reset(stream_id, code)
-                    return
-
-    def _route_stop(self, stream_id: int, code: int) -> None:
-        if (connect := self.sessions.get(stream_id)) is not None:
-            connect._on_connect_reset(code)
-        elif (request := self.requests.get(stream_id)) is not None:
-            request.disconnect()
-        else:
-            for session in self.sessions.values():
-                if session.owns(stream_id):
-                    session._on_stop_sending(stream_id, code)
-                    return
-
+    # -- WebTransport sessions
     def _open_session(self, event: HeadersReceived) -> None:
         stream_id = event.stream_id
-        early = self._early.take(stream_id)
         too_many = len(self.sessions) >= self.max_sessions
         if self.closing or event.stream_ended or too_many:
             if too_many and not self.closing:
                 logger.info("%s: refusing a WebTransport session: %d already open on this connection", self.client,
                             len(self.sessions))
             self._respond(stream_id, 503 if self.closing else 429 if too_many else 400)
-            for sid in {sid for sid, _, _ in early}:
-                self.refuse_stream(sid, WT_BUFFERED_STREAM_REJECTED)
-            self._remember_ended(stream_id)
+            self.router.refuse(stream_id)
             return
         session = WebTransportSession(self, stream_id, client=self.client, limits=self.limits)
-        self.sessions[stream_id] = session
         scope, adapter = build_scope(session, event.headers, server=self.server, root_path=self.root_path,
                                      state=self.state)
-        for sid, data, ended in early:
-            session._on_stream_data(sid, data, ended)
+        self.router.open(session)
         self.spawn(adapter.run(self.app, scope))
-
-    def _remember_ended(self, session_id: int) -> None:
-        self._ended[session_id] = None
-        while len(self._ended) > MAX_ENDED_SESSIONS:
-            self._ended.popitem(last=False)
 
     # -- plain HTTP requests
     def _open_request(self, event: HeadersReceived, *, early: bool = False) -> None:
@@ -338,27 +265,10 @@ class H3ServerConnection(SessionHost):
         self.quic.close(error_code=H3_NO_ERROR, reason_phrase=reason)
         self.protocol.transmit()
 
-    # -- SessionHost
-    def transmit_soon(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.protocol._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self.protocol.transmit()
-
-    def session_ended(self, session: WebTransportSession) -> None:
-        if self.sessions.pop(session.session_id, None) is not None:
-            self._remember_ended(session.session_id)
-
-    def finish_sending(self, stream_id: int) -> None:
-        self.h3.finish_webtransport_sending(stream_id)
-
+    # -- transmission
     def after_transmit(self) -> None:
         """Called by the protocol after each transmit: wake writers waiting for the queue to drain."""
-        for session in list(self.sessions.values()):
-            session._after_transmit()
+        self.router.after_transmit()
         if self._writable:
             self._wake_writable()
 

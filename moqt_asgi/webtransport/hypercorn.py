@@ -14,8 +14,9 @@ H2  ``hypercorn.protocol.quic.H3Protocol`` → :class:`WebTransportH3Protocol`:
     ``CONNECT :protocol=webtransport`` becomes a :class:`WebTransportSession`
     served through the ASGI ``webtransport`` scope; raw QUIC resets,
     STOP_SENDING and connection ends reach the session; every other request
-    keeps Hypercorn's behaviour; an exception closes that one connection
-    instead of the UDP listener. At most ``max_webtransport_sessions`` per
+    keeps Hypercorn's behaviour (Hypercorn's own ``H3Protocol.handle`` still
+    dispatches every event, see below); an exception closes that one
+    connection instead of the UDP listener. At most ``max_webtransport_sessions`` per
     connection (429 beyond); request streams whose HEADERS do not complete
     within ``header_timeout`` are reset. When the worker stops, every session is
     told so (:meth:`WebTransportSession.request_shutdown`, the ASGI
@@ -61,41 +62,73 @@ environment variables (:meth:`QuicSettings.from_environment`).
 
 The application is never awaited from the QUIC loop: sessions feed
 bounded buffers, and the app runs in its own task.
+
+**Hypercorn's dispatch is kept.** :class:`WebTransportH3Protocol` does not
+re-implement ``H3Protocol.handle``: it calls it, and the connection's
+:class:`~moqt_asgi.webtransport.router.WebTransportRouter` (the one our h3
+server and the client use too) sits inside the ``H3Connection.handle_event``
+that Hypercorn calls, so an upstream fix to the dispatch applies here. What
+Hypercorn does not see, and why:
+
+* a WebTransport CONNECT: its dispatch would make it a WebSocket stream;
+* WebTransport stream data, HTTP datagrams, the capsules on a session's
+  CONNECT stream and trailers on it: it has no sessions, and would index
+  its request table with the session's stream and fail;
+* late DATA on the CONNECT stream of a session that ended: likewise.
+
+QUIC resets, STOP_SENDING and the connection's end are routed to the
+sessions and still passed to Hypercorn (which ignores them). One stand-in
+remains: Hypercorn's dispatch indexes ``streams[stream_id]`` for DATA on a
+request stream that it may already have closed (the application answered
+before the body ended), which raises ``KeyError``; ``streams`` hands out a
+stand-in that drops such late data instead.
+
+**The fence.** Hypercorn internals are used in this module and
+:mod:`.hypercorn_quic` only; :func:`check_compatible` names each of them
+(classes, methods, the data attributes its objects set, the fields of its
+connection record, the application wrapper's call) and runs before anything
+is patched, so an upgrade that moves one fails with the name of what moved.
+aioquic internals go through :mod:`moqt_asgi.transport.aioquic_connection`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import inspect
 import logging
 import sys
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from importlib import metadata
 from typing import Any
 
 import aioquic
+import hypercorn.app_wrappers as hc_app_wrappers
+import hypercorn.asyncio.task_group as hc_task_group
 import hypercorn.asyncio.udp_server as hc_udp_server
 import hypercorn.asyncio.worker_context as hc_worker_context
+import hypercorn.config as hc_config
 import hypercorn.protocol.h3 as hc_h3
 import hypercorn.protocol.quic as hc_quic
-from aioquic.h3.connection import H3Connection, H3Stream
-from aioquic.h3.events import DatagramReceived, DataReceived, HeadersReceived, WebTransportStreamDataReceived
-from aioquic.quic.connection import QuicConnection, QuicConnectionState
-from aioquic.quic.events import ConnectionTerminated, StopSendingReceived, StreamReset
+from aioquic.h3.events import HeadersReceived
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated
 from hypercorn.events import Closed, RawData
-from hypercorn.protocol.events import Body, EndBody
 
 from ..protocol.limits import DEFAULT_LIMITS, Limits
+from ..transport import aioquic_connection
 from ..transport.admission import Admission
-from ..transport.aioquic_connection import CreditedQuicConnection
+from ..transport.aioquic_connection import CreditedQuicConnection, IncompatibleAioquic, connection_closing
+from ..transport.transmit import TransmitSoon
 from .asgi import build_scope
-from .capsules import H3_INTERNAL_ERROR, H3_NO_ERROR, WT_BUFFERED_STREAM_REJECTED, WT_SESSION_GONE
+from .capsules import H3_INTERNAL_ERROR, H3_NO_ERROR
 from .early import EarlyStreams
 from .h3 import HeaderDeadline, WebTransportH3Connection
 from .hypercorn_quic import QuicTimer, WebTransportQuicConnection, admission_handle, configure, current_settings
-from .session import SessionHost, WebTransportSession
+from .router import MAX_EARLY_BYTES, MAX_EARLY_STREAMS, RouterHost, WebTransportRouter, is_webtransport_connect
+from .session import WebTransportSession
 
 logger = logging.getLogger("moqt_asgi.webtransport")
 
@@ -103,28 +136,12 @@ SUPPORTED_HYPERCORN = "0.18."
 SUPPORTED_AIOQUIC = "1.7."
 UDP_QUEUE_SIZE = 1000
 MAX_DATAGRAM_FRAME_SIZE = 65536
-MAX_EARLY_STREAMS = 32
-MAX_EARLY_BYTES = 256 * 1024
-MAX_ENDED_SESSIONS = 256
-_CLOSING_STATES = (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING, QuicConnectionState.TERMINATED)
 SHUTDOWN_MARGIN = 0.5
 """Seconds of Hypercorn's ``graceful_timeout`` kept for closing the connections after the sessions' grace."""
 
 
 class IncompatibleHypercorn(RuntimeError):
     """The installed Hypercorn or aioquic does not have what the patch relies on."""
-
-
-def _is_webtransport_connect(headers: list[tuple[bytes, bytes]]) -> bool:
-    method = protocol = None
-    for name, value in headers:
-        if name == b":method":
-            method = value
-        elif name == b":protocol":
-            protocol = value
-        elif not name.startswith(b":"):
-            break
-    return method == b"CONNECT" and protocol == b"webtransport"
 
 
 def _asyncio_running() -> bool:
@@ -154,8 +171,39 @@ def _app_limits(app: object) -> Limits:
 
 
 # -- H2
-class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
-    """Hypercorn's H3Protocol, plus WebTransport sessions."""
+class _ClosedStream:
+    """Stands in for a request stream Hypercorn already closed: late body events are dropped."""
+
+    async def handle(self, event: Any) -> None:
+        return None
+
+
+_CLOSED_STREAM = _ClosedStream()
+
+
+class _Streams(dict[int, Any]):
+    """Hypercorn's table of request streams, where a stream it already closed is a :class:`_ClosedStream`.
+
+    Hypercorn's ``H3Protocol.handle`` indexes the table for each DATA frame
+    and for the end of a body; the stream is gone once the application has
+    answered, and the client may still be sending (KeyError).
+    """
+
+    def __missing__(self, stream_id: int) -> Any:
+        return _CLOSED_STREAM
+
+
+class WebTransportH3Protocol(hc_h3.H3Protocol, RouterHost):
+    """Hypercorn's H3Protocol, plus WebTransport sessions.
+
+    Hypercorn's own ``handle`` still dispatches every QUIC event: the
+    connection's :class:`~moqt_asgi.webtransport.router.WebTransportRouter`
+    (set as the HTTP/3 connection's ``router``) takes the WebTransport
+    events out of what ``H3Connection.handle_event`` returns, and sees the
+    HEADERS of each request first: a WebTransport CONNECT opens a session
+    (and never reaches Hypercorn); anything else goes on to Hypercorn's
+    ``_create_stream`` as before.
+    """
 
     def __init__(self, app: Any, config: Any, context: Any, task_group: Any, state: Any,
                  client: tuple[str, int] | None, server: tuple[str, int] | None, quic: QuicConnection,
@@ -165,23 +213,38 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
             raise IncompatibleHypercorn("hypercorn.protocol.h3.H3Connection is not patched")
         self.quic = quic
         self.h3: WebTransportH3Connection = self.connection
+        self.streams = _Streams(self.streams)
+        self.transmitter = TransmitSoon(self._start_flush)  # no asyncio loop (a trio worker): Hypercorn flushes
         settings = current_settings()
         self.max_sessions = settings.max_webtransport_sessions
         if isinstance(quic, CreditedQuicConnection):
             quic.on_credit = self.transmit_soon
         self._header_deadline = HeaderDeadline(self.connection, settings.header_timeout, self.transmit_soon, client)
-        self.wt_sessions: dict[int, WebTransportSession] = {}
-        self._ended: OrderedDict[int, None] = OrderedDict()
-        self._early = EarlyStreams(MAX_EARLY_STREAMS, MAX_EARLY_BYTES)
-        self._flush_scheduled = False
+        self.router = WebTransportRouter(self, early=EarlyStreams(MAX_EARLY_STREAMS, MAX_EARLY_BYTES),
+                                         is_request=self.streams.__contains__, on_headers=self._headers)
+        self.h3.router = self.router
+        self._opened = 0
+        """Sessions opened while Hypercorn's ``handle`` ran, to count as requests once it returned."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._shutdown_watch: asyncio.Task[None] | None = None
         self._all_ended = asyncio.Event()
 
+    @property
+    def wt_sessions(self) -> dict[int, WebTransportSession]:
+        """The open WebTransport sessions, by the id of their CONNECT stream."""
+        return self.router.sessions
+
     # -- QUIC and HTTP/3 events
     async def handle(self, quic_event: Any) -> None:
         try:
-            await self._handle(quic_event)
+            if isinstance(quic_event, ConnectionTerminated):
+                self._header_deadline.cancel()
+                if self._shutdown_watch is not None:
+                    self._shutdown_watch.cancel()
+            await super().handle(quic_event)  # Hypercorn's dispatch; the router has taken the WebTransport events
+            while self._opened:
+                self._opened -= 1
+                await self.context.mark_request()
             if self.h3.incomplete and _asyncio_running():
                 self._header_deadline.check()
         except Exception:
@@ -191,97 +254,18 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
                 self.quic.close(error_code=H3_INTERNAL_ERROR, reason_phrase="internal error")
                 self.transmit_soon()
 
-    async def _handle(self, quic_event: Any) -> None:
-        if isinstance(quic_event, StreamReset):
-            self._route_reset(quic_event.stream_id, quic_event.error_code)
-        elif isinstance(quic_event, StopSendingReceived):
-            self._route_stop(quic_event.stream_id, quic_event.error_code)
-        elif isinstance(quic_event, ConnectionTerminated):
-            for session in list(self.wt_sessions.values()):
-                session._on_connection_terminated(quic_event.error_code, quic_event.reason_phrase)
-            self._early.clear()
-            self._header_deadline.cancel()
-            if self._shutdown_watch is not None:
-                self._shutdown_watch.cancel()
-        for event in self.connection.handle_event(quic_event):
-            if isinstance(event, WebTransportStreamDataReceived):
-                self._stream_data(event.session_id, event.stream_id, event.data, event.stream_ended)
-            elif isinstance(event, DatagramReceived):
-                target = self.wt_sessions.get(event.stream_id)
-                if target is not None:
-                    target._on_datagram(event.data)
-            elif isinstance(event, HeadersReceived):
-                if event.stream_id in self.wt_sessions or event.stream_id in self._ended:
-                    continue  # trailers on a CONNECT stream: nothing to do
-                if _is_webtransport_connect(event.headers):
-                    await self._open_session(event)
-                elif not self.context.terminated.is_set():
-                    self._refuse_early(event.stream_id)
-                    await self._create_stream(event)
-                    if event.stream_ended:
-                        await self._to_http_stream(event.stream_id, EndBody(stream_id=event.stream_id))
-            elif isinstance(event, DataReceived):
-                owner = self.wt_sessions.get(event.stream_id)
-                if owner is not None:
-                    owner._on_connect_data(event.data, event.stream_ended)
-                elif event.stream_id not in self._ended:
-                    await self._to_http_stream(event.stream_id, Body(stream_id=event.stream_id, data=event.data))
-                    if event.stream_ended:
-                        await self._to_http_stream(event.stream_id, EndBody(stream_id=event.stream_id))
-
-    async def _to_http_stream(self, stream_id: int, event: Any) -> None:
-        stream = self.streams.get(stream_id)  # absent once Hypercorn closed it
-        if stream is not None:
-            await stream.handle(event)
-
-    def _stream_data(self, session_id: int, stream_id: int, data: bytes, ended: bool) -> None:
-        session = self.wt_sessions.get(session_id)
-        if session is not None:
-            session._on_stream_data(stream_id, data, ended)
-        elif session_id in self._ended:
-            self.refuse_stream(stream_id, WT_SESSION_GONE)
-        elif session_id in self.streams:  # a plain HTTP request, not a session
-            self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
-        else:
-            self._hold_early(session_id, stream_id, data, ended)
-
-    def _hold_early(self, session_id: int, stream_id: int, data: bytes, ended: bool) -> None:
-        """Keep (bounded) the data of a stream whose CONNECT has not been seen yet."""
-        if not self._early.hold(session_id, stream_id, data, ended):
-            self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
-
-    def _refuse_early(self, session_id: int) -> None:
-        """``session_id`` turned out to be a plain request: refuse streams that claimed it."""
-        for stream_id in self._early.take_stream_ids(session_id):
-            self.refuse_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
-
-    def _route_reset(self, stream_id: int, code: int) -> None:
-        connect = self.wt_sessions.get(stream_id)
-        if connect is not None:
-            connect._on_connect_reset(code)
-            return
-        if stream_id in self._early:
-            self._early.drop(stream_id)
-            return
-        for session in self.wt_sessions.values():
-            if session.owns(stream_id) or stream_id in session._stopped:
-                session._on_stream_reset(stream_id, code)
-                return
-
-    def _route_stop(self, stream_id: int, code: int) -> None:
-        connect = self.wt_sessions.get(stream_id)
-        if connect is not None:
-            connect._on_connect_reset(code)
-            return
-        for session in self.wt_sessions.values():
-            if session.owns(stream_id):
-                session._on_stop_sending(stream_id, code)
-                return
+    def _headers(self, event: HeadersReceived) -> bool:
+        """The router's ``on_headers``: open WebTransport sessions; leave every other request to Hypercorn."""
+        if is_webtransport_connect(event.headers):
+            self._open_session(event)
+            return True
+        if not self.context.terminated.is_set():
+            self.router.refuse_early(event.stream_id)
+        return False
 
     # -- sessions
-    async def _open_session(self, event: HeadersReceived) -> None:
+    def _open_session(self, event: HeadersReceived) -> None:
         stream_id = event.stream_id
-        early = self._early.take(stream_id)
         too_many = len(self.wt_sessions) >= self.max_sessions
         if self.context.terminated.is_set() or not _asyncio_running() or event.stream_ended or too_many:
             status = (b"503" if self.context.terminated.is_set() else b"501" if not _asyncio_running()
@@ -293,18 +277,14 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
                             len(self.wt_sessions))
             with contextlib.suppress(Exception):
                 self.connection.send_headers(stream_id, [(b":status", status)], end_stream=True)
-            for sid, _, _ in early:
-                self.refuse_stream(sid, WT_BUFFERED_STREAM_REJECTED)
-            self._ended[stream_id] = None
+            self.router.refuse(stream_id)
             self.transmit_soon()
             return
         session = WebTransportSession(self, stream_id, client=self.client, limits=_app_limits(self.app))
         session.response_headers = list(self.config.response_headers("h3"))
-        self.wt_sessions[stream_id] = session
         scope, adapter = build_scope(session, event.headers, server=self.server, root_path=self.config.root_path,
                                      state=self.state)
-        for sid, data, ended in early:
-            session._on_stream_data(sid, data, ended)
+        self.router.open(session)
         loop = asyncio.get_running_loop()
 
         async def call_app(scope: Any, receive: Any, send: Any) -> None:
@@ -313,7 +293,7 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
         self._spawn(adapter.run(call_app, scope))
         if self._shutdown_watch is None:
             self._shutdown_watch = loop.create_task(self._watch_shutdown())
-        await self.context.mark_request()
+        self._opened += 1
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         guarded = _guarded(coro)
@@ -325,10 +305,7 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
             task.add_done_callback(self._tasks.discard)
 
     def session_ended(self, session: WebTransportSession) -> None:
-        if self.wt_sessions.pop(session.session_id, None) is not None:
-            self._ended[session.session_id] = None
-            while len(self._ended) > MAX_ENDED_SESSIONS:
-                self._ended.popitem(last=False)
+        super().session_ended(session)
         if not self.wt_sessions:
             self._all_ended.set()
 
@@ -358,21 +335,8 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
             self.quic.close(error_code=H3_NO_ERROR, reason_phrase="server shutting down")
         self.transmit_soon()
 
-    # -- SessionHost
-    def finish_sending(self, stream_id: int) -> None:
-        self.h3.finish_webtransport_sending(stream_id)
-
-    def transmit_soon(self) -> None:
-        if not self._flush_scheduled:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # not asyncio (trio worker): the QUIC loop flushes after each event
-                return
-            self._flush_scheduled = True
-            loop.call_soon(self._start_flush)
-
+    # -- transmission
     def _start_flush(self) -> None:
-        self._flush_scheduled = False
         task = asyncio.ensure_future(self._flush())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -384,8 +348,7 @@ class WebTransportH3Protocol(hc_h3.H3Protocol, SessionHost):
             logger.exception("sending QUIC datagrams failed")
 
     def after_transmit(self) -> None:
-        for session in list(self.wt_sessions.values()):
-            session._after_transmit()
+        self.router.after_transmit()
 
 
 async def _guarded(coro: Awaitable[None]) -> None:
@@ -399,8 +362,6 @@ async def _guarded(coro: Awaitable[None]) -> None:
 def _call_soon(func: Callable[..., Any], *args: Any) -> Any:
     raise RuntimeError("call_soon is only available to WSGI applications")
 
-
-_QuicTimer = QuicTimer  # its name before it moved to hypercorn_quic
 
 # -- H3, H4, H6, H7, H8 (wrappers) and installation
 _ORIGINALS: dict[str, Any] = {}
@@ -469,7 +430,7 @@ def _report_cut(server: Any) -> None:
     """Hypercorn's ``graceful_timeout`` ran out while ``server`` was stopping: say what it cut short."""
     connections = getattr(getattr(server, "protocol", None), "connections", {})
     quics = {id(c.quic): c.quic for c in connections.values()}
-    live = sum(getattr(quic, "_state", None) not in _CLOSING_STATES for quic in quics.values())
+    live = sum(not connection_closing(quic) for quic in quics.values())
     if live:
         logger.warning("%d QUIC connection(s) still open when Hypercorn's graceful_timeout ran out", live)
     elif quics:  # closed already: only QUIC's closing period was cut short
@@ -495,28 +456,78 @@ def _version(distribution: str, module: object) -> str:
         return str(getattr(module, "__version__", "unknown"))
 
 
+# -- the fence: every Hypercorn name the patch relies on, checked before anything is patched
+_REQUIRED = (
+    (hc_h3, "H3Connection"), (hc_h3, "H3Protocol"), (hc_quic, "H3Protocol"), (hc_quic, "QuicConnection"),
+    (hc_quic, "QuicProtocol"), (hc_quic, "_Connection"), (hc_udp_server, "UDPServer"),
+    (hc_h3.H3Protocol, "handle"),
+    (hc_quic.QuicProtocol, "send_all"), (hc_quic.QuicProtocol, "_handle_events"), (hc_quic.QuicProtocol, "handle"),
+    (hc_quic.QuicProtocol, "_handle_timer"),
+    (hc_udp_server.UDPServer, "run"), (hc_udp_server.UDPServer, "datagram_received"),
+    (hc_udp_server.UDPServer, "protocol_send"),
+    (hc_worker_context, "AsyncioSingleTask"), (hc_worker_context, "WorkerContext"),
+    (hc_worker_context.WorkerContext, "mark_request"), (hc_worker_context.WorkerContext, "time"),
+    (hc_config.Config, "response_headers"), (hc_config.Config, "root_path"), (hc_config.Config, "graceful_timeout"),
+    (hc_config.Config, "workers"), (hc_app_wrappers, "ASGIWrapper"), (hc_task_group.TaskGroup, "spawn"),
+)
+_CODE_NAMES = (
+    # the attributes each method sets or reads, from its code (making instances needs a running server)
+    (hc_h3.H3Protocol, "__init__", ("app", "client", "config", "connection", "context", "send", "server", "state",
+                                    "streams", "task_group")),
+    (hc_h3.H3Protocol, "handle", ("connection", "handle_event", "streams")),  # the router's hook into it
+    (hc_quic.QuicProtocol, "__init__", ("config", "connections", "context", "quic_config", "send", "task_group")),
+    (hc_udp_server.UDPServer, "__init__", ("context", "protocol_queue", "transport")),
+    (hc_udp_server.UDPServer, "run", ("protocol",)),
+    (hc_worker_context.WorkerContext, "__init__", ("terminated",)),
+)
+_CONNECTION_FIELDS = ("cids", "quic", "task", "h3")
+"""Fields of Hypercorn's per-connection record (``hypercorn.protocol.quic._Connection``)."""
+_APP_CALL = ("scope", "receive", "send", "sync_spawn", "call_soon")
+"""Hypercorn's application wrapper is called with these (sessions call it as Hypercorn's streams do)."""
+
+
+def _code_names(function: Any) -> set[str]:
+    """The global and attribute names a function's code uses."""
+    code = getattr(function, "__code__", None)
+    return set(code.co_names) if code is not None else set()
+
+
 def check_compatible() -> None:
-    """Raise :class:`IncompatibleHypercorn` unless every name the patch relies on is where it expects."""
+    """Raise :class:`IncompatibleHypercorn` unless every name the patch relies on is where it expects.
+
+    Covers the versions, the modules' classes and methods, the data
+    attributes of Hypercorn's objects (read from the code of their
+    ``__init__``), the fields of its connection record, the call signature
+    of its application wrapper, and (through
+    :func:`moqt_asgi.transport.aioquic_connection.check_compatible`) the
+    aioquic internals.
+    """
     hypercorn_version = _version("hypercorn", hc_h3)
     aioquic_version = _version("aioquic", aioquic)
     if not hypercorn_version.startswith(SUPPORTED_HYPERCORN) or not aioquic_version.startswith(SUPPORTED_AIOQUIC):
         raise IncompatibleHypercorn(
             f"WebTransport support is written for hypercorn {SUPPORTED_HYPERCORN}* and aioquic {SUPPORTED_AIOQUIC}*; "
             f"found hypercorn {hypercorn_version} and aioquic {aioquic_version}")
-    required = [
-        (hc_h3, "H3Connection"), (hc_h3, "H3Protocol"), (hc_quic, "H3Protocol"), (hc_quic, "QuicConnection"),
-        (hc_quic, "QuicProtocol"), (hc_udp_server, "UDPServer"),
-        (hc_h3.H3Protocol, "_create_stream"), (hc_h3.H3Protocol, "handle"), (hc_h3.H3Protocol, "stream_send"),
-        (hc_quic.QuicProtocol, "send_all"), (hc_quic.QuicProtocol, "_handle_events"), (hc_quic.QuicProtocol, "handle"),
-        (hc_udp_server.UDPServer, "run"), (hc_udp_server.UDPServer, "datagram_received"),
-        (hc_udp_server.UDPServer, "protocol_send"),
-        (hc_worker_context, "AsyncioSingleTask"), (hc_quic.QuicProtocol, "_handle_timer"),
-        (H3Connection, "create_webtransport_stream"), (H3Connection, "_get_or_create_stream"),
-        (H3Connection, "send_datagram"), (H3Stream, "is_ended"),
-    ]
-    missing = [f"{getattr(owner, '__name__', owner)}.{name}" for owner, name in required if not hasattr(owner, name)]
+    missing = [f"{getattr(owner, '__name__', owner)}.{name}" for owner, name in _REQUIRED if not hasattr(owner, name)]
+    for owner, method, names in _CODE_NAMES:
+        label = f"{owner.__name__}.{method}"
+        used = _code_names(_ORIGINALS.get(label, getattr(owner, method, None)))  # Hypercorn's, also once patched
+        missing += [f"{owner.__name__}.{name} (in {method})" for name in names if name not in used]
+    record = getattr(hc_quic, "_Connection", None)
+    if record is not None:
+        fields = {field.name for field in dataclasses.fields(record)} if dataclasses.is_dataclass(record) else set()
+        missing += [f"_Connection.{name}" for name in _CONNECTION_FIELDS if name not in fields]
+    wrapper = getattr(hc_app_wrappers, "ASGIWrapper", None)
+    if wrapper is not None:
+        parameters = tuple(inspect.signature(wrapper.__call__).parameters)[1:]
+        if parameters != _APP_CALL:
+            missing.append(f"ASGIWrapper.__call__{_APP_CALL} (found {parameters})")
     if missing:
-        raise IncompatibleHypercorn(f"hypercorn/aioquic internals moved: missing {', '.join(missing)}")
+        raise IncompatibleHypercorn(f"hypercorn internals moved: missing {', '.join(missing)}")
+    try:
+        aioquic_connection.check_compatible()
+    except IncompatibleAioquic as exc:
+        raise IncompatibleHypercorn(str(exc)) from None
 
 
 def apply(*, force: bool = False) -> None:

@@ -13,12 +13,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aioquic._buffer import Buffer
-from aioquic.quic.packet import QuicErrorCode, pull_quic_header
+from aioquic.quic.packet import QuicErrorCode
 from hypercorn.events import RawData
 
 from ..transport.admission import Admission, encode_refusal, parse_initial
-from ..transport.aioquic_connection import CreditedQuicConnection, set_stream_limits
+from ..transport.aioquic_connection import CreditedQuicConnection, parse_header, set_stream_limits
 from ..transport.settings import QuicSettings
 
 logger = logging.getLogger("moqt_asgi.webtransport")
@@ -232,7 +231,7 @@ def _connection_of(protocol: Any, event: Any) -> Any:
     if not isinstance(event, RawData):
         return None
     try:
-        header = pull_quic_header(Buffer(data=event.data), host_cid_length=HYPERCORN_CID_LENGTH)
+        header = parse_header(event.data, HYPERCORN_CID_LENGTH)
     except ValueError:
         return None
     return protocol.connections.get(header.destination_cid)

@@ -22,10 +22,21 @@ our flat codes and the application codes, then WebTransport's HTTP/3
 mapping between application codes and the wire. CLOSE_WEBTRANSPORT_SESSION
 carries the dialect's session close code.
 
-Everything the HTTP/3 layer calls (``_on_*`` methods) runs inside the QUIC
-event loop: it never awaits and never raises. The :class:`SessionHost`
-(the Hypercorn integration) owns the QUIC and HTTP/3 connections and the
-transmit scheduling.
+The HTTP/3 layer drives a session through its inbound interface, the
+``handle_*`` methods (:meth:`~WebTransportSession.handle_stream_data`,
+:meth:`~WebTransportSession.handle_stream_reset`,
+:meth:`~WebTransportSession.handle_stop_sending`,
+:meth:`~WebTransportSession.handle_datagram`,
+:meth:`~WebTransportSession.handle_connect_data`,
+:meth:`~WebTransportSession.handle_connect_reset`,
+:meth:`~WebTransportSession.handle_connection_terminated`, and on the client
+:meth:`~WebTransportSession.handle_response`) and
+:meth:`~WebTransportSession.after_transmit`; a
+:class:`~moqt_asgi.webtransport.router.WebTransportRouter` makes those calls
+for the three HTTP/3 hosts. They run inside the QUIC event path: they never
+await and never raise. The :class:`SessionHost` (our h3 server, the
+Hypercorn integration, the client) owns the QUIC and HTTP/3 connections and
+the transmit scheduling.
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ from ..protocol.errors import ErrorCode, MoQError, SessionClosed, StreamError
 from ..protocol.limits import DEFAULT_LIMITS, Limits
 from ..transport.aioquic_connection import datagram_room, send_backlog, send_stream_first, stream_credit
 from ..transport.base import BidiStream, Connection, ReceiveStream, SendStream
-from ..transport.buffers import ReceiveBuffer
+from ..transport.streams import BufferedStream, next_stream
 from .capsules import (
     WT_BUFFERED_STREAM_REJECTED,
     WT_SESSION_GONE,
@@ -107,99 +118,36 @@ def _engine_code(http_code: int) -> int:
     return int(ErrorCode.CANCEL) if code is None else code
 
 
-class WebTransportStream(BidiStream):
+class WebTransportStream(BufferedStream):
     """A stream of a WebTransport session; uni streams use only one half."""
 
-    __slots__ = ("_buffer", "_send_done", "_session", "_stop_code", "_stopped_callbacks", "peer_reset_code", "stream_id")
+    __slots__ = ("_session",)
 
     def __init__(self, session: WebTransportSession, stream_id: int, *, readable: bool, writable: bool) -> None:
-        self.stream_id = stream_id
         self._session = session
-        limit = session.limits.max_stream_buffer
-        self._buffer = ReceiveBuffer(limit, on_overflow=self._overflow,
-                                     credit=stream_credit(session.host.quic, stream_id)) if readable else None
-        self._send_done = not writable
-        self._stop_code: int | None = None
-        self._stopped_callbacks: list[Callable[[int], None]] = []
-        self.peer_reset_code: int | None = None
-        """The code of the peer's RESET_STREAM once it arrived, through the session's ``error_codes`` map."""
+        super().__init__(stream_id, readable=readable, writable=writable, limit=session.limits.max_stream_buffer,
+                         credit=stream_credit(session.host.quic, stream_id) if readable else None)
 
     def __repr__(self) -> str:
         return f"<WebTransportStream {self.stream_id} of session {self._session.session_id}>"
 
-    @property
-    def readable(self) -> bool:
-        return self._buffer is not None
-
-    @property
-    def writable(self) -> bool:
-        return not self._send_done
-
-    # receive half
-    async def read(self, max_bytes: int = 65536, min_bytes: int = 1) -> bytes:
-        if self._buffer is None:
-            raise StreamError(ErrorCode.UNEXPECTED_STREAM, "stream is send-only")
-        data = await self._buffer.read(max_bytes, min_bytes)
-        if not data or (self._buffer.finished and not self._buffer.buffered):
-            self._session._maybe_forget(self)
-        return data
-
-    def read_finished(self) -> bool:
-        """True when everything up to the peer's FIN has been read."""
-        return self._buffer is not None and self._buffer.finished and self._buffer.buffered == 0
-
-    def stop(self, code: int) -> None:
-        if self._buffer is None or self._buffer.finished:
-            return
-        self._buffer.fail(StreamError(code, f"stream {self.stream_id} was stopped locally"))
-        self._session._stop_stream(self.stream_id, code)
-        self._session._maybe_forget(self)
-
-    def _overflow(self) -> None:
-        self._session._stop_stream(self.stream_id, ErrorCode.TOO_LARGE)
-
-    @property
-    def _recv_done(self) -> bool:
-        return self._buffer is None or self._buffer.finished
-
-    # send half
-    def write(self, data: bytes, end: bool = False) -> None:
-        if self._stop_code is not None:
-            raise StreamError(self._stop_code, f"peer stopped stream {self.stream_id} with code {self._stop_code}")
-        if self._send_done:
-            raise StreamError(ErrorCode.CANCEL, f"stream {self.stream_id} is already finished")
+    def _send_data(self, data: bytes, end: bool) -> None:
         self._session._send(self, data, end)
-        if end:
-            self._send_done = True
-            self._session._sending_finished(self)
 
-    def reset(self, code: int) -> None:
-        if self._send_done:
-            return
-        self._send_done = True
+    def _send_reset(self, code: int) -> None:
         self._session._reset_stream(self.stream_id, code)
+
+    def _send_stop(self, code: int) -> None:
+        self._session._stop_stream(self.stream_id, code)
+
+    def _sending_ended(self) -> None:
         self._session._sending_finished(self)
 
+    def _receiving_ended(self) -> None:
+        self._session._maybe_forget(self)
+
     def backlog(self) -> int:
-        return self._session._stream_backlog(self.stream_id)
-
-    def on_stopped(self, callback: Callable[[int], None]) -> None:
-        if self._stop_code is not None:
-            callback(self._stop_code)
-        else:
-            self._stopped_callbacks.append(callback)
-
-    def _peer_stopped(self, code: int) -> None:
-        if self._stop_code is not None:
-            return
-        self._stop_code = code
-        self._send_done = True
-        callbacks, self._stopped_callbacks = self._stopped_callbacks, []
-        for callback in callbacks:
-            try:
-                callback(code)
-            except Exception:
-                logger.exception("on_stopped callback failed")
+        return send_backlog(self._session.host.quic, self.stream_id)
 
 
 class WebTransportSession(Connection):
@@ -290,11 +238,14 @@ class WebTransportSession(Connection):
         self._decided.set()
         self.host.transmit_soon()
 
-    def _established(self) -> None:
-        """Client side: the server answered ``200``."""
-        if self.state == "pending":
-            self.state = "accepted"
-            self._decided.set()
+    def handle_response(self, status: int) -> None:
+        """Client side: the server answered the CONNECT with ``status``; 2xx opens the session, anything else ends it."""
+        if 200 <= status < 300:
+            if self.state == "pending":
+                self.state = "accepted"
+                self._decided.set()
+        else:
+            self._terminate(SessionClosed(status, "CONNECT refused", remote=True))
 
     def reject(self, status: int = 403, headers: Headers = ()) -> None:
         """Answer the CONNECT with an error ``status``; no session byte was exchanged."""
@@ -343,20 +294,9 @@ class WebTransportSession(Connection):
     async def _accept(self, queue: asyncio.Queue[WebTransportStream]) -> WebTransportStream:
         if self._closed is not None:
             raise self._closed
-        if not queue.empty():
-            stream = queue.get_nowait()
-        else:
-            getter = asyncio.ensure_future(queue.get())
-            closer = asyncio.ensure_future(self._closed_event.wait())
-            try:
-                await asyncio.wait((getter, closer), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                closer.cancel()
-                if not getter.done():
-                    getter.cancel()
-            if not getter.done() or getter.cancelled():
-                raise self._closed or SessionClosed(0, "closed")
-            stream = getter.result()
+        stream = await next_stream(queue, self._closed_event)
+        if stream is None:
+            raise self._closed or SessionClosed(0, "closed")
         if self._unaccepted:
             self._unaccepted -= 1
         return stream
@@ -464,14 +404,12 @@ class WebTransportSession(Connection):
         self._closed_event.set()
         for stream in list(self._streams.values()):
             if quic_alive:
-                if stream._buffer is not None and not stream._buffer.finished:
+                if stream.receiving:
                     self._stop_stream(stream.stream_id, WT_SESSION_GONE, wire=True)
-                if not stream._send_done:
+                if stream.writable:
                     self._reset_stream(stream.stream_id, WT_SESSION_GONE, wire=True)
                     self.host.finish_sending(stream.stream_id)
-            if stream._buffer is not None:
-                stream._buffer.fail(error)
-            stream._peer_stopped(error.code)
+            stream.connection_closed(error, error.code)
         self._streams.clear()
         self._stopped.clear()
         self._pending_sends.clear()
@@ -512,14 +450,12 @@ class WebTransportSession(Connection):
             waiter.set_result(None)
 
     # -- backpressure
-    def _stream_backlog(self, stream_id: int) -> int:
-        return send_backlog(self.host.quic, stream_id)
-
     def backlog(self) -> int:
         total = 0
         done = []
+        quic = self.host.quic
         for sid in self._pending_sends:
-            size = self._stream_backlog(sid)
+            size = send_backlog(quic, sid)
             if size:
                 total += size
             else:
@@ -588,11 +524,16 @@ class WebTransportSession(Connection):
         self._maybe_forget(stream)
 
     def _maybe_forget(self, stream: WebTransportStream) -> None:
-        if stream._send_done and stream._recv_done and (stream._buffer is None or stream._buffer.buffered == 0):
+        if stream.done:
             self._streams.pop(stream.stream_id, None)
 
-    # -- events from the HTTP/3 layer (never await, never raise)
-    def _on_stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
+    # -- the inbound interface: events from the HTTP/3 layer (never await, never raise)
+    def claims(self, stream_id: int) -> bool:
+        """Whether events of ``stream_id`` are this session's: a stream it holds, or one it stopped reading."""
+        return stream_id in self._streams or stream_id in self._stopped
+
+    def handle_stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
+        """Bytes (and FIN) on one of the session's streams; a new peer stream is queued for accepting."""
         stream = self._streams.get(stream_id)
         if stream is None:
             if stream_id in self._stopped:
@@ -602,8 +543,7 @@ class WebTransportSession(Connection):
             stream = self._incoming(stream_id)
             if stream is None:
                 return
-        if stream._buffer is not None:
-            stream._buffer.feed(data, ended)
+        stream.deliver(data, ended)
 
     def _incoming(self, stream_id: int) -> WebTransportStream | None:
         if stream_is_client_initiated(stream_id) == self._is_client:
@@ -623,26 +563,27 @@ class WebTransportSession(Connection):
         (self._accept_uni if uni else self._accept_bi).put_nowait(stream)
         return stream
 
-    def _on_stream_reset(self, stream_id: int, http_code: int) -> None:
+    def handle_stream_reset(self, stream_id: int, http_code: int) -> None:
+        """The peer reset one of the session's streams with HTTP/3 ``http_code``."""
         self._stopped.discard(stream_id)
         stream = self._streams.get(stream_id)
-        if stream is None or stream._buffer is None:
+        if stream is None or not stream.readable:
             return
-        code = self._stream_code_in(stream_id, http_code)
-        stream.peer_reset_code = code
-        stream._buffer.fail(StreamError(code, f"peer reset stream {stream_id} with code {code}"))
+        stream.peer_reset(self._stream_code_in(stream_id, http_code))
         self._maybe_forget(stream)
 
-    def _on_stop_sending(self, stream_id: int, http_code: int) -> None:
+    def handle_stop_sending(self, stream_id: int, http_code: int) -> None:
+        """The peer sent STOP_SENDING with HTTP/3 ``http_code`` on one of the session's streams."""
         stream = self._streams.get(stream_id)
         if stream is None:
             return
-        stream._peer_stopped(self._stream_code_in(stream_id, http_code))
+        stream.peer_stopped(self._stream_code_in(stream_id, http_code))
         if not stream_is_unidirectional(stream_id):
             self.host.finish_sending(stream_id)
         self._maybe_forget(stream)
 
-    def _on_datagram(self, data: bytes) -> None:
+    def handle_datagram(self, data: bytes) -> None:
+        """An HTTP datagram of the session (the oldest queued one is dropped when the queue is full)."""
         if self._closed is not None or self.state != "accepted":
             return
         if len(self._datagrams) >= self.max_datagrams:
@@ -651,9 +592,9 @@ class WebTransportSession(Connection):
         self._datagrams.append(data)
         self._wake_datagram_reader()
 
-    def _on_connect_data(self, data: bytes, ended: bool) -> None:
-        """Bytes (capsules) on the CONNECT stream, after the 200."""
-        if self._closed is not None:
+    def handle_connect_data(self, data: bytes, ended: bool) -> None:
+        """Bytes (capsules) on the CONNECT stream, after the 200 (a client ignores them until it saw the 200)."""
+        if self._closed is not None or (self._is_client and self.state == "pending"):
             return
         try:
             capsules = self._capsules.feed(data) if data else []
@@ -678,17 +619,28 @@ class WebTransportSession(Connection):
             self._send_connect_end(b"")
             self._terminate(SessionClosed(0, "", remote=True))
 
-    def _on_connect_reset(self, http_code: int) -> None:
-        """The peer reset the CONNECT stream: the session is gone."""
+    def handle_connect_reset(self, http_code: int) -> None:
+        """The peer reset the CONNECT stream (or sent STOP_SENDING on it): the session is gone."""
         if self._closed is None:
             self._terminate(SessionClosed(_engine_code(http_code), "CONNECT stream reset", remote=True))
 
-    def _on_connection_terminated(self, error_code: int, reason: str) -> None:
+    def handle_connection_terminated(self, error_code: int, reason: str) -> None:
+        """The QUIC connection is gone."""
         self._terminate(SessionClosed(error_code, reason, remote=True), quic_alive=False)
 
-    def _after_transmit(self) -> None:
+    def after_transmit(self) -> None:
+        """The host just sent what was queued: wake the writers waiting for the backlog to drop."""
         if self._writable_waiters:
             self._wake_writers()
+
+    # The inbound interface's names before it was public, still accepted.
+    _on_stream_data = handle_stream_data
+    _on_stream_reset = handle_stream_reset
+    _on_stop_sending = handle_stop_sending
+    _on_datagram = handle_datagram
+    _on_connect_data = handle_connect_data
+    _on_connect_reset = handle_connect_reset
+    _on_connection_terminated = handle_connection_terminated
 
 
 __all__ = ["SessionHost", "WebTransportSession", "WebTransportStream"]
