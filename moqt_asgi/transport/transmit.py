@@ -24,11 +24,11 @@ class TransmitSoon:
     means no transmission: the owner then transmits by other means.
     """
 
-    __slots__ = ("_loop", "_transmit", "scheduled")
+    __slots__ = ("_event_loop", "_transmit", "scheduled")
 
     def __init__(self, transmit: Callable[[], None], loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._transmit = transmit
-        self._loop = loop
+        self._event_loop = loop
         self.scheduled = False
         """A transmission is due on the next event-loop iteration (hot paths test this before calling :meth:`request`)."""
 
@@ -36,7 +36,7 @@ class TransmitSoon:
         """Transmit on the next event-loop iteration (once, whatever the number of requests until then)."""
         if self.scheduled:
             return
-        loop = self._loop
+        loop = self._event_loop
         if loop is None:
             try:
                 loop = asyncio.get_running_loop()
