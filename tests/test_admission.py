@@ -119,6 +119,7 @@ async def stubborn_server(certs: Certs) -> AsyncIterator[tuple[Server, Stubborn,
         await asyncio.sleep(0.2)  # let the released handlers finish
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["shutdown", "close"])
 async def test_stopping_finishes_when_a_handler_swallows_cancellation(certs: Certs, stop: str) -> None:
     """Before: ``shutdown(1)`` was still running after 6 s, and ``close()`` 4 s later."""
@@ -200,6 +201,7 @@ def test_cli_second_signal_exits_even_when_a_handler_swallows_cancellation(certs
             pytest.fail("serve did not exit after a second signal")
 
 
+@pytest.mark.slow
 async def test_session_caps(certs: Certs) -> None:
     app = MoQ(max_sessions=3, max_sessions_per_address=2)
     server = Server(addr="127.0.0.1:0", certfile=str(certs.cert), keyfile=str(certs.key), handler=app)
@@ -223,6 +225,7 @@ async def test_session_caps(certs: Certs) -> None:
         await kept[1].aclose()
 
 
+@pytest.mark.slow
 async def test_require_origin(certs: Certs) -> None:
     app = MoQ(require_origin=True, allow_origins=["https://example.org"])
     server = Server(addr="127.0.0.1:0", certfile=str(certs.cert), keyfile=str(certs.key), handler=app)
@@ -239,6 +242,7 @@ async def test_require_origin(certs: Certs) -> None:
             await native.aclose()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["moql", "https"])
 async def test_one_path_routes_the_same_on_every_transport(certs: Certs, scheme: str) -> None:
     """``%2F`` stays inside a segment on both transports (native QUIC used to route it raw)."""

@@ -25,6 +25,8 @@ from moqt_asgi.endpoints.quic_server import QuicServer
 
 from .conftest import Certs
 
+pytestmark = pytest.mark.slow
+
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])

@@ -21,6 +21,8 @@ from moqt_asgi.protocol.versions import ALL_VERSIONS, native_alpns
 from .conftest import Certs
 from .test_lifecycle import no_leaks
 
+pytestmark = pytest.mark.slow
+
 SETUP_TIMEOUT = 0.5
 
 

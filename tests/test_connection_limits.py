@@ -32,6 +32,8 @@ from .conftest import Certs
 from .helpers import read_tick, tick_app
 from .wt_client import hypercorn_server, wt_client
 
+pytestmark = pytest.mark.slow
+
 WAIT = 10.0
 FAST = 4.0
 """A refused client learns it well before its 10 s setup timeout."""

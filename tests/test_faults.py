@@ -25,6 +25,8 @@ from moqt_asgi.testing.netsim import Link, UdpRelay
 
 from .conftest import Certs
 
+pytestmark = pytest.mark.slow
+
 WAIT = 30
 SCHEMES = ["moql", "https"]
 BROADCAST = "feed"

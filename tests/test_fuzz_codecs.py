@@ -69,6 +69,7 @@ def test_round_trip(target: Target) -> None:
     round_trip()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", by_target())
 def test_mutated_messages_raise_only_protocol_errors(target: Target) -> None:
     @suite_settings(20)
@@ -80,6 +81,7 @@ def test_mutated_messages_raise_only_protocol_errors(target: Target) -> None:
     mutated()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", by_target())
 def test_arbitrary_bytes_raise_only_protocol_errors(target: Target) -> None:
     @suite_settings(8)

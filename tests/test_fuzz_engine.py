@@ -91,12 +91,14 @@ async def attack(arena: Arena, plans: list[StreamPlan], tolerated: frozenset[str
     return outcome
 
 
+@pytest.mark.slow
 @engine_settings(40)
 @given(data=st.data())
 async def test_structured_streams(arena: Arena, data: st.DataObject) -> None:
     await attack(arena, data.draw(stream_plans(arena.version), label="streams"))
 
 
+@pytest.mark.slow
 @engine_settings(20)
 @given(data=st.data())
 async def test_random_streams(arena: Arena, data: st.DataObject) -> None:
@@ -117,6 +119,7 @@ def _setup_message(version: Version) -> Any:
     return ClientSetup((version.number,), {PARAM_PATH: b"/"})
 
 
+@pytest.mark.slow
 @engine_settings(20)
 @given(data=st.data())
 async def test_fuzzed_session_start(setup_arena: Arena, data: st.DataObject) -> None:
@@ -148,6 +151,7 @@ async def test_fuzzed_session_start(setup_arena: Arena, data: st.DataObject) -> 
 
 # -- our client against a raw server ----------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS, ids=lambda version: version.name)
 @engine_settings(20)
 @given(data=st.data())

@@ -34,6 +34,8 @@ from moqt_asgi.webtransport.h3 import MAX_HEADER_FRAME, WebTransportH3Connection
 from .conftest import Certs
 from .wt_client import WebTransportClient, hypercorn_server
 
+pytestmark = pytest.mark.slow
+
 WAIT = 10.0
 MIB = 1024 * 1024
 HEADERS, SETTINGS = 0x01, 0x04

@@ -54,6 +54,7 @@ def test_printable_escapes_what_would_drive_a_terminal() -> None:
     assert printable("\x1b[2Jgone\x07\r\u202e") == "\\x1b[2Jgone\\x07\\x0d\\u202e"
 
 
+@pytest.mark.slow
 async def test_goaway_to_another_origin_does_not_carry_credentials(certs: Certs) -> None:
     seen: dict[str, dict[str, str]] = {}
 

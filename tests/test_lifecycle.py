@@ -22,6 +22,8 @@ from moqt_asgi.server import new_router
 from .conftest import ROOT, Certs
 from .test_cli import cli, free_udp_port
 
+pytestmark = pytest.mark.slow
+
 TIMEOUT = 10
 
 
@@ -82,7 +84,6 @@ def test_goaway_timeout_code_per_dialect() -> None:
     assert SCOPED_CODES.session_in(0x10) == ErrorCode.TIMEOUT
 
 
-@pytest.mark.slow
 async def test_close_is_immediate_and_idempotent(certs: Certs) -> None:
     async with no_leaks():
         app, _ = clock_app(LITE_06_VERSION)

@@ -36,6 +36,8 @@ from .test_webtransport_asgi import (  # noqa: F401  (collected here again, with
 )
 from .wt_client import WebTransportClient, wt_client
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 async def echo(certs: Certs) -> AsyncIterator[tuple[WebTransportClient, Events]]:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
+
 from moqt_asgi import ErrorCode, MoQ, QuicSettings, TrackWriter
 from moqt_asgi.endpoints.dial_quic import dial_quic
 
 from .conftest import Certs
 from .helpers import native_server
+
+pytestmark = pytest.mark.slow
 
 WAIT = 10
 

@@ -31,6 +31,8 @@ from .helpers import native_server
 from .test_webtransport_moq import counter_app
 from .wt_client import free_udp_port, hypercorn_server, wt_client
 
+pytestmark = pytest.mark.slow
+
 TIMEOUT = 15
 BROADCAST = "pub/cam"
 GROUPS = 3

@@ -35,6 +35,8 @@ from moqt_asgi.transport.quic import QuicProtocol, QuicStream, QuicTransport
 from .conftest import Certs
 from .wt_client import hypercorn_server, wt_client
 
+pytestmark = pytest.mark.slow
+
 WAIT = 20.0
 MIB = 1024 * 1024
 SETTINGS = QuicSettings()

@@ -21,6 +21,8 @@ from moqt_asgi.transport.quic import QuicTransport
 from .conftest import Certs
 from .helpers import tick_app
 
+pytestmark = pytest.mark.slow
+
 WAIT = 10
 
 

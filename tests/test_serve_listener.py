@@ -18,6 +18,8 @@ from .conftest import Certs
 from .helpers import read_tick, tick_app
 from .test_lifecycle import no_leaks
 
+pytestmark = pytest.mark.slow
+
 WAIT = 10
 
 

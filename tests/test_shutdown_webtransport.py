@@ -38,6 +38,8 @@ from .test_webtransport_cli import hypercorn_command
 from .test_webtransport_session import FakeHost
 from .wt_client import free_udp_port, wait_udp_port, wt_client
 
+pytestmark = pytest.mark.slow
+
 TIMEOUT = 10
 GRACEFUL = 2.0
 """``--graceful-timeout`` of the Hypercorn subprocesses."""

@@ -35,6 +35,8 @@ from .helpers import read_tick, tick_app
 from .test_cert_size import write_rsa_chain
 from .test_lifecycle import no_leaks
 
+pytestmark = pytest.mark.slow
+
 WAIT = 10
 PEM = serialization.Encoding.PEM
 

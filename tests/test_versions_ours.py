@@ -19,9 +19,10 @@ import pytest
 from moqt_asgi import Broadcast, MoQ, SetupRequest, TrackMux, dial
 from moqt_asgi.engine.session import Session
 from moqt_asgi.protocol.versions import ALL_VERSIONS, GOMOQT_DIALECT, Version, features_of
+from moqt_asgi.testing import connect as memory_connect
 
 from .conftest import Certs
-from .helpers import memory_sessions, native_server
+from .helpers import native_server
 from .wt_client import hypercorn_server
 
 TIMEOUT = 10
@@ -96,8 +97,8 @@ async def _server_reads(session: Session, results: asyncio.Queue[object]) -> Non
 
 @contextlib.asynccontextmanager
 async def connect(transport: str, app: MoQ, certs: Certs, path: str, mux: TrackMux) -> AsyncIterator[Session]:
-    if transport == "memory":
-        async with memory_sessions(app, client_mux=mux, path=path, version=app.versions[0]) as (client, *_):
+    if transport == "memory":  # negotiated as on native QUIC: our client offers every version
+        async with memory_connect(app, mux=mux, path=path) as client:
             yield client
         return
     if transport == "wt-hypercorn":
@@ -117,7 +118,7 @@ def cases() -> list[object]:
     out = []
     for version in ALL_VERSIONS:
         for transport in TRANSPORTS:
-            marks = []
+            marks = [] if transport == "memory" else [pytest.mark.slow]  # real UDP sockets
             if version is GOMOQT_DIALECT and transport.startswith("wt"):
                 # gomoqt over WebTransport sends no protocol list and a legacy SETUP: our client does that only
                 # when asked for gomoqt alone; covered in test_gomoqt_dialect.py.

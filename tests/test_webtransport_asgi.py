@@ -19,6 +19,8 @@ from moqt_asgi.webtransport.capsules import DrainCapsule
 from .conftest import Certs
 from .wt_client import WebTransportClient, hypercorn_server, wt_client
 
+pytestmark = pytest.mark.slow
+
 Events = list[dict[str, Any]]
 
 
