@@ -12,12 +12,18 @@
 * :func:`memory_sessions` joins a client session to an app in memory
   (:class:`moqt_asgi.testing.MemoryPair` underneath); :func:`native_server`
   serves an app on 127.0.0.1.
+* :func:`cli`, :func:`free_udp_port` and :func:`stop_serve` run our CLI as a
+  subprocess.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -303,3 +309,29 @@ async def read_tick(session: Session, wait: float = WAIT) -> bytes | None:
     group = await asyncio.wait_for(track.next_group(), wait)
     assert group is not None
     return await asyncio.wait_for(group.read_frame(), wait)
+
+
+# -- our CLI as a subprocess -----------------------------------------------------------------------
+
+def cli(*args: str) -> list[str]:
+    """The command line of ``python -m moqt_asgi ARGS``."""
+    return [sys.executable, "-m", "moqt_asgi", *args]
+
+
+def free_udp_port() -> int:
+    """A UDP port of 127.0.0.1 free at the time of asking."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_serve(process: subprocess.Popen[str], timeout: float = 15.0) -> None:
+    """SIGTERM a running ``serve`` and wait for it; one that does not stop within ``timeout`` is killed (a failure)."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("serve did not stop on SIGTERM")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -32,6 +31,7 @@ from moqt_asgi.serving import serve_connection
 from moqt_asgi.transport.memory import memory_pair
 
 from .conftest import ROOT, Certs
+from .helpers import free_udp_port
 
 TIMEOUT = 10.0
 
@@ -157,12 +157,6 @@ STUBBORN_APP = textwrap.dedent('''
 
     moq.mux.publish("stuck", stuck)
 ''')
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.cli

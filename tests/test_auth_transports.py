@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ from moqt_asgi.protocol.errors import ErrorCode, MoQError, SessionClosed, Subscr
 from moqt_asgi.protocol.scoped_codes import SessionCode
 
 from .conftest import ROOT, Certs, TokenTools
+from .helpers import cli, free_udp_port, stop_serve
 
 pytestmark = [pytest.mark.cli, pytest.mark.browser]
 
@@ -45,12 +43,6 @@ class AuthRelay:
         return f"{scheme}://127.0.0.1:{self.port}{path}{query}"
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def relay(tools: TokenTools, cli_keys: Path, certs: Certs) -> Iterator[AuthRelay]:
     es = str(cli_keys / "es.jwk")
@@ -63,8 +55,8 @@ def relay(tools: TokenTools, cli_keys: Path, certs: Certs) -> Iterator[AuthRelay
     port = free_udp_port()
     env = {**os.environ, "MOQ_AUTH_KEY": str(cli_keys / "es.pub.jwk"), "MOQ_AUTH_PUBLIC": "anon"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "moqt_asgi", "serve", "examples.relay:moq", "--bind", f"127.0.0.1:{port}",
-         "--certfile", str(certs.cert), "--keyfile", str(certs.key)],
+        cli("serve", "examples.relay:moq", "--bind", f"127.0.0.1:{port}", "--certfile", str(certs.cert), "--keyfile",
+            str(certs.key)),
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -72,12 +64,7 @@ def relay(tools: TokenTools, cli_keys: Path, certs: Certs) -> Iterator[AuthRelay
     try:
         yield AuthRelay(port, tokens, certs.fingerprint)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            pytest.fail("serve did not stop on SIGTERM")
+        stop_serve(process, TIMEOUT)
 
 
 @contextlib.asynccontextmanager

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import tracemalloc
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -36,22 +35,12 @@ from moqt_asgi.protocol.wire import encode_varint
 from moqt_asgi.transport.base import BidiStream
 from moqt_asgi.transport.memory import MemoryConnection
 
-from .helpers import memory_sessions
+from .helpers import eventually, memory_sessions, read_to_end, settle, within
 
-T = TypeVar("T")
 LITE_02, LITE_03, LITE_04, LITE_05, LITE_06 = LITE_02_VERSION, LITE_03_VERSION, LITE_04_VERSION, LITE_05_VERSION, LITE_06_VERSION
 MiB = 1024 * 1024
 FETCH_VERSIONS = [LITE_03, LITE_04, LITE_05, LITE_06]
 ANNOUNCE_VERSIONS = [LITE_02, LITE_03, LITE_04, LITE_05, LITE_06]
-
-
-async def within(aw: Awaitable[T], timeout: float = 10.0) -> T:
-    return await asyncio.wait_for(aw, timeout)
-
-
-async def settle(rounds: int = 50) -> None:
-    for _ in range(rounds):
-        await asyncio.sleep(0)
 
 
 def server_backlog(server_conn: MemoryConnection) -> int:
@@ -73,8 +62,7 @@ def as_seen(client: Session, server: Session, code: int) -> int:
 
 async def refusal_code(stream: BidiStream) -> int:
     with pytest.raises(StreamError) as refused:
-        while await within(stream.read()):
-            pass
+        await read_to_end(stream)
     return refused.value.code
 
 
@@ -122,7 +110,7 @@ async def test_fetches_to_a_reader_that_never_reads_hold_no_copies(version: Vers
         for stream in streams[:DEFAULT_LIMITS.max_fetches]:
             stream.stop(ErrorCode.CANCEL)
             stream.reset(ErrorCode.CANCEL)
-        await within(_until(lambda: server.stats().fetches == 0))
+        await eventually(lambda: server.stats().fetches == 0, "no fetch being served")
         # The session is still usable: a fetch that is read arrives whole.
         frames = await within(client.fetch("vod", "video", 0))
         assert [len(frame) for frame in frames] == [MiB] * 4
@@ -136,8 +124,8 @@ async def test_a_fetch_reply_nobody_reads_is_given_up(version: Version) -> None:
     async with memory_sessions(app, version=version, flow_control=True) as (client, server, _, _):
         codec: Any = client.codec
         stream = await raw_request(client, LiteBidi.FETCH, codec.encode_fetch(Fetch("vod", "video", 0, 0)))
-        await within(_until(lambda: server.stats().fetches == 1))
-        await within(_until(lambda: server.stats().fetches == 0))
+        await eventually(lambda: server.stats().fetches == 1, "one fetch being served")
+        await eventually(lambda: server.stats().fetches == 0, "no fetch being served")
         # The reply was reset with TIMEOUT after the part that fitted the backlog.
         with pytest.raises(StreamError) as stopped:
             while await within(stream.read()):
@@ -163,7 +151,7 @@ async def test_announce_streams_to_a_reader_that_never_reads_stay_bounded(versio
         request = codec.encode_announce_please(AnnouncePlease(""))
         for _ in range(streams_open):
             await raw_request(client, LiteBidi.ANNOUNCE, request)
-        await within(_until(lambda: len(server.mux._watchers) == streams_open))
+        await eventually(lambda: len(server.mux._watchers) == streams_open, "the announce streams to be watched")
         long_names = [f"{index:04d}/" + "x" * 3990 for index in range(300)]
         for name in long_names:
             server.mux.publish(name, _never_called)
@@ -196,7 +184,7 @@ async def test_announce_streams_per_session_are_capped(version: Version) -> None
         assert not server.closed
         # A legitimate watcher still works once one of the others goes.
         streams[0].write(b"", end=True)
-        await within(_until(lambda: server.stats().announce_streams == 2))
+        await eventually(lambda: server.stats().announce_streams == 2, "two announce streams being served")
         server.mux.publish("room", _never_called)
         announcements = await within(client.announced(""))
         assert "room" in announcements.active
@@ -210,7 +198,7 @@ async def test_more_broadcasts_than_our_receive_limit_still_reach_a_watcher(vers
         app.mux.publish(f"room/{index}", _never_called)
     async with memory_sessions(app, version=version) as (client, server, _, _):
         announcements = await within(client.announced(""))
-        await within(_until(lambda: len(announcements.active) == 12))
+        await eventually(lambda: len(announcements.active) == 12, "12 announcements")
         assert not client.closed and not server.closed
 
 
@@ -225,17 +213,12 @@ async def test_a_large_announce_set_reaches_a_lite02_watcher(reader_limit: int) 
     limits = Limits(max_announce_init_size=reader_limit)
     async with memory_sessions(app, version=LITE_02, limits=limits) as (client, _, _, _):
         announcements = await within(client.announced(""))
-        await within(_until(lambda: len(announcements.active) == len(names)))
+        await eventually(lambda: len(announcements.active) == len(names), "every announcement")
         assert set(announcements.active) == names
 
 
 async def _never_called(track: Any) -> None:  # pragma: no cover - nobody subscribes in these tests
     raise AssertionError("not subscribed")
-
-
-async def _until(predicate: Any) -> None:
-    while not predicate():  # noqa: ASYNC110 - polling engine state the test cannot subscribe to
-        await asyncio.sleep(0.005)
 
 
 # -- the scheduler never lets a transport failure escape into the transport's callbacks

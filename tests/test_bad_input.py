@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -34,16 +34,11 @@ from moqt_asgi.protocol.lite import LITE_02, Codec, frame_message
 from moqt_asgi.protocol.messages import AnnounceInit, GroupHeader, Subscribe
 from moqt_asgi.protocol.setup import SetupFraming, decode_client_setup
 from moqt_asgi.protocol.wire import encode_varint
-from moqt_asgi.serving import serve_connection
-from moqt_asgi.transport.base import BidiStream, ReceiveStream, SendStream
+from moqt_asgi.transport.base import BidiStream, SendStream
 from moqt_asgi.transport.memory import MemoryConnection, memory_pair
 
-from .helpers import memory_sessions
-
-T = TypeVar("T")
-
-WAIT = 2.0
-"""Upper bound on anything that should happen promptly (hangs fail instead of stalling)."""
+from . import helpers
+from .helpers import WAIT, eventually, memory_sessions, read_exact, read_to_end, settle, stop_code, within
 
 
 def h(text: str) -> bytes:
@@ -63,53 +58,6 @@ CODEC = Codec(DEFAULT_LIMITS)
 
 def subscribe_bytes(subscribe_id: int, broadcast: str = "demo/clock", track: str = "seconds", priority: int = 0) -> bytes:
     return encode_varint(0x02) + CODEC.encode_subscribe(Subscribe(subscribe_id, broadcast, track, priority))
-
-
-async def within(aw: Awaitable[T], timeout: float = WAIT) -> T:
-    return await asyncio.wait_for(aw, timeout)
-
-
-async def read_exact(stream: ReceiveStream, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = await within(stream.read(size - len(data)))
-        if not chunk:
-            raise AssertionError(f"stream ended after {len(data)} of {size} bytes")
-        data += chunk
-    return data
-
-
-async def read_to_end(stream: ReceiveStream) -> bytes:
-    data = b""
-    while chunk := await within(stream.read()):
-        data += chunk
-    return data
-
-
-def stop_code(stream: SendStream) -> asyncio.Future[int]:
-    """A future for the STOP_SENDING code the peer sends on ``stream``."""
-    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    def stopped(code: int) -> None:
-        if not future.done():
-            future.set_result(code)
-
-    stream.on_stopped(stopped)
-    return future
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)
-
-
-async def settle(rounds: int = 20) -> None:
-    """Let every ready callback and task run for a while."""
-    for _ in range(rounds):
-        await asyncio.sleep(0)
 
 
 # -- an app to attack, and a check that it still works --------------------------
@@ -139,25 +87,14 @@ class Demo:
             assert not server.closed
 
 
-class RawClient:
-    """A raw peer acting as client against our real server."""
-
-    def __init__(self, app: MoQ, *, setup_timeout: float = WAIT, max_stream_buffer: int = DEFAULT_LIMITS.max_stream_buffer):
-        self.conn, self.server_conn = memory_pair(max_stream_buffer)
-        self.serving = asyncio.ensure_future(
-            serve_connection(app, self.server_conn, transport="memory", setup_timeout=setup_timeout))
-        self.session_stream: BidiStream | None = None
+class RawClient(helpers.RawClient):
+    """A raw peer acting as client against our real server, in lite-02's golden bytes."""
 
     async def setup(self) -> BidiStream:
         stream = await self.conn.open_bi()
         stream.write(CLIENT_SETUP)
         assert await read_exact(stream, len(SERVER_SETUP)) == SERVER_SETUP
         self.session_stream = stream
-        return stream
-
-    async def open_bi(self, data: bytes) -> BidiStream:
-        stream = await self.conn.open_bi()
-        stream.write(data)
         return stream
 
     async def subscribe(self, subscribe_id: int, broadcast: str = "demo/clock", track: str = "seconds") -> BidiStream:
@@ -183,36 +120,15 @@ class RawClient:
             frames.append(frame)
         return header, frames
 
-    async def closed_code(self) -> int:
-        closed = await within(self.conn.wait_closed())
-        assert closed.remote, "expected the server to close the connection"
-        return closed.code
-
-    async def finish(self) -> None:
-        """The server's side has ended (or ends once we close)."""
-        if not self.serving.done():
-            self.conn.close(0)
-        await within(self.serving)
-        assert self.server_conn.is_closed
-
 
 @pytest.fixture
 async def demo(no_leaked_tasks: None) -> AsyncIterator[Demo]:
     yield Demo()
 
 
-@contextlib.asynccontextmanager
-async def raw_client(app: MoQ, **kwargs: Any) -> AsyncIterator[RawClient]:
-    peer = RawClient(app, **kwargs)
-    try:
-        yield peer
-    finally:
-        with contextlib.suppress(Exception):
-            await peer.finish()
-        if not peer.serving.done():
-            peer.serving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await peer.serving
+def raw_client(app: MoQ, **kwargs: Any) -> RawClient:
+    """A raw client of ``app`` (``async with`` it: the server's side must have ended on exit)."""
+    return RawClient(app, **kwargs)
 
 
 # -- malformed setup -------------------------------------------------------------
@@ -493,13 +409,12 @@ async def test_stalled_streams_are_reset_with_timeout(demo: Demo) -> None:
 
 # -- a raw publisher against our client -------------------------------------------
 
-class RawServer:
-    """A raw peer acting as server (and publisher) for our real client Session."""
+class RawServer(helpers.RawServer):
+    """A raw peer acting as server (and publisher) for our real client Session, on lite-02."""
 
     def __init__(self, limits: Limits) -> None:
+        super().__init__(limits.max_stream_buffer)
         self.limits = limits
-        self.client_conn, self.conn = memory_pair(limits.max_stream_buffer)
-        self.client: Session | None = None
 
     async def connect(self) -> Session:
         dialing = asyncio.ensure_future(client_setup(self.client_conn, self.limits, path="/room"))
@@ -511,13 +426,10 @@ class RawServer:
         assert offer.versions[0] == LITE_02
         stream.write(SERVER_SETUP)
         codec, session_stream, reader = await within(dialing)
-        self.client = Session(self.client_conn, codec, limits=self.limits, is_client=True, path="/room",
-                              session_stream=(session_stream, reader))
-        self.client.start()
-        return self.client
+        return self.start_client(Session(self.client_conn, codec, limits=self.limits, is_client=True, path="/room",
+                                         session_stream=(session_stream, reader)))
 
     async def accept_subscription(self, broadcast: str = "demo/clock", track: str = "t") -> tuple[TrackReader, BidiStream]:
-        assert self.client is not None
         subscribing = asyncio.ensure_future(self.client.subscribe(broadcast, track))
         stream = await within(self.conn.accept_bi())
         reader = StreamReader(stream)
@@ -532,10 +444,6 @@ class RawServer:
         uni.write(CODEC.encode_group_header(GroupHeader(subscribe_id, sequence)))
         return uni
 
-    async def close(self) -> None:
-        if self.client is not None:
-            await within(self.client.aclose())
-        self.conn.close(0)
 
 
 @contextlib.asynccontextmanager

@@ -32,13 +32,11 @@ import asyncio
 import contextlib
 import itertools
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from aioquic.asyncio.client import connect
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
 from moqt_asgi import Broadcast, MoQ
@@ -83,17 +81,15 @@ from moqt_asgi.protocol.versions import (
     features_of,
 )
 from moqt_asgi.protocol.wire import MAX_VARINT, decode_varint, encode_string, encode_varint
-from moqt_asgi.serving import serve_connection
-from moqt_asgi.transport.base import BidiStream, ReceiveStream, SendStream
+from moqt_asgi.transport.base import BidiStream, SendStream
 from moqt_asgi.transport.memory import memory_pair
 
+from . import helpers
 from .conftest import Certs
-from .helpers import memory_sessions
+from .helpers import WAIT, QuicPeer, eventually, memory_sessions, read_to_end, refused, settle, stop_code, within
 
-T = TypeVar("T")
-
-WAIT = 2.0
-"""Upper bound on anything that should happen promptly (hangs fail instead of stalling)."""
+CLIENT_TIMEOUT = 2.0
+"""Our client's wait for the raw server's answers (a subscription's first response, say)."""
 PROMPT = 0.3
 """How long a reaction to a handful of in-memory messages may take."""
 
@@ -192,50 +188,6 @@ def frame_bytes(version: Version, payload: bytes) -> bytes:
     return timed_frame(0, payload) if features_of(version.codec).frame_timestamps else encode_varint(len(payload)) + payload
 
 
-async def within(aw: Awaitable[T], timeout: float = WAIT) -> T:
-    return await asyncio.wait_for(aw, timeout)
-
-
-async def read_to_end(stream: ReceiveStream) -> bytes:
-    data = b""
-    while chunk := await within(stream.read()):
-        data += chunk
-    return data
-
-
-def stop_code(stream: SendStream) -> asyncio.Future[int]:
-    """A future for the STOP_SENDING code the peer sends on ``stream``."""
-    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    def stopped(code: int) -> None:
-        if not future.done():
-            future.set_result(code)
-
-    stream.on_stopped(stopped)
-    return future
-
-
-async def refused(stream: BidiStream) -> tuple[int, int]:
-    """The codes a bidi stream was reset and stopped with."""
-    stopped = stop_code(stream)
-    with pytest.raises(StreamError) as info:
-        await read_to_end(stream)
-    return info.value.code, await within(stopped)
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)
-
-
-async def settle(rounds: int = 20) -> None:
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
 async def frames_of_next_group(reader: TrackReader) -> list[bytes]:
     group = await within(reader.next_group())
     assert group is not None
@@ -295,18 +247,15 @@ async def demo(no_leaked_tasks: None) -> AsyncIterator[Demo]:
 
 # -- a raw client against our server ---------------------------------------------------
 
-class RawClient:
+class RawClient(helpers.RawClient):
     """A raw peer acting as client against our real server, on ``version``."""
 
     def __init__(self, app: MoQ, version: Version, *, setup_timeout: float = WAIT) -> None:
+        super().__init__(app, protocol=version.alpn, setup_timeout=setup_timeout)
         self.version = version
         self.codec: Any = version.new_codec(DEFAULT_LIMITS)
-        self.conn, self.server_conn = memory_pair()
         if version.codec.error_codes is SCOPED_CODES:
             self.conn.error_codes = WIRE
-        self.serving = asyncio.ensure_future(serve_connection(
-            app, self.server_conn, transport="memory", protocol=version.alpn, setup_timeout=setup_timeout))
-        self.session_stream: BidiStream | None = None
 
     async def send_setup(self, data: bytes | None = None, *, end: bool = True) -> SendStream:
         uni = await self.conn.open_uni()
@@ -327,16 +276,6 @@ class RawClient:
         assert await within(reader.read_varint()) == LiteUni.SETUP
         self.codec.decode_setup(await within(reader.read_message(1024)))
         assert await within(reader.at_eof())
-
-    async def open_bi(self, data: bytes) -> BidiStream:
-        stream = await self.conn.open_bi()
-        stream.write(data)
-        return stream
-
-    async def open_uni(self, data: bytes) -> SendStream:
-        stream = await self.conn.open_uni()
-        stream.write(data)
-        return stream
 
     def subscribe_bytes(self, subscribe_id: int, broadcast: str = "demo/clock", track: str = "seconds") -> bytes:
         return kind(LiteBidi.SUBSCRIBE) + bytes(self.codec.encode_subscribe(Subscribe(subscribe_id, broadcast, track, 0)))
@@ -373,30 +312,11 @@ class RawClient:
         assert not self.conn.is_closed
         assert await self.announced() == ["demo/clock"]
 
-    async def closed_code(self, timeout: float = WAIT) -> int:
-        closed = await within(self.conn.wait_closed(), timeout)
-        assert closed.remote, "expected the server to close the connection"
-        return closed.code
-
-    async def finish(self) -> None:
-        if not self.serving.done():
-            self.conn.close(0)
-        await within(self.serving)
-        assert self.server_conn.is_closed
 
 
-@contextlib.asynccontextmanager
-async def raw_client(app: MoQ, version: Version, **kwargs: Any) -> AsyncIterator[RawClient]:
-    peer = RawClient(app, version, **kwargs)
-    try:
-        yield peer
-    finally:
-        with contextlib.suppress(Exception):
-            await peer.finish()
-        if not peer.serving.done():
-            peer.serving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await peer.serving
+def raw_client(app: MoQ, version: Version, **kwargs: Any) -> RawClient:
+    """A raw client of ``app`` on ``version`` (``async with`` it: the server's side must have ended on exit)."""
+    return RawClient(app, version, **kwargs)
 
 
 @contextlib.asynccontextmanager
@@ -410,21 +330,15 @@ async def attack(demo: Demo, version: Version, *, setup: bool = True, **kwargs: 
 
 # -- a raw server against our client ---------------------------------------------------
 
-class RawServer:
+class RawServer(helpers.RawServer):
     """A raw peer acting as server (and publisher) for our real client :class:`Session` on ``version``."""
 
     def __init__(self, version: Version, limits: Limits = DEFAULT_LIMITS) -> None:
+        super().__init__()
         self.version = version
         self.limits = limits
         self.codec: Any = version.new_codec(DEFAULT_LIMITS)
-        self.client_conn, self.conn = memory_pair()
         self.conn.error_codes = WIRE
-        self._client: Session | None = None
-
-    @property
-    def client(self) -> Session:
-        assert self._client is not None
-        return self._client
 
     async def connect(self) -> Session:
         dialing = asyncio.ensure_future(start_client(self.client_conn, self.limits, protocol=self.version.alpn,
@@ -437,10 +351,8 @@ class RawServer:
             out = await self.conn.open_uni()
             out.write(self.codec.encode_setup_stream(LiteSetup()), end=True)
         start = await within(dialing)
-        self._client = Session(self.client_conn, start.codec, limits=self.limits, is_client=True, path="/room",
-                               timeout=WAIT)
-        self._client.start()
-        return self._client
+        return self.start_client(Session(self.client_conn, start.codec, limits=self.limits, is_client=True,
+                                         path="/room", timeout=CLIENT_TIMEOUT))
 
     async def accept(self, expected: LiteBidi) -> tuple[BidiStream, bytes]:
         """The next stream our client opens, which must be of type ``expected``, and its first message."""
@@ -492,12 +404,6 @@ class RawServer:
         uni.write(self.codec.encode_group_header(GroupHeader(subscribe_id, sequence)))
         return uni
 
-    async def client_closed_code(self, timeout: float = WAIT) -> int:
-        """How our client closed the connection (as this peer reads it)."""
-        closed = await within(self.conn.wait_closed(), timeout)
-        assert closed.remote, "expected our client to close the connection"
-        return closed.code
-
     async def assert_refused(self, stream: BidiStream, code: int, *, reset: bool = True) -> None:
         """Our client reset (unless it had finished its side) and stopped ``stream`` with ``code``; the session stays."""
         stopped = stop_code(stream)
@@ -509,10 +415,6 @@ class RawServer:
         await settle()
         assert not self.client.closed
 
-    async def close(self) -> None:
-        if self._client is not None:
-            await within(self._client.aclose())
-        self.conn.close(0)
 
 
 @contextlib.asynccontextmanager
@@ -1449,54 +1351,6 @@ async def test_oversized_announcement_to_our_client(demo: Demo, version: Version
 
 # -- native QUIC -----------------------------------------------------------------------------
 
-class QuicPeer(QuicConnectionProtocol):
-    """A raw aioquic client that records every event."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.events: list[events.QuicEvent] = []
-        self.changed = asyncio.Event()
-
-    def quic_event_received(self, event: events.QuicEvent) -> None:
-        self.events.append(event)
-        self.changed.set()
-
-    async def wait_for(self, match: Callable[[events.QuicEvent], bool]) -> Any:
-        async def look() -> events.QuicEvent:
-            while True:
-                for event in self.events:
-                    if match(event):
-                        return event
-                self.changed.clear()
-                await self.changed.wait()
-
-        return await within(look())
-
-    def open(self, data: bytes, *, uni: bool = False, end: bool = False) -> int:
-        stream_id = self._quic.get_next_available_stream_id(is_unidirectional=uni)
-        self._quic.send_stream_data(stream_id, data, end_stream=end)
-        self.transmit()
-        return stream_id
-
-    async def closed_code(self) -> int:
-        closed = await self.wait_for(lambda e: isinstance(e, events.ConnectionTerminated))
-        assert closed.frame_type is None, "expected an application close"
-        return int(closed.error_code)
-
-    async def answer_on(self, stream_id: int) -> bytes:
-        event = await self.wait_for(lambda e: isinstance(e, events.StreamDataReceived) and e.stream_id == stream_id
-                                    and bool(e.data))
-        return bytes(event.data)
-
-    async def reset_code(self, stream_id: int) -> int:
-        event = await self.wait_for(lambda e: isinstance(e, events.StreamReset) and e.stream_id == stream_id)
-        return int(event.error_code)
-
-    async def stop_code(self, stream_id: int) -> int:
-        event = await self.wait_for(lambda e: isinstance(e, events.StopSendingReceived) and e.stream_id == stream_id)
-        return int(event.error_code)
-
-
 @contextlib.asynccontextmanager
 async def native_attack(demo: Demo, certs: Certs, version: Version, *, setup_timeout: float = WAIT,
                         setup: bool = True) -> AsyncIterator[QuicPeer]:
@@ -1529,17 +1383,20 @@ async def native_attack(demo: Demo, certs: Certs, version: Version, *, setup_tim
     await demo.assert_still_serving(version)
 
 
+@pytest.mark.slow  # native QUIC on 127.0.0.1
 async def test_native_lite05_setup_timeout(demo: Demo, certs: Certs) -> None:
     async with native_attack(demo, certs, V05, setup_timeout=0.3, setup=False) as peer:
         assert await peer.closed_code() == SessionCode.CONTROL_MESSAGE_TIMEOUT
 
 
+@pytest.mark.slow  # native QUIC on 127.0.0.1
 async def test_native_lite06_duplicate_setup_parameter(demo: Demo, certs: Certs) -> None:
     async with native_attack(demo, certs, V06, setup=False) as peer:
         peer.open(setup_stream(SETUP_DUPLICATES["probe"]), uni=True, end=True)
         assert await peer.closed_code() == VIOLATION
 
 
+@pytest.mark.slow  # native QUIC on 127.0.0.1
 async def test_native_lite03_unknown_bidi_stream_is_refused(demo: Demo, certs: Certs) -> None:
     async with native_attack(demo, certs, V03) as peer:
         refused_id = peer.open(h("07 05 00 00 00 00 00"))
@@ -1550,6 +1407,7 @@ async def test_native_lite03_unknown_bidi_stream_is_refused(demo: Demo, certs: C
         assert codec.decode_announce(unframe(await peer.answer_on(announce_id))).suffix == "demo/clock"
 
 
+@pytest.mark.slow  # native QUIC on 127.0.0.1
 async def test_native_lite04_fetch_of_an_unknown_broadcast(demo: Demo, certs: Certs) -> None:
     async with native_attack(demo, certs, V04) as peer:
         codec: Any = V04.new_codec(DEFAULT_LIMITS)
@@ -1558,18 +1416,21 @@ async def test_native_lite04_fetch_of_an_unknown_broadcast(demo: Demo, certs: Ce
         assert await peer.stop_code(stream_id) == app_to_http(StreamCode.NOT_FOUND)
 
 
+@pytest.mark.slow  # native QUIC on 127.0.0.1
 async def test_native_lite04_client_goaway_with_a_uri(demo: Demo, certs: Certs) -> None:
     async with native_attack(demo, certs, V04) as peer:
         peer.open(goaway("moql://elsewhere:4443/"), end=True)
         assert await peer.closed_code() == VIOLATION
 
 
+@pytest.mark.slow  # native QUIC on 127.0.0.1
 async def test_native_lite05_oversized_track_request(demo: Demo, certs: Certs) -> None:
     async with native_attack(demo, certs, V05) as peer:
         peer.open(kind(LiteBidi.TRACK) + OVERSIZED)
         assert await peer.closed_code() == VIOLATION
 
 
+@pytest.mark.slow  # native QUIC on 127.0.0.1
 async def test_native_lite06_subscribe_update_malformed(demo: Demo, certs: Certs) -> None:
     async with native_attack(demo, certs, V06) as peer:
         codec: Any = V06.new_codec(DEFAULT_LIMITS)

@@ -32,7 +32,8 @@ import pytest
 
 from .chromium import chromium
 from .conftest import ROOT, Certs
-from .wt_client import free_udp_port, udp_port_bound
+from .helpers import free_udp_port
+from .wt_client import udp_port_bound
 
 pytestmark = pytest.mark.browser
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
-import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,20 +15,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .conftest import ROOT, Certs
+from .helpers import cli, free_udp_port, stop_serve
 
 pytestmark = pytest.mark.cli
 
 TIMEOUT = 15
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "moqt_asgi", *args]
 
 
 @pytest.fixture
@@ -53,12 +41,7 @@ def serve(certs: Certs) -> Iterator[object]:
 
     yield start
     for process in processes:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            pytest.fail("serve did not stop on SIGTERM")
+        stop_serve(process, TIMEOUT)
 
 
 def test_cert_writes_short_lived_ecdsa_p256(tmp_path: Path) -> None:

@@ -18,9 +18,7 @@ from moqt_asgi.protocol.versions import LITE_01_VERSION
 from moqt_asgi.serving import serve_connection
 from moqt_asgi.transport.memory import memory_pair
 
-from .helpers import memory_sessions
-
-WAIT = 5
+from .helpers import memory_sessions, within
 
 
 def clock_app() -> tuple[MoQ, Broadcast]:
@@ -39,11 +37,11 @@ async def test_announce_init_then_active_and_ended() -> None:
         assert first is not None and first.path == "demo/clock"
 
         later = app.mux.publish("/demo/other/", Broadcast())  # absolute and trailing-slash forms normalise
-        other = await asyncio.wait_for(announcements.next(), WAIT)
+        other = await within(announcements.next())
         assert other is not None and other.path == "demo/other"
         app.mux.publish("elsewhere", Broadcast())  # outside the prefix: not reported
         later.end()
-        await asyncio.wait_for(other.wait_ended(), WAIT)
+        await within(other.wait_ended())
         assert "demo/other" not in announcements.active
         assert "elsewhere" not in announcements.active
 
@@ -58,12 +56,12 @@ async def test_subscribe_receives_groups_and_clean_track_end() -> None:
             group.write_frame(f"{n}a".encode())
             group.write_frame(f"{n}b".encode())
             group.finish()
-            received = await asyncio.wait_for(reader.next_group(), WAIT)
+            received = await within(reader.next_group())
             assert received is not None
             assert received.sequence == n
             assert await received.read_all() == [f"{n}a".encode(), f"{n}b".encode()]
         track.finish()
-        assert await asyncio.wait_for(reader.next_group(), WAIT) is None
+        assert await within(reader.next_group()) is None
         assert reader.ended
 
 
@@ -78,7 +76,7 @@ async def test_late_subscriber_starts_at_latest_group() -> None:
         reader = await client.subscribe("demo/clock", "seconds")
         current.write_frame(b"second half")
         current.finish()
-        group = await asyncio.wait_for(reader.next_group(), WAIT)
+        group = await within(reader.next_group())
         assert group is not None and group.sequence == 5
         assert await group.read_all() == [b"first half", b"second half"]
 
@@ -117,11 +115,11 @@ async def test_handler_per_subscription_and_unsubscribe_cancels_it() -> None:
     app.mux.publish("numbers", handler)
     async with memory_sessions(app) as (client, server, _, _):
         reader = await client.subscribe("/numbers", "evens", priority=7)
-        group = await asyncio.wait_for(reader.next_group(), WAIT)
+        group = await within(reader.next_group())
         assert group is not None and await group.read_all() == [b"evens-0"]
         assert seen == [("numbers", "evens", 7)]
         reader.close()
-        await asyncio.wait_for(cancelled.wait(), WAIT)
+        await within(cancelled.wait())
         assert not server.served
 
 
@@ -148,7 +146,7 @@ async def test_either_side_publishes_server_subscribes_to_client() -> None:
                 break
             await asyncio.sleep(0.005)
         mic.write_frame(b"hello from the client")
-        assert await asyncio.wait_for(got.get(), WAIT) == b"hello from the client"
+        assert await within(got.get()) == b"hello from the client"
 
 
 async def test_publisher_leaving_ends_tracks_and_announcements() -> None:
@@ -159,8 +157,8 @@ async def test_publisher_leaving_ends_tracks_and_announcements() -> None:
         reader = await client.subscribe("demo/clock", "seconds")
         announcement = announcements.active["demo/clock"]
         app.mux.unpublish("demo/clock")
-        await asyncio.wait_for(announcement.wait_ended(), WAIT)
-        assert await asyncio.wait_for(reader.next_group(), WAIT) is None
+        await within(announcement.wait_ended())
+        assert await within(reader.next_group()) is None
         assert track.subscribers == 0
 
 
@@ -173,8 +171,8 @@ async def test_close_cancels_everything(no_leaked_tasks: None) -> None:
         waiter = asyncio.ensure_future(reader.next_group())
         await client.aclose(0, "bye")
         with pytest.raises(SessionClosed):
-            await asyncio.wait_for(waiter, WAIT)
-        reason = await asyncio.wait_for(server.wait_closed(), WAIT)
+            await within(waiter)
+        reason = await within(server.wait_closed())
         assert reason.code == 0 and reason.remote
         await client.aclose()  # idempotent
 
@@ -193,9 +191,9 @@ async def test_lite01_only_client_gets_lite01_and_priority_in_subscribe_ok() -> 
     async with session:
         sub = await session.subscribe("demo/clock", "seconds", priority=200)
         track.write_frame(b"x")
-        group = await asyncio.wait_for(sub.next_group(), WAIT)
+        group = await within(sub.next_group())
         assert group is not None and await group.read_all() == [b"x"]
-    await asyncio.wait_for(serving, WAIT)
+    await within(serving)
 
 
 async def test_legacy_setup_framing_is_accepted() -> None:
@@ -205,7 +203,7 @@ async def test_legacy_setup_framing_is_accepted() -> None:
     codec, _stream, _reader = await client_setup(client_conn, DEFAULT_LIMITS, path="/x", framing=SetupFraming.LEGACY)
     assert codec.version == LITE_02
     client_conn.close()
-    await asyncio.wait_for(serving, WAIT)
+    await within(serving)
 
 
 @pytest.mark.parametrize(
@@ -228,9 +226,9 @@ async def test_setup_routes_reject_with_codes(path: str, expected_code: int) -> 
     with pytest.raises(SetupRejected) as rejected:
         await client_setup(client_conn, DEFAULT_LIMITS, path=path)
     assert rejected.value.code == expected_code
-    closed = await asyncio.wait_for(client_conn.wait_closed(), WAIT)
+    closed = await within(client_conn.wait_closed())
     assert closed.code == expected_code
-    await asyncio.wait_for(serving, WAIT)
+    await within(serving)
 
 
 async def test_route_path_params_and_query() -> None:
@@ -306,7 +304,7 @@ async def test_group_reset_by_publisher_raises_stream_error() -> None:
     app.mux.publish("b", handler)
     async with memory_sessions(app) as (client, _, _, _):
         reader = await client.subscribe("b", "t")
-        group = await asyncio.wait_for(reader.next_group(), WAIT)
+        group = await within(reader.next_group())
         assert group is not None
         with pytest.raises(StreamError) as reset:
             while await group.read_frame() is not None:

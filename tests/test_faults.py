@@ -24,10 +24,12 @@ from moqt_asgi.relay import Relay
 from moqt_asgi.testing.netsim import Link, UdpRelay
 
 from .conftest import Certs
+from .helpers import eventually
 
 pytestmark = pytest.mark.slow
 
-WAIT = 30
+LOSSY_WAIT = 30.0
+"""Bound on each wait here: QUIC recovers from the simulated loss and reordering in its own time."""
 SCHEMES = ["moql", "https"]
 BROADCAST = "feed"
 TRACK = "video"
@@ -131,7 +133,7 @@ async def test_held_back_datagrams_leave_no_timer_behind() -> None:
             client.transport.sendto(n.to_bytes(4, "big"))
             if n % 10 == 9:
                 await asyncio.sleep(0.002)
-        await until(lambda: len(client.received) == 100, "every datagram")
+        await eventually(lambda: len(client.received) == 100, "every datagram", timeout=LOSSY_WAIT, interval=0.01)
         assert relay.stats["client"].reordered > 10
         await asyncio.sleep(Link().reorder_delay * 2)
         assert len(relay._timers) <= 1  # at most the idle-socket sweep
@@ -162,12 +164,13 @@ async def test_quiet_clients_lose_their_upstream_socket() -> None:
     async with echo_through(upstream_idle=0.2) as (relay, client):
         assert client.transport is not None
         client.transport.sendto(b"one")
-        await asyncio.wait_for(client.changed.wait(), WAIT)
+        await asyncio.wait_for(client.changed.wait(), LOSSY_WAIT)
         assert relay.upstream_sockets == 1
-        await until(lambda: relay.upstream_sockets == 0, "the idle upstream socket to close")
+        await eventually(lambda: relay.upstream_sockets == 0, "the idle upstream socket to close",
+                         timeout=LOSSY_WAIT, interval=0.01)
         client.changed.clear()
         client.transport.sendto(b"two")  # a new socket carries it
-        await asyncio.wait_for(client.changed.wait(), WAIT)
+        await asyncio.wait_for(client.changed.wait(), LOSSY_WAIT)
         assert client.received == [b"one", b"two"] and relay.upstream_sockets == 1
 
 
@@ -291,7 +294,7 @@ async def test_frames_arrive_byte_identical_through_loss_reordering_and_duplicat
     publisher_mux.publish(BROADCAST, feed)
     async with relay_server(certs) as (server, _, _), \
             UdpRelay(server.address, seed=11, **LOSSY) as net:
-        async with asyncio.timeout(WAIT):
+        async with asyncio.timeout(LOSSY_WAIT):
             publisher = await dial(url(scheme, net.port, "pub"), fingerprint=certs.fingerprint, mux=publisher_mux)
             subscriber = await dial(url(scheme, net.port, "sub"), fingerprint=certs.fingerprint)
             async with publisher, subscriber:
@@ -339,7 +342,7 @@ async def test_an_unpaced_publisher_loses_whole_groups_only(certs: Certs, scheme
     publisher_mux.publish(BROADCAST, FreeRunningFeed(groups))
     async with relay_server(certs) as (server, _, _), \
             UdpRelay(server.address, seed=12, **LOSSY) as net:
-        async with asyncio.timeout(WAIT):
+        async with asyncio.timeout(LOSSY_WAIT):
             publisher = await dial(url(scheme, net.port, "pub"), fingerprint=certs.fingerprint, mux=publisher_mux)
             subscriber = await dial(url(scheme, net.port, "sub"), fingerprint=certs.fingerprint)
             async with publisher, subscriber:
@@ -358,15 +361,6 @@ async def test_an_unpaced_publisher_loses_whole_groups_only(certs: Certs, scheme
 # -- a peer that vanishes without a word -----------------------------------------------------------------
 
 IDLE_TIMEOUT = 1.0
-
-
-async def until(condition: Callable[[], bool], what: str, wait: float = WAIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting: {what}")
-        await asyncio.sleep(0.01)
 
 
 def live_tasks(excluding: set[asyncio.Task[object]]) -> set[asyncio.Task[object]]:
@@ -400,16 +394,16 @@ async def test_a_vanished_publisher_is_dropped_within_the_idle_timeout(
     settings = QuicSettings(idle_timeout=IDLE_TIMEOUT)
     loop = asyncio.get_running_loop()
     async with relay_server(certs) as (server, relay, accepted), UdpRelay(server.address) as net:
-        async with asyncio.timeout(WAIT):
+        async with asyncio.timeout(LOSSY_WAIT):
             subscriber = await dial(url(scheme, server.address[1], "sub"), fingerprint=certs.fingerprint)
             async with subscriber:
-                await until(lambda: len(server.sessions) == 1, "the subscriber's session")
+                await eventually(lambda: len(server.sessions) == 1, "the subscriber's session", timeout=LOSSY_WAIT, interval=0.01)
                 announcements = await subscriber.announced()
                 await asyncio.sleep(0.3)  # the server's side of the announce stream settles
                 before = live_tasks(set())  # the server and the subscriber, settled
                 publisher = await dial(url(scheme, net.port, "pub"), fingerprint=certs.fingerprint, mux=publisher_mux,
                                        quic=settings)
-                await until(lambda: len(accepted) == 2, "the publisher's session")
+                await eventually(lambda: len(accepted) == 2, "the publisher's session", timeout=LOSSY_WAIT, interval=0.01)
                 on_server = accepted[1]
                 announcement = await wait_announced(announcements, BROADCAST)
                 reader = await subscriber.subscribe(BROADCAST, TRACK)
@@ -435,6 +429,8 @@ async def test_a_vanished_publisher_is_dropped_within_the_idle_timeout(
 
                 await publisher.wait_closed()  # its own idle timeout, on the far side of the cut
                 await publisher.aclose()
-                await until(lambda: server.connection_count == 1, "the server to forget the publisher's connection")
+                await eventually(lambda: server.connection_count == 1, "the server to forget the publisher's connection",
+                                 timeout=LOSSY_WAIT, interval=0.01)
                 # the subscriber's connection replaces its stream-accept waiters as streams come: count, not identity
-                await until(lambda: len(live_tasks(set())) <= len(before), "the publisher's tasks to finish")
+                await eventually(lambda: len(live_tasks(set())) <= len(before), "the publisher's tasks to finish",
+                                 timeout=LOSSY_WAIT, interval=0.01)

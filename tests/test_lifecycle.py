@@ -20,7 +20,7 @@ from moqt_asgi.protocol.versions import LITE_02_VERSION, LITE_04_VERSION, LITE_0
 from moqt_asgi.server import new_router
 
 from .conftest import ROOT, Certs
-from .test_cli import cli, free_udp_port
+from .helpers import cli, free_udp_port
 
 pytestmark = pytest.mark.slow
 

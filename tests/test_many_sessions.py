@@ -13,7 +13,6 @@ import gc
 import logging
 import tracemalloc
 import weakref
-from collections.abc import Callable
 
 import pytest
 
@@ -21,11 +20,14 @@ from benchmarks.soak import MEMORY_VERSIONS, Peer, memory_peer
 from moqt_asgi import Broadcast, MoQ, Session, TrackMux, TrackReader
 from moqt_asgi.relay import Relay
 
+from .helpers import eventually
+
 pytestmark = pytest.mark.slow
 
 SESSIONS = 500
 BATCH = 50
-WAIT = 60
+LOAD_WAIT = 60.0
+"""Bound on each wait of this test: 500 sessions come and go on a machine that may be shared."""
 MAX_BYTES_PER_SESSION = 160 * 1024
 """The bound on Python memory per subscribed session, both ends counted (they share the process).
 
@@ -49,15 +51,6 @@ def live_tasks() -> int:
     return sum(1 for task in asyncio.all_tasks() if not task.done() and task is not current)
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting: {what}")
-        await asyncio.sleep(0.02)
-
-
 def traced_bytes() -> int:
     """Python memory allocated since tracing started and still alive, log records (kept by pytest) excepted."""
     gc.collect()
@@ -78,7 +71,8 @@ async def test_500_sessions_share_one_broadcast_and_leave_nothing_behind(caplog:
     track = broadcast.create_track("video")
     publisher_mux.publish("shared", broadcast)
     publisher = await memory_peer(app, mux=publisher_mux, path="/pub", on_session=server_sessions)
-    await until(lambda: relay.mux.route("shared") is not None, "the relay to learn the broadcast")
+    await eventually(lambda: relay.mux.route("shared") is not None, "the relay to learn the broadcast",
+                     timeout=LOAD_WAIT, interval=0.02)
     track.write_frame(b"frame 0")  # a live broadcast: subscribers start at its latest group
     baseline_tasks = live_tasks()
 
@@ -98,17 +92,19 @@ async def test_500_sessions_share_one_broadcast_and_leave_nothing_behind(caplog:
             await asyncio.gather(*(peer.close() for peer in subscribers[start:start + BATCH]))
         readers.clear()
         subscribers.clear()
-        await until(lambda: live_server_sessions() == 1, "the subscribers' sessions to close on the server")
-        await until(lambda: live_tasks() <= baseline_tasks, "the subscribers' tasks to finish")
+        await eventually(lambda: live_server_sessions() == 1, "the subscribers' sessions to close on the server",
+                         timeout=LOAD_WAIT, interval=0.02)
+        await eventually(lambda: live_tasks() <= baseline_tasks, "the subscribers' tasks to finish",
+                         timeout=LOAD_WAIT, interval=0.02)
 
-    async with asyncio.timeout(WAIT):  # a warm-up, so what is measured is the sessions and not first-use caches
+    async with asyncio.timeout(LOAD_WAIT):  # a warm-up, so what is measured is the sessions and not first-use caches
         await asyncio.gather(*(join(i) for i in range(BATCH)))
         await leave()
 
     tracemalloc.start()
     try:
         before = traced_bytes()
-        async with asyncio.timeout(WAIT):
+        async with asyncio.timeout(LOAD_WAIT):
             for start in range(0, SESSIONS, BATCH):
                 await asyncio.gather(*(join(i) for i in range(start, start + BATCH)))
             assert live_server_sessions() == SESSIONS + 1
@@ -133,7 +129,7 @@ async def test_500_sessions_share_one_broadcast_and_leave_nothing_behind(caplog:
         print(f"\n{SESSIONS} subscribed sessions: {per_session / 1024:.1f} KiB each (tracemalloc)")
         assert per_session < MAX_BYTES_PER_SESSION, f"{per_session / 1024:.1f} KiB per session"
 
-        async with asyncio.timeout(WAIT):
+        async with asyncio.timeout(LOAD_WAIT):
             await leave()
         assert live_tasks() == baseline_tasks
         del frames

@@ -11,11 +11,10 @@ from moqt_asgi import ErrorCode, MoQ, QuicSettings, TrackWriter
 from moqt_asgi.endpoints.dial_quic import dial_quic
 
 from .conftest import Certs
-from .helpers import native_server
+from .helpers import WAIT, native_server
 
 pytestmark = pytest.mark.slow
 
-WAIT = 10
 
 
 async def test_subscriber_stops_a_group_midway_and_the_session_carries_on(certs: Certs) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import datetime
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -27,9 +26,9 @@ from moqt_asgi.protocol.lite06 import LITE_06
 from moqt_asgi.relay import Relay
 
 from .conftest import ROOT, Certs
-from .helpers import native_server
+from .helpers import cli, free_udp_port, native_server, stop_serve
 from .test_webtransport_moq import counter_app
-from .wt_client import free_udp_port, hypercorn_server, wt_client
+from .wt_client import hypercorn_server, wt_client
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +39,6 @@ GROUPS = 3
 
 def moqrs_client(url: str, fingerprint: str) -> moq.Client:
     return moq.Client(url, tls_fingerprints=[fingerprint], reconnect=False, websocket_enabled=False)
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "moqt_asgi", *args]
 
 
 def relay_app() -> MoQ:
@@ -329,13 +324,7 @@ def serve(certs: Certs) -> Iterator[Any]:
 
     yield start
     for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                pytest.fail("serve did not stop on SIGTERM")
+        stop_serve(process, TIMEOUT)
 
 
 @pytest.mark.cli

@@ -22,8 +22,8 @@ import pytest
 
 from .chromium import chromium
 from .conftest import ROOT, Certs
+from .helpers import free_udp_port
 from .test_browser import PageServer, bundle  # noqa: F401  (bundle: the fixture building the npm bundle)
-from .wt_client import free_udp_port
 
 TIMEOUT = 30
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -28,20 +28,9 @@ from moqt_asgi.protocol.scoped_codes import SessionCode
 from moqt_asgi.protocol.versions import LITE_02_VERSION, LITE_04_VERSION, LITE_05_VERSION, LITE_06_VERSION, Version
 from moqt_asgi.relay import Relay, RelayLimits
 
-from .helpers import memory_sessions
+from .helpers import eventually, memory_sessions, within
 
 VERSIONS = [LITE_02_VERSION, LITE_04_VERSION, LITE_06_VERSION]
-WAIT = 10.0
-
-
-async def until(condition: Callable[[], bool], what: str = "condition") -> None:
-    for _ in range(int(WAIT * 500)):
-        if condition():
-            return
-        await asyncio.sleep(0.002)
-    raise AssertionError(f"timed out waiting: {what}")
-
-
 def relay_app(relay: Relay, **options: Any) -> MoQ:
     app = MoQ(mux=relay.mux, **options)
     app.add_route("/{path:path}", relay)
@@ -66,9 +55,9 @@ class Publisher:
 
 
 async def next_frame(track: TrackReader) -> bytes:
-    group = await asyncio.wait_for(track.next_group(), WAIT)
+    group = await within(track.next_group())
     assert group is not None
-    frame = await asyncio.wait_for(group.read_frame(), WAIT)
+    frame = await within(group.read_frame())
     assert frame is not None
     return frame
 
@@ -120,12 +109,12 @@ async def test_second_publisher_cannot_take_over_a_path(version: Version) -> Non
     app = relay_app(relay)
     a, b = Publisher("x", "A"), Publisher("x", "B")
     async with peer(app, version, a.mux) as (_, a_server):
-        await until(lambda: route_owner(relay, "x") is a_server, "the relay learned A's broadcast")
+        await eventually(lambda: route_owner(relay, "x") is a_server, "the relay learned A's broadcast")
         async with peer(app, version) as (viewer, _):
             watching, first = await read_label(viewer, a)
             assert first.startswith(b"from-A")
             async with peer(app, version, b.mux) as (_, b_server):
-                await until(lambda: route_owner(relay, "x") is b_server, "B's publication is current")
+                await eventually(lambda: route_owner(relay, "x") is b_server, "B's publication is current")
                 assert relay.mux.publications("x") == 2
                 # the existing viewer keeps A's track: more of A's frames, no end
                 await read_until(watching, a.write())
@@ -134,7 +123,7 @@ async def test_second_publisher_cannot_take_over_a_path(version: Version) -> Non
                 _, frame = await read_label(viewer, b)
                 assert frame.startswith(b"from-B")
             # B left: A is current again and still reachable
-            await until(lambda: route_owner(relay, "x") is a_server, "A's publication is back")
+            await eventually(lambda: route_owner(relay, "x") is a_server, "A's publication is back")
             _, frame = await read_label(viewer, a)
             assert frame.startswith(b"from-A")
             await read_until(watching, a.write())
@@ -159,10 +148,10 @@ async def test_grants_decide_who_publishes_and_reads_what(version: Version) -> N
     a, b, fake = Publisher("x", "A"), Publisher("x", "B"), Publisher("x", "V")
     b.mux.publish("b/own", Broadcast("b/own"))
     async with peer(app, version, a.mux, path=f"/?jwt={tokens['owner']}") as (_, a_server):
-        await until(lambda: route_owner(relay, "x") is a_server, "the relay learned A's broadcast")
+        await eventually(lambda: route_owner(relay, "x") is a_server, "the relay learned A's broadcast")
         assert a_server.grant is not None and a_server.grant.can_publish("x")
         async with peer(app, version, b.mux, path=f"/?jwt={tokens['intruder']}"):
-            await until(lambda: relay.mux.route("b/own") is not None, "B's own broadcast is taken")
+            await eventually(lambda: relay.mux.route("b/own") is not None, "B's own broadcast is taken")
             async with peer(app, version, fake.mux, path=f"/?jwt={tokens['viewer']}") as (viewer, _):
                 await asyncio.sleep(0.1)
                 assert route_owner(relay, "x") is a_server  # neither B nor the viewer took x over
@@ -171,10 +160,10 @@ async def test_grants_decide_who_publishes_and_reads_what(version: Version) -> N
                 assert frame.startswith(b"from-A")
                 # the viewer may read x only: b/own is refused, and not even announced to it
                 with pytest.raises(SubscribeError) as refused:
-                    await asyncio.wait_for(viewer.subscribe("b/own", "video"), WAIT)
+                    await within(viewer.subscribe("b/own", "video"))
                 assert refused.value.code in (ErrorCode.UNAUTHORIZED, ErrorCode.TRANSPORT)  # as the dialect reads it
-                seen = await asyncio.wait_for(viewer.announced(""), WAIT)
-                await until(lambda: "x" in seen.active, "x is announced to the viewer")
+                seen = await within(viewer.announced(""))
+                await eventually(lambda: "x" in seen.active, "x is announced to the viewer")
                 await asyncio.sleep(0.05)
                 assert set(seen.active) == {"x"}
                 seen.close()
@@ -214,17 +203,17 @@ async def test_root_scopes_what_a_session_names(version: Version) -> None:
     })
     host = Publisher("live", "H")
     async with peer(app, version, host.mux, path=f"/rooms/1?jwt={tokens['host']}"):
-        await until(lambda: relay.mux.route("rooms/1/live") is not None, "published under the root")
+        await eventually(lambda: relay.mux.route("rooms/1/live") is not None, "published under the root")
         assert relay.mux.route("live") is None
         async with peer(app, version, path=f"/rooms/1?jwt={tokens['guest']}") as (guest, _):
             _, frame = await read_label(guest, host, "live")
             assert frame.startswith(b"from-H")
         async with peer(app, version, path=f"/rooms/2?jwt={tokens['other']}") as (other, _):
-            seen = await asyncio.wait_for(other.announced(""), WAIT)
+            seen = await within(other.announced(""))
             await asyncio.sleep(0.1)
             assert not seen.active
             with pytest.raises(SubscribeError):
-                await asyncio.wait_for(other.subscribe("live", "video"), WAIT)
+                await within(other.subscribe("live", "video"))
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
@@ -233,14 +222,14 @@ async def test_a_lost_publisher_ends_its_tracks_with_an_error(version: Version) 
     app = relay_app(relay)
     a = Publisher("x", "A")
     async with memory_sessions(app, client_mux=a.mux, version=version) as (_, a_server, a_conn, _):
-        await until(lambda: route_owner(relay, "x") is a_server, "the relay learned A's broadcast")
+        await eventually(lambda: route_owner(relay, "x") is a_server, "the relay learned A's broadcast")
         async with peer(app, version) as (viewer, _):
             track, _ = await read_label(viewer, a)
             a_conn.abort()  # vanishes: no withdrawal, no clean close
             with pytest.raises(SubscribeError):
-                while await asyncio.wait_for(track.next_group(), WAIT) is not None:
+                while await within(track.next_group()) is not None:
                     pass
-            await until(lambda: relay.mux.route("x") is None, "the broadcast is withdrawn")
+            await eventually(lambda: relay.mux.route("x") is None, "the broadcast is withdrawn")
 
 
 @pytest.mark.parametrize("version", [LITE_02_VERSION, LITE_04_VERSION, LITE_05_VERSION, LITE_06_VERSION],
@@ -268,7 +257,7 @@ async def test_invented_track_names_are_capped(version: Version) -> None:
     publisher_mux = TrackMux()
     publisher_mux.publish("p", any_name)
     async with peer(app, version, publisher_mux):
-        await until(lambda: relay.mux.route("p") is not None, "the relay learned p")
+        await eventually(lambda: relay.mux.route("p") is not None, "the relay learned p")
         async with peer(app, version) as (viewer, _):
             outcomes = await asyncio.gather(*(viewer.subscribe("p", f"made-up-{n}") for n in range(30)),
                                             return_exceptions=True)
@@ -286,11 +275,11 @@ async def test_names_the_publisher_does_not_serve_cost_it_no_subscription(versio
     app = relay_app(relay)
     a = Publisher("x", "A")
     async with peer(app, version, a.mux) as (_, a_server):
-        await until(lambda: route_owner(relay, "x") is a_server, "the relay learned A's broadcast")
+        await eventually(lambda: route_owner(relay, "x") is a_server, "the relay learned A's broadcast")
         async with peer(app, version) as (viewer, _):
             for n in range(20):
                 with pytest.raises(SubscribeError) as refused:
-                    await asyncio.wait_for(viewer.subscribe("x", f"made-up-{n}"), WAIT)
+                    await within(viewer.subscribe("x", f"made-up-{n}"))
                 assert refused.value.code == ErrorCode.NOT_FOUND
             assert relay.upstream_tracks == 0
             # nothing reached the publisher but TRACK requests: it served no subscription
@@ -308,12 +297,12 @@ async def test_broadcasts_per_publisher_are_capped(version: Version) -> None:
         first.publish(f"one/{n}", Broadcast())
         second.publish(f"two/{n}", Broadcast())
     async with peer(app, version, first):
-        await until(lambda: len(relay.mux.active_paths()) == 5, "five of the first publisher's")
+        await eventually(lambda: len(relay.mux.active_paths()) == 5, "five of the first publisher's")
         async with peer(app, version, second):
-            await until(lambda: len(relay.mux.active_paths()) == 7, "two of the second's, then the relay is full")
+            await eventually(lambda: len(relay.mux.active_paths()) == 7, "two of the second's, then the relay is full")
             await asyncio.sleep(0.1)
             assert len(relay.mux.active_paths()) == 7
-        await until(lambda: len(relay.mux.active_paths()) == 5, "the second publisher's are gone")
+        await eventually(lambda: len(relay.mux.active_paths()) == 5, "the second publisher's are gone")
 
 
 @pytest.mark.parametrize("reader_version", [LITE_02_VERSION, LITE_04_VERSION], ids=lambda v: v.name)
@@ -323,7 +312,7 @@ async def test_a_relayed_track_without_groups_yet_is_accepted_at_once(reader_ver
     app = relay_app(relay, versions=[LITE_06_VERSION, LITE_04_VERSION, LITE_02_VERSION])
     quiet = Publisher("x", "Q")  # its track exists, no group written yet
     async with peer(app, LITE_06_VERSION, quiet.mux):
-        await until(lambda: relay.mux.route("x") is not None, "the relay learned x")
+        await eventually(lambda: relay.mux.route("x") is not None, "the relay learned x")
         async with peer(app, reader_version) as (viewer, _):
             track = await asyncio.wait_for(viewer.subscribe("x", "video"), 2.0)
             sent = quiet.write()
@@ -348,21 +337,21 @@ async def test_a_relayed_group_that_left_the_cache_stops_being_copied() -> None:
     publisher_mux = TrackMux()
     publisher_mux.publish("p", slow_then_fast)
     async with peer(app, LITE_04_VERSION, publisher_mux) as (_, relay_side):
-        await until(lambda: relay.mux.route("p") is not None, "the relay learned p")
+        await eventually(lambda: relay.mux.route("p") is not None, "the relay learned p")
         async with peer(app, LITE_04_VERSION) as (viewer, _):
-            track = await asyncio.wait_for(viewer.subscribe("p", "t"), WAIT)
-            await until(lambda: relay_side.stats().assembling_bytes > 0, "the relay started copying the large frame")
+            track = await within(viewer.subscribe("p", "t"))
+            await eventually(lambda: relay_side.stats().assembling_bytes > 0, "the relay started copying the large frame")
             more.set()
             frames = []
             while len(frames) < 3:
-                group = await asyncio.wait_for(track.next_group(), WAIT)
+                group = await within(track.next_group())
                 assert group is not None
                 try:
-                    frame = await asyncio.wait_for(group.read_frame(), WAIT)
+                    frame = await within(group.read_frame())
                 except StreamError as exc:  # the large group, given up by the relay: said so, not cut short
                     assert exc.code == ErrorCode.OLD
                     continue
                 if frame is not None:
                     frames.append(frame)
             assert frames[-1] == b"fast-2"
-            await until(lambda: relay_side.stats().assembling_bytes == 0, "the evicted group's copy stopped")
+            await eventually(lambda: relay_side.stats().assembling_bytes == 0, "the evicted group's copy stopped")

@@ -19,11 +19,10 @@ from moqt_asgi.protocol.errors import MoQError
 from moqt_asgi.transport.quic import QuicTransport
 
 from .conftest import Certs
-from .helpers import tick_app
+from .helpers import WAIT, tick_app
 
 pytestmark = pytest.mark.slow
 
-WAIT = 10
 
 
 @contextlib.asynccontextmanager

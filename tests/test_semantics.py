@@ -29,9 +29,7 @@ from moqt_asgi.protocol.versions import ALL_VERSIONS, Version, features_of
 from moqt_asgi.relay import Relay
 from moqt_asgi.transport.base import SendStream
 
-from .helpers import memory_sessions
-
-WAIT = 2
+from .helpers import WAIT, eventually, memory_sessions, settle, within
 
 
 def versions(*flags: str, where: Callable[[Any], bool] | None = None) -> list[Any]:
@@ -42,20 +40,6 @@ def versions(*flags: str, where: Callable[[Any], bool] | None = None) -> list[An
         if all(getattr(features, flag) for flag in flags) and (where is None or where(features)):
             chosen.append(pytest.param(version, id=version.name))
     return chosen
-
-
-async def until(condition: Callable[[], bool], what: str = "condition") -> None:
-    for _ in range(WAIT * 500):
-        if condition():
-            return
-        await asyncio.sleep(0.002)
-    raise AssertionError(f"timed out waiting: {what}")
-
-
-async def settle(rounds: int = 30) -> None:
-    """Let every task that can run, run (memory delivery takes one loop iteration per write)."""
-    for _ in range(rounds):
-        await asyncio.sleep(0)
 
 
 def single_broadcast_app(path: str = "b") -> tuple[MoQ, Broadcast]:
@@ -207,9 +191,9 @@ async def test_relay_fetch_without_upstream_fetch_serves_its_copy_only(upstream:
     async with relay_with_publisher(upstream) as (app, track):
         async with memory_sessions(app, version=NEWEST_WITH_FETCH) as (client, _, _, _):
             first = asyncio.ensure_future(client.subscribe("pub", "t"))
-            await until(lambda: track.subscribers == 1, "the relay subscribed upstream")
+            await eventually(lambda: track.subscribers == 1, "the relay subscribed upstream")
             write_group(track, b"kept")
-            reader = await asyncio.wait_for(first, WAIT)
+            reader = await within(first)
             assert await received(reader, 1) == [0]
             assert await client.fetch("pub", "t", 0) == [b"kept"]
             with pytest.raises(SubscribeError) as refused:  # not in the copy, and upstream cannot be asked
@@ -223,10 +207,10 @@ async def test_timestamps_and_track_info_survive_a_relay_hop(version: Version) -
     async with relay_with_publisher(version, timescale=90_000, priority=7, max_latency_ms=300) as (app, track):
         async with memory_sessions(app, version=version) as (client, _, _, _):
             first = asyncio.ensure_future(client.subscribe("pub", "t"))
-            await until(lambda: track.subscribers == 1, "the relay subscribed upstream")
+            await eventually(lambda: track.subscribers == 1, "the relay subscribed upstream")
             write_group(track, b"a", b"b", timestamps=(900_000, 903_000))
-            reader = await asyncio.wait_for(first, WAIT)
-            group = await asyncio.wait_for(reader.next_group(), WAIT)
+            reader = await within(first)
+            group = await within(reader.next_group())
             assert group is not None
             stamps = []
             async for _ in group:
@@ -234,7 +218,7 @@ async def test_timestamps_and_track_info_survive_a_relay_hop(version: Version) -
             assert stamps == [900_000, 903_000]
             assert await client.track_info("pub", "t") == TrackInfo(priority=7, max_latency_ms=300, timescale=90_000)
             write_group(track, b"wall clock")  # no timestamp given: the producer's clock, in its timescale
-            group = await asyncio.wait_for(reader.next_group(), WAIT)
+            group = await within(reader.next_group())
             assert group is not None and await group.read_all() == [b"wall clock"]
             assert group.timestamp == track.latest.timestamps[0]  # type: ignore[union-attr]
 
@@ -285,13 +269,13 @@ async def test_start_group_in_the_future_is_waited_for(version: Version) -> None
     write_group(track, b"0")
     async with memory_sessions(app, version=version) as (client, _, _, _):
         pending = asyncio.ensure_future(client.subscribe("b", "t", start_group=4, end_group=5))
-        await until(lambda: track.subscribers == 1)
+        await eventually(lambda: track.subscribers == 1)
         for g in range(1, 4):
             write_group(track, f"{g}".encode())
         await settle()
         for g in range(4, 7):
             write_group(track, f"{g}".encode())
-        reader = await asyncio.wait_for(pending, WAIT)
+        reader = await within(pending)
         assert await received(reader) == [4, 5]
         assert track.subscribers == 0
 
@@ -305,7 +289,7 @@ async def test_subscribe_update_moves_start_and_end(version: Version) -> None:
         reader = await client.subscribe("b", "t")
         assert await received(reader, 1) == [0]
         client.update_subscription(reader, start_group=3, end_group=4)
-        await until(lambda: published(server, "t").end_group == 4)
+        await eventually(lambda: published(server, "t").end_group == 4)
         for g in range(1, 6):
             write_group(track, f"{g}".encode())
         assert await received(reader) == [3, 4]
@@ -323,9 +307,9 @@ async def test_bounded_range_on_a_congested_connection_delivers_every_group(vers
         link = Link(server)
         link.pause()
         pending = asyncio.ensure_future(client.subscribe("b", "t", start_group=1, end_group=3))
-        await until(lambda: server.stats().queued_writes >= 3)
+        await eventually(lambda: server.stats().queued_writes >= 3)
         await link.drain()
-        reader = await asyncio.wait_for(pending, WAIT)
+        reader = await within(pending)
         assert sorted(await received(reader)) == [1, 2, 3]
         assert link.order(rb"\d[ab]")[:3] == ["3a", "3a", "3a"]  # the newest went first: header, frames
 
@@ -355,7 +339,7 @@ async def test_slow_subscriber_loses_groups_that_went_stale_in_flight(version: V
         link = Link(server)
         link.pause()
         pending = asyncio.ensure_future(client.subscribe("b", "t", max_latency_ms=20))
-        await until(lambda: server.stats().queued_writes == 1)
+        await eventually(lambda: server.stats().queued_writes == 1)
         write_group(track, b"1")
         await asyncio.sleep(0.05)  # groups 0 and 1 now wait longer than 20 ms
         write_group(track, b"2")  # the newest is never stale
@@ -363,7 +347,7 @@ async def test_slow_subscriber_loses_groups_that_went_stale_in_flight(version: V
         # The publisher gave up on groups 0 and 1 when their frames were due, and sent group 2 whole.
         assert sorted(code for _, code in link.resets) == [ErrorCode.OLD, ErrorCode.OLD]
         assert [data for _, data, _ in link.writes if data.endswith(b"2")] != []
-        reader = await asyncio.wait_for(pending, WAIT)
+        reader = await within(pending)
         complete: list[tuple[int, list[bytes]]] = []
         async with asyncio.timeout(WAIT):
             while not complete:
@@ -409,7 +393,7 @@ async def relay_with_publisher(version: Version, **track_options: Any) -> AsyncI
     track = broadcast.create_track("t", **track_options)
     mux.publish("pub", broadcast)
     async with memory_sessions(app, client_mux=mux, version=version):
-        await until(lambda: relay.mux.route("pub") is not None, "the relay learned the broadcast")
+        await eventually(lambda: relay.mux.route("pub") is not None, "the relay learned the broadcast")
         yield app, track
 
 
@@ -439,7 +423,7 @@ async def test_federated_relays_do_not_announce_in_circles(version: Version) -> 
         publisher_mux = TrackMux()
         publisher_mux.publish("live", Broadcast())
         async with memory_sessions(a_app, client_mux=publisher_mux, version=version):
-            await until(lambda: b.mux.route("live") is not None, "B learned the broadcast")
+            await eventually(lambda: b.mux.route("live") is not None, "B learned the broadcast")
             # A's own view of what B announces, asked the way A's relay asks.
             echo = await a_to_b.announced("")
             await settle(100)
@@ -450,9 +434,9 @@ async def test_federated_relays_do_not_announce_in_circles(version: Version) -> 
             observer_mux = TrackMux()
             async with memory_sessions(relay_app(b), client_mux=observer_mux, version=version) as (observer, _, _, _):
                 seen = await observer.announced("")
-                await until(lambda: "live" in seen.active)
+                await eventually(lambda: "live" in seen.active)
                 assert seen.active["live"].hops == (*route, b.mux.hop_id)
-        await until(lambda: a.mux.route("live") is None and b.mux.route("live") is None, "gone from both")
+        await eventually(lambda: a.mux.route("live") is None and b.mux.route("live") is None, "gone from both")
         await settle(100)
         assert a.mux.route("live") is None and b.mux.route("live") is None
         assert len(announced_log(a, "live")) == 1 and len(announced_log(b, "live")) == 1
@@ -466,17 +450,17 @@ async def test_hop_count_only_echo_is_ignored_not_adopted(version: Version) -> N
         publisher_mux = TrackMux()
         publisher_mux.publish("live", Broadcast())
         async with memory_sessions(a_app, client_mux=publisher_mux, version=version):
-            await until(lambda: b.mux.route("live") is not None, "B learned the broadcast")
+            await eventually(lambda: b.mux.route("live") is not None, "B learned the broadcast")
             echo = await a_to_b.announced("")
-            await until(lambda: "live" in echo.active, "B announced it back to A")
+            await eventually(lambda: "live" in echo.active, "B announced it back to A")
             assert len(echo.active["live"].hops) == 3  # publisher, A, B: counted, not named
             await settle(100)
             assert announced_log(a, "live") == [(0,)]
             assert announced_log(b, "live") == [(0, 0)]
             route = a.mux.route("live")
             assert route is not None and route[0].hops == (0,)  # still the publisher's, not B's echo
-        await until(lambda: a.mux.route("live") is None and b.mux.route("live") is None, "gone from both")
-        await until(lambda: "live" not in echo.active, "B withdrew its echo")
+        await eventually(lambda: a.mux.route("live") is None and b.mux.route("live") is None, "gone from both")
+        await eventually(lambda: "live" not in echo.active, "B withdrew its echo")
         await settle(100)
         assert a.mux.route("live") is None and b.mux.route("live") is None
         assert len(announced_log(a, "live")) == 1 and len(announced_log(b, "live")) == 1
@@ -532,7 +516,7 @@ async def test_subscriber_priority_orders_a_congested_connection_and_update_reor
         assert await received(hi, 2) == [1, 0] and await received(lo, 2) == [1, 0]  # newest first within a track
 
         client.update_subscription(lo, priority=255)
-        await until(lambda: published(server, "lo").priority == 255)
+        await eventually(lambda: published(server, "lo").priority == 255)
         link.writes.clear()
         for name, track in tracks.items():
             write_group(track, f"{name}-2".encode())

@@ -15,12 +15,11 @@ import pytest
 from moqt_asgi import Client, MoQError, Server, ServerClosed, TLSConfig, TLSConfigError, dial
 
 from .conftest import Certs
-from .helpers import read_tick, tick_app
+from .helpers import WAIT, eventually, read_tick, tick_app
 from .test_lifecycle import no_leaks
 
 pytestmark = pytest.mark.slow
 
-WAIT = 10
 
 
 def udp_socket() -> socket.socket:
@@ -46,11 +45,7 @@ async def moqrs_reads_clock(url: str, fingerprint: str) -> bytes:
 
 async def wait_for_sessions(server: Server, count: int) -> None:
     """Until ``server`` lists ``count`` sessions (its side may register a moment after the client's returns)."""
-    for _ in range(WAIT * 100):
-        if len(server.sessions) >= count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{len(server.sessions)} session(s), not {count}")
+    await eventually(lambda: len(server.sessions) >= count, f"{count} session(s) on the server", interval=0.01)
 
 
 @contextlib.asynccontextmanager

@@ -33,10 +33,11 @@ from moqt_asgi.webtransport.hypercorn import shutdown_grace
 from moqt_asgi.webtransport.session import WebTransportSession
 
 from .conftest import ROOT, Certs
+from .helpers import free_udp_port
 from .test_lifecycle import clock_app, no_leaks, session_end, ticking, track_end
 from .test_webtransport_cli import hypercorn_command
 from .test_webtransport_session import FakeHost
-from .wt_client import free_udp_port, wait_udp_port, wt_client
+from .wt_client import wait_udp_port, wt_client
 
 pytestmark = pytest.mark.slow
 

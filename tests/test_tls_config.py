@@ -31,13 +31,12 @@ from moqt_asgi.endpoints.tls import client_tls, server_tls
 from moqt_asgi.transport.quic import QuicTransport
 
 from .conftest import Certs
-from .helpers import read_tick, tick_app
+from .helpers import WAIT, read_tick, tick_app
 from .test_cert_size import write_rsa_chain
 from .test_lifecycle import no_leaks
 
 pytestmark = pytest.mark.slow
 
-WAIT = 10
 PEM = serialization.Encoding.PEM
 
 

@@ -38,7 +38,6 @@ from .helpers import read_tick, tick_app
 
 pytestmark = pytest.mark.slow
 
-WAIT = 10
 ZERO_RTT = QuicSettings(allow_0rtt=True)
 SETUP_VERSIONS = [LITE_06_VERSION, LITE_05_VERSION, LITE_02_VERSION, LITE_01_VERSION, GOMOQT_DIALECT]
 """Versions whose client writes a SETUP before anything else: that SETUP is the early data."""
