@@ -13,7 +13,7 @@
   (:class:`moqt_asgi.testing.MemoryPair` underneath); :func:`native_server`
   serves an app on 127.0.0.1.
 * :func:`cli`, :func:`free_udp_port` and :func:`stop_serve` run our CLI as a
-  subprocess.
+  subprocess; :func:`moqrs_client` and :func:`moqrs_server` are moq-rs's ends.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import moq
 import pytest
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
@@ -335,3 +336,32 @@ def stop_serve(process: subprocess.Popen[str], timeout: float = 15.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         pytest.fail("serve did not stop on SIGTERM")
+
+
+# -- moq-rs (the moq-rs package) ----------------------------------------------------------------
+
+def moqrs_client(url: str, fingerprint: str) -> moq.Client:
+    """A moq-rs client of ``url`` that trusts the certificate ``fingerprint`` (no reconnects, no WebSocket)."""
+    return moq.Client(url, tls_fingerprints=[fingerprint], reconnect=False, websocket_enabled=False)
+
+
+@contextlib.asynccontextmanager
+async def moqrs_server() -> AsyncIterator[tuple[int, moq.OriginProducer, str]]:
+    """A moq-rs server on 127.0.0.1 that accepts every session: ``(port, origin, certificate fingerprint)``."""
+    origin = moq.OriginProducer()
+    async with moq.Server("127.0.0.1:0", tls_generate=["localhost"], publish=origin, subscribe=origin) as server:
+        sessions = []
+
+        async def accept_all() -> None:
+            async for request in server:
+                sessions.append(await request.accept())
+
+        acceptor = asyncio.ensure_future(accept_all())
+        try:
+            yield int(server.local_addr.rsplit(":", 1)[1]), origin, server.cert_fingerprints()[0]
+        finally:
+            acceptor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acceptor
+            for session in sessions:
+                session.shutdown()

@@ -7,11 +7,8 @@ as our server or client; every byte between them crosses a real UDP socket.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
-from collections.abc import AsyncIterator
 
-import moq
 import pytest
 
 from moqt_asgi import Broadcast, MoQ, Session, TrackMux
@@ -19,15 +16,11 @@ from moqt_asgi.endpoints.dial_quic import dial_quic
 from moqt_asgi.protocol.lite06 import LITE_06
 
 from .conftest import Certs
-from .helpers import native_server
+from .helpers import moqrs_client, moqrs_server, native_server
 
 pytestmark = pytest.mark.interop
 
 TIMEOUT = 10
-
-
-def moqrs_client(url: str, fingerprint: str) -> moq.Client:
-    return moq.Client(url, tls_fingerprints=[fingerprint], reconnect=False, websocket_enabled=False)
 
 
 async def read_groups(track: object, count: int) -> list[tuple[int, list[bytes]]]:
@@ -104,26 +97,8 @@ async def test_moqrs_client_publishes_and_our_server_subscribes(certs: Certs) ->
     assert [seq for _, seq, _ in got] == sorted(seq for _, seq, _ in got)
 
 
-@contextlib.asynccontextmanager
-async def moqrs_server() -> AsyncIterator[tuple[moq.Server, moq.OriginProducer, str]]:
-    origin = moq.OriginProducer()
-    async with moq.Server("127.0.0.1:0", tls_generate=["localhost"], publish=origin, subscribe=origin) as server:
-        sessions = []
-
-        async def accept_all() -> None:
-            async for request in server:
-                sessions.append(await request.accept())
-
-        acceptor = asyncio.ensure_future(accept_all())
-        try:
-            yield server, origin, server.cert_fingerprints()[0]
-        finally:
-            acceptor.cancel()
-
-
 async def test_our_client_subscribes_to_moqrs_server() -> None:
-    async with moqrs_server() as (server, origin, fingerprint):
-        port = int(server.local_addr.rsplit(":", 1)[1])
+    async with moqrs_server() as (port, origin, fingerprint):
         broadcast = origin.create_broadcast("demo/clock")
         track = broadcast.publish_track("seconds")
         broadcast.announce()
@@ -156,8 +131,7 @@ async def test_our_client_subscribes_to_moqrs_server() -> None:
 
 
 async def test_our_client_publishes_into_moqrs_server() -> None:
-    async with moqrs_server() as (server, origin, fingerprint):
-        port = int(server.local_addr.rsplit(":", 1)[1])
+    async with moqrs_server() as (port, origin, fingerprint):
         mux = TrackMux()
         broadcast = Broadcast("py/cam")
         track = broadcast.create_track("video")

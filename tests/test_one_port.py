@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import moq
 import pytest
 
 from moqt_asgi import Broadcast, MoQ, MoQError, SetupRejected, TrackMux, dial
@@ -26,7 +25,7 @@ from moqt_asgi.protocol.lite06 import LITE_06
 from moqt_asgi.relay import Relay
 
 from .conftest import ROOT, Certs
-from .helpers import cli, free_udp_port, native_server, stop_serve
+from .helpers import cli, free_udp_port, moqrs_client, native_server, stop_serve
 from .test_webtransport_moq import counter_app
 from .wt_client import hypercorn_server, wt_client
 
@@ -35,10 +34,6 @@ pytestmark = pytest.mark.slow
 TIMEOUT = 15
 BROADCAST = "pub/cam"
 GROUPS = 3
-
-
-def moqrs_client(url: str, fingerprint: str) -> moq.Client:
-    return moq.Client(url, tls_fingerprints=[fingerprint], reconnect=False, websocket_enabled=False)
 
 
 def relay_app() -> MoQ:

@@ -44,7 +44,7 @@ from moqt_asgi.protocol.versions import (
 from moqt_asgi.relay import Relay
 
 from .conftest import Certs
-from .helpers import native_server
+from .helpers import moqrs_client, moqrs_server, native_server
 from .wt_client import hypercorn_server
 
 pytestmark = pytest.mark.interop
@@ -121,10 +121,6 @@ def check_moqrs_refusal(version: Version, scheme: str, error: BaseException) -> 
         assert detail is not None and (detail.code, detail.kind) == (13, moq.ProtocolKind.UNKNOWN), error
     else:
         assert isinstance(error, moq.Error.Transport) and "RESET_STREAM: 13" in str(error), error
-
-
-def moqrs_client(url: str, fingerprint: str) -> moq.Client:
-    return moq.Client(url, tls_fingerprints=[fingerprint], reconnect=False, websocket_enabled=False)
 
 
 async def produce(track: Any, tag: str, stop: asyncio.Event) -> None:
@@ -319,27 +315,6 @@ async def test_moqrs_client_against_our_app_in_hypercorn(certs: Certs, version: 
 
 
 # -- 3: our client against a moq-rs server
-@contextlib.asynccontextmanager
-async def moqrs_server() -> AsyncIterator[tuple[int, moq.OriginProducer, str]]:
-    origin = moq.OriginProducer()
-    async with moq.Server("127.0.0.1:0", tls_generate=["localhost"], publish=origin, subscribe=origin) as server:
-        sessions = []
-
-        async def accept_all() -> None:
-            async for request in server:
-                sessions.append(await request.accept())
-
-        acceptor = asyncio.ensure_future(accept_all())
-        try:
-            yield int(server.local_addr.rsplit(":", 1)[1]), origin, server.cert_fingerprints()[0]
-        finally:
-            acceptor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await acceptor
-            for session in sessions:
-                session.shutdown()
-
-
 @pytest.mark.parametrize("role", ["we-subscribe", "we-publish"])
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("version", [*VERSIONS, None], ids=lambda v: version_id(v) if v is not None else "default")
