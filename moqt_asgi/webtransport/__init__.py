@@ -4,8 +4,9 @@
 native QUIC on the same port (:class:`H3ServerConnection`). ``import
 moqt_asgi`` also calls :func:`install`, which patches stock Hypercorn
 (``hypercorn app:moq --quic-bind ...``) so that WebTransport CONNECTs reach
-the application as ``webtransport`` scopes there too. See
-``docs/asgi-webtransport.md``.
+the application as ``webtransport`` scopes there too. Both servers and the
+client route HTTP/3 events to their sessions with one
+:class:`WebTransportRouter`. See ``docs/asgi-webtransport.md``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import warnings
 from .asgi import WebTransportASGI, build_scope
 from .capsules import app_to_http, http_to_app
 from .h3_server import H3ServerConnection
+from .router import RouterHost, WebTransportRouter
 from .session import SessionHost, WebTransportSession, WebTransportStream
 
 logger = logging.getLogger("moqt_asgi.webtransport")
@@ -56,8 +58,10 @@ def install_error() -> str | None:
 
 __all__ = [
     "H3ServerConnection",
+    "RouterHost",
     "SessionHost",
     "WebTransportASGI",
+    "WebTransportRouter",
     "WebTransportSession",
     "WebTransportStream",
     "app_to_http",
