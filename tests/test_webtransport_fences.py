@@ -118,6 +118,7 @@ async def http_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": scope["path"].encode()})
 
 
+@pytest.mark.slow
 async def test_hypercorn_dispatches_plain_requests_itself(certs: Certs, monkeypatch: pytest.MonkeyPatch) -> None:
     """Requests that are not WebTransport go through Hypercorn's own ``H3Protocol.handle``."""
     seen: list[str] = []
@@ -134,6 +135,7 @@ async def test_hypercorn_dispatches_plain_requests_itself(certs: Certs, monkeypa
     assert "StreamDataReceived" in seen
 
 
+@pytest.mark.slow
 async def test_late_request_body_after_hypercorn_answered_keeps_the_connection(certs: Certs) -> None:
     """Hypercorn forgets a request stream once answered; body bytes arriving later are dropped, not a KeyError."""
     async with hypercorn_server(http_app, str(certs.cert), str(certs.key)) as port, wt_client(port) as client:
