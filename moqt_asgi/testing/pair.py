@@ -48,7 +48,6 @@ from ..engine.session import Session
 from ..protocol.errors import ErrorCode, SessionClosed, SetupRejected, StreamError
 from ..protocol.limits import Limits
 from ..protocol.versions import (
-    ALL_VERSIONS,
     ALPN_GOMOQT,
     DEFAULT_VERSIONS,
     GOMOQT_DIALECT,
@@ -56,6 +55,7 @@ from ..protocol.versions import (
     choose_alpn,
     native_alpns,
     version_by_alpn,
+    version_named,
 )
 from ..serving import serve_connection
 from ..transport.memory import MemoryConnection
@@ -73,13 +73,8 @@ def resolve_version(version: VersionLike) -> Version:
     """The :class:`~moqt_asgi.Version` ``version`` names (by name, or by the ALPN that fixes it)."""
     if isinstance(version, Version):
         return version
-    for known in ALL_VERSIONS:
-        if version == known.name:
-            return known
     by_alpn = GOMOQT_DIALECT if version == ALPN_GOMOQT else version_by_alpn(version)
-    if by_alpn is None:
-        raise ValueError(f"unknown version {version!r}; known: {', '.join(v.name for v in ALL_VERSIONS)}")
-    return by_alpn
+    return by_alpn if by_alpn is not None else version_named(version)  # ValueError lists the known names
 
 
 def negotiate_alpn(client: Sequence[Version], server: Sequence[Version]) -> str | None:
