@@ -107,6 +107,18 @@ def test_hypercorn_check_covers_aioquic(monkeypatch: pytest.MonkeyPatch) -> None
         hypercorn_patch.check_compatible()
 
 
+def test_forcing_other_versions_still_needs_every_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hypercorn_patch, "SUPPORTED_HYPERCORN", "9.9.")
+    with pytest.raises(hypercorn_patch.IncompatibleHypercorn, match=r"hypercorn 9\.9"):
+        hypercorn_patch.check_compatible()
+    hypercorn_patch.check_compatible(versions=False)  # what apply(force=True) checks
+    monkeypatch.delattr(hc_quic.QuicProtocol, "_handle_events")
+    monkeypatch.setattr(hypercorn_patch, "_applied", False)
+    monkeypatch.setattr(hypercorn_patch, "setattr", None, raising=False)  # nothing may be patched
+    with pytest.raises(hypercorn_patch.IncompatibleHypercorn, match=r"QuicProtocol\._handle_events"):
+        hypercorn_patch.apply(force=True)
+
+
 async def http_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":

@@ -457,33 +457,49 @@ def _version(distribution: str, module: object) -> str:
 
 
 # -- the fence: every Hypercorn name the patch relies on, checked before anything is patched
+_MODULES = {"h3": hc_h3, "quic": hc_quic, "udp_server": hc_udp_server, "worker_context": hc_worker_context,
+            "config": hc_config, "app_wrappers": hc_app_wrappers, "task_group": hc_task_group}
 _REQUIRED = (
-    (hc_h3, "H3Connection"), (hc_h3, "H3Protocol"), (hc_quic, "H3Protocol"), (hc_quic, "QuicConnection"),
-    (hc_quic, "QuicProtocol"), (hc_quic, "_Connection"), (hc_udp_server, "UDPServer"),
-    (hc_h3.H3Protocol, "handle"),
-    (hc_quic.QuicProtocol, "send_all"), (hc_quic.QuicProtocol, "_handle_events"), (hc_quic.QuicProtocol, "handle"),
-    (hc_quic.QuicProtocol, "_handle_timer"),
-    (hc_udp_server.UDPServer, "run"), (hc_udp_server.UDPServer, "datagram_received"),
-    (hc_udp_server.UDPServer, "protocol_send"),
-    (hc_worker_context, "AsyncioSingleTask"), (hc_worker_context, "WorkerContext"),
-    (hc_worker_context.WorkerContext, "mark_request"), (hc_worker_context.WorkerContext, "time"),
-    (hc_config.Config, "response_headers"), (hc_config.Config, "root_path"), (hc_config.Config, "graceful_timeout"),
-    (hc_config.Config, "workers"), (hc_app_wrappers, "ASGIWrapper"), (hc_task_group.TaskGroup, "spawn"),
+    "h3.H3Connection", "h3.H3Protocol.handle", "quic.H3Protocol", "quic.QuicConnection", "quic._Connection",
+    "quic.QuicProtocol.send_all", "quic.QuicProtocol._handle_events", "quic.QuicProtocol.handle",
+    "quic.QuicProtocol._handle_timer",
+    "udp_server.UDPServer.run", "udp_server.UDPServer.datagram_received", "udp_server.UDPServer.protocol_send",
+    "worker_context.AsyncioSingleTask", "worker_context.WorkerContext.mark_request", "worker_context.WorkerContext.time",
+    "config.Config.response_headers", "config.Config.root_path", "config.Config.graceful_timeout",
+    "config.Config.workers", "app_wrappers.ASGIWrapper.__call__", "task_group.TaskGroup.spawn",
 )
 _CODE_NAMES = (
     # the attributes each method sets or reads, from its code (making instances needs a running server)
-    (hc_h3.H3Protocol, "__init__", ("app", "client", "config", "connection", "context", "send", "server", "state",
-                                    "streams", "task_group")),
-    (hc_h3.H3Protocol, "handle", ("connection", "handle_event", "streams")),  # the router's hook into it
-    (hc_quic.QuicProtocol, "__init__", ("config", "connections", "context", "quic_config", "send", "task_group")),
-    (hc_udp_server.UDPServer, "__init__", ("context", "protocol_queue", "transport")),
-    (hc_udp_server.UDPServer, "run", ("protocol",)),
-    (hc_worker_context.WorkerContext, "__init__", ("terminated",)),
+    ("h3.H3Protocol.__init__", ("app", "client", "config", "connection", "context", "send", "server", "state",
+                                "streams", "task_group")),
+    ("h3.H3Protocol.handle", ("connection", "handle_event", "streams")),  # the router's hook into it
+    ("quic.QuicProtocol.__init__", ("config", "connections", "context", "quic_config", "send", "task_group")),
+    ("udp_server.UDPServer.__init__", ("context", "protocol_queue", "transport")),
+    ("udp_server.UDPServer.run", ("protocol",)),
+    ("worker_context.WorkerContext.__init__", ("terminated",)),
 )
 _CONNECTION_FIELDS = ("cids", "quic", "task", "h3")
 """Fields of Hypercorn's per-connection record (``hypercorn.protocol.quic._Connection``)."""
 _APP_CALL = ("scope", "receive", "send", "sync_spawn", "call_soon")
 """Hypercorn's application wrapper is called with these (sessions call it as Hypercorn's streams do)."""
+_ABSENT = object()
+
+
+def _lookup(path: str) -> tuple[str, Any]:
+    """``("hypercorn.module.Name.attr", the object)`` for a path of :data:`_REQUIRED`; the object is ``_ABSENT`` if missing.
+
+    Methods patched by :func:`apply` are looked up as Hypercorn wrote them.
+    """
+    module, _, rest = path.partition(".")
+    owner: Any = _MODULES[module]
+    label = f"{owner.__name__}.{rest}"
+    if rest.count(".") == 1 and rest in _ORIGINALS:
+        return label, _ORIGINALS[rest]
+    for part in rest.split("."):
+        owner = getattr(owner, part, _ABSENT)
+        if owner is _ABSENT:
+            break
+    return label, owner
 
 
 def _code_names(function: Any) -> set[str]:
@@ -492,36 +508,39 @@ def _code_names(function: Any) -> set[str]:
     return set(code.co_names) if code is not None else set()
 
 
-def check_compatible() -> None:
+def check_compatible(*, versions: bool = True) -> None:
     """Raise :class:`IncompatibleHypercorn` unless every name the patch relies on is where it expects.
 
-    Covers the versions, the modules' classes and methods, the data
-    attributes of Hypercorn's objects (read from the code of their
-    ``__init__``), the fields of its connection record, the call signature
-    of its application wrapper, and (through
-    :func:`moqt_asgi.transport.aioquic_connection.check_compatible`) the
-    aioquic internals.
+    Covers the versions (unless ``versions`` is false), the modules'
+    classes and methods, the data attributes of Hypercorn's objects (read
+    from the code of the methods that set them), the fields of its
+    connection record, the call signature of its application wrapper, and
+    (through :func:`moqt_asgi.transport.aioquic_connection.check_compatible`)
+    the aioquic internals.
     """
     hypercorn_version = _version("hypercorn", hc_h3)
     aioquic_version = _version("aioquic", aioquic)
-    if not hypercorn_version.startswith(SUPPORTED_HYPERCORN) or not aioquic_version.startswith(SUPPORTED_AIOQUIC):
+    if versions and (not hypercorn_version.startswith(SUPPORTED_HYPERCORN)
+                     or not aioquic_version.startswith(SUPPORTED_AIOQUIC)):
         raise IncompatibleHypercorn(
             f"WebTransport support is written for hypercorn {SUPPORTED_HYPERCORN}* and aioquic {SUPPORTED_AIOQUIC}*; "
             f"found hypercorn {hypercorn_version} and aioquic {aioquic_version}")
-    missing = [f"{getattr(owner, '__name__', owner)}.{name}" for owner, name in _REQUIRED if not hasattr(owner, name)]
-    for owner, method, names in _CODE_NAMES:
-        label = f"{owner.__name__}.{method}"
-        used = _code_names(_ORIGINALS.get(label, getattr(owner, method, None)))  # Hypercorn's, also once patched
-        missing += [f"{owner.__name__}.{name} (in {method})" for name in names if name not in used]
+    missing = [label for label, found in map(_lookup, _REQUIRED) if found is _ABSENT]
+    for path, names in _CODE_NAMES:
+        label, function = _lookup(path)
+        if function is not _ABSENT:
+            used = _code_names(function)
+            owner, _, method = label.rpartition(".")
+            missing += [f"{owner}.{name} (in {method})" for name in names if name not in used]
     record = getattr(hc_quic, "_Connection", None)
     if record is not None:
         fields = {field.name for field in dataclasses.fields(record)} if dataclasses.is_dataclass(record) else set()
-        missing += [f"_Connection.{name}" for name in _CONNECTION_FIELDS if name not in fields]
-    wrapper = getattr(hc_app_wrappers, "ASGIWrapper", None)
-    if wrapper is not None:
-        parameters = tuple(inspect.signature(wrapper.__call__).parameters)[1:]
+        missing += [f"hypercorn.protocol.quic._Connection.{name}" for name in _CONNECTION_FIELDS if name not in fields]
+    label, call = _lookup("app_wrappers.ASGIWrapper.__call__")
+    if call is not _ABSENT:
+        parameters = tuple(inspect.signature(call).parameters)[1:]
         if parameters != _APP_CALL:
-            missing.append(f"ASGIWrapper.__call__{_APP_CALL} (found {parameters})")
+            missing.append(f"{label}{_APP_CALL} (found {parameters})")
     if missing:
         raise IncompatibleHypercorn(f"hypercorn internals moved: missing {', '.join(missing)}")
     try:
@@ -531,15 +550,15 @@ def check_compatible() -> None:
 
 
 def apply(*, force: bool = False) -> None:
-    """Install H1 to H8 into Hypercorn (idempotent). Raises :class:`IncompatibleHypercorn`."""
+    """Install H1 to H8 into Hypercorn (idempotent). Raises :class:`IncompatibleHypercorn`.
+
+    ``force`` patches other Hypercorn and aioquic versions too, as long as
+    every name the patch relies on is where it expects.
+    """
     global _applied
     if _applied:
         return
-    try:
-        check_compatible()
-    except IncompatibleHypercorn:
-        if not force:
-            raise
+    check_compatible(versions=not force)
     _ORIGINALS["QuicProtocol.__init__"] = hc_quic.QuicProtocol.__init__
     _ORIGINALS["QuicProtocol.send_all"] = hc_quic.QuicProtocol.send_all
     _ORIGINALS["QuicProtocol.handle"] = hc_quic.QuicProtocol.handle
