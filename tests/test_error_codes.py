@@ -200,29 +200,29 @@ async def test_webtransport_session_maps_before_the_http3_mapping() -> None:
     session = WebTransportSession(host, 0)
     session.error_codes = SCOPED_CODES
     session.accept()
-    session._on_stream_data(4, b"hi", False)
+    session.handle_stream_data(4, b"hi", False)
     stream = await session.accept_bi()
     assert isinstance(stream, WebTransportStream)
     stopped: list[int] = []
     stream.on_stopped(stopped.append)
-    session._on_stream_reset(4, app_to_http(StreamCode.NOT_FOUND))
+    session.handle_stream_reset(4, app_to_http(StreamCode.NOT_FOUND))
     with pytest.raises(StreamError) as error:
         while await stream.read():
             pass
     assert error.value.code == E.NOT_FOUND and stream.peer_reset_code == E.NOT_FOUND
-    session._on_stop_sending(4, app_to_http(StreamCode.OLD))
+    session.handle_stop_sending(4, app_to_http(StreamCode.OLD))
     assert stopped == [E.OLD]
 
-    session._on_stream_data(8, b"again", False)
+    session.handle_stream_data(8, b"again", False)
     other = await session.accept_bi()
     other.stop(E.NOT_FOUND)
     assert ("stop", 8, app_to_http(0x33)) in host.calls
     uni = await session.open_uni()
     uni.reset(E.CANCEL)
     assert ("reset", uni.stream_id, app_to_http(StreamCode.CANCELLED)) in host.calls
-    session._on_stream_data(12, b"z", False)
+    session.handle_stream_data(12, b"z", False)
     late = await session.accept_bi()
-    session._on_stream_reset(12, 0x10C)  # an HTTP/3 code, not an application one: a cancel
+    session.handle_stream_reset(12, 0x10C)  # an HTTP/3 code, not an application one: a cancel
     with pytest.raises(StreamError) as error:
         while await late.read():
             pass
@@ -241,7 +241,7 @@ async def test_webtransport_session_reads_the_close_capsule_with_its_map() -> No
     uni = await session.open_uni()
     uni.reset(E.CANCEL)
     assert ("reset", uni.stream_id, app_to_http(GroupCode.SUBSCRIBE_CANCELED)) in host.calls
-    session._on_connect_data(encode_close(GomoqtSessionCode.UNSUPPORTED_VERSION, "old"), False)
+    session.handle_connect_data(encode_close(GomoqtSessionCode.UNSUPPORTED_VERSION, "old"), False)
     closed = await session.wait_closed()
     assert closed.code == E.VERSION and closed.remote and closed.reason == "old"
 

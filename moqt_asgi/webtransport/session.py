@@ -633,14 +633,5 @@ class WebTransportSession(Connection):
         if self._writable_waiters:
             self._wake_writers()
 
-    # The inbound interface's names before it was public, still accepted.
-    _on_stream_data = handle_stream_data
-    _on_stream_reset = handle_stream_reset
-    _on_stop_sending = handle_stop_sending
-    _on_datagram = handle_datagram
-    _on_connect_data = handle_connect_data
-    _on_connect_reset = handle_connect_reset
-    _on_connection_terminated = handle_connection_terminated
-
 
 __all__ = ["SessionHost", "WebTransportSession", "WebTransportStream"]
