@@ -307,11 +307,13 @@ class QuicServer:
         """MoQ connections, WebTransport sessions and HTTP requests being served."""
         return len(self._connections)
 
-    async def close(self) -> None:
-        """Stop listening and close every connection now.
+    def close(self) -> asyncio.Task[None]:
+        """Stop listening and close every connection, now; returns an awaitable.
 
         WebTransport sessions get CLOSE_WEBTRANSPORT_SESSION (code 0, reason
-        ``"server shutting down"``) before their connection closes.
+        ``"server shutting down"``) before their connection closes. Awaiting
+        the result waits (at most ``CLOSE_GRACE`` for a connection whose
+        application ignores cancellation) until the port is free.
         """
         for connection in list(self._h3):
             with contextlib.suppress(Exception):
@@ -321,9 +323,12 @@ class QuicServer:
             self._server = None
         for task in list(self._connections):
             task.cancel()
-        if self._connections:
+        return asyncio.ensure_future(self._closed(set(self._connections)))
+
+    async def _closed(self, connections: set[asyncio.Task[None]]) -> None:
+        if connections:
             # A connection whose application ignores cancellation is not waited for (its session logs it).
-            _, stuck = await asyncio.wait(set(self._connections), timeout=CLOSE_GRACE)
+            _, stuck = await asyncio.wait(connections, timeout=CLOSE_GRACE)
             if stuck:
                 self.log.warning("%d connection(s) still stopping after %.1fs; not waiting for them", len(stuck),
                                  CLOSE_GRACE)
