@@ -120,3 +120,15 @@ async def test_versions_by_name(certs: Any) -> None:
             await session.aclose()
     with pytest.raises(ValueError, match="moq-lite-99"):
         MoQ(versions=["moq-lite-99"])
+
+
+def test_importing_without_hypercorn_is_quiet() -> None:
+    """Hypercorn is an extra: without it the package imports, warns nothing, and says why nothing was patched."""
+    import subprocess
+    import sys
+
+    code = ("import sys, warnings; sys.modules['hypercorn'] = None; warnings.simplefilter('error'); "
+            "import moqt_asgi, moqt_asgi.webtransport as wt; print(wt.install_error())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Hypercorn is not installed" in result.stdout

@@ -11,6 +11,7 @@ client route HTTP/3 events to their sessions with one
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import warnings
 
@@ -25,6 +26,13 @@ logger = logging.getLogger("moqt_asgi.webtransport")
 _error: str | None = None
 
 
+def _hypercorn_installed() -> bool:
+    try:
+        return importlib.util.find_spec("hypercorn") is not None
+    except (ImportError, ValueError):  # blocked, or a module without a spec
+        return False
+
+
 def install(*, force: bool = False) -> bool:
     """Patch Hypercorn's HTTP/3 stack for WebTransport (idempotent).
 
@@ -35,6 +43,10 @@ def install(*, force: bool = False) -> bool:
     patches despite a version mismatch as long as every name is present.
     """
     global _error
+    if not _hypercorn_installed():  # the [hypercorn] extra is not installed: nothing to patch
+        _error = "Hypercorn is not installed (pip install 'moqt-asgi[hypercorn]')"
+        logger.debug("%s", _error)
+        return False
     try:
         from . import hypercorn as hypercorn_patch
 
