@@ -11,7 +11,7 @@ from .engine.mux import TrackMux
 from .engine.session import Session
 from .protocol.errors import APPLICATION_CODE_BASE, ErrorCode, MoQError
 
-Transport = Literal["quic", "webtransport", "memory"]
+Transport = Literal["quic", "webtransport", "websocket", "memory"]
 
 _STATUS_CODES = {
     400: ErrorCode.PROTOCOL_VIOLATION,

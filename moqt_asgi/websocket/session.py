@@ -1,0 +1,790 @@
+"""MoQ's transport over one WebSocket: QUIC-like streams multiplexed with QMux.
+
+A :class:`WebSocketConnection` is a :class:`~moqt_asgi.transport.base.Connection`
+over a :class:`~.pipe.MessagePipe`, so the engine runs on it as on QUIC or
+WebTransport. It keeps QUIC's semantics with the framings of :mod:`.qmux`:
+
+* stream ids as QUIC numbers them (client bidi 0, 4, ...; server uni 3, 7, ...),
+  ordered delivery per stream, FIN, RESET_STREAM and STOP_SENDING (a stream the
+  peer stops is reset, as QUIC requires);
+* flow control both ways on qmux: we send no more than the peer's credit
+  (connection, stream and stream-count limits) and give credit as the
+  engine reads, never more than a fixed window (:class:`WebSocketSettings`),
+  so a peer cannot make us buffer without bound; the legacy framing has no
+  flow control, so there we stop reading the WebSocket while more than the
+  connection window waits unread (TCP then pushes back);
+* one ordered byte stream underneath: what the engine writes waits in its
+  stream's queue and goes out in frames of at most 16 KiB, streams taken in
+  turn; :meth:`WebSocketConnection.backlog` counts every byte not yet handed
+  to the WebSocket, so the engine's scheduler drops whole old groups for a
+  slow reader instead of queueing without bound;
+* liveness: every ``QX_PING`` is answered; we ping on qmux-01/02 (and
+  WebSocket-ping where the pipe can) and drop a peer silent for
+  ``idle_timeout`` (the smaller of ours and the peer's);
+* closing: APPLICATION_CLOSE (or CONNECTION_CLOSE for a framing error) as
+  the last message, then the WebSocket close.
+
+Codes cross the wire as on native QUIC: the connection's ``error_codes``
+map translates ours on reset, stop and close, with no WebTransport mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ..protocol.codes import app_to_http, clamp_app_code, http_to_app
+from ..protocol.errors import ErrorCode, SessionClosed, StreamError
+from ..protocol.limits import DEFAULT_LIMITS, Limits
+from ..protocol.wire import MAX_VARINT
+from ..transport.base import BidiStream, Connection, ReceiveStream, SendStream
+from ..transport.streams import BufferedStream, next_stream
+from . import qmux
+from .pipe import MessagePipe
+from .qmux import Framing, QMuxError
+
+logger = logging.getLogger("moqt_asgi.websocket")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketSettings:
+    """Windows, limits and timers of a WebSocket session."""
+
+    connection_window: int = 1024 * 1024
+    """Receive credit for the whole connection (bytes the peer may send ahead of the engine's reads)."""
+    stream_window: int = 256 * 1024
+    """Receive credit per stream."""
+    max_streams: int = 100
+    """Streams of each direction the peer may have open at once (the legacy framing: 1024)."""
+    idle_timeout: float = 30.0
+    """Seconds of silence from the peer before the session is dropped (qmux-01/02, or a pipe that sees pings)."""
+    ping_interval: float = 10.0
+    """Seconds between our pings (QX_PING on qmux-01/02; WebSocket pings where the pipe can send them)."""
+    send_buffer: int = 4 * 1024 * 1024
+    """Most bytes one stream may hold unsent (a write beyond it fails the stream: the engine bounds its own
+    queue far below this, so only a writer that ignores :meth:`~WebSocketConnection.backlog` meets it)."""
+    close_timeout: float = 2.0
+    """Seconds the closing message may take to leave before the WebSocket is closed anyway."""
+
+
+DEFAULT_SETTINGS = WebSocketSettings()
+LEGACY_MAX_STREAMS = 1024
+"""Streams of each direction a legacy-framing peer may have open at once (it is told no limit: more is fatal)."""
+UNLIMITED = MAX_VARINT
+
+
+class _Credit:
+    """The receive credit of one stream: what its buffer holds unread (see :mod:`moqt_asgi.transport.buffers`)."""
+
+    __slots__ = ("_connection", "_stream_id", "held")
+
+    def __init__(self, connection: WebSocketConnection, stream_id: int) -> None:
+        self._connection = connection
+        self._stream_id = stream_id
+        self.held = 0
+
+    @property
+    def window(self) -> int:
+        return self._connection.settings.stream_window
+
+    def hold(self, size: int) -> None:
+        self.held += size
+        self._connection._held += size
+
+    def release(self, size: int) -> None:
+        self.held -= size
+        self._connection._held -= size
+        self._connection._credit_released(self._stream_id)
+
+
+class WebSocketStream(BufferedStream):
+    """A stream of a WebSocket session; uni streams use one half."""
+
+    __slots__ = ("_conn", "credit", "fin_queued", "fin_sent", "pending", "pending_size", "recv_final", "recv_max",
+                 "recv_offset", "send_max", "send_offset")
+
+    def __init__(self, connection: WebSocketConnection, stream_id: int, *, readable: bool, writable: bool,
+                 send_max: int, recv_max: int) -> None:
+        self._conn = connection
+        self.credit = _Credit(connection, stream_id)
+        super().__init__(stream_id, readable=readable, writable=writable, limit=connection.limits.max_stream_buffer,
+                         credit=self.credit if readable else None)
+        self.pending: deque[bytes] = deque()
+        self.pending_size = 0
+        self.fin_queued = False
+        self.fin_sent = not writable
+        self.send_offset = 0
+        self.send_max = send_max
+        self.recv_offset = 0
+        self.recv_max = recv_max
+        self.recv_final: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<WebSocketStream {self.stream_id}>"
+
+    def _send_data(self, data: bytes, end: bool) -> None:
+        self._conn._queue_data(self, data, end)
+
+    def _send_reset(self, code: int) -> None:
+        self._conn._reset(self, code)
+
+    def _send_stop(self, code: int) -> None:
+        self._conn._stop(self, code)
+
+    def _sending_ended(self) -> None:
+        self._conn._maybe_forget(self)
+
+    def _receiving_ended(self) -> None:
+        self._conn._maybe_forget(self)
+
+    def backlog(self) -> int:
+        return self.pending_size
+
+    def discard_pending(self) -> None:
+        self._conn._backlog -= self.pending_size
+        self.pending.clear()
+        self.pending_size = 0
+        self.fin_queued = False
+
+
+class WebSocketConnection(Connection):
+    """One MoQ session's transport over a WebSocket (see the module docstring).
+
+    ``framing`` comes from the negotiated subprotocol
+    (:func:`~.qmux.parse_subprotocol`); ``is_client`` decides the stream
+    numbering. :meth:`start` runs it (the reader, the writer and the
+    keep-alive tasks); :meth:`finished` waits until the closing message
+    left and the WebSocket is closed.
+    """
+
+    def __init__(self, pipe: MessagePipe, framing: Framing, *, is_client: bool, limits: Limits = DEFAULT_LIMITS,
+                 settings: WebSocketSettings = DEFAULT_SETTINGS, peer_address: tuple[str, int] | None = None) -> None:
+        self.pipe = pipe
+        self.framing = framing
+        self.is_client = is_client
+        self.limits = limits
+        self.settings = settings
+        self._peer_address = peer_address if peer_address is not None else pipe.peer_address
+        self._streams: dict[int, WebSocketStream] = {}
+        self._accept_bi: asyncio.Queue[WebSocketStream] = asyncio.Queue()
+        self._accept_uni: asyncio.Queue[WebSocketStream] = asyncio.Queue()
+        self._closed: SessionClosed | None = None
+        self._closed_event = asyncio.Event()
+        self._done = asyncio.Event()
+        self._writable_waiters: list[Callable[[], None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._control: deque[bytes] = deque()
+        self._ready: deque[WebSocketStream] = deque()
+        self._backlog = 0
+        self._shutdown_deadline: float | None = None
+        self._shutdown_callbacks: list[Callable[[float], None]] = []
+        # peer's credit towards us (send side); the legacy framing has no limits
+        unlimited = not framing.qmux
+        self._peer_params: qmux.TransportParameters | None = None
+        self._params_ready = asyncio.Event()
+        self._credit_changed = asyncio.Event()
+        self._send_max = UNLIMITED if unlimited else 0
+        self._sent = 0
+        self._next_local = {False: 0, True: 0}  # uni? -> next index
+        self._local_limit = {False: UNLIMITED, True: UNLIMITED} if unlimited else \
+            {False: 0, True: 0}
+        self._record_size = qmux.DEFAULT_RECORD_SIZE
+        if unlimited:
+            self._params_ready.set()
+        # our credit towards the peer (receive side)
+        streams = settings.max_streams if framing.qmux else LEGACY_MAX_STREAMS
+        self._recv_max = settings.connection_window
+        self._received = 0
+        self._held = 0
+        self._next_remote = {False: 0, True: 0}
+        self._remote_limit = {False: streams, True: streams}
+        self._remote_retired = {False: 0, True: 0}
+        self._stream_window = {False: streams, True: streams}
+        self._read_resume = asyncio.Event()
+        # liveness
+        self._last_received = time.monotonic()
+        self._ping_sequence = 0
+        self._idle_timeout = settings.idle_timeout
+        self.messages_received = 0
+        self.messages_sent = 0
+
+    # -- life
+    def start(self) -> None:
+        """Send our transport parameters (qmux) and start the reader, writer and keep-alive tasks."""
+        if self._tasks:
+            return
+        if self.framing.qmux:
+            s = self.settings
+            params = qmux.TransportParameters(
+                max_idle_timeout=int(s.idle_timeout * 1000), initial_max_data=s.connection_window,
+                max_stream_data_bidi_local=s.stream_window, max_stream_data_bidi_remote=s.stream_window,
+                max_stream_data_uni=s.stream_window, max_streams_bidi=s.max_streams, max_streams_uni=s.max_streams)
+            self._control.append(qmux.encode_parameters(params, self.framing))
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._reader()), loop.create_task(self._writer()),
+                       loop.create_task(self._keepalive())]
+        self._wake.set()
+
+    async def finished(self) -> None:
+        """Wait until the session ended, its closing message left and the WebSocket closed."""
+        if not self._tasks:
+            with contextlib.suppress(Exception):
+                await self.pipe.close()
+            return
+        await self._done.wait()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed is not None
+
+    @property
+    def close_reason(self) -> SessionClosed | None:
+        return self._closed
+
+    @property
+    def peer_address(self) -> tuple[str, int] | None:
+        return self._peer_address
+
+    @property
+    def peer_parameters(self) -> qmux.TransportParameters | None:
+        """The peer's QX_TRANSPORT_PARAMETERS once they arrived (qmux only)."""
+        return self._peer_params
+
+    # -- Connection: streams
+    def _local_id(self, uni: bool, index: int) -> int:
+        return (index << 2) | (2 if uni else 0) | (0 if self.is_client else 1)
+
+    async def _open(self, uni: bool) -> WebSocketStream:
+        while True:
+            if self._closed is not None:
+                raise self._closed
+            if self._params_ready.is_set() and self._next_local[uni] < self._local_limit[uni]:
+                break
+            self._credit_changed.clear()
+            waiter = asyncio.ensure_future(self._credit_changed.wait())
+            closer = asyncio.ensure_future(self._closed_event.wait())
+            try:
+                await asyncio.wait((waiter, closer), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                closer.cancel()
+        index = self._next_local[uni]
+        self._next_local[uni] = index + 1
+        stream_id = self._local_id(uni, index)
+        stream = WebSocketStream(self, stream_id, readable=not uni, writable=True,
+                                 send_max=self._initial_send_max(stream_id),
+                                 recv_max=self.settings.stream_window if self.framing.qmux else UNLIMITED)
+        self._streams[stream_id] = stream
+        return stream
+
+    def _initial_send_max(self, stream_id: int) -> int:
+        params = self._peer_params
+        if params is None:
+            return UNLIMITED
+        if stream_id & 2:
+            return params.max_stream_data_uni
+        ours = bool(stream_id & 1) != self.is_client
+        return params.max_stream_data_bidi_remote if ours else params.max_stream_data_bidi_local
+
+    async def open_bi(self) -> BidiStream:
+        return await self._open(False)
+
+    async def open_uni(self) -> SendStream:
+        return await self._open(True)
+
+    async def _accept(self, queue: asyncio.Queue[WebSocketStream]) -> WebSocketStream:
+        if self._closed is not None:
+            raise self._closed
+        stream = await next_stream(queue, self._closed_event)
+        if stream is None:
+            raise self._closed or SessionClosed(0, "closed")
+        return stream
+
+    async def accept_bi(self) -> BidiStream:
+        return await self._accept(self._accept_bi)
+
+    async def accept_uni(self) -> ReceiveStream:
+        return await self._accept(self._accept_uni)
+
+    # -- Connection: closing
+    def close(self, code: int = 0, reason: str = "") -> None:
+        """APPLICATION_CLOSE with ``code`` (our code, mapped by ``error_codes``), then the WebSocket close."""
+        if self._closed is not None:
+            return
+        wire = clamp_app_code(self.error_codes.session_out(code))
+        self._terminate(SessionClosed(code, reason, remote=False), qmux.Close(wire, reason))
+
+    def _fail(self, error: QMuxError) -> None:
+        logger.info("WebSocket session with %s: %s", self._peer_address, error.message)
+        self._terminate(SessionClosed(int(ErrorCode.PROTOCOL_VIOLATION), error.message, remote=False),
+                        qmux.Close(error.code, error.message, application=False))
+
+    async def wait_closed(self) -> SessionClosed:
+        await self._closed_event.wait()
+        assert self._closed is not None
+        return self._closed
+
+    def _terminate(self, error: SessionClosed, last: qmux.Close | None) -> None:
+        """Mark closed, end every stream and waiter; the writer sends ``last`` (if any) and closes the pipe."""
+        if self._closed is not None:
+            return
+        self._closed = error
+        self._closed_event.set()
+        for stream in list(self._streams.values()):
+            stream.discard_pending()
+            stream.connection_closed(error, error.code)
+        self._streams.clear()
+        self._ready.clear()
+        self._backlog = 0
+        for queue in (self._accept_bi, self._accept_uni):
+            while not queue.empty():
+                queue.get_nowait()
+        self._control.clear()
+        if last is not None:
+            self._control.append(qmux.encode_frame(last, self.framing))
+        self._wake.set()
+        self._read_resume.set()
+        self._credit_changed.set()
+        self._wake_writers()
+
+    # -- the server is stopping
+    def request_shutdown(self, timeout: float) -> None:
+        """Server side: the server is stopping and closes this session in ``timeout`` seconds (first call counts)."""
+        if self._shutdown_deadline is None:
+            self._shutdown_deadline = time.monotonic() + max(0.0, timeout)
+            self._fire_shutdown()
+
+    def on_shutdown(self, callback: Callable[[float], None]) -> None:
+        """Call ``callback(seconds_left)`` once when the server is stopping (at once if it already is)."""
+        self._shutdown_callbacks.append(callback)
+        if self._shutdown_deadline is not None:
+            self._fire_shutdown()
+
+    def _fire_shutdown(self) -> None:
+        callbacks, self._shutdown_callbacks = self._shutdown_callbacks, []
+        left = max(0.0, (self._shutdown_deadline or 0.0) - time.monotonic())
+        for callback in callbacks:
+            try:
+                callback(left)
+            except Exception:
+                logger.exception("on_shutdown callback failed")
+
+    # -- backpressure
+    def backlog(self) -> int:
+        return self._backlog
+
+    def on_writable(self, callback: Callable[[], None]) -> None:
+        if self._closed is not None:
+            callback()
+        else:
+            self._writable_waiters.append(callback)
+
+    def _wake_writers(self) -> None:
+        waiters, self._writable_waiters = self._writable_waiters, []
+        for waiter in waiters:
+            try:
+                waiter()
+            except Exception:
+                logger.exception("on_writable callback failed")
+
+    # -- codes
+    def _code_out(self, stream_id: int, code: int) -> int:
+        codes = self.error_codes
+        wire = codes.stream_out(code, bidi=not stream_id & 2)
+        return app_to_http(clamp_app_code(wire)) if codes.wt_mapped_on_quic else wire
+
+    def _code_in(self, stream_id: int, wire: int) -> int:
+        unmapped = http_to_app(wire)
+        return self.error_codes.stream_in(wire if unmapped is None else unmapped, bidi=not stream_id & 2)
+
+    # -- sending (called by the streams)
+    def _queue_data(self, stream: WebSocketStream, data: bytes, end: bool) -> None:
+        if self._closed is not None:
+            raise self._closed
+        if data:
+            if stream.pending_size + len(data) > self.settings.send_buffer:
+                stream.reset(int(ErrorCode.TOO_LARGE))
+                raise StreamError(ErrorCode.TOO_LARGE, f"stream {stream.stream_id}: more than "
+                                  f"{self.settings.send_buffer} bytes queued unsent")
+            stream.pending.append(bytes(data))
+            stream.pending_size += len(data)
+            self._backlog += len(data)
+        if end:
+            stream.fin_queued = True
+        if stream not in self._ready:
+            self._ready.append(stream)
+        self._wake.set()
+
+    def _reset(self, stream: WebSocketStream, code: int) -> None:
+        if self._closed is not None:
+            return
+        stream.discard_pending()
+        stream.fin_sent = True
+        self._send_control(qmux.ResetStream(stream.stream_id, self._code_out(stream.stream_id, code),
+                                            stream.send_offset))
+
+    def _stop(self, stream: WebSocketStream, code: int) -> None:
+        if self._closed is not None or stream.recv_final is not None:
+            return
+        self._send_control(qmux.StopSending(stream.stream_id, self._code_out(stream.stream_id, code)))
+
+    def _send_control(self, frame: qmux.Frame) -> None:
+        self._control.append(qmux.encode_frame(frame, self.framing))
+        self._wake.set()
+
+    def _maybe_forget(self, stream: WebSocketStream) -> None:
+        if not stream.done or stream.pending_size or (stream.fin_queued and not stream.fin_sent):
+            return
+        if self._streams.pop(stream.stream_id, None) is None:
+            return
+        remote = bool(stream.stream_id & 1) == self.is_client
+        if remote:
+            uni = bool(stream.stream_id & 2)
+            self._remote_retired[uni] += 1
+            self._grant_streams(uni)
+
+    def _grant_streams(self, uni: bool) -> None:
+        """Raise the peer's stream limit as its streams end (never beyond ``max_streams`` open at once)."""
+        window = self._stream_window[uni]
+        limit = self._remote_retired[uni] + window
+        headroom = self._remote_limit[uni] - self._next_remote[uni]
+        if limit > self._remote_limit[uni] and headroom <= window // 2:
+            self._remote_limit[uni] = limit
+            if self.framing.qmux:
+                self._send_control(qmux.MaxStreams(not uni, limit))
+
+    def _credit_released(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            self._grant_stream_credit(stream)
+        self._grant_connection_credit()
+        if self._held <= self.settings.connection_window:
+            self._read_resume.set()
+
+    def _grant_stream_credit(self, stream: WebSocketStream) -> None:
+        if not self.framing.qmux or stream.recv_final is not None or self._closed is not None:
+            return
+        window = self.settings.stream_window
+        consumed = stream.recv_offset - stream.credit.held
+        if stream.recv_max - consumed <= window // 2:
+            stream.recv_max = consumed + window
+            self._send_control(qmux.MaxStreamData(stream.stream_id, stream.recv_max))
+
+    def _grant_connection_credit(self) -> None:
+        if not self.framing.qmux or self._closed is not None:
+            return
+        window = self.settings.connection_window
+        consumed = self._received - self._held
+        if self._recv_max - consumed <= window // 2:
+            self._recv_max = consumed + window
+            self._send_control(qmux.MaxData(self._recv_max))
+
+    # -- the writer task
+    def _payload_room(self, stream_id: int, offset: int) -> int:
+        """Most STREAM payload bytes that fit one message to the peer."""
+        if self.framing is Framing.LEGACY:
+            return qmux.MAX_STREAM_PAYLOAD
+        limit = self._record_size if self.framing.records else qmux.QMUX00_MESSAGE_SIZE
+        header = len(qmux.stream_header(stream_id, offset, limit, True, self.framing))
+        return max(1, min(qmux.MAX_STREAM_PAYLOAD, limit - header))
+
+    def _next_message(self) -> bytes | None:
+        if self._control:
+            return self._control.popleft()
+        if self._closed is not None:
+            return None
+        for _ in range(len(self._ready)):
+            stream = self._ready.popleft()
+            message = self._stream_message(stream)
+            if message is None:
+                continue  # blocked on credit, or nothing left: MAX_* or a write puts it back
+            if stream.pending_size or (stream.fin_queued and not stream.fin_sent):
+                self._ready.append(stream)
+            return message
+        return None
+
+    def _stream_message(self, stream: WebSocketStream) -> bytes | None:
+        if stream.fin_sent and not stream.pending_size:
+            return None
+        size = min(stream.pending_size, self._payload_room(stream.stream_id, stream.send_offset),
+                   stream.send_max - stream.send_offset, self._send_max - self._sent)
+        if size <= 0 and stream.pending_size:
+            return None  # blocked: stream or connection credit
+        chunks = bytearray()
+        while len(chunks) < size:
+            head = stream.pending[0]
+            take = size - len(chunks)
+            if len(head) <= take:
+                chunks += stream.pending.popleft()
+            else:
+                chunks += head[:take]
+                stream.pending[0] = head[take:]
+        stream.pending_size -= size
+        self._backlog -= size
+        fin = stream.fin_queued and not stream.pending_size
+        if not size and not fin:
+            return None
+        header = qmux.stream_header(stream.stream_id, stream.send_offset, size, fin, self.framing)
+        stream.send_offset += size
+        self._sent += size
+        if fin:
+            stream.fin_sent = True
+            stream.fin_queued = False
+            self._maybe_forget(stream)
+        return header + bytes(chunks)
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                message = self._next_message()
+                if message is None:
+                    if self._closed is not None:
+                        break
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                try:
+                    if self._closed is not None:
+                        await asyncio.wait_for(self.pipe.send(message), self.settings.close_timeout)
+                    else:
+                        await self.pipe.send(message)
+                except (ConnectionError, OSError, TimeoutError) as exc:
+                    self._terminate(SessionClosed(int(ErrorCode.TRANSPORT), f"WebSocket gone: {exc}", remote=True),
+                                    None)
+                    break
+                self.messages_sent += 1
+                if self._writable_waiters:
+                    self._wake_writers()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.pipe.close()
+            self._wake_writers()
+            self._done.set()
+            for task in self._tasks:
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+    # -- the keep-alive task
+    async def _keepalive(self) -> None:
+        interval = self.settings.ping_interval
+        while self._closed is None:
+            await asyncio.sleep(min(interval, self._idle_timeout / 3) if self._idle_timeout > 0 else interval)
+            if self._closed is not None:
+                return
+            if self._idle_timeout > 0 and (self.framing.records or self.pipe.last_activity is not None):
+                heard = max(self._last_received, self.pipe.last_activity or 0.0)
+                if time.monotonic() - heard > self._idle_timeout:
+                    logger.info("WebSocket session with %s idle for %.1fs; dropping it", self._peer_address,
+                                self._idle_timeout)
+                    self._terminate(SessionClosed(int(ErrorCode.TIMEOUT), "idle timeout", remote=True), None)
+                    return
+            if self.framing.records:
+                self._send_control(qmux.Ping(self._ping_sequence))
+                self._ping_sequence += 1
+            with contextlib.suppress(Exception):
+                await self.pipe.ping()
+
+    # -- the reader task
+    async def _reader(self) -> None:
+        limit = self.framing.receive_limit()
+        try:
+            while self._closed is None:
+                if not self.framing.qmux and self._held > self.settings.connection_window:
+                    self._read_resume.clear()
+                    await self._read_resume.wait()  # legacy: TCP pushes back while the engine catches up
+                    continue
+                try:
+                    message = await self.pipe.receive()
+                except (ConnectionError, OSError) as exc:
+                    message = None
+                    logger.debug("WebSocket receive failed: %s", exc)
+                if message is None:
+                    self._terminate(SessionClosed(int(ErrorCode.TRANSPORT), "WebSocket closed", remote=True), None)
+                    return
+                self._last_received = time.monotonic()
+                self.messages_received += 1
+                if isinstance(message, str):
+                    raise QMuxError("text frames are not valid for QMux", qmux.TEXT_MESSAGE)
+                for frame in qmux.decode_message(message, self.framing, limit):
+                    self._handle(frame)
+                    if self._closed is not None:
+                        return
+        except QMuxError as exc:
+            self._fail(exc)
+
+    def _handle(self, frame: qmux.Frame) -> None:
+        if isinstance(frame, qmux.TransportParameters):
+            self._on_parameters(frame)
+        elif self.framing is Framing.QMUX02 and self._peer_params is None:
+            raise QMuxError("protocol violation: transport parameters must come first")
+        elif isinstance(frame, qmux.StreamFrame):
+            self._on_stream(frame)
+        elif isinstance(frame, qmux.ResetStream):
+            self._on_reset(frame)
+        elif isinstance(frame, qmux.StopSending):
+            self._on_stop(frame)
+        elif isinstance(frame, qmux.MaxData):
+            if frame.maximum > self._send_max:
+                self._send_max = frame.maximum
+                self._unblock_all()
+        elif isinstance(frame, qmux.MaxStreamData):
+            stream = self._sending_stream(frame.stream_id)
+            if stream is not None and frame.maximum > stream.send_max:
+                stream.send_max = frame.maximum
+                if stream not in self._ready and (stream.pending_size or stream.fin_queued):
+                    self._ready.append(stream)
+                self._wake.set()
+        elif isinstance(frame, qmux.MaxStreams):
+            uni = not frame.bidi
+            if frame.maximum > self._local_limit[uni]:
+                self._local_limit[uni] = frame.maximum
+                self._credit_changed.set()
+        elif isinstance(frame, qmux.Ping):
+            if not frame.response:
+                self._send_control(qmux.Ping(frame.sequence, response=True))
+        elif isinstance(frame, qmux.Close):
+            code = self.error_codes.session_in(frame.code) if frame.application else int(ErrorCode.TRANSPORT)
+            self._terminate(SessionClosed(code, frame.reason, remote=True), None)
+        elif isinstance(frame, qmux.Blocked):
+            return
+        else:  # DATAGRAM, RESET_STREAM_AT: we advertised neither
+            raise QMuxError(f"protocol violation: unexpected {type(frame).__name__}")
+
+    def _unblock_all(self) -> None:
+        for stream in self._streams.values():
+            if stream not in self._ready and (stream.pending_size or (stream.fin_queued and not stream.fin_sent)):
+                self._ready.append(stream)
+        self._wake.set()
+
+    def _on_parameters(self, params: qmux.TransportParameters) -> None:
+        if not self.framing.qmux:
+            raise QMuxError("protocol violation: transport parameters on the legacy framing")
+        if self._peer_params is not None:
+            raise QMuxError("protocol violation: transport parameters sent twice")
+        self._peer_params = params
+        self._send_max = max(self._send_max, params.initial_max_data)
+        self._local_limit = {False: max(self._local_limit[False], params.max_streams_bidi),
+                             True: max(self._local_limit[True], params.max_streams_uni)}
+        self._record_size = params.max_record_size
+        if params.max_idle_timeout and self.framing.records:
+            self._idle_timeout = min(self._idle_timeout, params.max_idle_timeout / 1000) if self._idle_timeout \
+                else params.max_idle_timeout / 1000
+        for stream in self._streams.values():  # streams opened before (none: opening waits for these)
+            stream.send_max = max(stream.send_max, self._initial_send_max(stream.stream_id))
+        self._params_ready.set()
+        self._credit_changed.set()
+        self._unblock_all()
+
+    def _classify(self, stream_id: int) -> tuple[bool, bool, int]:
+        """``(remote, uni, index)`` of a stream id."""
+        remote = bool(stream_id & 1) == self.is_client
+        return remote, bool(stream_id & 2), stream_id >> 2
+
+    def _stream_for(self, stream_id: int) -> WebSocketStream | None:
+        """The stream a frame names, opening peer streams up to it; None if it already ended (ignore the frame)."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            return stream
+        remote, uni, index = self._classify(stream_id)
+        if not remote:
+            if index >= self._next_local[uni]:
+                raise QMuxError(f"invalid stream id: {stream_id} was never opened")
+            return None
+        if index < self._next_remote[uni]:
+            return None
+        if index >= self._remote_limit[uni]:
+            raise QMuxError(f"stream limit exceeded: stream {stream_id} (limit {self._remote_limit[uni]})")
+        for i in range(self._next_remote[uni], index + 1):
+            sid = (i << 2) | (2 if uni else 0) | (1 if self.is_client else 0)
+            new = WebSocketStream(self, sid, readable=True, writable=not uni,
+                                  send_max=self._initial_send_max(sid),
+                                  recv_max=self.settings.stream_window if self.framing.qmux else UNLIMITED)
+            self._streams[sid] = new
+            (self._accept_uni if uni else self._accept_bi).put_nowait(new)
+        self._next_remote[uni] = index + 1
+        return self._streams[stream_id]
+
+    def _receiving_stream(self, stream_id: int) -> WebSocketStream | None:
+        remote, uni, _ = self._classify(stream_id)
+        if uni and not remote:
+            raise QMuxError(f"invalid stream id: {stream_id} is one of our send-only streams")
+        return self._stream_for(stream_id)
+
+    def _sending_stream(self, stream_id: int) -> WebSocketStream | None:
+        remote, uni, _ = self._classify(stream_id)
+        if uni and remote:
+            raise QMuxError(f"invalid stream id: {stream_id} is one of the peer's send-only streams")
+        return self._stream_for(stream_id)
+
+    def _on_stream(self, frame: qmux.StreamFrame) -> None:
+        stream = self._receiving_stream(frame.stream_id)
+        size = len(frame.data)
+        if stream is None:  # ended already: its bytes still count against the connection's credit
+            self._count_received(size)
+            self._grant_connection_credit()
+            return
+        offset = stream.recv_offset if frame.offset is None else frame.offset
+        data = frame.data
+        if offset > stream.recv_offset:
+            raise QMuxError(f"protocol violation: stream {frame.stream_id} skips from offset "
+                            f"{stream.recv_offset} to {offset}")
+        end = offset + size
+        if stream.recv_final is not None and (end > stream.recv_final or (frame.fin and end != stream.recv_final)):
+            raise QMuxError(f"protocol violation: stream {frame.stream_id} data beyond its final size")
+        if end > stream.recv_max:
+            raise QMuxError(f"flow control error: stream {frame.stream_id} sent past its limit {stream.recv_max}")
+        fresh = data[stream.recv_offset - offset:] if end > stream.recv_offset else b""
+        if fresh:
+            self._count_received(len(fresh))
+            stream.recv_offset = end
+        if frame.fin:
+            stream.recv_final = end
+        if fresh or frame.fin:
+            stream.deliver(fresh, frame.fin)
+        self._grant_stream_credit(stream)
+        self._grant_connection_credit()
+        self._maybe_forget(stream)
+
+    def _count_received(self, size: int) -> None:
+        self._received += size
+        if self.framing.qmux and self._received > self._recv_max:
+            raise QMuxError(f"flow control error: the connection sent past its limit {self._recv_max}")
+
+    def _on_reset(self, frame: qmux.ResetStream) -> None:
+        stream = self._receiving_stream(frame.stream_id)
+        if stream is None:
+            return
+        if self.framing.qmux and frame.final_size > stream.recv_offset:
+            if frame.final_size > stream.recv_max:
+                raise QMuxError(f"flow control error: stream {frame.stream_id} final size past its limit")
+            self._count_received(frame.final_size - stream.recv_offset)
+            stream.recv_offset = frame.final_size
+        stream.recv_final = stream.recv_offset
+        stream.peer_reset(self._code_in(frame.stream_id, frame.code))
+        self._grant_connection_credit()
+        self._maybe_forget(stream)
+
+    def _on_stop(self, frame: qmux.StopSending) -> None:
+        stream = self._sending_stream(frame.stream_id)
+        if stream is None:
+            return
+        unfinished = not stream.fin_sent
+        stream.discard_pending()
+        stream.peer_stopped(self._code_in(frame.stream_id, frame.code))
+        if unfinished:  # QUIC: a stopped sender resets the stream, echoing the code
+            stream.fin_sent = True
+            self._send_control(qmux.ResetStream(stream.stream_id, frame.code, stream.send_offset))
+        self._wake_writers()
+        self._maybe_forget(stream)
+
+
+__all__ = ["DEFAULT_SETTINGS", "WebSocketConnection", "WebSocketSettings", "WebSocketStream"]
