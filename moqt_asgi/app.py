@@ -23,6 +23,7 @@ from .routing import OriginCheck, Route, origin_allowed
 from .serving import serve_connection, session_hook
 from .stopping import stop_on_shutdown
 from .types import ASGIApp, Message, Receive, Scope, Send, SetupHandler
+from .websocket.asgi import serve_websocket
 
 logger = logging.getLogger("moqt_asgi.app")
 
@@ -220,6 +221,8 @@ class MoQ:
             await self._lifespan(receive, send)
         elif scope["type"] == "webtransport":
             await self._webtransport(scope, receive, send)
+        elif scope["type"] == "websocket":  # MoQ over WebSocket (qmux or the legacy framing)
+            await serve_websocket(self, scope, receive, send)
         elif self.app is not None:
             await self.app(scope, receive, send)
         elif scope["type"] == "http":
