@@ -16,6 +16,8 @@ from typing import Any
 
 from .auth.tokens import Authenticator, AuthError, Grant
 from .engine.mux import TrackMux
+from .http import CertificateSource, HttpEndpointHandler, HttpEndpoints, certificate_sha256
+from .metrics import AppMetrics, log_fields, refusal_reason, serve_metrics, session_log
 from .protocol.limits import DEFAULT_LIMITS, Limits
 from .protocol.versions import ALPN_LITE, DEFAULT_VERSIONS, Version, choose_alpn, ordered, protocols_for
 from .request import SetupRequest
@@ -50,7 +52,9 @@ class MoQ:
                  limits: Limits = DEFAULT_LIMITS, versions: Sequence[Version | str] = DEFAULT_VERSIONS,
                  goaway_uri: str = "", auth: Authenticator | None = None, require_origin: bool = False,
                  max_sessions: int | None = None, max_sessions_per_address: int | None = None,
-                 setup_handler_timeout: float = 10.0, lifespan: Lifespan | None = None) -> None:
+                 setup_handler_timeout: float = 10.0, lifespan: Lifespan | None = None,
+                 http_endpoints: bool | HttpEndpoints = True, metrics_path: str | None = None,
+                 certificate: CertificateSource | None = None) -> None:
         self.routes: list[Route] = list(routes)
         self.versions: tuple[Version, ...] = ordered(versions)
         """The versions sessions may use, preferred first (restrict it to force one)."""
@@ -86,6 +90,46 @@ class MoQ:
         """Seconds a setup handler has to accept or reject; then the session is refused (408, ``TIMEOUT``)."""
         self._sessions = 0
         self._per_address: dict[str, int] = {}
+        self.http_endpoints = HttpEndpoints.of(http_endpoints)
+        """The HTTP endpoints the app answers itself (``/certificate.sha256``, ``/health``, ``/announced``,
+        ``/fetch``; see :mod:`moqt_asgi.http`); ``MoQ(http_endpoints=False)`` passes every request on."""
+        self.metrics_path = metrics_path
+        """Where the app serves its Prometheus metrics itself (``None``, the default: nowhere). Keep it internal;
+        :func:`moqt_asgi.metrics.metrics_app` serves them on a listener of their own instead."""
+        self.metrics = AppMetrics()
+        """Counted at session start, end and refusal (see :mod:`moqt_asgi.metrics`)."""
+        self._certificate_sha256: str | None = None
+        self._certificate_explicit = False
+        self._http = HttpEndpointHandler(self, self.http_endpoints, on_response=self.metrics.http_response)
+        if certificate is not None:
+            self.set_certificate(certificate)
+
+    # -- the server's certificate
+    def set_certificate(self, certificate: CertificateSource) -> None:
+        """The certificate the app's QUIC/WebTransport server presents, for ``/certificate.sha256``.
+
+        PEM or DER bytes, a PEM or DER file's path, or an ``x509.Certificate``;
+        of a chain, the first (leaf) certificate. Raises :class:`ValueError`
+        for anything else. ``python -m moqt_asgi serve`` and Hypercorn (with
+        ``--certfile``) tell the app by themselves; a certificate set here wins.
+        """
+        self._certificate_sha256 = certificate_sha256(certificate)
+        self._certificate_explicit = True
+
+    def offer_certificate(self, certificate: CertificateSource) -> None:
+        """A server says which certificate it presents: kept unless :meth:`set_certificate` chose one."""
+        digest = certificate_sha256(certificate)
+        if self._certificate_explicit:
+            if digest != self._certificate_sha256:
+                logger.warning("the server presents certificate sha256=%s, not the one set on the app (%s); "
+                               "/certificate.sha256 serves the one set", digest, self._certificate_sha256)
+            return
+        self._certificate_sha256 = digest
+
+    @property
+    def certificate_sha256(self) -> str | None:
+        """Lowercase hex SHA-256 of the server certificate's DER, or ``None`` while unknown."""
+        return self._certificate_sha256
 
     # -- registration
     def add_route(self, path: str, handler: SetupHandler, *, allow_origins: OriginCheck = None,
@@ -223,6 +267,8 @@ class MoQ:
             await self._webtransport(scope, receive, send)
         elif scope["type"] == "websocket":  # MoQ over WebSocket (qmux or the legacy framing)
             await serve_websocket(self, scope, receive, send)
+        elif scope["type"] == "http" and await self._http_endpoint(scope, receive, send):
+            return
         elif self.app is not None:
             await self.app(scope, receive, send)
         elif scope["type"] == "http":
@@ -231,6 +277,13 @@ class MoQ:
             await send({"type": "http.response.body", "body": b"Not Found"})
         else:
             raise RuntimeError(f"unsupported ASGI scope type {scope['type']!r}")
+
+    async def _http_endpoint(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer the metrics path and the HTTP endpoints; ``False`` for any other request."""
+        if self.metrics_path is not None and scope.get("path") == self.metrics_path:
+            await serve_metrics(self, scope, send)
+            return True
+        return await self._http(scope, receive, send)
 
     async def _webtransport(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebTransport session: origin and route checks in HTTP, then MoQ over the session.
@@ -265,12 +318,13 @@ class MoQ:
                 status = 404
             elif not origin_allowed(route.allow_origins, origin):
                 logger.info("WebTransport origin %r not allowed for %s", origin, route.path)
-                status = 403
+                status, reason = 403, "origin not allowed"
         connection = scope.get("extensions", {}).get("moqt.connection", {}).get("connection")
         if not status and connection is None:
             logger.error("the server offers no moqt.connection extension; cannot run MoQ on this session")
             status = 501
         if status:
+            self._refused_connect(status, reason if status in (401, 403) else "", scope)
             await send({"type": "webtransport.close", "status": status})
             return
         accept: Message = {"type": "webtransport.accept"}
@@ -278,6 +332,7 @@ class MoQ:
         protocol = choose_alpn(offered, protocols_for(self.versions)) if offered else None
         if offered and protocol is None:
             logger.info("WebTransport client offered no protocol we speak: %s", ", ".join(offered))
+            self._refused_connect(400, "", scope, reason="version")
             await send({"type": "webtransport.close", "status": 400})
             return
         if protocol is not None:
@@ -288,6 +343,15 @@ class MoQ:
                                    then=session_hook.get())
         await serve_connection(self, connection, transport="webtransport", target=target, headers=headers,
                                protocol=None if protocol == ALPN_LITE else protocol, on_session=stopper)
+
+    def _refused_connect(self, status: int, text: str, scope: Scope, *, reason: str | None = None) -> None:
+        """Count and log a WebTransport CONNECT refused before any MoQ byte."""
+        label = reason or refusal_reason(status, text)
+        self.metrics.session_refused(label)
+        client = scope.get("client")
+        session_log.info("session refused %s", log_fields(
+            reason=label, status=status, transport="webtransport", path=scope.get("path") or "/",
+            client=f"{client[0]}:{client[1]}" if client else None))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

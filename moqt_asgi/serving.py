@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Mapping
 from urllib.parse import unquote
 
@@ -26,6 +27,7 @@ from .engine.handshake import (
 )
 from .engine.mux import TrackMux
 from .engine.session import STOP_TIMEOUT, Session, abandon_after
+from .metrics import AppMetrics, MeasuredApp, log_fields, refusal_reason, session_log
 from .protocol.codes import GOMOQT_SETUP_CODES, SCOPED_CODES
 from .protocol.errors import ErrorCode, ProtocolError, SessionClosed, StreamError
 from .protocol.limits import Limits
@@ -75,8 +77,15 @@ async def serve_connection(app: SetupApp, connection: Connection, *, transport: 
 
     ``on_session`` (default: the :data:`session_hook` of this context) is
     called with the session as soon as it is accepted and running.
+
+    Each session start, end and refusal is logged as one ``key=value`` line
+    on ``moqt_asgi.sessions`` and counted in the app's
+    :class:`~moqt_asgi.metrics.AppMetrics` (when it keeps them).
     """
+    started = time.monotonic()
     hook = on_session if on_session is not None else session_hook.get()
+    metrics = app.metrics if isinstance(app, MeasuredApp) else None
+    refused = _Refusals(metrics, transport, connection.peer_address)
     versions = ordered(versions if versions is not None else app.versions)
     fixed = version_by_alpn(protocol)
     try:
@@ -86,10 +95,12 @@ async def serve_connection(app: SetupApp, connection: Connection, *, transport: 
             start = await _start_negotiated(connection, protocol, versions, app, setup_timeout, log)
     except TimeoutError:
         log.info("no session setup within %.1fs; closing", setup_timeout)
+        refused("setup_timeout")
         connection.close(ErrorCode.TIMEOUT, "setup timeout")
         return
     except ProtocolError as exc:
         log.info("bad session setup: %s", exc)
+        refused("version" if exc.code == ErrorCode.VERSION else "protocol")
         connection.close(exc.code, exc.message[:100])
         return
     except (SessionClosed, StreamError) as exc:
@@ -97,6 +108,7 @@ async def serve_connection(app: SetupApp, connection: Connection, *, transport: 
         connection.close(ErrorCode.CANCEL)
         return
     if start is None:
+        refused("version")
         return
     if target is not None:
         path_target = target
@@ -106,7 +118,7 @@ async def serve_connection(app: SetupApp, connection: Connection, *, transport: 
     else:  # the SETUP's path: percent-decoded as an ASGI server decodes a request path
         raw_path, mark, query = (start.path or "").partition("?")
         path_target = unquote(raw_path) + mark + query
-    decision = _Decision(start, log, transport, hook)
+    decision = _Decision(start, log, transport, hook, metrics=metrics, started=started, refused=refused)
     request = SetupRequest.from_target(path_target, client=connection.peer_address, versions=start.offered,
                                        transport=transport, headers=dict(headers or {}),
                                        origin=(headers or {}).get("origin"),
@@ -115,6 +127,7 @@ async def serve_connection(app: SetupApp, connection: Connection, *, transport: 
     refusal = app.admit(request.client)
     if refusal is not None:
         log.warning("session refused (%s) from %s", refusal, request.client)
+        refused("admission", status=503, path=request.path)
         start.reject(status_to_code(503), refusal)
         return
     try:
@@ -124,14 +137,39 @@ async def serve_connection(app: SetupApp, connection: Connection, *, transport: 
         connection.close(ErrorCode.CANCEL)
 
 
+def _client_text(client: tuple[str, int] | None) -> str | None:
+    return f"{client[0]}:{client[1]}" if client else None
+
+
+class _Refusals:
+    """Counts and logs the refusals of one connection (one line on ``moqt_asgi.sessions`` each)."""
+
+    def __init__(self, metrics: AppMetrics | None, transport: str, client: tuple[str, int] | None) -> None:
+        self.metrics = metrics
+        self.transport = transport
+        self.client = client
+
+    def __call__(self, reason: str, *, status: int | None = None, path: str | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.session_refused(reason)
+        session_log.info("session refused %s", log_fields(reason=reason, status=status, transport=self.transport,
+                                                          path=path, client=_client_text(self.client)))
+
+
 class _Decision:
     """The application's decision on one setup request, and the session it accepts."""
 
-    def __init__(self, start: _Start, log: logging.Logger, transport: str, hook: SessionHook | None) -> None:
+    def __init__(self, start: _Start, log: logging.Logger, transport: str, hook: SessionHook | None, *,
+                 metrics: AppMetrics | None = None, started: float | None = None,
+                 refused: _Refusals | None = None) -> None:
         self.start = start
         self.log = log
         self.transport = transport
         self.hook = hook
+        self.metrics = metrics
+        self.started = started if started is not None else time.monotonic()
+        self.refused = refused
+        self.accepted_at: float | None = None
         self.session: Session | None = None
         self.decided = asyncio.Event()
 
@@ -146,10 +184,33 @@ class _Decision:
                 self.log.exception("session hook failed")
         self.log.info("session accepted: %s over %s path=%r from %s", session.version_name, self.transport,
                       request.path, request.client)
+        self.accepted_at = time.monotonic()
+        setup = self.accepted_at - self.started
+        if self.metrics is not None:
+            self.metrics.session_started(session, self.transport, setup)
+        session_log.info("session start %s", log_fields(
+            transport=self.transport, version=session.version_name, path=request.path,
+            client=_client_text(request.client), setup_ms=f"{setup * 1000:.1f}"))
         return session
+
+    def ended(self, request: SetupRequest) -> None:
+        """The accepted session is over: count it and log its end."""
+        session = self.session
+        if session is None:
+            return
+        if self.metrics is not None:
+            self.metrics.session_ended(session)
+        reason = session.close_reason
+        lasted = time.monotonic() - (self.accepted_at if self.accepted_at is not None else self.started)
+        session_log.info("session end %s", log_fields(
+            transport=self.transport, version=session.version_name, path=request.path,
+            client=_client_text(request.client), duration_s=f"{lasted:.3f}",
+            code=reason.code if reason is not None else 0, remote=reason.remote if reason is not None else False))
 
     async def reject(self, request: SetupRequest, status: int, reason: str) -> None:
         self.log.info("session rejected with %d (%s) path=%r", status, reason, request.path)
+        if self.refused is not None:
+            self.refused(refusal_reason(status, reason), status=status, path=request.path)
         self.start.reject(status_to_code(status), reason)
         self.decided.set()
 
@@ -182,6 +243,7 @@ class _Decision:
             await abandon_after(handler, STOP_TIMEOUT, f"setup handler for {request.path!r}", log)
             if self.session is not None:
                 await self.session.aclose()
+                self.ended(request)
 
 
 async def _first(*aws: Awaitable[object], timeout: float) -> int | None:

@@ -53,6 +53,12 @@ H8  ``QuicProtocol.handle``: connection caps and Retry before a connection
     exists (:class:`~moqt_asgi.transport.admission.Admission`), and an
     exception while handling a datagram closes that one connection instead
     of ending the worker's UDP loop.
+H9  ``QuicProtocol.__init__`` (with H3): the certificate the QUIC listener
+    presents (Hypercorn's ``--certfile``, as loaded into the listener's
+    QUIC configuration) is offered to the application once per worker, before
+    any request: the first object along the ``.app`` chain of Hypercorn's
+    wrapper that has ``offer_certificate(certificate)`` (a
+    :class:`~moqt_asgi.MoQ`, which serves it at ``/certificate.sha256``).
 
 The QUIC settings (receive windows, connection caps, Retry, handshake
 deadline, WebTransport sessions per connection, HTTP/3 header deadline) are
@@ -377,6 +383,7 @@ def _quic_protocol_init(self: Any, *args: Any, **kwargs: Any) -> None:
     config.max_data = settings.connection_receive_window  # the windows of our credit policy (H5)
     config.max_stream_data = settings.stream_receive_window
     self.moqt_admission = Admission(settings.admission_policy(), log=logger)
+    _offer_certificate(self.app, config.certificate)  # H9
     workers = getattr(self.config, "workers", 1)
     if workers > 1:
         message = (f"moqt_asgi: hypercorn runs {workers} workers on one QUIC socket. QUIC packets will reach "
@@ -384,6 +391,22 @@ def _quic_protocol_init(self: Any, *args: Any, **kwargs: Any) -> None:
                    "per UDP port.")
         logger.error(message)
         print(message, file=sys.stderr, flush=True)
+
+
+def _offer_certificate(app: Any, certificate: Any) -> None:
+    """H9: hand the QUIC listener's certificate to the first app along the ``.app`` chain that takes one."""
+    if certificate is None:
+        return
+    target, seen = app, 0
+    while target is not None and seen < 16:
+        offer = getattr(target, "offer_certificate", None)
+        if callable(offer):
+            try:
+                offer(certificate)
+            except Exception:
+                logger.exception("the application refused the QUIC listener's certificate")
+            return
+        target, seen = getattr(target, "app", None), seen + 1
 
 
 async def _quic_protocol_send_all(self: Any, connection: Any) -> None:
@@ -473,7 +496,9 @@ _CODE_NAMES = (
     ("h3.H3Protocol.__init__", ("app", "client", "config", "connection", "context", "send", "server", "state",
                                 "streams", "task_group")),
     ("h3.H3Protocol.handle", ("connection", "handle_event", "streams")),  # the router's hook into it
-    ("quic.QuicProtocol.__init__", ("config", "connections", "context", "quic_config", "send", "task_group")),
+    ("quic.QuicProtocol.__init__", ("app", "config", "connections", "context", "quic_config", "send",
+                                    "task_group")),
+    ("app_wrappers.ASGIWrapper.__init__", ("app",)),  # H9 walks the wrapper's .app
     ("udp_server.UDPServer.__init__", ("context", "protocol_queue", "transport")),
     ("udp_server.UDPServer.run", ("protocol",)),
     ("worker_context.WorkerContext.__init__", ("terminated",)),
@@ -550,7 +575,7 @@ def check_compatible(*, versions: bool = True) -> None:
 
 
 def apply(*, force: bool = False) -> None:
-    """Install H1 to H8 into Hypercorn (idempotent). Raises :class:`IncompatibleHypercorn`.
+    """Install H1 to H9 into Hypercorn (idempotent). Raises :class:`IncompatibleHypercorn`.
 
     ``force`` patches other Hypercorn and aioquic versions too, as long as
     every name the patch relies on is where it expects.
