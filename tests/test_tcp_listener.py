@@ -1,0 +1,432 @@
+"""The TCP listener (HTTP/1.1 and WebSocket, plain and TLS on one port) with a tiny ASGI app, under hostile input."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import h11
+import pytest
+from wsproto import WSConnection
+from wsproto.connection import ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Message,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+
+from moqt_asgi.endpoints.tcp_server import TcpServer, TcpSettings, server_ssl_context
+from moqt_asgi.endpoints.tls import TLSConfig
+from moqt_asgi.types import Receive, Scope, Send
+
+from .conftest import Certs
+from .helpers import WAIT, eventually
+
+# -- a tiny ASGI app
+
+
+class EchoApp:
+    """``GET /hello`` answers ``hello``; ``POST /size`` answers the body's length; a WebSocket echoes.
+
+    WebSocket paths: ``/deny`` closes before accepting (403), ``/teapot`` answers 418 through the
+    ``websocket.http.response`` extension, ``/flood`` sends 64 KiB messages without end, anything else
+    accepts the first offered subprotocol and echoes each message.
+    """
+
+    def __init__(self) -> None:
+        self.scopes: list[Scope] = []
+        self.disconnects: list[dict[str, Any]] = []
+        self.sent = 0
+        self.send_failed: BaseException | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scopes.append(scope)
+        if scope["type"] == "http":
+            request = await receive()
+            body = b"hello" if scope["path"] == "/hello" else str(len(request["body"])).encode()
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        assert scope["type"] == "websocket"
+        assert (await receive())["type"] == "websocket.connect"
+        if scope["path"] == "/deny":
+            await send({"type": "websocket.close"})
+            return
+        if scope["path"] == "/teapot":
+            await send({"type": "websocket.http.response.start", "status": 418, "headers": []})
+            await send({"type": "websocket.http.response.body", "body": b"short and stout"})
+            return
+        offered = scope["subprotocols"]
+        await send({"type": "websocket.accept", "subprotocol": offered[0] if offered else None})
+        if scope["path"] == "/flood":
+            try:
+                while True:
+                    await send({"type": "websocket.send", "bytes": bytes(64 * 1024)})
+                    self.sent += 1
+            except OSError as exc:
+                self.send_failed = exc
+                return
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.disconnects.append(dict(message))
+                return
+            if message.get("text") == "close":
+                await send({"type": "websocket.close", "code": 4000, "reason": "asked"})
+                return
+            await send({"type": "websocket.send", **{k: v for k, v in message.items() if k in ("bytes", "text")}})
+
+
+@contextlib.asynccontextmanager
+async def tcp_server(app: Any, **options: Any) -> AsyncIterator[TcpServer]:
+    server = TcpServer(app, **options)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await asyncio.wait_for(server.close(), WAIT)
+
+
+async def connect(server: TcpServer, *, tls: ssl.SSLContext | None = None
+                  ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = server.address
+    return await asyncio.open_connection(host, port, ssl=tls, server_hostname="localhost" if tls else None)
+
+
+def client_tls(certs: Certs) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(certs.cert))
+    return context
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    with contextlib.suppress(ConnectionError):
+        return await asyncio.wait_for(reader.read(), WAIT)
+    return b""
+
+
+class HttpClient:
+    """HTTP/1.1 on one connection, through h11."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[bytes, bytes], bytes]:
+        headers = [("host", "localhost"), ("content-length", str(len(body)))]
+        self.writer.write(self.h11.send(h11.Request(method=method, target=path, headers=headers)) or b"")
+        self.writer.write(self.h11.send(h11.Data(data=body)) or b"" if body else b"")
+        self.writer.write(self.h11.send(h11.EndOfMessage()) or b"")
+        status, response_headers, data = 0, {}, b""
+        while True:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                self.h11.receive_data(await asyncio.wait_for(self.reader.read(65536), WAIT))
+            elif isinstance(event, h11.Response):
+                status, response_headers = event.status_code, dict(event.headers)
+            elif isinstance(event, h11.Data):
+                data += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+                    self.h11.start_next_cycle()
+                return status, response_headers, data
+            else:
+                raise AssertionError(f"unexpected {event!r}")
+
+
+class WsClient:
+    """A WebSocket client through wsproto."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.pending: list[Event] = []
+
+    async def handshake(self, path: str, subprotocols: list[str] | None = None) -> Event:
+        self.writer.write(self.ws.send(Request(host="localhost", target=path, subprotocols=subprotocols or [])))
+        return await self.next_event()
+
+    async def next_event(self) -> Event:
+        while not self.pending:
+            data = await asyncio.wait_for(self.reader.read(65536), WAIT)
+            self.ws.receive_data(data or None)
+            self.pending.extend(self.ws.events())
+        return self.pending.pop(0)
+
+    async def message(self) -> Message[Any]:
+        parts: list[Any] = []
+        while True:
+            event = await self.next_event()
+            assert isinstance(event, Message), event
+            parts.append(event.data)
+            if event.message_finished:
+                return type(event)(data=type(event.data)().join(parts))
+
+    def send(self, event: Event) -> None:
+        self.writer.write(self.ws.send(event))
+
+
+# -- HTTP
+
+
+async def test_http_get_and_keep_alive() -> None:
+    app = EchoApp()
+    async with tcp_server(app) as server:
+        client = HttpClient(*await connect(server))
+        assert await client.request("GET", "/hello?x=1") == (200, {b"content-type": b"text/plain",
+                                                                   b"content-length": b"5"}, b"hello")
+        assert (await client.request("POST", "/size", b"12345678"))[2] == b"8"  # the same connection
+        assert server.connection_count == 1
+        scope = app.scopes[0]
+        assert scope["type"] == "http" and scope["scheme"] == "http" and scope["http_version"] == "1.1"
+        assert scope["method"] == "GET" and scope["path"] == "/hello" and scope["raw_path"] == b"/hello"
+        assert scope["query_string"] == b"x=1" and scope["server"] == server.address
+        assert scope["client"][0] == "127.0.0.1" and (b"host", b"localhost") in scope["headers"]
+        client.writer.close()
+
+
+async def test_plain_and_tls_on_one_port(certs: Certs) -> None:
+    credentials = TLSConfig(certfile=certs.cert, keyfile=certs.key).load_server_credentials()
+    app = EchoApp()
+    async with tcp_server(app, ssl=server_ssl_context(credentials)) as server:
+        secure = HttpClient(*await connect(server, tls=client_tls(certs)))
+        assert (await secure.request("GET", "/hello"))[2] == b"hello"
+        plain = HttpClient(*await connect(server))
+        assert (await plain.request("GET", "/hello"))[2] == b"hello"
+        assert [scope["scheme"] for scope in app.scopes] == ["https", "http"]
+        reader, writer = await connect(server, tls=client_tls(certs))
+        ws = WsClient(reader, writer)
+        accepted = await ws.handshake("/echo", ["moq-lite-06"])
+        assert isinstance(accepted, AcceptConnection) and accepted.subprotocol == "moq-lite-06"
+        assert app.scopes[-1]["scheme"] == "wss"
+        for each in (secure.writer, plain.writer, writer):
+            each.close()
+
+
+async def test_a_tls_hello_without_a_certificate_is_closed() -> None:
+    async with tcp_server(EchoApp()) as server:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await asyncio.wait_for(connect(server, tls=context), WAIT)
+
+
+# -- WebSocket
+
+
+async def test_websocket_echo_with_a_subprotocol_and_ping() -> None:
+    app = EchoApp()
+    async with tcp_server(app) as server:
+        ws = WsClient(*await connect(server))
+        accepted = await ws.handshake("/echo?room=1", ["moq-lite-06", "moql"])
+        assert isinstance(accepted, AcceptConnection) and accepted.subprotocol == "moq-lite-06"
+        scope = app.scopes[0]
+        assert scope["type"] == "websocket" and scope["scheme"] == "ws" and scope["path"] == "/echo"
+        assert scope["subprotocols"] == ["moq-lite-06", "moql"] and scope["query_string"] == b"room=1"
+        assert "websocket.http.response" in scope["extensions"]
+        ws.send(BytesMessage(data=b"\x00\x01binary"))
+        assert (await ws.message()).data == b"\x00\x01binary"
+        ws.send(TextMessage(data="text ✓"))
+        assert (await ws.message()).data == "text ✓"
+        ws.send(Ping(payload=b"are you there"))
+        pong = await ws.next_event()
+        assert isinstance(pong, Pong) and pong.payload == b"are you there"
+        ws.send(CloseConnection(code=1000, reason="bye"))
+        closed = await ws.next_event()
+        assert isinstance(closed, CloseConnection) and closed.code == 1000
+        await eventually(lambda: app.disconnects, "the app saw the disconnect")
+        assert app.disconnects[0]["code"] == 1000
+        await eventually(lambda: server.connection_count == 0, "the connection ended")
+
+
+async def test_websocket_closed_by_the_app() -> None:
+    async with tcp_server(EchoApp()) as server:
+        ws = WsClient(*await connect(server))
+        assert isinstance(await ws.handshake("/echo"), AcceptConnection)
+        ws.send(TextMessage(data="close"))
+        closed = await ws.next_event()
+        assert isinstance(closed, CloseConnection) and (closed.code, closed.reason) == (4000, "asked")
+
+
+async def test_websocket_denied_before_accept() -> None:
+    async with tcp_server(EchoApp()) as server:
+        ws = WsClient(*await connect(server))
+        denied = await ws.handshake("/deny")
+        assert isinstance(denied, RejectConnection) and denied.status_code == 403
+        ws = WsClient(*await connect(server))
+        teapot = await ws.handshake("/teapot")
+        assert isinstance(teapot, RejectConnection) and teapot.status_code == 418 and teapot.has_body
+        body = await ws.next_event()
+        assert isinstance(body, RejectData) and body.data == b"short and stout"
+
+
+async def test_server_close_tells_the_websocket_app() -> None:
+    app = EchoApp()
+    server = TcpServer(app)
+    await server.start()
+    ws = WsClient(*await connect(server))
+    assert isinstance(await ws.handshake("/echo"), AcceptConnection)
+    await asyncio.wait_for(server.close(), WAIT)
+    assert app.disconnects == [{"type": "websocket.disconnect", "code": 1012, "reason": "server stopping"}]
+    closed = await ws.next_event()
+    assert isinstance(closed, CloseConnection) and closed.code == 1012
+    assert server.connection_count == 0
+    with pytest.raises(OSError):
+        await connect(server)  # the listener is gone
+
+
+async def test_shutdown_closes_idle_connections_and_finishes_requests() -> None:
+    release, arrived = asyncio.Event(), asyncio.Event()
+
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        arrived.set()
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late"})
+
+    server = TcpServer(slow)
+    await server.start()
+    idle_reader, idle_writer = await connect(server)
+    busy = HttpClient(*await connect(server))
+    answer = asyncio.ensure_future(busy.request("GET", "/"))
+    await eventually(lambda: server.connection_count == 2, "both connections accepted")
+    await asyncio.wait_for(arrived.wait(), WAIT)
+    stopping = asyncio.ensure_future(server.shutdown(WAIT))
+    assert await read_until_closed(idle_reader) == b""  # an idle connection is closed at once
+    release.set()
+    status, headers, body = await asyncio.wait_for(answer, WAIT)
+    assert (status, body, headers[b"connection"]) == (200, b"late", b"close")
+    assert await asyncio.wait_for(stopping, WAIT) is True
+    idle_writer.close()
+
+
+# -- hostile input
+
+
+async def test_a_request_head_that_never_ends_is_closed_at_the_deadline() -> None:
+    async with tcp_server(EchoApp(), settings=TcpSettings(header_timeout=0.5)) as server:
+        reader, writer = await connect(server)
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        started = asyncio.get_running_loop().time()
+        assert await read_until_closed(reader) == b""
+        assert asyncio.get_running_loop().time() - started < WAIT
+        silent_reader, silent_writer = await connect(server)  # nothing at all: closed too
+        assert await read_until_closed(silent_reader) == b""
+        for w in (writer, silent_writer):
+            w.close()
+
+
+async def test_oversized_headers_get_431() -> None:
+    app = EchoApp()
+    async with tcp_server(app, settings=TcpSettings(max_header_bytes=4096)) as server:
+        reader, writer = await connect(server)
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n" + b"x-big: " + b"a" * 8192 + b"\r\n\r\n")
+        answer = await read_until_closed(reader)
+        assert answer.startswith(b"HTTP/1.1 431 ") and app.scopes == []
+        writer.close()
+
+
+async def test_a_huge_body_gets_413() -> None:
+    app = EchoApp()
+    async with tcp_server(app, settings=TcpSettings(max_body_bytes=4096)) as server:
+        reader, writer = await connect(server)
+        writer.write(b"POST /size HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n")
+        assert (await read_until_closed(reader)).startswith(b"HTTP/1.1 413 ")
+        writer.close()
+        reader, writer = await connect(server)  # chunked, no length announced
+        writer.write(b"POST /size HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(3):
+            writer.write(b"800\r\n" + b"a" * 2048 + b"\r\n")
+        assert (await read_until_closed(reader)).startswith(b"HTTP/1.1 413 ")
+        assert app.scopes == []
+        writer.close()
+
+
+async def test_a_websocket_message_over_the_limit_closes_with_1009() -> None:
+    app = EchoApp()
+    async with tcp_server(app, settings=TcpSettings(max_message_bytes=8192)) as server:
+        ws = WsClient(*await connect(server))
+        assert isinstance(await ws.handshake("/echo"), AcceptConnection)
+        ws.send(BytesMessage(data=bytes(4096)))
+        assert len((await ws.message()).data) == 4096
+        ws.send(BytesMessage(data=bytes(10_000)))
+        closed = await ws.next_event()
+        assert isinstance(closed, CloseConnection) and closed.code == 1009
+        await eventually(lambda: app.disconnects, "the app saw the disconnect")
+        assert app.disconnects[0]["code"] == 1009
+
+
+async def test_a_peer_that_never_reads_bounds_what_the_app_can_queue() -> None:
+    app = EchoApp()
+    settings = TcpSettings(write_buffer=64 * 1024, send_timeout=1.0)
+    async with tcp_server(app, settings=settings) as server:
+        reader, writer = await connect(server)
+        transport = writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)
+        ws = WsClient(reader, writer)
+        assert isinstance(await ws.handshake("/flood"), AcceptConnection)
+        transport.pause_reading()  # the peer stops reading: the kernel buffers fill, then the server's
+        await eventually(lambda: app.send_failed is not None, "the app's send gave up on the peer")
+        # The kernel's socket buffers hold some messages; the server held at most write_buffer and one message.
+        assert isinstance(app.send_failed, OSError)
+        sent_bytes = app.sent * 64 * 1024
+        assert sent_bytes < 64 * 1024 * 1024, sent_bytes  # nowhere near unbounded
+        await eventually(lambda: server.connection_count == 0, "the connection was dropped")
+        writer.close()
+
+
+async def test_a_peer_that_sends_faster_than_the_app_receives_is_not_read() -> None:
+    gate = asyncio.Event()
+    received: list[int] = []
+
+    async def sluggish(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await gate.wait()
+        while (message := await receive())["type"] == "websocket.receive":
+            received.append(len(message["bytes"]))
+
+    settings = TcpSettings(receive_buffer=64 * 1024)
+    async with tcp_server(sluggish, settings=settings) as server:
+        reader, writer = await connect(server)
+        ws = WsClient(reader, writer)
+        assert isinstance(await ws.handshake("/"), AcceptConnection)
+        writer.transport.set_write_buffer_limits(high=1 << 30)
+        for _ in range(400):  # 400 messages of 16 KiB = 6.4 MiB, far more than the server will buffer
+            ws.send(BytesMessage(data=bytes(16 * 1024)))
+        await eventually(lambda: writer.transport.get_write_buffer_size() > 0, "the server stopped reading")
+        await asyncio.sleep(0.2)
+        (connection,) = server.connections
+        assert connection.websocket is not None
+        assert connection.websocket.queued <= 64 * 1024 + 16 * 1024 + 4096  # the buffer, a message, a read
+        gate.set()
+        await eventually(lambda: len(received) == 400, "every message arrived once the app read")
+        writer.close()
+
+
+async def test_too_many_connections_from_one_address_are_refused(caplog: pytest.LogCaptureFixture) -> None:
+    async with tcp_server(EchoApp(), settings=TcpSettings(max_connections_per_address=3)) as server:
+        kept = [await connect(server) for _ in range(3)]
+        await eventually(lambda: server.connection_count == 3, "three connections accepted")
+        reader, writer = await connect(server)
+        assert await read_until_closed(reader) == b""  # refused at once
+        assert "max_connections_per_address (3)" in caplog.text
+        kept[0][1].close()
+        await eventually(lambda: server.connection_count == 2, "one left")
+        client = HttpClient(*await connect(server))  # room again
+        assert (await client.request("GET", "/hello"))[2] == b"hello"
+        for _, w in [*kept, (reader, writer), (client.reader, client.writer)]:
+            w.close()
+    gc.collect()
