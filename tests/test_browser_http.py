@@ -1,0 +1,120 @@
+"""Headless Chromium given an ``http://`` URL: @moq/net fetches /certificate.sha256, pins it, reads the clock.
+
+The stock ``hypercorn`` command line serves ``examples.clock:moq`` with its plain HTTP listener and its
+QUIC listener on the same port number; the app learnt its certificate from Hypercorn's ``--certfile``.
+The page (``tests/browser/http.html``, bundled from ``http_entry.js``) is served from another origin,
+so the certificate fetch is a cross-origin one. Chromium runs with QUIC enabled.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import queue
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .chromium import FLAGS, chromium
+from .conftest import Certs
+from .test_browser import BROWSER_DIR, run_npm
+from .test_http_endpoints import HypercornOnePort
+
+pytestmark = [pytest.mark.browser, pytest.mark.cli]
+
+TIMEOUT = 30  # seconds; the page gives up by itself after 25
+PAGES = {"/http.html": ("http.html", "text/html; charset=utf-8"),
+         "/dist/http_bundle.js": ("dist/http_bundle.js", "text/javascript; charset=utf-8")}
+
+
+@pytest.fixture(scope="module")
+def http_bundle() -> Path:
+    """``dist/http_bundle.js`` from ``http_entry.js`` (``npm ci`` first when node_modules is missing or stale)."""
+    lock = BROWSER_DIR / "package-lock.json"
+    installed = BROWSER_DIR / "node_modules" / ".package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        run_npm("ci", "--no-audit", "--no-fund", timeout=300)
+    source, out = BROWSER_DIR / "http_entry.js", BROWSER_DIR / "dist" / "http_bundle.js"
+    if not out.exists() or out.stat().st_mtime < max(source.stat().st_mtime, installed.stat().st_mtime):
+        result = subprocess.run([str(BROWSER_DIR / "node_modules" / ".bin" / "esbuild"), source.name, "--bundle",
+                                 "--format=esm", "--target=es2022", f"--outfile={out.relative_to(BROWSER_DIR)}"],
+                                cwd=BROWSER_DIR, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+    return out
+
+
+class _Pages(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _PageHandler)
+        self.results: queue.Queue[dict[str, Any]] = queue.Queue()
+
+
+class _PageHandler(BaseHTTPRequestHandler):
+    server: _Pages
+
+    def do_GET(self) -> None:
+        name, content_type = PAGES.get(self.path.partition("?")[0], (None, ""))
+        if name is None:
+            self.send_error(404)
+            return
+        body = (BROWSER_DIR / name).read_bytes()
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.send_header("cache-control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        if self.path == "/result":
+            self.server.results.put(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def pages(http_bundle: Path) -> Iterator[_Pages]:
+    server = _Pages()
+    thread = threading.Thread(target=server.serve_forever, name="http-pages", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT)
+
+
+def test_moq_net_in_chromium_pins_the_certificate_fetched_from_an_http_url(pages: _Pages, certs: Certs,
+                                                                          tmp_path: Path) -> None:
+    assert not any("quic" in flag for flag in FLAGS)  # QUIC stays on
+    server = HypercornOnePort("examples.clock:moq", certs)
+    try:
+        moq_url = f"http://127.0.0.1:{server.port}/"
+        page = f"http://127.0.0.1:{pages.server_address[1]}/http.html?moq={moq_url}"
+        with chromium(page, tmp_path) as browser:
+            try:
+                result = pages.results.get(timeout=TIMEOUT)
+            except queue.Empty:
+                pytest.fail(f"the page posted no result; page text:\n{browser.page_text()}\n{browser.log_tail()}")
+    finally:
+        server.stop()
+    print(f"@moq/net over an http:// URL: {json.dumps(result)}")
+    assert result["error"] is None, f"{result['error']}\n{server.output}"
+    assert f"{moq_url}certificate.sha256" in result["resources"]
+    assert result["version"] == "moq-lite-05"
+    assert len(result["frames"]) == 1
+    stamp = datetime.datetime.fromisoformat(result["frames"][0])
+    assert stamp.utcoffset() == datetime.timedelta(0)
+    assert "Traceback" not in server.output, server.output

@@ -1,0 +1,263 @@
+"""Metrics of a MoQ app (Prometheus text) and the session log lines.
+
+In memory through ``moqt_asgi.testing.connect``, on the app's own path and on :func:`metrics_app`,
+and through the stock ``hypercorn`` command line with a moq-rs session that comes and goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from moqt_asgi import Authenticator, Broadcast, MoQ, SetupRejected
+from moqt_asgi.metrics import (
+    CONTENT_TYPE,
+    AppMetrics,
+    MetricsUnavailable,
+    log_fields,
+    metrics_app,
+    refusal_reason,
+    render,
+)
+from moqt_asgi.testing import connect
+from moqt_asgi.types import Message, Scope
+
+from .conftest import ROOT, Certs
+from .helpers import WAIT, eventually
+from .test_http_endpoints import HypercornOnePort, call
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of sample ``name{labels}`` in exposition ``text`` (labels matched exactly), or None."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        match = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
+        if match is None or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'([a-zA-Z_]+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+        if found == labels:
+            return float(match.group(3))
+    return None
+
+
+def clock_app(**kwargs: Any) -> MoQ:
+    app = MoQ(**kwargs)
+    broadcast = Broadcast("clock")
+    broadcast.create_track("seconds").write_frame(b"tick")
+    app.mux.publish("clock", broadcast)
+    return app
+
+
+async def one_session(app: MoQ, **kwargs: Any) -> str:
+    async with connect(app, **kwargs) as session:
+        version = session.version_name
+        text = render(app).decode()
+        assert sample(text, "moqt_sessions", transport="memory", version=version) == 1
+        assert sample(text, "moqt_sessions_opened_total", transport="memory", version=version) == 1
+    return version
+
+
+def test_a_session_that_came_and_went_is_counted(caplog: pytest.LogCaptureFixture) -> None:
+    app = clock_app()
+    with caplog.at_level(logging.INFO, logger="moqt_asgi.sessions"):
+        version = asyncio.run(one_session(app))
+
+    def closed() -> str:
+        text = render(app).decode()
+        return text if sample(text, "moqt_sessions_closed_total", transport="memory", version=version) == 1 else ""
+
+    text = asyncio.run(eventually(closed, "the session counted as closed"))
+    assert sample(text, "moqt_sessions", transport="memory", version=version) == 0
+    assert sample(text, "moqt_sessions_opened_total", transport="memory", version=version) == 1
+    assert sample(text, "moqt_session_setup_seconds_count") == 1
+    assert sample(text, "moqt_session_setup_seconds_bucket", le="+Inf") == 1
+    assert sample(text, "moqt_announcements") == 1
+    assert sample(text, "moqt_sessions_refused_total", reason="auth") == 0
+    lines = [record.getMessage() for record in caplog.records if record.name == "moqt_asgi.sessions"]
+    start = next(line for line in lines if line.startswith("session start "))
+    end = next(line for line in lines if line.startswith("session end "))
+    for line in (start, end):
+        assert f"transport=memory version={version} path=/ " in line, line
+    assert re.search(r" setup_ms=\d+\.\d ", start + " "), start
+    assert re.search(r" duration_s=\d+\.\d{3} ", end), end
+
+
+def test_open_subscriptions_are_read_from_the_live_sessions() -> None:
+    app = clock_app()
+
+    async def run() -> str:
+        async with connect(app) as session:
+            reader = await session.subscribe("clock", "seconds")
+            def served() -> str:
+                text = render(app).decode()
+                return text if sample(text, "moqt_subscriptions_served") == 1 else ""
+
+            text = await eventually(served, "the subscription counted")
+            reader.close()
+            return text
+
+    text = asyncio.run(run())
+    assert sample(text, "moqt_subscriptions_served") == 1
+
+
+def test_refusals_are_counted_by_reason(caplog: pytest.LogCaptureFixture) -> None:
+    app = clock_app(auth=Authenticator(public="open"), max_sessions=1)
+
+    async def refused(**kwargs: Any) -> None:
+        with pytest.raises(SetupRejected):
+            async with connect(app, **kwargs):
+                pass
+
+    async def run() -> None:
+        await refused(path="/closed")  # no token, not public: auth
+        app.allow_origins = ["https://good.example"]
+        await refused(path="/open", origin="https://evil.example")
+        app.allow_origins = None
+
+        @app.route("/open/{room}")
+        async def room(request: Any) -> None:
+            await request.reject(418, "no")
+
+        await refused(path="/open")  # no route
+        await refused(path="/open/a")  # the handler said no
+        async with _held(app):
+            await refused(path="/open/b")  # the cap of one session is taken
+
+    with caplog.at_level(logging.INFO, logger="moqt_asgi.sessions"):
+        asyncio.run(run())
+    text = render(app).decode()
+    for reason, count in (("auth", 1), ("origin", 1), ("route", 1), ("rejected", 1), ("admission", 1),
+                          ("setup_timeout", 0)):
+        assert sample(text, "moqt_sessions_refused_total", reason=reason) == count, (reason, text)
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("session refused ")]
+    assert any("reason=auth status=401 transport=memory path=/closed" in line for line in refusals), refusals
+
+
+class _held:
+    """Holds one admission slot of ``app`` (as a session in setup would)."""
+
+    def __init__(self, app: MoQ) -> None:
+        self.app = app
+
+    async def __aenter__(self) -> None:
+        assert self.app.admit(("10.0.0.1", 1)) is None
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.app.release(("10.0.0.1", 1))
+
+
+def test_refusal_reasons() -> None:
+    assert refusal_reason(401) == "auth"
+    assert refusal_reason(403, "a token for another path") == "auth"
+    assert refusal_reason(403, "origin 'x' not allowed") == "origin"
+    assert refusal_reason(404) == "route"
+    assert refusal_reason(408) == "handler_timeout"
+    assert refusal_reason(503) == "admission"
+    assert refusal_reason(500) == "rejected"
+    assert log_fields(a=1, b="two words", c=None, d="") == 'a=1 b="two words" c=- d=""'
+
+
+def test_metrics_path_is_off_by_default_and_served_when_set() -> None:
+    assert asyncio.run(call(clock_app(), "/metrics"))[0] == 404
+    app = clock_app(metrics_path="/internal/metrics")
+    status, headers, body = asyncio.run(call(app, "/internal/metrics"))
+    assert status == 200 and headers["content-type"] == CONTENT_TYPE
+    assert b"# TYPE moqt_sessions_opened_total counter" in body
+    assert b"# TYPE moqt_session_setup_seconds histogram" in body
+    asyncio.run(call(app, "/health"))
+    text = asyncio.run(call(app, "/internal/metrics"))[2].decode()
+    assert sample(text, "moqt_http_requests_total", endpoint="health", status="200") == 1
+    assert asyncio.run(call(app, "/internal/metrics", method="POST"))[0] == 405
+
+
+def test_metrics_app_serves_only_the_metrics() -> None:
+    app = clock_app()
+    internal = metrics_app(app)
+    status, headers, body = asyncio.run(call(internal, "/metrics"))
+    assert status == 200 and headers["content-type"] == CONTENT_TYPE and b"moqt_announcements 1.0" in body
+    assert asyncio.run(call(internal, "/health"))[0] == 404
+    assert asyncio.run(call(internal, "/"))[0] == 404
+
+    async def lifespan() -> list[str]:
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+        sent: list[str] = []
+
+        async def receive() -> Message:
+            return next(messages)
+
+        async def send(message: Message) -> None:
+            sent.append(message["type"])
+
+        scope: Scope = {"type": "lifespan"}
+        await internal(scope, receive, send)
+        return sent
+
+    assert asyncio.run(lifespan()) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+def test_without_prometheus_client_rendering_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    app = clock_app(metrics_path="/metrics")
+    app.metrics = AppMetrics()
+    with pytest.raises(MetricsUnavailable, match=r"moqt-asgi\[metrics\]"):
+        render(app)
+    status, _, body = asyncio.run(call(app, "/metrics"))
+    assert status == 503 and b"prometheus-client" in body
+
+
+@pytest.mark.cli
+def test_the_package_imports_without_prometheus_client() -> None:
+    code = ("import sys; sys.modules['prometheus_client'] = None\n"
+            "import moqt_asgi, moqt_asgi.metrics, moqt_asgi.http\n"
+            "print(moqt_asgi.MoQ(metrics_path='/metrics').metrics_path)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "/metrics", result.stderr
+
+
+metrics_clock = clock_app(metrics_path="/metrics") if os.environ.get("METRICS_TEST_APP") else None
+"""For the hypercorn test: a clock whose metrics are at /metrics."""
+
+
+@pytest.mark.cli
+@pytest.mark.interop
+def test_hypercorn_metrics_count_a_moqrs_session_that_came_and_went(certs: Certs) -> None:
+    import moq
+
+    server = HypercornOnePort("tests.test_metrics:metrics_clock", certs, env={"METRICS_TEST_APP": "1"})
+
+    async def visit() -> None:
+        async with moq.Client(f"http://127.0.0.1:{server.port}/", reconnect=False, websocket_enabled=False) as client:
+            broadcast = await asyncio.wait_for(client.announced_broadcast("clock"), WAIT)
+            track = await broadcast.subscribe_track("seconds")
+            await asyncio.wait_for(track.next_group(), WAIT)
+
+    def scrape() -> str:
+        status, headers, body = server.get("/metrics")
+        assert status == 200 and headers["content-type"] == CONTENT_TYPE
+        return body.decode()
+
+    try:
+        asyncio.run(visit())
+
+        def closed() -> bool:
+            return any(line.startswith("moqt_sessions_closed_total{") and line.endswith(" 1.0")
+                       for line in scrape().splitlines())
+
+        asyncio.run(eventually(closed, "the session counted as closed", interval=0.1))
+        text = scrape()
+    finally:
+        server.stop()
+    opened = [line for line in text.splitlines() if line.startswith("moqt_sessions_opened_total{")]
+    assert len(opened) == 1 and 'transport="webtransport"' in opened[0] and opened[0].endswith(" 1.0"), opened
+    assert re.search(r'^moqt_sessions\{transport="webtransport",version="moq-lite-0\d"\} 0\.0$', text, re.M), text
+    assert sample(text, "moqt_session_setup_seconds_count") == 1
+    assert sample(text, "moqt_http_requests_total", endpoint="certificate", status="200") == 1
+    assert "Traceback" not in server.output, server.output
