@@ -8,13 +8,20 @@ aioquic's ``serve()``); stop it with :meth:`Server.close` (now) or
 in a router, which is simply a :class:`~.app.MoQ` app: :func:`handle` and
 :func:`handle_func` register on :data:`default_router`, :func:`new_router`
 makes another. See ``docs/server-client.md``.
+
+By default the server also listens on TCP at its UDP port's number
+(:class:`~moqt_asgi.endpoints.tcp_server.TcpServer`): HTTP/1.1 and
+WebSocket, plain and TLS, for ``/certificate.sha256`` and the WebSocket
+fallback of browsers and moq-rs. See ``docs/operators.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
+import errno
 import logging
 import socket
 import ssl
@@ -25,19 +32,23 @@ from typing import Any
 
 from .app import MoQ
 from .endpoints.quic_server import QuicServer
+from .endpoints.tcp_server import TcpServer, TcpSettings, server_ssl_context
 from .endpoints.tickets import SessionTicketStore
 from .endpoints.tls import TLSConfig, server_tls
 from .engine.session import Session
 from .protocol.errors import MoQError
 from .protocol.limits import Limits
 from .protocol.versions import Version, ordered
-from .serving import serve_connection
+from .serving import serve_connection, session_hook
 from .stopping import CLOSE_GRACE, drain, send_goaway, session_idle
 from .transport.base import Connection
 from .transport.settings import QuicSettings
-from .types import SetupHandler
+from .types import ASGIApp, SetupHandler
 
 logger = logging.getLogger("moqt_asgi.server")
+
+TCP_BIND_ATTEMPTS = 8
+"""With port 0: how many free UDP ports are tried before giving up on one whose TCP number is also free."""
 
 default_router = MoQ()
 """The router a :class:`Server` uses when its ``handler`` is unset."""
@@ -58,6 +69,13 @@ def handle_func(path: str, func: SetupHandler) -> None:
     default_router.add_route(path, func)
 
 
+def _split_host_port(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"addr must be HOST:PORT, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
 async def _answer(value: bool) -> bool:
     return value
 
@@ -68,7 +86,8 @@ class ServerClosed(MoQError):
 
 @dataclass(eq=False)
 class Server:
-    """A MoQ server: native QUIC (``moql``, ``moq-lite-0N``, ``moq-00``) and WebTransport on one UDP port.
+    """A MoQ server: native QUIC (``moql``, ``moq-lite-0N``, ``moq-00``) and WebTransport on one UDP port,
+    HTTP/1.1 and WebSocket on TCP at the same port number.
 
     Configure it by its fields, then ``await listen_and_serve()`` (or use it
     as an async context manager, which starts it and closes it on exit).
@@ -79,7 +98,10 @@ class Server:
     :meth:`serve_quic_listener` and on connections made by aioquic's
     ``serve()`` with :meth:`quic_serve_arguments`; :attr:`sessions`,
     :meth:`close` and :meth:`shutdown` cover them all, and they share one
-    session-ticket store.
+    session-ticket store. With ``tcp`` (the default), :meth:`start` also
+    listens on TCP at the UDP port's number and serves the handler there as
+    an ASGI app (``http`` and ``websocket`` scopes, plain and TLS);
+    :meth:`serve_tcp` adds more TCP listeners (a metrics app, say).
     """
 
     addr: str = "127.0.0.1:4433"
@@ -102,6 +124,12 @@ class Server:
     webtransport: bool = True
     lifespan: bool = True
     """Run the handler's startup hooks on start and its shutdown hooks once stopped."""
+    tcp: bool = True
+    """Also listen on TCP at the UDP port's number (see :attr:`tcp_address`): HTTP/1.1 and WebSocket,
+    plain and TLS told apart by the first byte."""
+    tcp_settings: TcpSettings | None = None
+    """Limits of the TCP listeners; by default :meth:`TcpSettings.from_quic` of ``quic`` (the same
+    connection caps and header deadline)."""
 
     def __post_init__(self) -> None:
         self._quic_servers: list[QuicServer] = []
@@ -115,6 +143,8 @@ class Server:
         self._started_lifespan = False
         self._forced = False
         self._address: tuple[str, int] | None = None
+        self._tcp_servers: list[TcpServer] = []
+        self._tcp_address: tuple[str, int] | None = None
 
     # -- configuration
     @property
@@ -127,10 +157,7 @@ class Server:
         return app
 
     def _host_port(self) -> tuple[str, int]:
-        host, _, port = self.addr.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"addr must be HOST:PORT, got {self.addr!r}")
-        return host.strip("[]"), int(port)
+        return _split_host_port(self.addr)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -149,6 +176,13 @@ class Server:
             else:
                 raise unknown
         return self._address
+
+    @property
+    def tcp_address(self) -> tuple[str, int]:
+        """The bound ``(host, port)`` of the first TCP listener (kept after the server stopped)."""
+        if self._tcp_address is None:
+            raise MoQError("the server has no TCP listener" if self._state != "new" else "server is not started")
+        return self._tcp_address
 
     @property
     def closed(self) -> bool:
@@ -170,7 +204,53 @@ class Server:
         if self._state == "serving":
             raise ServerClosed("the server was already started")
         host, port = self._host_port()
-        await self._add_listener(lambda server: server.start(), host=host, port=port)
+
+        async def listen(server: QuicServer) -> None:
+            for attempt in range(1, TCP_BIND_ATTEMPTS + 1):
+                await server.start()
+                if not self.tcp:
+                    return
+                try:
+                    await self._start_tcp(self.app_served, host, server.address[1])
+                    return
+                except OSError as exc:
+                    await server.close()
+                    if port != 0 or exc.errno != errno.EADDRINUSE or attempt == TCP_BIND_ATTEMPTS:
+                        raise OSError(exc.errno, f"cannot listen on TCP {host}:{server.address[1]} beside the "
+                                                 f"UDP port: {exc.strerror} (tcp=False serves UDP only)") from exc
+                    self.logger.debug("TCP port %d is taken; trying another UDP port", server.address[1])
+
+        await self._add_listener(listen, host=host, port=port)
+
+    @property
+    def app_served(self) -> MoQ:
+        """The app this server serves (set once it started; :attr:`app` before)."""
+        return self._app if self._app is not None else self.app
+
+    async def serve_tcp(self, addr: str, app: ASGIApp | None = None) -> tuple[str, int]:
+        """Listen on TCP at ``addr`` (``host:port``; port 0 picks one) for ``app``, default the handler.
+
+        Returns the bound address. Plain HTTP/1.1 and WebSocket, and TLS with
+        the server's certificate. The listener stops with the server
+        (:meth:`close`, :meth:`shutdown`). Start the server first.
+        """
+        if self._state != "serving":
+            raise ServerClosed("the server is not serving: start it first")
+        host, port = _split_host_port(addr)
+        listener = await self._start_tcp(app if app is not None else self.app_served, host, port)
+        return listener.address
+
+    async def _start_tcp(self, app: ASGIApp, host: str, port: int) -> TcpServer:
+        credentials = server_tls(self.tls, certfile=self.certfile, keyfile=self.keyfile).load_server_credentials()
+        settings = self.tcp_settings if self.tcp_settings is not None else TcpSettings.from_quic(self.quic)
+        context = contextvars.copy_context()
+        context.run(session_hook.set, self._register)  # MoQ sessions over WebSocket join :attr:`sessions`
+        listener = TcpServer(app, host=host, port=port, ssl=server_ssl_context(credentials), settings=settings,
+                             context=context, log=self.logger)
+        await listener.start()
+        self._tcp_servers.append(listener)
+        self._tcp_address = self._tcp_address or listener.address
+        return listener
 
     async def serve_quic_listener(self, sock: socket.socket) -> None:
         """Serve on ``sock``, a bound UDP socket, until :meth:`close` or :meth:`shutdown` has finished.
@@ -219,6 +299,7 @@ class Server:
             if self._app is None:
                 self._app = self.app
             app = self._app
+            app.offer_certificate(tls.load_server_credentials().chain[0])  # for /certificate.sha256
             server = QuicServer(app, host=host, port=port, tls=tls, quic=self.quic, setup_timeout=self.setup_timeout,
                                 versions=ordered(self.versions) if self.versions is not None else None,
                                 log=self.logger, webtransport=self.webtransport,
@@ -259,17 +340,19 @@ class Server:
         app = self.app
         versions = ordered(self.versions) if self.versions is not None else None
 
-        def track(session: Session) -> None:
-            self._own_sessions.add(session)
-
-            async def forget() -> None:
-                self._own_sessions.discard(session)
-
-            session.add_cleanup(forget)
-            self._session_accepted(session)
-
         await serve_connection(app, connection, transport=transport, protocol=protocol,  # type: ignore[arg-type]
-                               versions=versions, setup_timeout=self.setup_timeout, log=self.logger, on_session=track)
+                               versions=versions, setup_timeout=self.setup_timeout, log=self.logger,
+                               on_session=self._register)
+
+    def _register(self, session: Session) -> None:
+        """A session served outside the QUIC listeners (a connection given to us, a WebSocket): track it."""
+        self._own_sessions.add(session)
+
+        async def forget() -> None:
+            self._own_sessions.discard(session)
+
+        session.add_cleanup(forget)
+        self._session_accepted(session)
 
     def _session_accepted(self, session: Session) -> None:
         if self._state == "stopping" and self._goaway_uri is not None and session.features.goaway:
@@ -292,6 +375,8 @@ class Server:
         self._forced = True
         for server in self._quic_servers:
             server.draining = True
+        for listener in self._tcp_servers:
+            listener.drain()
         for session in self.sessions:
             session.close(0, "server closed")
         return asyncio.ensure_future(self._closed_after(already_stopping))
@@ -328,6 +413,8 @@ class Server:
         started = time.monotonic()
         for server in self._quic_servers:
             server.draining = True
+        for listener in self._tcp_servers:
+            listener.drain()  # no new TCP connections; requests in flight finish, WebSockets go on
         sessions = self.sessions
         old = set()
         sends = []
@@ -352,7 +439,9 @@ class Server:
 
     async def _finish(self) -> None:
         servers, self._quic_servers = self._quic_servers, []
+        listeners, self._tcp_servers = self._tcp_servers, []
         try:
+            closing = [listener.close() for listener in listeners]
             for server in servers:
                 with contextlib.suppress(MoQError):
                     self._address = self._address or server.address
@@ -363,6 +452,8 @@ class Server:
                 session.close(0, "server closed")
             if own:
                 await asyncio.wait([asyncio.ensure_future(s.wait_closed()) for s in own], timeout=CLOSE_GRACE)
+            if closing:
+                await asyncio.gather(*closing, return_exceptions=True)
         finally:
             await self._end_lifespan()
             self._state = "closed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,12 +28,14 @@ from wsproto.events import (
     TextMessage,
 )
 
+from moqt_asgi import MoQError, Server, dial
 from moqt_asgi.endpoints.tcp_server import TcpServer, TcpSettings, server_ssl_context
 from moqt_asgi.endpoints.tls import TLSConfig
 from moqt_asgi.types import Receive, Scope, Send
 
 from .conftest import Certs
-from .helpers import WAIT, eventually
+from .helpers import WAIT, eventually, read_tick, tick_app
+from .test_lifecycle import no_leaks
 
 # -- a tiny ASGI app
 
@@ -430,3 +433,74 @@ async def test_too_many_connections_from_one_address_are_refused(caplog: pytest.
         for _, w in [*kept, (reader, writer), (client.reader, client.writer)]:
             w.close()
     gc.collect()
+
+
+# -- Server: UDP and TCP on one port number
+
+
+async def http_get(host: str, port: int, path: str, *, tls: ssl.SSLContext | None = None
+                   ) -> tuple[int, dict[bytes, bytes], bytes]:
+    reader, writer = await asyncio.open_connection(host, port, ssl=tls, server_hostname="localhost" if tls else None)
+    try:
+        return await HttpClient(reader, writer).request("GET", path)
+    finally:
+        writer.close()
+
+
+async def test_server_serves_udp_and_tcp_on_one_port_number_and_stops_cleanly(certs: Certs) -> None:
+    async with no_leaks():
+        server = Server(addr="127.0.0.1:0", certfile=str(certs.cert), keyfile=str(certs.key), handler=tick_app())
+        await server.start()
+        host, port = server.address
+        assert server.tcp_address == (host, port)
+        session = await dial(f"moql://127.0.0.1:{port}/", fingerprint=certs.fingerprint)  # UDP still serves
+        assert await read_tick(session) == b"tick"
+        for tls in (None, client_tls(certs)):
+            status, _, body = await http_get(host, port, "/certificate.sha256", tls=tls)
+            assert (status, body.decode()) == (200, certs.fingerprint.replace(":", "").lower())
+        assert (await http_get(host, port, "/health"))[0] == 200
+        assert await server.close() is True
+        await asyncio.wait_for(session.wait_closed(), WAIT)
+        with pytest.raises(OSError):
+            await asyncio.open_connection(host, port)
+        assert server.tcp_address == (host, port)
+
+
+async def test_server_without_tcp(certs: Certs) -> None:
+    async with Server(addr="127.0.0.1:0", certfile=str(certs.cert), keyfile=str(certs.key), handler=tick_app(),
+                      tcp=False) as server:
+        with pytest.raises(MoQError):
+            server.tcp_address  # noqa: B018
+        with pytest.raises(OSError):
+            await asyncio.open_connection(*server.address)
+
+
+async def test_server_on_a_port_whose_tcp_number_is_taken(certs: Certs) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        server = Server(addr=f"127.0.0.1:{port}", certfile=str(certs.cert), keyfile=str(certs.key), handler=tick_app())
+        with pytest.raises(OSError, match="tcp=False"):
+            await server.start()
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", port))  # the UDP port was released
+        udp.close()
+    finally:
+        taken.close()
+
+
+async def test_server_shutdown_stops_a_websocket_session(certs: Certs) -> None:
+    async with no_leaks():
+        server = Server(addr="127.0.0.1:0", certfile=str(certs.cert), keyfile=str(certs.key), handler=tick_app())
+        await server.start()
+        reader, writer = await asyncio.open_connection(*server.tcp_address)
+        ws = WsClient(reader, writer)
+        accepted = await ws.handshake("/", ["qmux-01.moq-lite-03"])
+        assert isinstance(accepted, AcceptConnection), accepted
+        assert await server.shutdown(1.0) in (True, False)
+        while not isinstance(closed := await ws.next_event(), CloseConnection):  # the app's first messages
+            assert isinstance(closed, BytesMessage)
+        assert server.closed
+        writer.close()
