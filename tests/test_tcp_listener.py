@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import h11
+import moq
 import pytest
 from wsproto import WSConnection
 from wsproto.connection import ConnectionType
@@ -504,3 +505,40 @@ async def test_server_shutdown_stops_a_websocket_session(certs: Certs) -> None:
             assert isinstance(closed, BytesMessage)
         assert server.closed
         writer.close()
+
+
+# -- moq-rs against Server's TCP side
+
+
+async def moqrs_reads_tick(url: str, server: Server, **options: Any) -> bytes:
+    """moq-rs reads ``clock/seconds`` from ``server`` at ``url``; its session is listed by the server meanwhile."""
+    async with moq.Client(url, reconnect=False, **options) as peer:
+        await eventually(lambda: server.sessions, "moq-rs's session is listed")
+        broadcast = await asyncio.wait_for(peer.announced_broadcast("clock"), WAIT)
+        track = await broadcast.subscribe_track("seconds")
+        group = await asyncio.wait_for(track.next_group(), WAIT)
+        assert group is not None
+        frame = await asyncio.wait_for(group.read_frame(), WAIT)
+        assert frame is not None
+        return bytes(frame.payload)
+
+
+@pytest.mark.interop
+async def test_moqrs_http_url_fetches_the_certificate_over_tcp_then_dials_webtransport(certs: Certs) -> None:
+    async with Server(addr="127.0.0.1:0", certfile=str(certs.cert), keyfile=str(certs.key),
+                      handler=tick_app()) as server:
+        port = server.address[1]
+        # http:// makes moq-rs GET /certificate.sha256 over TCP at the port, then pin it for WebTransport
+        assert await moqrs_reads_tick(f"http://127.0.0.1:{port}/", server, websocket_enabled=False) == b"tick"
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_moqrs_over_websocket(certs: Certs, scheme: str) -> None:
+    async with Server(addr="127.0.0.1:0", certfile=str(certs.cert), keyfile=str(certs.key),
+                      handler=tick_app()) as server:
+        port = server.tcp_address[1]
+        options: dict[str, Any] = {"websocket_enabled": True}
+        if scheme == "wss":
+            options["tls_roots"] = [str(certs.cert)]
+        assert await moqrs_reads_tick(f"{scheme}://localhost:{port}/", server, **options) == b"tick"
