@@ -19,6 +19,7 @@ from .client import dial
 from .endpoints.certs import write_certificate
 from .engine.mux import TrackMux
 from .engine.session import Session
+from .metrics import metrics_app
 from .producer import Broadcast
 from .protocol.errors import MoQError
 from .protocol.versions import ALL_VERSIONS, DEFAULT_VERSIONS, Version
@@ -81,7 +82,8 @@ async def _serve(args: argparse.Namespace) -> None:
     app = load_app(args.app)
     host, port = _host_port(args.bind)
     server = Server(addr=f"{host}:{port}", certfile=args.certfile, keyfile=args.keyfile, handler=app,
-                    webtransport=not args.no_webtransport, versions=args.versions, quic=quic_settings(args))
+                    webtransport=not args.no_webtransport, versions=args.versions, quic=quic_settings(args),
+                    tcp=not args.no_tcp)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[bool]] = []
 
@@ -102,8 +104,14 @@ async def _serve(args: argparse.Namespace) -> None:
     try:
         await server.start()
         authority = f"{server.address[0]}:{server.address[1]}"
-        also = "" if args.no_webtransport else f" and https://{authority}/ (WebTransport)"
-        print(f"serving {args.app} on moql://{authority}/{also}", flush=True)
+        also = [] if args.no_webtransport else [f"https://{authority}/ (WebTransport)"]
+        if not args.no_tcp:
+            also.append(f"http://{authority}/ and ws://{authority}/ (TCP, plain or TLS)")
+        listed = "".join(f", {place}" for place in also)
+        print(f"serving {args.app} on moql://{authority}/{listed}", flush=True)
+        if args.metrics_bind:
+            metrics_host, metrics_port = await server.serve_tcp(args.metrics_bind, metrics_app(app))
+            print(f"metrics on http://{metrics_host}:{metrics_port}/metrics", flush=True)
         await server.listen_and_serve()
         await asyncio.gather(*stopping, return_exceptions=True)
     finally:
@@ -210,10 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve an app on one UDP port: native QUIC (moql) and WebTransport (h3)")
+    serve = commands.add_parser("serve", help="serve an app on one port number: native QUIC (moql) and WebTransport "
+                                              "(h3) on UDP, HTTP/1.1 and WebSocket on TCP")
     serve.add_argument("app", help="MODULE:APP, e.g. examples.clock:moq")
     serve.add_argument("--bind", default="127.0.0.1:4433", help="HOST:PORT (UDP)")
     serve.add_argument("--no-webtransport", action="store_true", help="offer only ALPN moql (no HTTP/3)")
+    serve.add_argument("--no-tcp", action="store_true",
+                       help="do not listen on TCP at the port's number (HTTP/1.1 for /certificate.sha256 and "
+                            "the other endpoints, WebSocket; plain and TLS)")
+    serve.add_argument("--metrics-bind", metavar="HOST:PORT",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics (keep it internal)")
     serve.add_argument("--certfile", required=True)
     serve.add_argument("--keyfile", required=True)
     serve.add_argument("--versions", type=parse_versions, default=None, help=VERSIONS_HELP)

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import socket
 import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,8 +35,8 @@ from moqt_asgi.endpoints.tcp_server import TcpServer, TcpSettings, server_ssl_co
 from moqt_asgi.endpoints.tls import TLSConfig
 from moqt_asgi.types import Receive, Scope, Send
 
-from .conftest import Certs
-from .helpers import WAIT, eventually, read_tick, tick_app
+from .conftest import ROOT, Certs
+from .helpers import WAIT, cli, eventually, free_udp_port, read_tick, stop_serve, tick_app
 from .test_lifecycle import no_leaks
 
 # -- a tiny ASGI app
@@ -542,3 +543,53 @@ async def test_moqrs_over_websocket(certs: Certs, scheme: str) -> None:
         if scheme == "wss":
             options["tls_roots"] = [str(certs.cert)]
         assert await moqrs_reads_tick(f"{scheme}://localhost:{port}/", server, **options) == b"tick"
+
+
+# -- python -m moqt_asgi serve
+
+
+@pytest.mark.cli
+def test_serve_answers_http_on_tcp_at_its_port_and_metrics_on_another(certs: Certs) -> None:
+    port = free_udp_port()
+    process = subprocess.Popen(
+        cli("serve", "examples.clock:moq", "--bind", f"127.0.0.1:{port}", "--certfile", str(certs.cert),
+            "--keyfile", str(certs.key), "--metrics-bind", "127.0.0.1:0"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}/ and ws://127.0.0.1:{port}/" in line, line
+        metrics = process.stdout.readline()
+        assert metrics.startswith("metrics on http://127.0.0.1:"), metrics
+        metrics_url = metrics.split()[-1]
+
+        async def check() -> None:
+            status, _, body = await http_get("127.0.0.1", port, "/health")
+            assert status == 200 and body.startswith(b"ok")
+            status, _, body = await http_get("127.0.0.1", port, "/certificate.sha256", tls=client_tls(certs))
+            assert (status, body.decode()) == (200, certs.fingerprint.replace(":", "").lower())
+            metrics_port = int(metrics_url.rsplit(":", 1)[1].split("/")[0])
+            status, _, body = await http_get("127.0.0.1", metrics_port, "/metrics")
+            assert status == 200 and b"# TYPE" in body
+
+        asyncio.run(check())
+    finally:
+        stop_serve(process, 15)
+    assert process.returncode == 0
+
+
+@pytest.mark.cli
+def test_serve_no_tcp(certs: Certs) -> None:
+    port = free_udp_port()
+    process = subprocess.Popen(
+        cli("serve", "examples.clock:moq", "--bind", f"127.0.0.1:{port}", "--certfile", str(certs.cert),
+            "--keyfile", str(certs.key), "--no-tcp"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "serving" in line and "ws://" not in line, line
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=WAIT):
+            pass
+    finally:
+        stop_serve(process, 15)
