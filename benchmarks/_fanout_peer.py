@@ -1,0 +1,293 @@
+"""The moq-rs processes of :mod:`benchmarks.fanout`: the publisher, the load generators and the moq-rs relay.
+
+Every peer of the fan-out benchmark is a moq-rs endpoint (Rust QUIC, from
+the ``moq-rs`` package), so that what is measured is the relay, not the
+load generator. Each runs in a process of its own::
+
+    python -m benchmarks._fanout_peer publish URL FINGERPRINT --profile frames
+    python -m benchmarks._fanout_peer subscribe URL FINGERPRINT --count 50
+    python -m benchmarks._fanout_peer relay --certfile C --keyfile K
+
+and talks to :mod:`benchmarks.fanout` in lines: it prints ``ready ...`` once
+connected, reads ``window START END GRACE`` (``time.monotonic_ns()`` values,
+a clock every process of the machine shares on Linux) from stdin, and prints
+one JSON line with what it saw once ``END + GRACE`` has passed.
+
+Every frame starts with :data:`HEADER`: the publisher's ``monotonic_ns()``
+just before it wrote the frame, the group sequence and the frame's index in
+the group. A subscriber stamps each frame when ``read_frame`` hands it over,
+so the difference is the one-way latency from the publishing application to
+the subscribing one. Only frames sent inside the window count: the catch-up
+frames a new subscriber gets from the relay's cache are older than the
+window and are ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import moq
+
+logger = logging.getLogger("moqt_asgi.fanout")
+
+HEADER = struct.Struct(">QII")
+"""Send time (``monotonic_ns``), group sequence, frame index in the group."""
+BROADCAST = "fanout/live"
+TRACK = "video"
+CONNECT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A stream: ``fps`` frames a second, a group every ``group_frames`` frames, sizes by position in the group."""
+
+    name: str
+    fps: int
+    group_frames: int
+    first_size: int
+    """Bytes of a group's first frame (a keyframe)."""
+    size: int
+    """Bytes of every other frame."""
+
+    def frame_size(self, index: int) -> int:
+        return self.first_size if index == 0 else self.size
+
+    @property
+    def bytes_per_second(self) -> float:
+        return (self.first_size + (self.group_frames - 1) * self.size) * self.fps / self.group_frames
+
+    def describe(self) -> str:
+        if self.first_size == self.size:
+            return f"{self.fps} fps x {self.size} B, a group every {self.group_frames / self.fps:g} s"
+        return (f"{self.fps} fps, a group every {self.group_frames / self.fps:g} s: a {self.first_size // 1000} kB "
+                f"keyframe then {self.size} B frames ({self.bytes_per_second * 8 / 1e6:.2f} Mbit/s)")
+
+
+PROFILES = {
+    "frames": Profile("frames", fps=30, group_frames=30, first_size=1200, size=1200),
+    "video": Profile("video", fps=30, group_frames=30, first_size=30_000, size=3_276),
+}
+"""``frames``: 30 frames/s of 1200 B; ``video``: about 1 Mbit/s, a 30 kB keyframe then 29 smaller frames a second."""
+
+
+def client(url: str, fingerprint: str) -> moq.Client:
+    """A moq-rs client of ``url`` pinned to ``fingerprint``: no reconnects, no WebSocket fallback."""
+    return moq.Client(url, tls_fingerprints=[fingerprint], reconnect=False, websocket_enabled=False)
+
+
+async def read_line() -> str:
+    """The next line on stdin ('' at its end), read without blocking the event loop."""
+    return await asyncio.to_thread(sys.stdin.readline)
+
+
+def say(*words: object) -> None:
+    print(*words, flush=True)
+
+
+async def read_window() -> tuple[int, int, int]:
+    """Wait for ``window START END GRACE`` on stdin."""
+    while True:
+        line = await read_line()
+        if not line:
+            raise SystemExit("stdin closed before the window was given")
+        parts = line.split()
+        if parts and parts[0] == "window":
+            start, end, grace = (int(part) for part in parts[1:4])
+            return start, end, grace
+
+
+async def sleep_until(deadline_ns: int) -> None:
+    delay = (deadline_ns - time.monotonic_ns()) / 1e9
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+# -- the publisher
+async def publish(args: argparse.Namespace) -> None:
+    """Publish the profile's stream from the moment it is connected until stdin closes.
+
+    Frames are written on a fixed schedule (frame ``i`` at ``start + i / fps``),
+    so a late wake-up never shifts the ones after it. After the window it
+    prints how many frames (and bytes) it sent with a send time inside it.
+    """
+    profile = PROFILES[args.profile]
+    sent: list[int] = []
+    async with client(args.url, args.fingerprint) as session:
+        broadcast = session.create_broadcast(args.broadcast)
+        track = broadcast.publish_track(args.track)
+        broadcast.announce()
+        say("ready")
+        window: asyncio.Task[tuple[int, int, int]] = asyncio.ensure_future(read_window())
+        padding = bytes(max(profile.first_size, profile.size))
+        start = time.monotonic_ns()
+        period = 1_000_000_000 // profile.fps
+        index = 0
+        group: Any = None
+        reported = False
+        while True:
+            await sleep_until(start + index * period)
+            position = index % profile.group_frames
+            if position == 0:
+                if group is not None:
+                    group.finish()
+                group = track.append_group()
+            size = profile.frame_size(position)
+            now = time.monotonic_ns()
+            group.write_frame(HEADER.pack(now, index // profile.group_frames, position) + padding[:size - HEADER.size])
+            sent.append(now)
+            index += 1
+            if window.done() and not reported:
+                begin, end, _grace = window.result()
+                if now >= end:
+                    counted = [stamp for stamp in sent if begin <= stamp < end]
+                    say(json.dumps({"sent": len(counted), "late_ms": _lateness(sent, start, period)}))
+                    reported = True
+                    sent.clear()
+
+
+def _lateness(sent: list[int], start: int, period: int) -> float:
+    """The publisher's worst lateness against its schedule, in ms (its own scheduling, not the relay's)."""
+    if not sent:
+        return 0.0
+    first = (sent[0] - start + period // 2) // period
+    return max(stamp - (start + (first + i) * period) for i, stamp in enumerate(sent)) / 1e6
+
+
+# -- the load generator
+@dataclass
+class Subscriber:
+    """What one subscriber saw inside the window."""
+
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    latencies_us: list[int] = field(default_factory=list)
+    frames: int = 0
+    """Every frame read, in the window or not."""
+    error: str | None = None
+
+    def record(self, payload: bytes, begin: int, end: int, now: int) -> None:
+        self.frames += 1
+        sent, group, index = HEADER.unpack_from(payload)
+        if begin <= sent < end and (group, index) not in self.seen:
+            self.seen.add((group, index))
+            self.latencies_us.append((now - sent) // 1000)
+
+
+class LoadGenerator:
+    """``count`` moq-rs subscribers of one track, each its own QUIC connection."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.subscribers = [Subscriber() for _ in range(args.count)]
+        self.window = (0, 0)
+        """Send times counted: ``[begin, end)``; ``(0, 0)`` counts nothing until the window is known."""
+        self.connected = 0
+        self.failed = 0
+
+    async def run(self) -> None:
+        gate = asyncio.Semaphore(self.args.connect_batch)
+        ready = [asyncio.Event() for _ in self.subscribers]
+        tasks = [asyncio.ensure_future(self.subscribe(subscriber, gate, event))
+                 for subscriber, event in zip(self.subscribers, ready, strict=True)]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await asyncio.gather(*(event.wait() for event in ready))
+        say("ready", self.connected, len(self.subscribers) - self.connected)
+        begin, end, grace = await read_window()
+        self.window = (begin, end)
+        await sleep_until(end + grace)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        say(json.dumps({"subscribers": [
+            {"received": len(s.seen), "frames": s.frames, "latencies_us": s.latencies_us, "error": s.error}
+            for s in self.subscribers]}))
+
+    async def subscribe(self, subscriber: Subscriber, gate: asyncio.Semaphore, ready: asyncio.Event) -> None:
+        groups: set[asyncio.Task[None]] = set()
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                async with gate, asyncio.timeout(CONNECT_TIMEOUT):
+                    session = await stack.enter_async_context(client(self.args.url, self.args.fingerprint))
+                    broadcast = await session.announced_broadcast(self.args.broadcast)
+                    track = await broadcast.subscribe_track(self.args.track)
+                self.connected += 1
+                ready.set()
+                try:
+                    while (group := await track.recv_group()) is not None:
+                        task = asyncio.ensure_future(self.read_group(subscriber, group))
+                        groups.add(task)
+                        task.add_done_callback(groups.discard)
+                    subscriber.error = subscriber.error or "track ended"
+                finally:
+                    for task in groups:
+                        task.cancel()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            subscriber.error = subscriber.error or f"{type(exc).__name__}: {exc}"
+            if not ready.is_set():
+                self.failed += 1
+                ready.set()
+
+    async def read_group(self, subscriber: Subscriber, group: Any) -> None:
+        with contextlib.suppress(Exception):
+            while (frame := await group.read_frame()) is not None:
+                now = time.monotonic_ns()
+                begin, end = self.window
+                subscriber.record(frame.payload, begin, end, now)
+
+
+async def subscribe(args: argparse.Namespace) -> None:
+    await LoadGenerator(args).run()
+
+
+# -- the moq-rs relay
+async def relay(args: argparse.Namespace) -> None:
+    """moq-rs as a relay: a ``moq.Server`` whose sessions publish into and consume from one ``OriginProducer``."""
+    origin = moq.OriginProducer()
+    async with moq.Server(args.bind, tls_cert=[args.certfile], tls_key=[args.keyfile], publish=origin,
+                          subscribe=origin) as server:
+        say(f"listening {server.local_addr}")
+        await server.serve()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks._fanout_peer", description=__doc__.split("\n")[0])
+    modes = parser.add_subparsers(dest="mode", required=True)
+    for name in ("publish", "subscribe"):
+        mode = modes.add_parser(name)
+        mode.add_argument("url")
+        mode.add_argument("fingerprint")
+        mode.add_argument("--broadcast", default=BROADCAST)
+        mode.add_argument("--track", default=TRACK)
+    modes.choices["publish"].add_argument("--profile", choices=list(PROFILES), default="frames")
+    modes.choices["subscribe"].add_argument("--count", type=int, default=1)
+    modes.choices["subscribe"].add_argument("--connect-batch", type=int, default=8,
+                                            help="connections being set up at once")
+    relay_mode = modes.add_parser("relay")
+    relay_mode.add_argument("--bind", default="127.0.0.1:0")
+    relay_mode.add_argument("--certfile", required=True)
+    relay_mode.add_argument("--keyfile", required=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {args.mode}[{os.getpid()}] %(message)s")
+    run = {"publish": publish, "subscribe": subscribe, "relay": relay}[args.mode]
+    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
+        asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
