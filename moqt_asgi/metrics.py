@@ -80,6 +80,36 @@ def log_fields(**fields: object) -> str:
     return " ".join(parts)
 
 
+TRAFFIC = ("frames_sent", "frames_received", "bytes_sent", "bytes_received", "groups_dropped")
+"""The traffic totals a session's stats may carry (see :class:`TrafficStats`)."""
+
+
+@runtime_checkable
+class TrafficStats(Protocol):
+    """Per-session traffic totals, when :meth:`Session.stats() <moqt_asgi.engine.session.Session.stats>` has them.
+
+    Exported as ``moqt_frames_total``, ``moqt_bytes_total`` (``direction``
+    ``in``/``out``) and ``moqt_groups_dropped_total`` once the engine reports
+    them; until then those metrics are absent rather than a misleading zero.
+    """
+
+    frames_sent: int
+    frames_received: int
+    bytes_sent: int
+    bytes_received: int
+    groups_dropped: int
+
+
+def traffic_of(session: Session) -> dict[str, int] | None:
+    """``session``'s traffic totals, or ``None`` when its stats carry none."""
+    stats = session.stats()
+    if not isinstance(stats, TrafficStats):
+        return None
+    return {"frames_sent": stats.frames_sent, "frames_received": stats.frames_received,
+            "bytes_sent": stats.bytes_sent, "bytes_received": stats.bytes_received,
+            "groups_dropped": stats.groups_dropped}
+
+
 class AppMetrics:
     """What one app counts for its metrics: bumped at session start and end, refusals and HTTP answers."""
 
@@ -93,6 +123,9 @@ class AppMetrics:
         self.setup_buckets = [0] * len(SETUP_BUCKETS)
         self.setup_count = 0
         self.setup_sum = 0.0
+        self.traffic_ended: Counter[str] = Counter()
+        """Traffic totals of the sessions that ended (when their stats carry them)."""
+        self.traffic_known = False
         self._registry: Any = None
 
     def session_started(self, session: Session, transport: str, setup_seconds: float) -> None:
@@ -110,6 +143,21 @@ class AppMetrics:
         labels = self.live.pop(session, None)
         if labels is not None:
             self.closed[labels] += 1
+            traffic = traffic_of(session)
+            if traffic is not None:
+                self.traffic_known = True
+                self.traffic_ended.update(traffic)
+
+    def traffic(self) -> Counter[str] | None:
+        """Traffic totals of every session so far, ended and open; ``None`` when sessions report none."""
+        total = Counter(self.traffic_ended)
+        known = self.traffic_known
+        for session in list(self.live):
+            traffic = traffic_of(session)
+            if traffic is not None:
+                known = True
+                total.update(traffic)
+        return total if known else None
 
     def session_refused(self, reason: str) -> None:
         self.refused[reason] += 1
@@ -169,6 +217,15 @@ def _families(app: MeasuredApp) -> Iterator[Any]:
     buckets.append(("+Inf", metrics.setup_count))
     yield HistogramMetricFamily("moqt_session_setup_seconds", "From a connection's start to its session's accept.",
                                 buckets=buckets, sum_value=metrics.setup_sum)
+    traffic = metrics.traffic()
+    if traffic is not None:
+        for name, unit in (("moqt_frames", "frames"), ("moqt_bytes", "bytes")):
+            family = CounterMetricFamily(name, f"Frame {unit} carried by MoQ sessions.", labels=["direction"])
+            family.add_metric(["in"], traffic[f"{unit}_received"])
+            family.add_metric(["out"], traffic[f"{unit}_sent"])
+            yield family
+        yield CounterMetricFamily("moqt_groups_dropped", "Groups dropped for slow subscribers.",
+                                  value=traffic["groups_dropped"])
     http = CounterMetricFamily("moqt_http_requests", "HTTP endpoint answers.", labels=["endpoint", "status"])
     for (endpoint, status), value in sorted(metrics.http.items()):
         http.add_metric([endpoint, str(status)], value)
@@ -247,12 +304,15 @@ __all__ = [
     "CONTENT_TYPE",
     "REFUSAL_REASONS",
     "SETUP_BUCKETS",
+    "TRAFFIC",
     "AppMetrics",
     "MeasuredApp",
     "MetricsUnavailable",
+    "TrafficStats",
     "log_fields",
     "metrics_app",
     "refusal_reason",
     "render",
     "serve_metrics",
+    "traffic_of",
 ]

@@ -7,6 +7,7 @@ and through the stock ``hypercorn`` command line with a moq-rs session that come
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -261,3 +262,47 @@ def test_hypercorn_metrics_count_a_moqrs_session_that_came_and_went(certs: Certs
     assert sample(text, "moqt_session_setup_seconds_count") == 1
     assert sample(text, "moqt_http_requests_total", endpoint="certificate", status="200") == 1
     assert "Traceback" not in server.output, server.output
+
+
+@dataclasses.dataclass
+class _Stats:
+    served: int = 0
+    subscribed: int = 0
+    fetches: int = 0
+    announce_streams: int = 0
+    queued_writes: int = 0
+    frames_sent: int = 0
+    frames_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    groups_dropped: int = 0
+
+
+class _CountingSession:
+    """Stands in for a session whose stats carry traffic totals."""
+
+    version_name = "moq-lite-05"
+
+    def __init__(self, **stats: int) -> None:
+        self.counts = _Stats(**stats)
+
+    def stats(self) -> _Stats:
+        return self.counts
+
+
+def test_traffic_totals_appear_once_sessions_report_them() -> None:
+    app = clock_app()
+    assert "moqt_bytes_total" not in render(app).decode()  # no session reported traffic: absent, not zero
+    ended = _CountingSession(frames_sent=3, bytes_sent=300, frames_received=1, bytes_received=10, groups_dropped=2)
+    live = _CountingSession(frames_sent=1, bytes_sent=50)
+    for session in (ended, live):
+        app.metrics.session_started(session, "quic", 0.01)  # type: ignore[arg-type]
+    app.metrics.session_ended(ended)  # type: ignore[arg-type]
+    ended.counts.bytes_sent = 10_000  # what it does after its end is not counted
+    text = render(app).decode()
+    assert sample(text, "moqt_bytes_total", direction="out") == 350
+    assert sample(text, "moqt_bytes_total", direction="in") == 10
+    assert sample(text, "moqt_frames_total", direction="out") == 4
+    assert sample(text, "moqt_frames_total", direction="in") == 1
+    assert sample(text, "moqt_groups_dropped_total") == 2
+    assert sample(text, "moqt_sessions", transport="quic", version="moq-lite-05") == 1
