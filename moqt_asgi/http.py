@@ -157,6 +157,8 @@ class Response:
     body: bytes = b""
     content_type: bytes | None = TEXT
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    parts: tuple[bytes, ...] = ()
+    """A body sent in these pieces instead of :attr:`body` (a group's frames, sent as they are cached)."""
 
     @classmethod
     def text(cls, status: int, text: str) -> Response:
@@ -294,8 +296,8 @@ class HttpEndpointHandler:
         size = sum(len(payload) for payload, _ in frames)
         if size > limit:
             return _too_large(broadcast, track, sequence, size, limit)
-        return Response(200, b"".join(payload for payload, _ in frames), content_type=None,
-                        headers=((b"moq-group", str(sequence).encode()),))
+        return Response(200, content_type=None, headers=((b"moq-group", str(sequence).encode()),),
+                        parts=tuple(payload for payload, _ in frames))
 
     # -- CORS and sending
     def _cors(self, origin: str | None, public: bool) -> list[tuple[bytes, bytes]]:
@@ -316,13 +318,18 @@ class HttpEndpointHandler:
 
     @staticmethod
     async def _send(send: Send, response: Response, cors: list[tuple[bytes, bytes]], *, head: bool) -> None:
-        headers: list[tuple[bytes, bytes]] = [(b"content-length", str(len(response.body)).encode()),
+        parts = response.parts or (response.body,)
+        headers: list[tuple[bytes, bytes]] = [(b"content-length", str(sum(map(len, parts))).encode()),
                                               (b"cache-control", b"no-store")]
         if response.content_type is not None:
             headers.append((b"content-type", response.content_type))
         headers += [*response.headers, *cors]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if head else response.body})
+        if head:
+            await send({"type": "http.response.body", "body": b""})
+            return
+        for index, part in enumerate(parts):  # the cached payloads themselves: no copy of the group is made
+            await send({"type": "http.response.body", "body": part, "more_body": index < len(parts) - 1})
 
 
 def _too_large(broadcast: str, track: str, sequence: int, size: int, limit: int) -> Response:

@@ -50,14 +50,14 @@ class MetricsUnavailable(RuntimeError):
 def refusal_reason(status: int, reason: str = "") -> str:
     """The ``reason`` label for a session refused with HTTP-style ``status`` (and its text).
 
-    401 is auth; 403 is origin when the text says so (the app's origin
-    checks do), else auth; 404 a missing route; 408 a setup handler that did
+    401 is auth; 403 is origin when the text is one of the app's origin
+    refusals (``origin ... not allowed``, ``an Origin header is required``), else auth; 404 a missing route; 408 a setup handler that did
     not decide in time; 429 and 503 the admission caps; 400 and 501 protocol.
     """
     if status == 401:
         return "auth"
     if status == 403:
-        return "origin" if "origin" in reason.lower() else "auth"
+        return "origin" if reason.startswith(("origin ", "an Origin header")) else "auth"
     if status == 404:
         return "route"
     if status == 408:
