@@ -282,12 +282,14 @@ async def track_info(core: SessionCore, broadcast: str, track: str) -> TrackInfo
     if not core.features.track_stream:
         raise MoQError(f"{core.version_name} has no TRACK stream")
     stream = await core.connection.open_bi()
-    stream.write(encode_varint(LiteBidi.TRACK) + codec.encode_track_request(TrackRequest(normalize_path(broadcast), track)),
-                 end=True)
+    # Our side stays open until TRACK_INFO is in: moq-rs reads an early FIN as the request being withdrawn.
+    stream.write(encode_varint(LiteBidi.TRACK) + codec.encode_track_request(TrackRequest(normalize_path(broadcast), track)))
     reader = StreamReader(stream)
     try:
         info: TrackInfo = codec.decode_track_info(
             await core.request(reader.read_message(core.limits.max_message_size)))
+        with contextlib.suppress(MoQError):
+            stream.write(b"", end=True)
     except StreamError as exc:
         raise SubscribeError(exc.code, f"no track info for {broadcast}/{track} (code {exc.code})") from None
     except ProtocolError as exc:

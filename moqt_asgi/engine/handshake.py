@@ -182,6 +182,7 @@ async def start_client(connection: Connection, limits: Limits, *, protocol: str 
     offered = tuple(v for v in versions if v in SETUP_VERSIONS)
     if not offered:
         raise ProtocolError(ErrorCode.VERSION, f"server chose {protocol or 'SETUP negotiation'}, which we did not offer")
+    connection.error_codes = offered[0].codec.error_codes  # a refused SETUP is numbered like the session would be
     codec, stream, reader = await client_setup(connection, limits, path=path, versions=offered, timeout=timeout)
     return ClientStart(codec, (stream, reader))
 

@@ -281,16 +281,28 @@ class TrackWriter:
         self._closed = True
         try:
             if self._start_end:
-                end = self._next_sequence
-                if self.end_group is not None:
-                    end = min(end, self.end_group + 1)
-                self._start(end)
-                self._stream.write(self.session.codec.encode_subscribe_response(
-                    SubscribeEnd(end)))
+                self._declare_end()
             self._stream.write(b"", end=True)
         except (StreamError, SessionClosed):
             pass
         return done()
+
+    def _declare_end(self) -> None:
+        """lite-05+: SUBSCRIBE_END (and SUBSCRIBE_START if no group went out) before the clean FIN.
+
+        The end is exclusive: the first group this subscription will never
+        deliver. A peer reads a FIN without it as a protocol violation (moq-rs
+        does from 0.5), so every clean end goes through here. A subscription
+        that received nothing starts and ends at the same group, never below
+        the start it asked for.
+        """
+        end = self._next_sequence
+        if self.end_group is not None:
+            end = min(end, self.end_group + 1)
+        if not self._started:
+            end = max(end, self.start_group or 0)
+            self._start(end)
+        self._stream.write(self.session.codec.encode_subscribe_response(SubscribeEnd(end)))
 
     def close_with_error(self, code: int = ErrorCode.CANCEL) -> None:
         """Refuse or abort the subscription with ``code``; open groups are reset."""

@@ -11,6 +11,9 @@ Changes from lite-04:
   ANNOUNCE status 2 (restart) is accepted and means "active again".
 * New TRACK stream (0x6): TRACK (``broadcast, track``) answered by one
   TRACK_INFO (``u8 priority, u8 ordered, max latency ms, timescale``) and FIN.
+  The max latency is the publisher's retention: ``0`` keeps only the latest
+  group, ``2**53 - 1`` means no limit (our ``TrackInfo`` says 0 and
+  ``latest_only`` for these two).
 * SUBSCRIBE_OK is gone: responses are ``0`` SUBSCRIBE_START (``group``),
   ``1`` SUBSCRIBE_END (``group``, exclusive), ``2`` SUBSCRIBE_DROP.
 * Every FRAME on a group or fetch stream starts with a zigzag timestamp delta
@@ -40,6 +43,7 @@ from .lite_wire import (
     unsupported,
 )
 from .messages import (
+    UNLIMITED_MAX_LATENCY_MS,
     AnnounceOk,
     Datagram,
     LiteSetup,
@@ -94,6 +98,13 @@ def _varint_param(raw: bytes, name: str) -> int:
     if end != len(raw):
         raise ProtocolError(ErrorCode.DECODE, f"SETUP {name} parameter has {len(raw) - end} trailing bytes")
     return value
+
+
+def _retention_to_wire(msg: TrackInfo) -> int:
+    """TRACK_INFO's max latency on the wire: 0 keeps only the latest group, 2**53 - 1 is no limit."""
+    if msg.latest_only:
+        return 0
+    return msg.max_latency_ms or UNLIMITED_MAX_LATENCY_MS
 
 
 class Lite05Codec(Lite04Codec):
@@ -220,10 +231,12 @@ class Lite05Codec(Lite04Codec):
     def encode_track_info(self, msg: TrackInfo) -> bytes:
         if msg.timescale <= 0:
             raise ValueError(f"timescale must be positive, got {msg.timescale}")
+        if msg.max_latency_ms < 0:
+            raise ValueError(f"max latency must not be negative, got {msg.max_latency_ms}")
         body = encode_u8(msg.priority)
         if self.track_info_has_ordered:
             body += encode_flag(msg.ordered)
-        return frame_message(body + encode_varint(msg.max_latency_ms) + encode_varint(msg.timescale))
+        return frame_message(body + encode_varint(_retention_to_wire(msg)) + encode_varint(msg.timescale))
 
     def decode_track_info(self, body: bytes) -> TrackInfo:
         reader = Reader(body)
@@ -234,7 +247,9 @@ class Lite05Codec(Lite04Codec):
         reader.expect_end("TRACK_INFO")
         if timescale == 0:
             raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, "TRACK_INFO timescale is 0")
-        return TrackInfo(priority, max_latency, timescale, ordered)
+        if max_latency == 0:
+            return TrackInfo(priority, 0, timescale, ordered, latest_only=True)
+        return TrackInfo(priority, 0 if max_latency == UNLIMITED_MAX_LATENCY_MS else max_latency, timescale, ordered)
 
     # -- frames carry a timestamp delta
     def new_frame_clock(self) -> FrameClock:

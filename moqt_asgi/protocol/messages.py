@@ -204,15 +204,33 @@ class TrackRequest:
     track: str
 
 
+UNLIMITED_MAX_LATENCY_MS = 2**53 - 1
+"""What TRACK_INFO carries for a publisher that keeps old groups without a time limit.
+
+The wire has no "none": moq-rs and the JavaScript libraries send the largest
+integer a JavaScript number holds exactly, and ``0`` means "only the latest
+group". Our codecs read this value as no limit (``max_latency_ms == 0``).
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class TrackInfo:
-    """TRACK_INFO (lite-05+). ``timescale`` is timestamp units per second (never 0)."""
+    """TRACK_INFO (lite-05+): a track's fixed publisher properties.
+
+    ``max_latency_ms`` is the publisher's retention, how long it keeps a group
+    once a newer one exists: ``0`` means no limit (as everywhere in this
+    package), sent as :data:`UNLIMITED_MAX_LATENCY_MS`. ``latest_only`` says
+    it keeps only the newest group, which the wire spells ``0``.
+    ``timescale`` is timestamp units per second (never 0).
+    """
 
     priority: int
     max_latency_ms: int
     timescale: int
     ordered: bool = False
     """lite-05 only; lite-06 (as moq-rs sends it) has no ordered byte."""
+    latest_only: bool = False
+    """The publisher keeps only the latest group (a max latency of 0 on the wire); ``max_latency_ms`` is then 0."""
 
 
 @dataclass(frozen=True, slots=True)
