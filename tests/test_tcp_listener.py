@@ -545,6 +545,18 @@ async def test_moqrs_over_websocket(certs: Certs, scheme: str) -> None:
         assert await moqrs_reads_tick(f"{scheme}://localhost:{port}/", server, **options) == b"tick"
 
 
+@pytest.mark.interop
+async def test_shutdown_stops_a_moqrs_websocket_session(certs: Certs) -> None:
+    async with no_leaks(fds_too=False):
+        server = Server(addr="127.0.0.1:0", certfile=str(certs.cert), keyfile=str(certs.key), handler=tick_app())
+        await server.start()
+        async with moq.Client(f"ws://127.0.0.1:{server.tcp_address[1]}/", reconnect=False, websocket_enabled=True):
+            await eventually(lambda: server.sessions, "moq-rs's session is listed")
+            (session,) = server.sessions
+            await asyncio.wait_for(server.shutdown(1.0), WAIT)  # GOAWAY; moq-rs stays, so the deadline closes it
+            assert session.closed and server.closed and not server.sessions
+
+
 # -- python -m moqt_asgi serve
 
 

@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import tempfile
 import time
 from typing import Any
@@ -200,7 +201,7 @@ class TcpServer:
 
     def _refuse(self, sock: socket.socket, host: str, why: str) -> None:
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
         sock.close()
         self._refused += 1
         now = time.monotonic()

@@ -234,7 +234,7 @@ class WebSocketSession:
                 size = await self._handle(ws, partial, size)
                 if not data:
                     self._disconnected(ABNORMAL, "connection lost")
-        except ClientDisconnected:
+        except (ClientDisconnected, LocalProtocolError):
             self._disconnected(ABNORMAL, "connection lost")
 
     def _read_size(self) -> int:
