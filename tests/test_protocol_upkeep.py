@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,7 +28,7 @@ from moqt_asgi.protocol.lite05 import Lite05Codec
 from moqt_asgi.protocol.lite06 import Lite06Codec
 from moqt_asgi.protocol.lite_wire import LiteBidi, LiteUni
 from moqt_asgi.protocol.messages import UNLIMITED_MAX_LATENCY_MS, LiteSetup, Subscribe, TrackInfo, TrackRequest
-from moqt_asgi.protocol.versions import LITE_05_VERSION, LITE_06_VERSION, Version
+from moqt_asgi.protocol.versions import GOMOQT_DIALECT, LITE_05_VERSION, LITE_06_VERSION, Version
 from moqt_asgi.protocol.wire import encode_varint
 
 from . import helpers
@@ -301,3 +302,28 @@ async def test_we_read_moqrs_retention(version: Version) -> None:
         finally:
             await session.aclose()
         del tracks
+
+
+# -- 5. moq-00 is IETF draft-14 to moq-rs; gomoqt's old dialect keeps it ---------------------------
+
+@pytest.mark.interop
+async def test_moqrs_dialing_moq_00_is_refused_and_gomoqt_still_served(certs: Certs,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A server that speaks only gomoqt's dialect offers just ``moq-00``, so moq-rs takes it and sends IETF draft-14's
+    CLIENT_SETUP (``0x20``): refused with 0x15, which moq-rs reads as a failed version negotiation, and logged. A gomoqt
+    client (its ``0x00`` SETUP) is served on the same port."""
+    caplog.set_level(logging.INFO, logger="moqt_asgi")
+    app = helpers.tick_app((GOMOQT_DIALECT,))
+    async with native_server(app, str(certs.cert), str(certs.key)) as server:
+        port = server.address[1]
+        with pytest.raises(moq.Error) as refused:
+            async with moqrs_client(f"moql://127.0.0.1:{port}/", certs.fingerprint) as client:
+                await asyncio.wait_for(client.announced_broadcast("clock"), WAIT)
+        detail = moq.protocol_error(refused.value)
+        assert detail is not None and (detail.code, detail.kind) == (0x15, moq.ProtocolKind.VERSION), refused.value
+        assert any("IETF moq-transport (a 0x20 setup on moq-00) is not supported" in r.getMessage()
+                   for r in caplog.records)
+        session = await dial(f"moql://127.0.0.1:{port}/", fingerprint=certs.fingerprint, versions=(GOMOQT_DIALECT,))
+        async with session:
+            assert session.version_name == GOMOQT_DIALECT.name
+            assert await helpers.read_tick(session) == b"tick"
