@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .engine.mux import TrackMux
 from .engine.session import Session
+from .transport.admission import Admission
 from .types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("moqt_asgi.metrics")
@@ -51,8 +52,9 @@ def refusal_reason(status: int, reason: str = "") -> str:
     """The ``reason`` label for a session refused with HTTP-style ``status`` (and its text).
 
     401 is auth; 403 is origin when the text is one of the app's origin
-    refusals (``origin ... not allowed``, ``an Origin header is required``), else auth; 404 a missing route; 408 a setup handler that did
-    not decide in time; 429 and 503 the admission caps; 400 and 501 protocol.
+    refusals (``origin ... not allowed``, ``an Origin header is required``),
+    else auth; 404 a missing route; 408 a setup handler that did not decide
+    in time; 429 and 503 the admission caps; 400 and 501 protocol.
     """
     if status == 401:
         return "auth"
@@ -126,7 +128,14 @@ class AppMetrics:
         self.traffic_ended: Counter[str] = Counter()
         """Traffic totals of the sessions that ended (when their stats carry them)."""
         self.traffic_known = False
+        self.admissions: list[Admission] = []
+        """The QUIC listeners' connection counters (:meth:`watch_admission`)."""
         self._registry: Any = None
+
+    def watch_admission(self, admission: Admission) -> None:
+        """Export a QUIC listener's connection counts and refusals (its caps, before any connection exists)."""
+        if all(admission is not known for known in self.admissions):
+            self.admissions.append(admission)
 
     def session_started(self, session: Session, transport: str, setup_seconds: float) -> None:
         labels = (transport, session.version_name)
@@ -217,6 +226,16 @@ def _families(app: MeasuredApp) -> Iterator[Any]:
     buckets.append(("+Inf", metrics.setup_count))
     yield HistogramMetricFamily("moqt_session_setup_seconds", "From a connection's start to its session's accept.",
                                 buckets=buckets, sum_value=metrics.setup_sum)
+    if metrics.admissions:
+        admissions = list(metrics.admissions)
+        yield GaugeMetricFamily("moqt_connections", "QUIC connections admitted and not yet ended.",
+                                value=sum(admission.connections for admission in admissions))
+        yield GaugeMetricFamily("moqt_connections_half_open", "QUIC connections whose handshake is not done.",
+                                value=sum(admission.half_open for admission in admissions))
+        yield CounterMetricFamily("moqt_connections_refused", "QUIC connections refused by the connection caps.",
+                                  value=sum(admission.refused for admission in admissions))
+        yield CounterMetricFamily("moqt_connection_retries", "QUIC Retry packets sent.",
+                                  value=sum(admission.retries for admission in admissions))
     traffic = metrics.traffic()
     if traffic is not None:
         for name, unit in (("moqt_frames", "frames"), ("moqt_bytes", "bytes")):

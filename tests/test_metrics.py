@@ -28,6 +28,7 @@ from moqt_asgi.metrics import (
     render,
 )
 from moqt_asgi.testing import connect
+from moqt_asgi.transport.admission import Admission, AdmissionPolicy
 from moqt_asgi.types import Message, Scope
 
 from .conftest import ROOT, Certs
@@ -169,6 +170,21 @@ def test_refusal_reasons() -> None:
     assert log_fields(a=1, b="two words", c=None, d="") == 'a=1 b="two words" c=- d=""'
 
 
+def test_quic_listeners_connection_counts() -> None:
+    app = clock_app()
+    assert "moqt_connections" not in render(app).decode()  # no listener watched: absent, not zero
+    first, second = Admission(AdmissionPolicy()), Admission(AdmissionPolicy())
+    app.metrics.watch_admission(first)
+    app.metrics.watch_admission(second)
+    app.metrics.watch_admission(first)  # once only
+    first.refused, second.refused, second.retries = 2, 3, 4
+    text = render(app).decode()
+    assert sample(text, "moqt_connections_refused_total") == 5
+    assert sample(text, "moqt_connection_retries_total") == 4
+    assert sample(text, "moqt_connections") == 0
+    assert sample(text, "moqt_connections_half_open") == 0
+
+
 def test_metrics_path_is_off_by_default_and_served_when_set() -> None:
     assert asyncio.run(call(clock_app(), "/metrics"))[0] == 404
     app = clock_app(metrics_path="/internal/metrics")
@@ -237,11 +253,12 @@ def test_hypercorn_metrics_count_a_moqrs_session_that_came_and_went(certs: Certs
 
     server = HypercornOnePort("tests.test_metrics:metrics_clock", certs, env={"METRICS_TEST_APP": "1"})
 
-    async def visit() -> None:
+    async def visit() -> str:
         async with moq.Client(f"http://127.0.0.1:{server.port}/", reconnect=False, websocket_enabled=False) as client:
             broadcast = await asyncio.wait_for(client.announced_broadcast("clock"), WAIT)
             track = await broadcast.subscribe_track("seconds")
             await asyncio.wait_for(track.next_group(), WAIT)
+            return await asyncio.to_thread(scrape)
 
     def scrape() -> str:
         status, headers, body = server.get("/metrics")
@@ -249,7 +266,7 @@ def test_hypercorn_metrics_count_a_moqrs_session_that_came_and_went(certs: Certs
         return body.decode()
 
     try:
-        asyncio.run(visit())
+        during = asyncio.run(visit())
 
         def closed() -> bool:
             return any(line.startswith("moqt_sessions_closed_total{") and line.endswith(" 1.0")
@@ -264,6 +281,9 @@ def test_hypercorn_metrics_count_a_moqrs_session_that_came_and_went(certs: Certs
     assert re.search(r'^moqt_sessions\{transport="webtransport",version="moq-lite-0\d"\} 0\.0$', text, re.M), text
     assert sample(text, "moqt_session_setup_seconds_count") == 1
     assert sample(text, "moqt_http_requests_total", endpoint="certificate", status="200") == 1
+    # the QUIC listener's counters reached the app (Hypercorn's patch hands them over with the certificate)
+    assert sample(during, "moqt_connections") == 1 and sample(during, "moqt_subscriptions_served") == 1, during
+    assert sample(text, "moqt_connections_refused_total") == 0
     assert "Traceback" not in server.output, server.output
 
 

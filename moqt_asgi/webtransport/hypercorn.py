@@ -58,7 +58,9 @@ H9  ``QuicProtocol.__init__`` (with H3): the certificate the QUIC listener
     QUIC configuration) is offered to the application once per worker, before
     any request: the first object along the ``.app`` chain of Hypercorn's
     wrapper that has ``offer_certificate(certificate)`` (a
-    :class:`~moqt_asgi.MoQ`, which serves it at ``/certificate.sha256``).
+    :class:`~moqt_asgi.MoQ`, which serves it at ``/certificate.sha256``);
+    when that object's ``metrics`` has ``watch_admission``, the listener's
+    connection counters go to it too.
 
 The QUIC settings (receive windows, connection caps, Retry, handshake
 deadline, WebTransport sessions per connection, HTTP/3 header deadline) are
@@ -383,7 +385,7 @@ def _quic_protocol_init(self: Any, *args: Any, **kwargs: Any) -> None:
     config.max_data = settings.connection_receive_window  # the windows of our credit policy (H5)
     config.max_stream_data = settings.stream_receive_window
     self.moqt_admission = Admission(settings.admission_policy(), log=logger)
-    _offer_certificate(self.app, config.certificate)  # H9
+    _tell_app(self.app, config.certificate, self.moqt_admission)  # H9
     workers = getattr(self.config, "workers", 1)
     if workers > 1:
         message = (f"moqt_asgi: hypercorn runs {workers} workers on one QUIC socket. QUIC packets will reach "
@@ -393,16 +395,19 @@ def _quic_protocol_init(self: Any, *args: Any, **kwargs: Any) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _offer_certificate(app: Any, certificate: Any) -> None:
-    """H9: hand the QUIC listener's certificate to the first app along the ``.app`` chain that takes one."""
-    if certificate is None:
-        return
+def _tell_app(app: Any, certificate: Any, admission: Admission) -> None:
+    """H9: the first app along the ``.app`` chain that takes a certificate learns the QUIC listener's, and its
+    metrics the listener's connection counters."""
     target, seen = app, 0
     while target is not None and seen < 16:
         offer = getattr(target, "offer_certificate", None)
         if callable(offer):
             try:
-                offer(certificate)
+                if certificate is not None:
+                    offer(certificate)
+                watch = getattr(getattr(target, "metrics", None), "watch_admission", None)
+                if callable(watch):
+                    watch(admission)
             except Exception:
                 logger.exception("the application refused the QUIC listener's certificate")
             return
