@@ -1,4 +1,4 @@
-"""Command line: ``python -m moqt_asgi serve|sub|pub|cert``."""
+"""Command line: ``python -m moqt_asgi serve|sub|pub|publish|record|cert``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .client import dial
 from .endpoints.certs import write_certificate
 from .engine.mux import TrackMux
 from .engine.session import Session
+from .media import cli as media_cli
 from .metrics import metrics_app
 from .producer import Broadcast
 from .protocol.errors import MoQError
@@ -259,6 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     client_options(pub)
     pub.add_argument("--linger", type=float, default=0.5, help="seconds to stay connected after stdin ends")
 
+    media_publish = commands.add_parser("publish", help="publish fragmented MP4 (a file, or ffmpeg on stdin) as a "
+                                                         "hang broadcast")
+    media_record = commands.add_parser("record", help="record a hang broadcast to a fragmented MP4 file")
+    for media_command in (media_publish, media_record):
+        media_command.add_argument("url", help="moql://host:port/path (native QUIC) or https://host:port/path")
+        media_command.add_argument("broadcast", help="the broadcast name, e.g. room/alice.hang")
+        media_command.add_argument("--fingerprint", help="pin the server certificate by its SHA-256 (hex)")
+        media_command.add_argument("--insecure", action="store_true", help="do not verify the server certificate")
+        media_command.add_argument("--cafile", help="trust this CA bundle")
+        media_command.add_argument("--origin", help="Origin header for the WebTransport CONNECT (https:// only)")
+        media_command.add_argument("--versions", type=parse_versions, default=None, help=VERSIONS_HELP)
+    media_cli.add_arguments(media_publish, media_record)
+
     cert = commands.add_parser("cert", help="write a self-signed ECDSA certificate (≤ 14 days)")
     cert.add_argument("--out", required=True, help="directory for cert.pem and key.pem")
     cert.add_argument("--host", action="append", help="DNS name or IP (repeatable); default localhost, 127.0.0.1")
@@ -280,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                 asyncio.run(_sub(args))
         elif args.command == "pub":
             asyncio.run(_pub(args))
+        elif args.command in ("publish", "record"):
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run((media_cli.publish if args.command == "publish" else media_cli.record)(args, _dial))
     except MoQError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -146,6 +146,28 @@ def _descriptor(data: bytes, offset: int) -> tuple[int, int, int]:
     return tag, offset, size
 
 
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+
+
+def _asc_layout(asc: bytes, info: SampleEntryInfo) -> None:
+    """Sample rate and channel count from an AudioSpecificConfig (they beat the sample entry's, which
+    muxers often leave at 2 channels)."""
+    bits = int.from_bytes(asc[:8].ljust(8, b"\0"), "big")
+    position = 64 - 5
+    if (bits >> position) & 0x1F == 31:
+        position -= 6
+    position -= 4
+    index = (bits >> position) & 0x0F
+    if index == 15:
+        position -= 24
+        info.sample_rate = (bits >> position) & 0xFFFFFF
+    elif index < len(AAC_RATES):
+        info.sample_rate = AAC_RATES[index]
+    position -= 4
+    if channels := (bits >> position) & 0x0F:
+        info.channels = {7: 8}.get(channels, channels)
+
+
 def _esds(esds: bytes, info: SampleEntryInfo) -> None:
     try:
         tag, position, _ = _descriptor(esds, 0)
@@ -178,6 +200,7 @@ def _esds(esds: bytes, info: SampleEntryInfo) -> None:
                 audio_object = 32 + (((asc[0] & 0x07) << 3) | (asc[1] >> 5))
             info.codec = f"mp4a.40.{audio_object}"
             info.description = asc
+            _asc_layout(asc, info)
         elif object_type in (0x69, 0x6B):
             info.codec = "mp3"
     except (IndexError, struct.error):

@@ -178,11 +178,15 @@ class Fmp4Ingest:
 
     ``container`` is ``"cmaf"`` (default) or ``"legacy"``. Tracks are named
     ``{n}.m4s`` (cmaf) or ``{n}.{format}`` (legacy, e.g. ``0.avc1``) in ``trak``
-    order, unless ``names`` maps a kind (``video``/``audio``) to a name.
+    order, unless ``names`` maps a kind (``video``/``audio``) to a name. An
+    audio group spans ``audio_group_duration_us`` (1 s, as moq-rs groups
+    imported audio): an input fragmented by GoP delivers a second of audio at
+    once, and groups sent newest first would reach a reader that keeps only
+    the latest group out of order.
     """
 
     def __init__(self, hang: HangBroadcast, *, container: str = "cmaf", max_box_size: int = DEFAULT_MAX_BOX_SIZE,
-                 audio_group_duration_us: int = 0, names: dict[str, str] | None = None) -> None:
+                 audio_group_duration_us: int = 1_000_000, names: dict[str, str] | None = None) -> None:
         if container not in ("cmaf", "legacy"):
             raise ValueError(f"container must be 'cmaf' or 'legacy', got {container!r}")
         self.hang = hang

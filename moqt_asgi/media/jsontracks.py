@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from ..protocol.errors import StreamError
@@ -235,7 +235,7 @@ class StreamDecoder:
         return _loads(self._inflater.frame(payload) if self._inflater is not None else payload)
 
 
-async def read_snapshots(track: TrackReader, *, compression: bool = False) -> AsyncIterator[Json]:
+async def read_snapshots(track: TrackReader, *, compression: bool = False) -> AsyncGenerator[Json, None]:
     """Each value of a subscribed snapshot track, newest groups only (an older group that arrives late is skipped).
 
     A group that fails is skipped: the next group's snapshot resynchronises.
@@ -257,7 +257,7 @@ async def read_snapshots(track: TrackReader, *, compression: bool = False) -> As
             logger.debug("snapshot group %d failed: %s", group.sequence, exc)
 
 
-async def read_stream(track: TrackReader, *, compression: bool = False) -> AsyncIterator[Json]:
+async def read_stream(track: TrackReader, *, compression: bool = False) -> AsyncGenerator[Json, None]:
     """Every record of a subscribed stream track, in order."""
     decoder = StreamDecoder(compression=compression)
     async for group in track:

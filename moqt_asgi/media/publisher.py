@@ -41,6 +41,11 @@ PRIORITY_AUDIO = 80
 PRIORITY_VIDEO = 60
 MEDIA_TIMESCALE = 1_000_000
 """Media tracks carry microsecond frame timestamps."""
+VIDEO_CACHED_GROUPS = 2
+"""GoPs a video track keeps: the one being written and the one before."""
+AUDIO_CACHED_GROUPS = 64
+"""Groups an audio track keeps: audio groups are short (one frame by default) and an input that
+fragments by GoP delivers a second of them at once, which a subscriber must still get."""
 
 
 def hang_name(name: str) -> str:
@@ -134,7 +139,7 @@ class HangBroadcast:
     def add_video(self, name: str, config: VideoConfig, *, priority: int = PRIORITY_VIDEO,
                   publish: bool = True) -> MediaTrack:
         """A video rendition on track ``name``, listed in the catalog (published now unless ``publish`` is false)."""
-        track = self._media_track(name, "video", priority, 0)
+        track = self._media_track(name, "video", priority, 0, VIDEO_CACHED_GROUPS)
         assert self.catalog.video is not None
         self.catalog.video.renditions[name] = config
         if publish:
@@ -144,19 +149,19 @@ class HangBroadcast:
     def add_audio(self, name: str, config: AudioConfig, *, priority: int = PRIORITY_AUDIO, group_duration_us: int = 0,
                   publish: bool = True) -> MediaTrack:
         """An audio rendition on track ``name``; a group spans ``group_duration_us`` (0: one frame per group)."""
-        track = self._media_track(name, "audio", priority, group_duration_us)
+        track = self._media_track(name, "audio", priority, group_duration_us, AUDIO_CACHED_GROUPS)
         assert self.catalog.audio is not None
         self.catalog.audio.renditions[name] = config
         if publish:
             self.publish_catalog()
         return track
 
-    def _media_track(self, name: str, kind: str, priority: int, group_duration_us: int) -> MediaTrack:
+    def _media_track(self, name: str, kind: str, priority: int, group_duration_us: int, cached: int) -> MediaTrack:
         if self.closed:
             raise MoQError(f"broadcast {self.path!r} is closed")
         if name in (CATALOG_TRACK, CATALOG_TRACK_DEFLATE) or name in self.tracks or name in self.json_tracks:
             raise MoQError(f"track name {name!r} is taken")
-        producer = self.broadcast.create_track(name, priority=priority, timescale=MEDIA_TIMESCALE)
+        producer = self.broadcast.create_track(name, priority=priority, timescale=MEDIA_TIMESCALE, cached_groups=cached)
         track = self.tracks[name] = MediaTrack(producer, kind, group_duration_us=group_duration_us)
         return track
 
