@@ -66,7 +66,7 @@ DEFAULT_MAX_FETCH_BYTES = 16 * 1024 * 1024
 TEXT = b"text/plain; charset=utf-8"
 
 CertificateSource = bytes | str | os.PathLike[str] | x509.Certificate
-"""A certificate: PEM or DER bytes, the path of a PEM or DER file, or a loaded ``x509.Certificate``.
+"""A certificate: PEM or DER bytes, PEM text, the path of a PEM or DER file, or a loaded ``x509.Certificate``.
 
 Of a PEM chain, the first certificate (the leaf) counts.
 """
@@ -76,7 +76,12 @@ def certificate_der(source: CertificateSource) -> bytes:
     """The DER encoding of ``source``'s first certificate. Raises :class:`ValueError` for anything else."""
     if isinstance(source, x509.Certificate):
         return source.public_bytes(Encoding.DER)
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    if isinstance(source, bytes):
+        data = source
+    elif isinstance(source, str) and source.lstrip().startswith("-----BEGIN"):
+        data = source.encode("ascii", "replace")
+    else:
+        data = Path(source).read_bytes()
     try:
         if b"-----BEGIN" in data[:4096]:
             return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
@@ -117,10 +122,6 @@ class HttpEndpoints:
         if isinstance(option, HttpEndpoints):
             return option
         return cls() if option else cls(certificate=False, health=False, announced=False, fetch=False)
-
-    @property
-    def any(self) -> bool:
-        return self.certificate or self.health or self.announced or self.fetch
 
 
 class HttpHost(Protocol):

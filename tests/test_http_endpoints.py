@@ -106,7 +106,7 @@ def test_certificate_from_every_form(certs: Certs) -> None:
     loaded = x509.load_pem_x509_certificate(pem)
     der = loaded.public_bytes(Encoding.DER)
     expected = hashlib.sha256(der).hexdigest()
-    for source in (pem, der, loaded, str(certs.cert), certs.cert, pem + pem):
+    for source in (pem, der, loaded, str(certs.cert), certs.cert, pem + pem, pem.decode()):
         assert certificate_sha256(source) == expected
     assert MoQ(certificate=der).certificate_sha256 == expected
     with pytest.raises(ValueError):
