@@ -108,7 +108,7 @@ class MoQ:
     def set_certificate(self, certificate: CertificateSource) -> None:
         """The certificate the app's QUIC/WebTransport server presents, for ``/certificate.sha256``.
 
-        PEM or DER bytes, a PEM or DER file's path, or an ``x509.Certificate``;
+        PEM or DER bytes, PEM text, a PEM or DER file's path, or an ``x509.Certificate``;
         of a chain, the first (leaf) certificate. Raises :class:`ValueError`
         for anything else. ``python -m moqt_asgi serve`` and Hypercorn (with
         ``--certfile``) tell the app by themselves; a certificate set here wins.
