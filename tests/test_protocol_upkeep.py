@@ -8,6 +8,8 @@
    limit" and ``0`` for "only the latest group", in both directions.
 3. TRACK asked of moq-rs: our side of the stream stays open until TRACK_INFO arrives (moq-rs reads
    an early FIN as the request being withdrawn).
+4. Today's gomoqt (v0.17) dials ``moq-lite-04``: a client scripted from its encoders is served.
+5. ``moq-00`` is IETF draft-14 to moq-rs: refused cleanly, while gomoqt's old dialect keeps it.
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
 import moq
 import pytest
+from aioquic.asyncio.client import connect
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
 
 from moqt_asgi import Broadcast, MoQ, TrackWriter, dial
 from moqt_asgi.engine._reader import StreamReader
@@ -327,3 +333,81 @@ async def test_moqrs_dialing_moq_00_is_refused_and_gomoqt_still_served(certs: Ce
         async with session:
             assert session.version_name == GOMOQT_DIALECT.name
             assert await helpers.read_tick(session) == b"tick"
+
+
+# -- 4. today's gomoqt (v0.17, qumo-dev) dials moq-lite-04 ------------------------------------------
+#
+# Built from gomoqt v0.17's encoders (moqt/internal/message/*.go, moqt/session.go): ALPN moq-lite-04 and
+# nothing before the first request; stream types are one raw byte; paths start with "/" and prefixes end
+# with "/" (moqt/mux.go isValidPath/isValidPrefix); ANNOUNCE_INTEREST is "prefix, exclude hop"; SUBSCRIBE is
+# "id, path, track, u8 priority, u8 ordered, max latency, start, end" with groups as n + 1 (0: none); the
+# answer is read as a one-byte type, 0 SUBSCRIBE_OK "u8, u8, varint, varint, varint" or 1 SUBSCRIBE_DROP;
+# ANNOUNCE is "varint status, suffix, hop count, hops"; a group stream is byte 0, GROUP "subscribe id,
+# sequence", then frames "varint length, payload".
+
+def gomoqt_string(text: str) -> bytes:
+    raw = text.encode()
+    return encode_varint(len(raw)) + raw
+
+
+def gomoqt_message(body: bytes) -> bytes:
+    return encode_varint(len(body)) + body
+
+
+GOMOQT_HOP = 0x1234
+
+
+class GomoqtV17Peer:
+    """What gomoqt v0.17's client writes and reads, over a raw aioquic connection (helpers.QuicPeer)."""
+
+    def __init__(self, peer: helpers.QuicPeer) -> None:
+        self.peer = peer
+
+    async def read(self, stream_id: int, size: int) -> bytes:
+        """The first ``size`` bytes the server sent on ``stream_id``."""
+        def have() -> bytes:
+            return b"".join(bytes(e.data) for e in self.peer.events
+                            if isinstance(e, events.StreamDataReceived) and e.stream_id == stream_id)
+        return (await eventually(lambda: have() if len(have()) >= size else b"", f"{size} bytes on {stream_id}"))
+
+    def announce_interest(self, prefix: str) -> int:
+        return self.peer.open(b"\x01" + gomoqt_message(gomoqt_string(prefix) + encode_varint(GOMOQT_HOP)))
+
+    def subscribe(self, subscribe_id: int, path: str, track: str) -> int:
+        body = (encode_varint(subscribe_id) + gomoqt_string(path) + gomoqt_string(track)
+                + b"\x80\x00" + encode_varint(0) + encode_varint(0) + encode_varint(0))
+        return self.peer.open(b"\x02" + gomoqt_message(body))
+
+    def uni_streams(self) -> list[int]:
+        return sorted({e.stream_id for e in self.peer.events
+                       if isinstance(e, events.StreamDataReceived) and e.stream_id & 3 == 3})
+
+
+@pytest.mark.interop  # native QUIC on 127.0.0.1; no moq-rs involved
+async def test_gomoqt_v017_client_is_served_on_lite04(certs: Certs) -> None:
+
+
+    app = helpers.tick_app()
+    async with native_server(app, str(certs.cert), str(certs.key)) as server:
+        configuration = QuicConfiguration(is_client=True, alpn_protocols=["moq-lite-04"])
+        configuration.verify_mode = ssl.CERT_NONE
+        async with connect("127.0.0.1", server.address[1], configuration=configuration,
+                           create_protocol=helpers.QuicPeer, wait_connected=True) as quic:
+            assert isinstance(quic, helpers.QuicPeer)
+            gomoqt = GomoqtV17Peer(quic)
+            # AcceptAnnounce("/"): the publisher lists "clock" and appends its own hop id
+            announce = gomoqt.announce_interest("/")
+            listed = await gomoqt.read(announce, 1)
+            size = listed[0]
+            body = (await gomoqt.read(announce, 1 + size))[1:1 + size]
+            assert body[:1] == b"\x01" and body[1:7] == gomoqt_string("clock")  # ACTIVE, suffix "clock"
+            assert body[7] == 1  # one hop: ours
+            # Subscribe("/clock", "seconds"): SUBSCRIBE_OK, then a group stream carrying "tick"
+            subscription = gomoqt.subscribe(0, "/clock", "seconds")
+            answer = await gomoqt.read(subscription, 2)
+            assert answer[0] == 0x00  # SUBSCRIBE_OK
+            ok = (await gomoqt.read(subscription, 2 + answer[1]))[2:]
+            assert len(ok) == answer[1] and ok[:1] == b"\x80"  # it echoes our priority
+            group_stream = (await eventually(gomoqt.uni_streams, "a group stream"))[0]
+            group = await gomoqt.read(group_stream, 1 + 3 + 1 + 4)
+            assert group == b"\x00" + gomoqt_message(b"\x00\x00") + gomoqt_message(b"tick")
