@@ -341,6 +341,11 @@ async def test_oversized_headers_get_431() -> None:
         answer = await read_until_closed(reader)
         assert answer.startswith(b"HTTP/1.1 431 ") and app.scopes == []
         writer.close()
+        reader, writer = await connect(server)  # a head that h11 sees complete in its buffer: counted all the same
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n" + b"x-big: " + b"a" * 4500 + b"\r\n\r\n")
+        answer = await read_until_closed(reader)
+        assert answer.startswith(b"HTTP/1.1 431 ") and app.scopes == []
+        writer.close()
 
 
 async def test_a_huge_body_gets_413() -> None:
