@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import queue
 import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -35,8 +37,10 @@ from moqt_asgi.endpoints.tcp_server import TcpServer, TcpSettings, server_ssl_co
 from moqt_asgi.endpoints.tls import TLSConfig
 from moqt_asgi.types import Receive, Scope, Send
 
+from .chromium import chromium
 from .conftest import ROOT, Certs
 from .helpers import WAIT, cli, eventually, free_udp_port, read_tick, stop_serve, tick_app
+from .test_browser_http import http_bundle, pages  # noqa: F401  (fixtures: the page server and its bundle)
 from .test_lifecycle import no_leaks
 
 # -- a tiny ASGI app
@@ -610,3 +614,31 @@ def test_serve_no_tcp(certs: Certs) -> None:
             pass
     finally:
         stop_serve(process, 15)
+
+
+@pytest.mark.browser
+@pytest.mark.cli
+def test_chromium_given_an_http_url_reads_the_clock_from_serve(pages: Any, certs: Certs,  # noqa: F811
+                                                               tmp_path: Path) -> None:
+    """@moq/net fetches /certificate.sha256 from serve's TCP listener, pins it and reads over WebTransport."""
+    port = free_udp_port()
+    process = subprocess.Popen(
+        cli("serve", "examples.clock:moq", "--bind", f"127.0.0.1:{port}", "--certfile", str(certs.cert),
+            "--keyfile", str(certs.key)),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in line, line
+        moq_url = f"http://127.0.0.1:{port}/"
+        page = f"http://127.0.0.1:{pages.server_address[1]}/http.html?moq={moq_url}"
+        with chromium(page, tmp_path) as browser:
+            try:
+                result = pages.results.get(timeout=30)
+            except queue.Empty:
+                pytest.fail(f"the page posted no result; page text:\n{browser.page_text()}\n{browser.log_tail()}")
+    finally:
+        stop_serve(process, 15)
+    assert result["error"] is None, result["error"]
+    assert f"{moq_url}certificate.sha256" in result["resources"]
+    assert len(result["frames"]) == 1
