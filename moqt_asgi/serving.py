@@ -238,12 +238,14 @@ class _Decision:
             if self.session is not None:
                 await self.session.wait_closed()
         finally:
-            if not handler.done():
-                handler.cancel()
-            await abandon_after(handler, STOP_TIMEOUT, f"setup handler for {request.path!r}", log)
-            if self.session is not None:
-                await self.session.aclose()
-                self.ended(request)
+            try:
+                if not handler.done():
+                    handler.cancel()
+                await abandon_after(handler, STOP_TIMEOUT, f"setup handler for {request.path!r}", log)
+                if self.session is not None:
+                    await self.session.aclose()
+            finally:
+                self.ended(request)  # counted as ended even when cancelled while closing
 
 
 async def _first(*aws: Awaitable[object], timeout: float) -> int | None:
