@@ -52,14 +52,14 @@ class TcpConnection:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.settings.max_header_bytes)
         self._deadline = deadline
         self._task: asyncio.Task[Any] | None = None
-        self._busy = False
+        self._idle = False
         self.websocket: WebSocketSession | None = None
         """The WebSocket once the connection is upgraded."""
 
     # -- the server's controls
     def drain(self) -> None:
-        """Close the connection if it waits for a request; a request in flight ends it after its response."""
-        if not self._busy and self.websocket is None and self._task is not None:
+        """Close the connection if it waits for a next request; a request in flight ends it after its response."""
+        if self._idle and self._task is not None:
             self._task.cancel()
 
     def stop(self) -> None:
@@ -85,11 +85,7 @@ class TcpConnection:
             body = await self._read_body(request, deadline)
             if body is None:
                 return
-            self._busy = True
-            try:
-                keep = await self._serve_http(request, body)
-            finally:
-                self._busy = False
+            keep = await self._serve_http(request, body)
             if not keep or self.server.draining or self.h11.our_state is not h11.DONE:
                 return
             try:
@@ -133,6 +129,7 @@ class TcpConnection:
                 return None
             if event is not h11.NEED_DATA:
                 return None if isinstance(event, h11.ConnectionClosed) else event
+            self._idle = idle
             try:
                 async with asyncio.timeout_at(deadline):
                     data = await self.reader.read(min(READ_SIZE, self.settings.max_header_bytes))
@@ -143,6 +140,8 @@ class TcpConnection:
                 return None
             except OSError:
                 return None
+            finally:
+                self._idle = False
             self.h11.receive_data(data)
             if idle and data:
                 return h11.NEED_DATA
