@@ -231,6 +231,14 @@ async def test_a_tls_hello_without_a_certificate_is_closed() -> None:
             await asyncio.wait_for(connect(server, tls=context), WAIT)
 
 
+async def test_an_idle_keep_alive_connection_is_closed() -> None:
+    async with tcp_server(EchoApp(), settings=TcpSettings(keep_alive_timeout=0.3)) as server:
+        client = HttpClient(*await connect(server))
+        assert (await client.request("GET", "/hello"))[2] == b"hello"
+        assert await read_until_closed(client.reader) == b""  # nothing more asked: closed after the timeout
+        client.writer.close()
+
+
 # -- WebSocket
 
 
@@ -257,6 +265,20 @@ async def test_websocket_echo_with_a_subprotocol_and_ping() -> None:
         await eventually(lambda: app.disconnects, "the app saw the disconnect")
         assert app.disconnects[0]["code"] == 1000
         await eventually(lambda: server.connection_count == 0, "the connection ended")
+
+
+async def test_a_silent_websocket_is_pinged_then_closed() -> None:
+    app = EchoApp()
+    async with tcp_server(app, settings=TcpSettings(websocket_idle_timeout=0.6)) as server:
+        ws = WsClient(*await connect(server))  # it reads, but answers nothing (not even pings)
+        assert isinstance(await ws.handshake("/echo"), AcceptConnection)
+        assert isinstance(await ws.next_event(), Ping)
+        closed = await ws.next_event()
+        while isinstance(closed, Ping):
+            closed = await ws.next_event()
+        assert isinstance(closed, CloseConnection) and closed.code == 1001
+        await eventually(lambda: app.disconnects, "the app saw the disconnect")
+        assert app.disconnects[0]["code"] == 1001
 
 
 async def test_websocket_closed_by_the_app() -> None:
@@ -430,13 +452,14 @@ async def test_a_peer_that_sends_faster_than_the_app_receives_is_not_read() -> N
         writer.close()
 
 
-async def test_too_many_connections_from_one_address_are_refused(caplog: pytest.LogCaptureFixture) -> None:
-    async with tcp_server(EchoApp(), settings=TcpSettings(max_connections_per_address=3)) as server:
+@pytest.mark.parametrize("cap", ["max_connections_per_address", "max_connections"])
+async def test_too_many_connections_are_refused(caplog: pytest.LogCaptureFixture, cap: str) -> None:
+    async with tcp_server(EchoApp(), settings=TcpSettings(**{cap: 3})) as server:
         kept = [await connect(server) for _ in range(3)]
         await eventually(lambda: server.connection_count == 3, "three connections accepted")
         reader, writer = await connect(server)
         assert await read_until_closed(reader) == b""  # refused at once
-        assert "max_connections_per_address (3)" in caplog.text
+        assert f"{cap} (3)" in caplog.text
         kept[0][1].close()
         await eventually(lambda: server.connection_count == 2, "one left")
         client = HttpClient(*await connect(server))  # room again
