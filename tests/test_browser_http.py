@@ -1,9 +1,11 @@
 """Headless Chromium given an ``http://`` URL: @moq/net fetches /certificate.sha256, pins it, reads the clock.
 
-The stock ``hypercorn`` command line serves ``examples.clock:moq`` with its plain HTTP listener and its
-QUIC listener on the same port number; the app learnt its certificate from Hypercorn's ``--certfile``.
-The page (``tests/browser/http.html``, bundled from ``http_entry.js``) is served from another origin,
-so the certificate fetch is a cross-origin one. Chromium runs with QUIC enabled.
+The stock ``hypercorn`` command line serves ``examples.clock:moq`` (with its metrics at /metrics) with
+its plain HTTP listener and its QUIC listener on the same port number; the app learnt its certificate
+from Hypercorn's ``--certfile``. The page (``tests/browser/http.html``, bundled from ``http_entry.js``) is
+served from another origin, so the certificate fetch is a cross-origin one. Chromium runs with QUIC
+enabled. Once with WebSocket off, so WebTransport must carry the session, and once as the player
+connects, WebSocket racing WebTransport after its head start.
 """
 
 from __future__ import annotations
@@ -96,20 +98,29 @@ def pages(http_bundle: Path) -> Iterator[_Pages]:
         thread.join(TIMEOUT)
 
 
-def test_moq_net_in_chromium_pins_the_certificate_fetched_from_an_http_url(pages: _Pages, certs: Certs,
-                                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize("websocket", [False, True], ids=["webtransport-only", "with-websocket-race"])
+def test_moq_net_in_chromium_pins_the_certificate_fetched_from_an_http_url(websocket: bool, pages: _Pages,
+                                                                          certs: Certs, tmp_path: Path) -> None:
     assert not any("quic" in flag for flag in FLAGS)  # QUIC stays on
-    server = HypercornOnePort("examples.clock:moq", certs)
+    server = HypercornOnePort("tests.test_metrics:metrics_clock", certs, env={"METRICS_TEST_APP": "1"})
     try:
         moq_url = f"http://127.0.0.1:{server.port}/"
-        page = f"http://127.0.0.1:{pages.server_address[1]}/http.html?moq={moq_url}"
+        page = f"http://127.0.0.1:{pages.server_address[1]}/http.html?moq={moq_url}&ws={int(websocket)}"
         with chromium(page, tmp_path) as browser:
             try:
                 result = pages.results.get(timeout=TIMEOUT)
             except queue.Empty:
                 pytest.fail(f"the page posted no result; page text:\n{browser.page_text()}\n{browser.log_tail()}")
+        metrics = server.get("/metrics")[2].decode()
     finally:
         server.stop()
+    opened = {line.rpartition(" ")[0]: float(line.rpartition(" ")[2]) for line in metrics.splitlines()
+              if line.startswith("moqt_sessions_opened_total{")}
+    print(f"sessions opened: {opened}")
+    if websocket:  # under load the WebSocket arm may start (and even win) before WebTransport is up
+        assert sum(opened.values()) >= 1, metrics
+    else:
+        assert opened == {'moqt_sessions_opened_total{transport="webtransport",version="moq-lite-05"}': 1.0}, metrics
     print(f"@moq/net over an http:// URL: {json.dumps(result)}")
     assert result["error"] is None, f"{result['error']}\n{server.output}"
     assert f"{moq_url}certificate.sha256" in result["resources"]

@@ -242,8 +242,12 @@ def test_the_package_imports_without_prometheus_client() -> None:
     assert result.returncode == 0 and result.stdout.strip() == "/metrics", result.stderr
 
 
-metrics_clock = clock_app(metrics_path="/metrics") if os.environ.get("METRICS_TEST_APP") else None
-"""For the hypercorn test: a clock whose metrics are at /metrics."""
+metrics_clock: MoQ | None = None
+"""For the hypercorn tests: ``examples.clock:moq`` with its metrics at /metrics."""
+if os.environ.get("METRICS_TEST_APP"):
+    from examples.clock import moq as metrics_clock
+
+    metrics_clock.metrics_path = "/metrics"
 
 
 @pytest.mark.cli

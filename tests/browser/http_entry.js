@@ -2,7 +2,7 @@
 //
 // http.html?moq=http://127.0.0.1:PORT/ hands @moq/net an http:// URL and no certificate hash: the
 // library fetches /certificate.sha256 from that host and port, pins it, and dials WebTransport to
-// https://127.0.0.1:PORT/ (WebSocket is turned off). The page reads one group of broadcast "clock",
+// https://127.0.0.1:PORT/ (WebSocket is turned off unless ws=1). The page reads one group of broadcast "clock",
 // track "seconds", and POSTs {version, frames, resources, error} to /result.
 import * as Net from "@moq/net";
 
@@ -22,7 +22,9 @@ async function report() {
 }
 
 async function run() {
-	const conn = await Net.Connection.connect(new URL(params.get("moq")), { websocket: { enabled: false } });
+	// ws=1: as the player does, WebSocket races WebTransport after its 500 ms head start
+	const websocket = params.get("ws") === "1" ? {} : { enabled: false };
+	const conn = await Net.Connection.connect(new URL(params.get("moq")), { websocket });
 	log.version = conn.version;
 	show(`connected ${conn.version}`);
 	const track = conn.consume(Net.Path.from("clock")).subscribe("seconds");
