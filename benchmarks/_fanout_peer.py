@@ -118,10 +118,13 @@ async def publish(args: argparse.Namespace) -> None:
 
     Frames are written on a fixed schedule (frame ``i`` at ``start + i / fps``),
     so a late wake-up never shifts the ones after it. After the window it
-    prints how many frames (and bytes) it sent with a send time inside it.
+    prints how many frames it sent inside it, and how late against that
+    schedule the latest of them was written (its own scheduling, not the
+    relay's: a large figure means the load-generator cores were saturated).
     """
     profile = PROFILES[args.profile]
-    sent: list[int] = []
+    sent: list[tuple[int, int]] = []
+    """(when each frame was due, when it was written)."""
     async with client(args.url, args.fingerprint) as session:
         broadcast = session.create_broadcast(args.broadcast)
         track = broadcast.publish_track(args.track)
@@ -144,23 +147,16 @@ async def publish(args: argparse.Namespace) -> None:
             size = profile.frame_size(position)
             now = time.monotonic_ns()
             group.write_frame(HEADER.pack(now, index // profile.group_frames, position) + padding[:size - HEADER.size])
-            sent.append(now)
+            sent.append((start + index * period, now))
             index += 1
             if window.done() and not reported:
                 begin, end, _grace = window.result()
                 if now >= end:
-                    counted = [stamp for stamp in sent if begin <= stamp < end]
-                    say(json.dumps({"sent": len(counted), "late_ms": _lateness(sent, start, period)}))
+                    counted = [(due, stamp) for due, stamp in sent if begin <= stamp < end]
+                    late = max((stamp - due for due, stamp in counted), default=0) / 1e6
+                    say(json.dumps({"sent": len(counted), "late_ms": late}))
                     reported = True
                     sent.clear()
-
-
-def _lateness(sent: list[int], start: int, period: int) -> float:
-    """The publisher's worst lateness against its schedule, in ms (its own scheduling, not the relay's)."""
-    if not sent:
-        return 0.0
-    first = (sent[0] - start + period // 2) // period
-    return max(stamp - (start + (first + i) * period) for i, stamp in enumerate(sent)) / 1e6
 
 
 # -- the load generator

@@ -211,13 +211,20 @@ LISTENING = re.compile(rb"(?:moql://[^\s/]*:|listening \S*:)(\d+)")
 
 
 async def start_server(kind: ServerKind, *, certfile: Path, keyfile: Path, log: Path,
-                       cores: set[int] | None = None, extra: Sequence[str] = ()) -> RunningServer:
-    """Start ``kind`` on a free port of 127.0.0.1 and return once it listens."""
+                       cores: set[int] | None = None, root: Path = REPOSITORY,
+                       extra: Sequence[str] = ()) -> RunningServer:
+    """Start ``kind`` on a free port of 127.0.0.1 and return once it listens.
+
+    ``root`` is the copy of the project the Python relays are served from
+    (the moq-rs relay always runs this checkout's ``_fanout_peer``).
+    """
     port = free_udp_port()
-    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "PYTHONUNBUFFERED": "1"}
+    if kind.key == "moq-rs":
+        root = REPOSITORY
+    environment = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"}
     with open_log(log) as errors:
         process = await asyncio.create_subprocess_exec(
-            *command(kind, certfile, keyfile, port), *extra, cwd=REPOSITORY, env=environment,
+            *command(kind, certfile, keyfile, port), *extra, cwd=root, env=environment,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, preexec_fn=pinned(cores))
     assert process.stdout is not None
     try:

@@ -41,7 +41,8 @@ Streams (``--stream``): ``frames`` is 30 frames/s of 1200 B, a group per
 second; ``video`` is about 1 Mbit/s, a group per second of a 30 kB keyframe
 then 29 frames of 3276 B.
 
-``--py-spy DIR`` records the Python servers with py-spy over each window
+``--at REV`` serves the Python relays from another git revision (a clean
+copy, unaffected by uncommitted changes). ``--py-spy DIR`` records the Python servers with py-spy over each window
 and prints where their time went (own time per function, and the shares of
 moqt_asgi, aioquic, Hypercorn and asyncio).
 """
@@ -65,6 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _fanout_profile as profiling
+from ._attack_server import code_at
 from ._fanout_peer import PROFILES
 from ._fanout_servers import KINDS, REPOSITORY, RunningServer, ServerKind, open_log, process_cpu, start_server, tail
 from ._fanout_stats import COLLAPSED, Point, format_points, format_summary
@@ -96,6 +98,8 @@ class Settings:
     connect_batch: int
     logs: Path
     py_spy: Path | None
+    root: Path
+    """The copy of the project the Python relays are served from."""
 
     def processes_for(self, subscribers: int) -> int:
         wanted = self.load_processes or max(2, math.ceil(subscribers / PER_LOAD_PROCESS))
@@ -167,7 +171,8 @@ async def measure(kind: ServerKind, stream: str, subscribers: int, settings: Set
     point = Point(kind.key, stream, subscribers)
     tag = f"{stream}-{kind.key}-{subscribers}"
     server = await start_server(kind, certfile=settings.certfile, keyfile=settings.keyfile,
-                                log=settings.logs / f"{tag}-server.log", cores=settings.server_cores)
+                                log=settings.logs / f"{tag}-server.log", cores=settings.server_cores,
+                                root=settings.root)
     peers: list[Peer] = []
     try:
         await _measure(server, point, tag, settings, peers)
@@ -274,6 +279,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-pin", action="store_true", help="pin nothing")
     parser.add_argument("--py-spy", type=Path, metavar="DIR",
                         help="record the Python servers with py-spy over each window, into DIR")
+    parser.add_argument("--at", metavar="REV",
+                        help="serve the Python relays from this git revision (unpacked into a temporary directory) "
+                             "instead of the working tree")
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep every process's log here")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the tables")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -304,9 +312,12 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Point], dict[str, o
         logs.mkdir(parents=True, exist_ok=True)
         if args.py_spy:
             args.py_spy.mkdir(parents=True, exist_ok=True)
+        root = REPOSITORY
+        if args.at:
+            root, conditions["revision"] = stack.enter_context(code_at(args.at))
         settings = Settings(certificate.cert, certificate.key, certificate.fingerprint, args.duration, args.warmup,
                             args.grace, server_cores, load_cores, args.load_processes, args.connect_batch, logs,
-                            args.py_spy)
+                            args.py_spy, root)
         points = await sweep(args.servers, args.streams, args.audiences, settings, progress=not args.quiet)
     conditions["load_average_end"] = os.getloadavg()
     return points, conditions
@@ -320,7 +331,8 @@ def report(points: list[Point], conditions: dict[str, object], args: argparse.Na
             f"{conditions['load_cores']}" if conditions["server_cores"] else "nothing pinned")
     start_load = ", ".join(f"{v:.2f}" for v in conditions["load_average_start"])  # type: ignore[attr-defined]
     end_load = ", ".join(f"{v:.2f}" for v in conditions["load_average_end"])  # type: ignore[attr-defined]
-    print(f"\npython {conditions['python']}, {conditions['cpus']} CPUs, {conditions['machine']}; {pins}; "
+    code = f"relays served from revision {conditions['revision']}; " if "revision" in conditions else ""
+    print(f"\npython {conditions['python']}, {conditions['cpus']} CPUs, {conditions['machine']}; {code}{pins}; "
           f"{args.duration:g} s window, {args.grace:g} s grace; load average {start_load} at the start, "
           f"{end_load} at the end")
     for stream in args.streams:
