@@ -141,9 +141,7 @@ class TcpServer:
         listener = socket.socket(family, kind, proto)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                with contextlib.suppress(OSError):
-                    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # IPV6_V6ONLY is left at the system's default, as for the UDP socket: "::" takes IPv4 too where it does
             listener.bind(address)
             listener.listen(512)
             listener.setblocking(False)
