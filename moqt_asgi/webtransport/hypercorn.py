@@ -409,7 +409,7 @@ def _tell_app(app: Any, certificate: Any, admission: Admission) -> None:
                 if callable(watch):
                     watch(admission)
             except Exception:
-                logger.exception("the application refused the QUIC listener's certificate")
+                logger.exception("telling the application about its QUIC listener failed")
             return
         target, seen = getattr(target, "app", None), seen + 1
 
