@@ -105,11 +105,9 @@ async def _serve(args: argparse.Namespace) -> None:
     try:
         await server.start()
         authority = f"{server.address[0]}:{server.address[1]}"
-        also = [] if args.no_webtransport else [f"https://{authority}/ (WebTransport)"]
-        if not args.no_tcp:
-            also.append(f"http://{authority}/ and ws://{authority}/ (TCP, plain or TLS)")
-        listed = "".join(f", {place}" for place in also)
-        print(f"serving {args.app} on moql://{authority}/{listed}", flush=True)
+        also = "" if args.no_webtransport else f" and https://{authority}/ (WebTransport)"
+        tcp = "" if args.no_tcp else f"; on TCP http://{authority}/ and ws://{authority}/ (plain or TLS)"
+        print(f"serving {args.app} on moql://{authority}/{also}{tcp}", flush=True)
         if args.metrics_bind:
             metrics_host, metrics_port = await server.serve_tcp(args.metrics_bind, metrics_app(app))
             print(f"metrics on http://{metrics_host}:{metrics_port}/metrics", flush=True)
