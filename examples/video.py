@@ -42,9 +42,9 @@ ENCODERS = {
     "h264": ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-profile:v", "baseline", "-bf", "0"],
     "vp9": ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1", "-lag-in-frames", "0",
             "-b:v", "1M"],
-    "av1": ["-c:v", "libaom-av1", "-usage", "realtime", "-cpu-used", "10", "-lag-in-frames", "0", "-b:v", "1M"],
+    "av1": ["-c:v", "libaom-av1", "-usage", "realtime", "-cpu-used", "8", "-lag-in-frames", "0", "-b:v", "1M"],
 }
-FMP4_FLAGS = "cmaf+separate_moof+empty_moov+skip_trailer+frag_every_frame"
+FMP4_FLAGS = "cmaf+separate_moof+delay_moov+skip_trailer+frag_every_frame"
 """One fragment per frame and per track: the lowest latency, and what the hang ``cmaf`` container carries as is."""
 
 
