@@ -422,3 +422,31 @@ def test_moqrs_given_an_http_url_pins_the_served_certificate(clock_one_port: Hyp
 
     stamp = asyncio.run(read_clock())
     assert stamp.endswith("+00:00"), stamp
+
+
+class _Middleware:
+    """An ASGI middleware that keeps the app it wraps as ``.app`` (as Starlette's do)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+wrapped_clock: _Middleware | None = None
+"""For the hypercorn test of the certificate hand-over: ``examples.clock:moq`` inside a middleware."""
+if os.environ.get("HTTP_TEST_WRAPPED"):
+    from examples.clock import moq as _clock
+
+    wrapped_clock = _Middleware(_clock)
+
+
+@pytest.mark.cli
+def test_hypercorn_hands_the_certificate_to_a_moq_inside_middleware(certs: Certs) -> None:
+    server = HypercornOnePort("tests.test_http_endpoints:wrapped_clock", certs, env={"HTTP_TEST_WRAPPED": "1"})
+    try:
+        assert server.get("/certificate.sha256")[0::2] == (200, certs.fingerprint.encode())
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output, server.output
