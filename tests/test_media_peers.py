@@ -5,6 +5,8 @@
   decoder (``decode_video``: frames of the right size).
 * The same ffmpeg output given to moq-rs's own ``publish_container_stream``: the same catalog
   renditions and sample entries, and for ``cmaf`` input the same frame bytes and timestamps.
+* JSON data tracks both ways: moq-rs's ``subscribe_json_snapshot``/``subscribe_json_stream`` read
+  ours (plain and deflated, deltas included), and we read what moq-rs's publishers write.
 * ``publish`` and ``record`` on the command line through ``serve examples.relay:moq``; ``ffprobe``
   reads the recording.
 
@@ -25,12 +27,13 @@ import moq
 import pytest
 
 from moqt_asgi import MoQ
-from moqt_asgi.media import Catalog, Fmp4Ingest, HangBroadcast, decode_cmaf
+from moqt_asgi.endpoints.dial_quic import dial_quic
+from moqt_asgi.media import Catalog, Fmp4Ingest, HangBroadcast, decode_cmaf, read_snapshots, read_stream
 from moqt_asgi.media.ingest import Fmp4Parser, SampleEvent
 from moqt_asgi.media.mp4 import iter_boxes, parse_init
 
 from .conftest import ROOT, Certs
-from .helpers import cli, eventually, free_udp_port, moqrs_client, native_server, stop_serve
+from .helpers import cli, eventually, free_udp_port, moqrs_client, moqrs_server, native_server, stop_serve
 
 TIMEOUT = 15
 CMAF_FLAGS = "cmaf+separate_moof+delay_moov+skip_trailer+frag_every_frame"
@@ -244,3 +247,93 @@ def test_publish_and_record_cli_round_trip(clips: dict[str, Path], certs: Certs,
     assert (video["codec_name"], video["width"], video["height"]) == ("h264", 320, 180)
     assert int(video["nb_read_frames"]) >= 10
     assert streams["audio"]["codec_name"] == "aac"
+
+
+# -- JSON data tracks both ways ----------------------------------------------------------------------
+
+@pytest.mark.interop
+async def test_moqrs_reads_our_json_tracks(certs: Certs) -> None:
+    app = MoQ()
+    hang = HangBroadcast("data.hang")
+    app.mux.publish(hang.path, hang.broadcast)
+    status = hang.json_snapshot("status.json")
+    packed = hang.json_snapshot("status.json.z", compression=True)
+    chat = hang.json_stream("chat.jsonl")
+    values = [{"state": "live", "tags": ["a"], "viewers": 1}, {"state": "live", "tags": ["a"], "viewers": 2},
+              {"state": "idle", "tags": ["a", "b"], "viewers": 2, "extra": {"x": 1}}]
+    async with native_server(app, str(certs.cert), str(certs.key)) as server:
+        host, port = server.address
+        async with moqrs_client(f"moql://{host}:{port}/", certs.fingerprint) as client:
+            broadcast = await asyncio.wait_for(client.announced_broadcast("data.hang"), TIMEOUT)
+            raw = await broadcast.subscribe_track("catalog.json")
+            group = await asyncio.wait_for(raw.next_group(), TIMEOUT)
+            listed = json.loads(bytes((await group.read_frame()).payload))["json"]["tracks"]
+            assert listed == {"chat.jsonl": {"mode": "stream"}, "status.json": {"mode": "snapshot"},
+                              "status.json.z": {"mode": "snapshot", "compression": "deflate"}}
+            plain = await broadcast.subscribe_json_snapshot("status.json")
+            deflated = await broadcast.subscribe_json_snapshot("status.json.z", compression=True)
+            log = await broadcast.subscribe_json_stream("chat.jsonl")
+
+            async def until(consumer: object, last: object) -> list[object]:
+                seen = []
+                async for value in consumer:  # type: ignore[attr-defined]
+                    seen.append(value)
+                    if value == last:
+                        return seen
+                return seen
+
+            reading = asyncio.ensure_future(asyncio.gather(until(plain, values[-1]), until(deflated, values[-1]),
+                                                           until(log, {"n": 4})))
+            tracks = hang.broadcast.tracks
+            await eventually(lambda: all(tracks[n].subscribers for n in ("status.json", "status.json.z", "chat.jsonl")),
+                             "moq-rs subscribed")
+            for value in values:  # one group: a snapshot, then merge-patch deltas
+                status.update(value)
+                packed.update(value)
+                await asyncio.sleep(0.05)
+            for n in range(5):
+                chat.append({"n": n})
+            seen_plain, seen_deflated, seen_log = await asyncio.wait_for(reading, TIMEOUT)
+    assert seen_plain[-1] == seen_deflated[-1] == values[-1]
+    assert all(value in values for value in seen_plain + seen_deflated)
+    assert seen_log == [{"n": n} for n in range(5)]
+    assert len(tracks["status.json"].cached()) == 1 and len(tracks["status.json"].latest.frames) == 3  # type: ignore[union-attr]
+
+
+@pytest.mark.interop
+async def test_we_read_moqrs_json_tracks() -> None:
+    async with moqrs_server() as (port, origin, fingerprint):
+        producer = origin.create_broadcast("rs.hang")
+        snapshot = producer.publish_json_snapshot("status.json.z", compression=True)
+        stream = producer.publish_json_stream("chat.jsonl")
+        producer.announce()
+        session = await dial_quic(f"moql://127.0.0.1:{port}/", fingerprint=fingerprint)
+        async with session:
+            announced = await session.announced("rs.hang")
+            if "rs.hang" not in announced.active:
+                async for announcement in announced:
+                    if announcement.path == "rs.hang":
+                        break
+            announced.close()
+            values = [{"state": "live", "viewers": n} for n in range(1, 4)]
+            snapshots = read_snapshots(await session.subscribe("rs.hang", "status.json.z", wait_for_start=False),
+                                       compression=True)
+            records = read_stream(await session.subscribe("rs.hang", "chat.jsonl", wait_for_start=False))
+
+            async def take(source: object, last: object) -> list[object]:
+                seen = []
+                async for value in source:  # type: ignore[attr-defined]
+                    seen.append(value)
+                    if value == last:
+                        break
+                return seen
+
+            reading = asyncio.ensure_future(asyncio.gather(take(snapshots, values[-1]), take(records, {"msg": 2})))
+            await asyncio.sleep(0.3)
+            for n, value in enumerate(values):
+                snapshot.update(value)
+                stream.append({"msg": n})
+                await asyncio.sleep(0.05)
+            seen_values, seen_records = await asyncio.wait_for(reading, TIMEOUT)
+    assert seen_values[-1] == values[-1] and all(value in values for value in seen_values)
+    assert seen_records == [{"msg": n} for n in range(3)]
