@@ -455,3 +455,26 @@ async def test_scoped_codes_on_lite01_02_are_named_by_moqrs(certs: Certs, monkey
                 reader = await within(session.subscribe("b", "missing"))
                 await within(reader.next_group())
             assert ours.value.code == ErrorCode.NOT_FOUND
+
+
+def ietf_setup(body: bytes) -> bytes:
+    return b"\x20" + len(body).to_bytes(2, "big") + body
+
+
+DRAFT_14 = h("c0 00 00 00 ff 00 00 0e")
+
+
+@pytest.mark.parametrize(
+    ("setup", "code"),
+    [
+        pytest.param(ietf_setup(h("01") + DRAFT_14 + h("00")), 0x15, id="draft-14"),
+        pytest.param(ietf_setup(h("00")), 0x15, id="no-versions"),
+        pytest.param(ietf_setup(h("01") + DRAFT_14 + h("40 41") + h("02 00") * 65), 0x6, id="65-parameters"),
+    ],
+)
+async def test_ietf_setup_on_moq_00_is_refused_in_ietf_numbering(setup: bytes, code: int) -> None:
+    """Whether or not the IETF CLIENT_SETUP parses, the close code is IETF's (moq-rs's session registry), not gomoqt's
+    (which would say 0x12 "unsupported version" and 0x5 "parameter length mismatch" for the last two)."""
+    async with helpers.RawClient(helpers.tick_app(), protocol="moq-00") as peer:
+        await peer.open_bi(setup)
+        assert await peer.closed_code() == code

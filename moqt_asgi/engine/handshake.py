@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 
 from ..protocol.codec import Codec
-from ..protocol.codes import GOMOQT_SETUP_CODES
+from ..protocol.codes import GOMOQT_SETUP_CODES, SCOPED_CODES
 from ..protocol.errors import ErrorCode, ProtocolError, SetupRejected, StreamError
 from ..protocol.limits import Limits
 from ..protocol.lite_wire import LiteUni
@@ -77,6 +77,10 @@ async def read_client_setup(connection: Connection, limits: Limits) -> SetupOffe
         framing = SetupFraming(kind)
     except ValueError:
         raise ProtocolError(ErrorCode.UNEXPECTED_STREAM, f"first stream has type {kind:#x}, not a session setup") from None
+    if framing is SetupFraming.COMPAT and connection.error_codes is GOMOQT_SETUP_CODES:
+        # moq-00 is IETF draft-14 to everyone but the old gomoqt: a 0x20 CLIENT_SETUP there is answered in
+        # IETF's numbering (moq-rs's scoped registry), also when its body does not parse.
+        connection.error_codes = SCOPED_CODES
     body = await _read_setup_body(reader, framing, limits.max_message_size)
     return SetupOffer(stream, reader, framing, decode_client_setup(framing, body, limits))
 
