@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,11 +85,11 @@ UNLIMITED = MAX_VARINT
 class _Credit:
     """The receive credit of one stream: what its buffer holds unread (see :mod:`moqt_asgi.transport.buffers`)."""
 
-    __slots__ = ("_connection", "_stream_id", "held")
+    __slots__ = ("_connection", "held", "stream")
 
-    def __init__(self, connection: WebSocketConnection, stream_id: int) -> None:
+    def __init__(self, connection: WebSocketConnection) -> None:
         self._connection = connection
-        self._stream_id = stream_id
+        self.stream: WebSocketStream | None = None
         self.held = 0
 
     @property
@@ -102,21 +103,30 @@ class _Credit:
     def release(self, size: int) -> None:
         self.held -= size
         self._connection._held -= size
-        self._connection._credit_released(self._stream_id)
+        self._connection._credit_released(self.stream)
 
 
 class WebSocketStream(BufferedStream):
-    """A stream of a WebSocket session; uni streams use one half."""
+    """A stream of a WebSocket session; uni streams use one half.
 
-    __slots__ = ("_conn", "credit", "fin_queued", "fin_sent", "pending", "pending_size", "recv_final", "recv_max",
-                 "recv_offset", "send_max", "send_offset")
+    A stream we open takes its number (and a place under the peer's stream
+    limit) when it first sends something: one the engine opens and then
+    abandons unused costs the peer nothing, as on QUIC. Until then
+    :attr:`stream_id` is the number it would get, and :attr:`assigned` is False.
+    """
+
+    __slots__ = ("_conn", "assigned", "credit", "fin_queued", "fin_sent", "pending", "pending_size",
+                 "recv_final", "recv_max", "recv_offset", "send_max", "send_offset", "uni")
 
     def __init__(self, connection: WebSocketConnection, stream_id: int, *, readable: bool, writable: bool,
-                 send_max: int, recv_max: int) -> None:
+                 send_max: int, recv_max: int, assigned: bool = True) -> None:
         self._conn = connection
-        self.credit = _Credit(connection, stream_id)
+        self.credit = _Credit(connection)
         super().__init__(stream_id, readable=readable, writable=writable, limit=connection.limits.max_stream_buffer,
                          credit=self.credit if readable else None)
+        self.credit.stream = self
+        self.uni = bool(stream_id & 2)
+        self.assigned = assigned
         self.pending: deque[bytes] = deque()
         self.pending_size = 0
         self.fin_queued = False
@@ -191,13 +201,14 @@ class WebSocketConnection(Connection):
         unlimited = not framing.qmux
         self._peer_params: qmux.TransportParameters | None = None
         self._params_ready = asyncio.Event()
-        self._credit_changed = asyncio.Event()
         self._send_max = UNLIMITED if unlimited else 0
         self._sent = 0
         self._next_local = {False: 0, True: 0}  # uni? -> next index
         self._local_limit = {False: UNLIMITED, True: UNLIMITED} if unlimited else \
             {False: 0, True: 0}
         self._record_size = qmux.DEFAULT_RECORD_SIZE
+        self._awaiting_id: dict[bool, deque[WebSocketStream]] = {False: deque(), True: deque()}
+        self._unassigned: weakref.WeakSet[WebSocketStream] = weakref.WeakSet()
         if unlimited:
             self._params_ready.set()
         # our credit towards the peer (receive side)
@@ -264,27 +275,45 @@ class WebSocketConnection(Connection):
         return (index << 2) | (2 if uni else 0) | (0 if self.is_client else 1)
 
     async def _open(self, uni: bool) -> WebSocketStream:
-        while True:
-            if self._closed is not None:
-                raise self._closed
-            if self._params_ready.is_set() and self._next_local[uni] < self._local_limit[uni]:
-                break
-            self._credit_changed.clear()
-            waiter = asyncio.ensure_future(self._credit_changed.wait())
-            closer = asyncio.ensure_future(self._closed_event.wait())
-            try:
-                await asyncio.wait((waiter, closer), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-                closer.cancel()
+        """A new stream of ours; it is numbered when it first sends (see :class:`WebSocketStream`)."""
+        if self._closed is not None:
+            raise self._closed
+        stream = WebSocketStream(self, self._local_id(uni, self._next_local[uni]), readable=not uni, writable=True,
+                                 send_max=0, recv_max=self.settings.stream_window if self.framing.qmux else UNLIMITED,
+                                 assigned=False)
+        self._unassigned.add(stream)
+        return stream
+
+    def _assign(self, stream: WebSocketStream) -> None:
+        """Number ``stream`` now if the peer's stream limit allows, else queue it until MAX_STREAMS."""
+        uni = stream.uni
+        if not self._params_ready.is_set() or self._next_local[uni] >= self._local_limit[uni] \
+                or self._awaiting_id[uni]:
+            if stream not in self._awaiting_id[uni]:
+                self._awaiting_id[uni].append(stream)
+            return
+        self._number(stream)
+
+    def _number(self, stream: WebSocketStream) -> None:
+        uni = stream.uni
         index = self._next_local[uni]
         self._next_local[uni] = index + 1
-        stream_id = self._local_id(uni, index)
-        stream = WebSocketStream(self, stream_id, readable=not uni, writable=True,
-                                 send_max=self._initial_send_max(stream_id),
-                                 recv_max=self.settings.stream_window if self.framing.qmux else UNLIMITED)
-        self._streams[stream_id] = stream
-        return stream
+        stream.stream_id = self._local_id(uni, index)
+        stream.assigned = True
+        stream.send_max = self._initial_send_max(stream.stream_id)
+        self._unassigned.discard(stream)
+        self._streams[stream.stream_id] = stream
+
+    def _assign_waiting(self) -> None:
+        """The peer's stream limit or parameters arrived: number the streams that wait, in order."""
+        for uni in (False, True):
+            queue = self._awaiting_id[uni]
+            while queue and self._params_ready.is_set() and self._next_local[uni] < self._local_limit[uni]:
+                stream = queue.popleft()
+                self._number(stream)
+                if stream not in self._ready:
+                    self._ready.append(stream)
+        self._wake.set()
 
     def _initial_send_max(self, stream_id: int) -> int:
         params = self._peer_params
@@ -339,10 +368,13 @@ class WebSocketConnection(Connection):
             return
         self._closed = error
         self._closed_event.set()
-        for stream in list(self._streams.values()):
+        for stream in [*self._streams.values(), *self._unassigned]:
             stream.discard_pending()
             stream.connection_closed(error, error.code)
         self._streams.clear()
+        self._unassigned.clear()
+        for waiting in self._awaiting_id.values():
+            waiting.clear()
         self._ready.clear()
         self._backlog = 0
         for queue in (self._accept_bi, self._accept_uni):
@@ -353,7 +385,6 @@ class WebSocketConnection(Connection):
             self._control.append(qmux.encode_frame(last, self.framing))
         self._wake.set()
         self._read_resume.set()
-        self._credit_changed.set()
         self._wake_writers()
 
     # -- the server is stopping
@@ -420,6 +451,10 @@ class WebSocketConnection(Connection):
             self._backlog += len(data)
         if end:
             stream.fin_queued = True
+        if not stream.assigned:
+            self._assign(stream)
+            if not stream.assigned:
+                return  # sent once the peer allows one more stream
         if stream not in self._ready:
             self._ready.append(stream)
         self._wake.set()
@@ -429,11 +464,15 @@ class WebSocketConnection(Connection):
             return
         stream.discard_pending()
         stream.fin_sent = True
+        if not stream.assigned:  # the peer never heard of it: nothing to say
+            with contextlib.suppress(ValueError):
+                self._awaiting_id[stream.uni].remove(stream)
+            return
         self._send_control(qmux.ResetStream(stream.stream_id, self._code_out(stream.stream_id, code),
                                             stream.send_offset))
 
     def _stop(self, stream: WebSocketStream, code: int) -> None:
-        if self._closed is not None or stream.recv_final is not None:
+        if self._closed is not None or stream.recv_final is not None or not stream.assigned:
             return
         self._send_control(qmux.StopSending(stream.stream_id, self._code_out(stream.stream_id, code)))
 
@@ -442,7 +481,7 @@ class WebSocketConnection(Connection):
         self._wake.set()
 
     def _maybe_forget(self, stream: WebSocketStream) -> None:
-        if not stream.done or stream.pending_size or (stream.fin_queued and not stream.fin_sent):
+        if not stream.assigned or not stream.done or stream.pending_size or (stream.fin_queued and not stream.fin_sent):
             return
         if self._streams.pop(stream.stream_id, None) is None:
             return
@@ -462,9 +501,8 @@ class WebSocketConnection(Connection):
             if self.framing.qmux:
                 self._send_control(qmux.MaxStreams(not uni, limit))
 
-    def _credit_released(self, stream_id: int) -> None:
-        stream = self._streams.get(stream_id)
-        if stream is not None:
+    def _credit_released(self, stream: WebSocketStream | None) -> None:
+        if stream is not None and stream.assigned and stream.stream_id in self._streams:
             self._grant_stream_credit(stream)
         self._grant_connection_credit()
         if self._held <= self.settings.connection_window:
@@ -647,7 +685,7 @@ class WebSocketConnection(Connection):
             uni = not frame.bidi
             if frame.maximum > self._local_limit[uni]:
                 self._local_limit[uni] = frame.maximum
-                self._credit_changed.set()
+                self._assign_waiting()
         elif isinstance(frame, qmux.Ping):
             if not frame.response:
                 self._send_control(qmux.Ping(frame.sequence, response=True))
@@ -678,10 +716,8 @@ class WebSocketConnection(Connection):
         if params.max_idle_timeout and self.framing.records:
             self._idle_timeout = min(self._idle_timeout, params.max_idle_timeout / 1000) if self._idle_timeout \
                 else params.max_idle_timeout / 1000
-        for stream in self._streams.values():  # streams opened before (none: opening waits for these)
-            stream.send_max = max(stream.send_max, self._initial_send_max(stream.stream_id))
         self._params_ready.set()
-        self._credit_changed.set()
+        self._assign_waiting()
         self._unblock_all()
 
     def _classify(self, stream_id: int) -> tuple[bool, bool, int]:
