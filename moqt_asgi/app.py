@@ -17,7 +17,7 @@ from typing import Any
 from .auth.tokens import Authenticator, AuthError, Grant
 from .engine.mux import TrackMux
 from .http import CertificateSource, HttpEndpointHandler, HttpEndpoints, certificate_sha256
-from .metrics import AppMetrics, log_fields, refusal_reason, serve_metrics, session_log
+from .metrics import AppMetrics, note_refusal, serve_metrics
 from .protocol.limits import DEFAULT_LIMITS, Limits
 from .protocol.versions import ALPN_LITE, DEFAULT_VERSIONS, Version, choose_alpn, ordered, protocols_for
 from .request import SetupRequest
@@ -346,12 +346,9 @@ class MoQ:
 
     def _refused_connect(self, status: int, text: str, scope: Scope, *, reason: str | None = None) -> None:
         """Count and log a WebTransport CONNECT refused before any MoQ byte."""
-        label = reason or refusal_reason(status, text)
-        self.metrics.session_refused(label)
         client = scope.get("client")
-        session_log.info("session refused %s", log_fields(
-            reason=label, status=status, transport="webtransport", path=scope.get("path") or "/",
-            client=f"{client[0]}:{client[1]}" if client else None))
+        note_refusal(self, status, text, transport="webtransport", path=scope.get("path") or "/",
+                     client=(client[0], client[1]) if client else None, reason=reason)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

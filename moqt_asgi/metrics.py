@@ -183,6 +183,20 @@ class MeasuredApp(Protocol):
     mux: TrackMux
 
 
+def note_refusal(app: object, status: int, text: str = "", *, transport: str, path: str | None = None,
+                 client: tuple[str, int] | None = None, reason: str | None = None) -> None:
+    """Count (when ``app`` keeps metrics) and log a session refused before it reached :func:`serve_connection
+    <moqt_asgi.serving.serve_connection>`: a WebTransport CONNECT or a WebSocket upgrade answered with ``status``.
+
+    ``reason`` defaults to :func:`refusal_reason` of ``status`` and ``text``.
+    """
+    label = reason or refusal_reason(status, text)
+    if isinstance(app, MeasuredApp):
+        app.metrics.session_refused(label)
+    session_log.info("session refused %s", log_fields(reason=label, status=status, transport=transport, path=path,
+                                                      client=f"{client[0]}:{client[1]}" if client else None))
+
+
 def _families(app: MeasuredApp) -> Iterator[Any]:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
@@ -330,6 +344,7 @@ __all__ = [
     "TrafficStats",
     "log_fields",
     "metrics_app",
+    "note_refusal",
     "refusal_reason",
     "render",
     "serve_metrics",

@@ -333,3 +333,41 @@ def test_traffic_totals_appear_once_sessions_report_them() -> None:
     assert sample(text, "moqt_frames_total", direction="in") == 1
     assert sample(text, "moqt_groups_dropped_total") == 2
     assert sample(text, "moqt_sessions", transport="quic", version="moq-lite-05") == 1
+
+
+def test_refused_webtransport_connects_are_counted(caplog: pytest.LogCaptureFixture) -> None:
+    app = clock_app(allow_origins=["https://good.example"], auth=Authenticator(public="clock"))
+
+    @app.route("/clock")
+    async def accept(request: Any) -> None:
+        await request.accept()
+
+    async def connect_to(path: str, origin: str, protocols: tuple[str, ...] = (), served: bool = True) -> int:
+        sent: list[Message] = []
+        scope: Scope = {"type": "webtransport", "path": path, "query_string": b"", "client": ("127.0.0.1", 9),
+                        "headers": [(b"origin", origin.encode())], "subprotocols": list(protocols),
+                        "extensions": {"moqt.connection": {"connection": object()}} if served else {}}
+
+        async def receive() -> Message:
+            return {"type": "webtransport.connect"}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        assert sent[-1]["type"] == "webtransport.close", sent
+        return int(sent[-1]["status"])
+
+    async def run() -> list[int]:
+        return [await connect_to("/clock", "https://evil.example"), await connect_to("/secret", "https://good.example"),
+                await connect_to("/clock/x", "https://good.example"),
+                await connect_to("/clock", "https://good.example", ("moq-lite-99",)),
+                await connect_to("/clock", "https://good.example", served=False)]
+
+    with caplog.at_level(logging.INFO, logger="moqt_asgi.sessions"):
+        assert asyncio.run(run()) == [403, 401, 404, 400, 501]
+    text = render(app).decode()
+    for reason in ("origin", "auth", "route", "version", "protocol"):
+        assert sample(text, "moqt_sessions_refused_total", reason=reason) == 1, (reason, text)
+    lines = [r.getMessage() for r in caplog.records if r.name == "moqt_asgi.sessions"]
+    assert "session refused reason=origin status=403 transport=webtransport path=/clock client=127.0.0.1:9" in lines
