@@ -226,6 +226,30 @@ async def test_moqrs_subscriber_sees_every_clean_end(certs: Certs, version: Vers
         assert 1 in got and set(got) <= {0, 1}, got
 
 
+@pytest.mark.interop
+@pytest.mark.parametrize("version", TIMED, ids=version_id)
+async def test_moqrs_fetch_ends_with_fin(certs: Certs, version: Version) -> None:
+    """FETCH is not a subscription: its answer is the group's frames and a FIN, which moq-rs reads as the whole group."""
+    app = MoQ(versions=(version,))
+    broadcast = Broadcast("b")
+    track = broadcast.create_track("t", cached_groups=4)
+    for sequence in range(3):
+        group = track.append_group()
+        group.write_frame(b"a%d" % sequence)
+        group.write_frame(b"b%d" % sequence)
+        group.finish()
+    app.mux.publish("b", broadcast)
+    async with native_server(app, str(certs.cert), str(certs.key)) as server, \
+            moqrs_client(f"moql://127.0.0.1:{server.address[1]}/", certs.fingerprint) as client:
+        announced = await asyncio.wait_for(client.announced_broadcast("b"), WAIT)
+        fetched = await within(announced.fetch_group("t", 1))
+        frames = []
+        async with asyncio.timeout(WAIT):
+            while (frame := await fetched.read_frame()) is not None:
+                frames.append(bytes(frame.payload))
+        assert frames == [b"a1", b"b1"]
+
+
 # -- 2. TRACK_INFO retention ------------------------------------------------------------------------
 
 L05 = Lite05Codec(DEFAULT_LIMITS)
