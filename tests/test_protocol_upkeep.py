@@ -3,13 +3,15 @@
 1. lite-05/06: every clean end of a subscription is SUBSCRIBE_END, then FIN. moq-rs 0.5 fails a
    subscription whose publisher FINs without it (ProtocolViolation), so each way a track can end
    cleanly is checked here in golden bytes (a byte-scripted subscriber against our server) and
-   against a moq-rs subscriber.
+   against a moq-rs subscriber; FETCH, which is not a subscription, ends with FIN alone.
 2. lite-05/06 TRACK_INFO: the publisher's max latency (its retention) is ``2**53 - 1`` for "no
-   limit" and ``0`` for "only the latest group", in both directions.
-3. TRACK asked of moq-rs: our side of the stream stays open until TRACK_INFO arrives (moq-rs reads
-   an early FIN as the request being withdrawn).
+   limit" and ``0`` for "only the latest group", in both directions. TRACK asked of moq-rs: our
+   side of the stream stays open until TRACK_INFO arrives (moq-rs reads an early FIN as the request
+   being withdrawn).
+3. lite-01/02 error codes: moq-rs names them when they are numbered from its scoped registries.
 4. Today's gomoqt (v0.17) dials ``moq-lite-04``: a client scripted from its encoders is served.
-5. ``moq-00`` is IETF draft-14 to moq-rs: refused cleanly, while gomoqt's old dialect keeps it.
+5. ``moq-00`` is IETF draft-14 to moq-rs: refused cleanly in IETF's numbering, while gomoqt's old
+   dialect keeps it.
 """
 
 from __future__ import annotations
