@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 P99_OBJECTIVE_MS = 300.0
 DELIVERED_OBJECTIVE = 0.99
+LOAD_SATURATED = 0.8
+"""Above this share of their cores the load generators' own delays show in the latencies."""
 COLLAPSED = 0.5
 """Below this delivered fraction a server's sweep stops: larger audiences would only fail harder."""
 
@@ -180,6 +182,8 @@ def format_points(points: list[Point]) -> str:
         if point.connected < point.subscribers:
             notes.append(f"{point.subscribers - point.connected} never subscribed")
         notes += point.errors[:2]
+        if point.load_cpu > LOAD_SATURATED:
+            notes.append("load generators saturated: the figures are a bound")
         if point.publisher_late_ms > 50:
             notes.append(f"publisher up to {point.publisher_late_ms:.0f} ms late")
         rows.append((point.server, str(point.subscribers), _percent(point.delivered), _percent(point.worst_delivered),
