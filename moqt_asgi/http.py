@@ -343,11 +343,6 @@ def latest_group(handler: object, track: str) -> int | None:
     """The newest finished group of ``track`` that ``handler`` holds, or ``None``."""
     if isinstance(handler, LatestGroupSource):
         return handler.latest_group(track)
-    if isinstance(handler, Broadcast):
-        producer = handler.tracks.get(track)
-        if producer is not None:
-            finished = [group.sequence for group in producer.cached() if group.finished]
-            return max(finished) if finished else None
     return None
 
 

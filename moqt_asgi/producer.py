@@ -205,6 +205,11 @@ class TrackProducer:
         """The groups still kept, oldest first."""
         return list(self._groups)
 
+    def latest_finished(self) -> int | None:
+        """The sequence of the newest finished group still cached, or ``None``."""
+        finished = [group.sequence for group in self._groups if group.finished]
+        return max(finished) if finished else None
+
     def group(self, sequence: int) -> GroupProducer | None:
         """Group ``sequence`` if it is still cached."""
         for group in self._groups:
@@ -480,6 +485,11 @@ class Broadcast:
         """FETCH: the frames (with timestamps) of a finished cached group, else ``None`` (refused as NOT_FOUND)."""
         producer = self._tracks.get(track)
         return producer.fetch(sequence) if producer is not None else None
+
+    def latest_group(self, track: str) -> int | None:
+        """The newest finished group of ``track`` still cached (what ``GET /fetch`` serves by default)."""
+        producer = self._tracks.get(track)
+        return producer.latest_finished() if producer is not None else None
 
     def track_info(self, track: str) -> TrackInfo | None:
         """TRACK (lite-05+): the track's priority, max latency and timescale; ``None`` for an unknown track.

@@ -151,6 +151,11 @@ class RemoteBroadcast:
             self.log.debug("upstream fetch of %s/%s group %d failed: %s", self.path, track, sequence, exc)
             return None
 
+    def latest_group(self, track: str) -> int | None:
+        """The newest finished group of ``track`` in the local copy, or ``None`` when the track is not relayed."""
+        local = self._local(track)
+        return local.latest_finished() if local is not None else None
+
     def track_info(self, track: str) -> TrackInfo | None:
         """TRACK: what upstream said of the track once it is relayed, else the defaults (upstream decides)."""
         local = self._local(track)
