@@ -432,6 +432,11 @@ class Server:
                 break
             sessions = late
             old = {s for s in late if not s.features.goaway}
+        for listener in list(self._tcp_servers):  # HTTP requests in flight finish within the same deadline
+            remaining = max(deadline - asyncio.get_running_loop().time(), 0.0)
+            if not await listener.wait_requests(remaining):
+                self.logger.info("HTTP requests still in flight after the grace period; closing them")
+                clean = False
         clean = clean and not self._forced
         self.logger.info("shutdown %s after %.2fs", "finished" if clean else "forced", time.monotonic() - started)
         await self._finish()

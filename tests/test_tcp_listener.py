@@ -577,6 +577,30 @@ async def test_moqrs_over_websocket(certs: Certs, scheme: str) -> None:
         assert await moqrs_reads_tick(f"{scheme}://localhost:{port}/", server, **options) == b"tick"
 
 
+async def test_server_shutdown_lets_an_http_request_finish(certs: Certs) -> None:
+    release, arrived = asyncio.Event(), asyncio.Event()
+
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        arrived.set()
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late"})
+
+    async with no_leaks():
+        server = Server(addr="127.0.0.1:0", certfile=str(certs.cert), keyfile=str(certs.key), handler=tick_app())
+        await server.start()
+        host, port = await server.serve_tcp("127.0.0.1:0", slow)
+        answer = asyncio.ensure_future(http_get(host, port, "/"))
+        await asyncio.wait_for(arrived.wait(), WAIT)
+        stopping = asyncio.ensure_future(server.shutdown(WAIT))
+        await asyncio.sleep(0.2)
+        assert not stopping.done()  # waits for the request in flight
+        release.set()
+        assert (await asyncio.wait_for(answer, WAIT))[2] == b"late"
+        assert await asyncio.wait_for(stopping, WAIT) is True
+
+
 @pytest.mark.interop
 async def test_shutdown_stops_a_moqrs_websocket_session(certs: Certs) -> None:
     async with no_leaks(fds_too=False):

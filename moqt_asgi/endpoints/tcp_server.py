@@ -36,7 +36,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from ..protocol.errors import MoQError
-from ..stopping import CLOSE_GRACE
+from ..stopping import CLOSE_GRACE, POLL_INTERVAL
 from ..types import ASGIApp
 from .tcp_connection import TcpConnection
 from .tcp_settings import TcpSettings
@@ -308,6 +308,19 @@ class TcpServer:
             if stuck:
                 self.log.warning("%d TCP connection(s) still stopping after %.1fs; not waiting for them", len(stuck),
                                  2 * CLOSE_GRACE)
+
+    async def wait_requests(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no HTTP request is in flight (WebSockets are not waited for).
+
+        True if none is left. Call it after :meth:`drain`, so that no new one starts.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(connection is None or connection.websocket is None for connection in self._tasks.values()):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(POLL_INTERVAL)
+        return True
 
     async def shutdown(self, timeout: float = 5.0) -> bool:
         """:meth:`drain`, wait up to ``timeout`` seconds for connections to end, then :meth:`close`.
