@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import queue
 import socket
@@ -523,6 +524,28 @@ async def test_server_on_a_port_whose_tcp_number_is_taken(certs: Certs) -> None:
         udp.close()
     finally:
         taken.close()
+
+
+async def test_server_on_port_0_tries_another_port_when_the_tcp_number_is_taken(
+        certs: Certs, monkeypatch: pytest.MonkeyPatch) -> None:
+    tried: list[int] = []
+    start = TcpServer.start
+
+    async def clashing(self: TcpServer) -> None:
+        tried.append(self.port)
+        if len(tried) == 1:  # the first UDP port's TCP number is taken
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        await start(self)
+
+    monkeypatch.setattr(TcpServer, "start", clashing)
+    async with no_leaks():
+        server = Server(addr="127.0.0.1:0", certfile=str(certs.cert), keyfile=str(certs.key), handler=tick_app())
+        await server.start()
+        assert len(tried) == 2 and tried[1] == server.address[1] == server.tcp_address[1]
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", tried[0]))  # the first UDP port was let go
+        udp.close()
+        assert await server.close() is True
 
 
 async def test_server_shutdown_stops_a_websocket_session(certs: Certs) -> None:
