@@ -37,132 +37,22 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from ..protocol.codes import app_to_http, clamp_app_code, http_to_app
 from ..protocol.errors import ErrorCode, SessionClosed, StreamError
 from ..protocol.limits import DEFAULT_LIMITS, Limits
-from ..protocol.wire import MAX_VARINT
 from ..transport.base import BidiStream, Connection, ReceiveStream, SendStream
-from ..transport.streams import BufferedStream, next_stream
+from ..transport.streams import next_stream
 from . import qmux
 from .pipe import MessagePipe
 from .qmux import Framing, QMuxError
+from .settings import DEFAULT_SETTINGS, LEGACY_MAX_STREAMS, UNLIMITED, WebSocketSettings
+from .streams import WebSocketStream
 
 logger = logging.getLogger("moqt_asgi.websocket")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class WebSocketSettings:
-    """Windows, limits and timers of a WebSocket session."""
-
-    connection_window: int = 1024 * 1024
-    """Receive credit for the whole connection (bytes the peer may send ahead of the engine's reads)."""
-    stream_window: int = 256 * 1024
-    """Receive credit per stream."""
-    max_streams: int = 100
-    """Streams of each direction the peer may have open at once (the legacy framing: 1024)."""
-    idle_timeout: float = 30.0
-    """Seconds of silence from the peer before the session is dropped (qmux-01/02, or a pipe that sees pings)."""
-    ping_interval: float = 10.0
-    """Seconds between our pings (QX_PING on qmux-01/02; WebSocket pings where the pipe can send them)."""
-    send_buffer: int = 4 * 1024 * 1024
-    """Most bytes one stream may hold unsent (a write beyond it fails the stream: the engine bounds its own
-    queue far below this, so only a writer that ignores :meth:`~WebSocketConnection.backlog` meets it)."""
-    close_timeout: float = 2.0
-    """Seconds the closing message may take to leave before the WebSocket is closed anyway."""
-
-
-DEFAULT_SETTINGS = WebSocketSettings()
-LEGACY_MAX_STREAMS = 1024
-"""Streams of each direction a legacy-framing peer may have open at once (it is told no limit: more is fatal)."""
-UNLIMITED = MAX_VARINT
-
-
-class _Credit:
-    """The receive credit of one stream: what its buffer holds unread (see :mod:`moqt_asgi.transport.buffers`)."""
-
-    __slots__ = ("_connection", "held", "stream")
-
-    def __init__(self, connection: WebSocketConnection) -> None:
-        self._connection = connection
-        self.stream: WebSocketStream | None = None
-        self.held = 0
-
-    @property
-    def window(self) -> int:
-        return self._connection.settings.stream_window
-
-    def hold(self, size: int) -> None:
-        self.held += size
-        self._connection._held += size
-
-    def release(self, size: int) -> None:
-        self.held -= size
-        self._connection._held -= size
-        self._connection._credit_released(self.stream)
-
-
-class WebSocketStream(BufferedStream):
-    """A stream of a WebSocket session; uni streams use one half.
-
-    A stream we open takes its number (and a place under the peer's stream
-    limit) when it first sends something: one the engine opens and then
-    abandons unused costs the peer nothing, as on QUIC. Until then
-    :attr:`stream_id` is the number it would get, and :attr:`assigned` is False.
-    """
-
-    __slots__ = ("_conn", "assigned", "credit", "fin_queued", "fin_sent", "pending", "pending_size",
-                 "recv_final", "recv_max", "recv_offset", "send_max", "send_offset", "uni")
-
-    def __init__(self, connection: WebSocketConnection, stream_id: int, *, readable: bool, writable: bool,
-                 send_max: int, recv_max: int, assigned: bool = True) -> None:
-        self._conn = connection
-        self.credit = _Credit(connection)
-        super().__init__(stream_id, readable=readable, writable=writable, limit=connection.limits.max_stream_buffer,
-                         credit=self.credit if readable else None)
-        self.credit.stream = self
-        self.uni = bool(stream_id & 2)
-        self.assigned = assigned
-        self.pending: deque[bytes] = deque()
-        self.pending_size = 0
-        self.fin_queued = False
-        self.fin_sent = not writable
-        self.send_offset = 0
-        self.send_max = send_max
-        self.recv_offset = 0
-        self.recv_max = recv_max
-        self.recv_final: int | None = None
-
-    def __repr__(self) -> str:
-        return f"<WebSocketStream {self.stream_id}>"
-
-    def _send_data(self, data: bytes, end: bool) -> None:
-        self._conn._queue_data(self, data, end)
-
-    def _send_reset(self, code: int) -> None:
-        self._conn._reset(self, code)
-
-    def _send_stop(self, code: int) -> None:
-        self._conn._stop(self, code)
-
-    def _sending_ended(self) -> None:
-        self._conn._maybe_forget(self)
-
-    def _receiving_ended(self) -> None:
-        self._conn._maybe_forget(self)
-
-    def backlog(self) -> int:
-        return self.pending_size
-
-    def discard_pending(self) -> None:
-        self._conn._backlog -= self.pending_size
-        self.pending.clear()
-        self.pending_size = 0
-        self.fin_queued = False
 
 
 class WebSocketConnection(Connection):
@@ -438,7 +328,8 @@ class WebSocketConnection(Connection):
         return self.error_codes.stream_in(wire if unmapped is None else unmapped, bidi=not stream_id & 2)
 
     # -- sending (called by the streams)
-    def _queue_data(self, stream: WebSocketStream, data: bytes, end: bool) -> None:
+    def stream_write(self, stream: WebSocketStream, data: bytes, end: bool) -> None:
+        """A stream's write: queue it for the writer (numbering the stream first if it is new)."""
         if self._closed is not None:
             raise self._closed
         if data:
@@ -459,7 +350,8 @@ class WebSocketConnection(Connection):
             self._ready.append(stream)
         self._wake.set()
 
-    def _reset(self, stream: WebSocketStream, code: int) -> None:
+    def stream_reset(self, stream: WebSocketStream, code: int) -> None:
+        """A stream's reset: drop what it queued, RESET_STREAM at what it sent."""
         if self._closed is not None:
             return
         stream.discard_pending()
@@ -471,7 +363,8 @@ class WebSocketConnection(Connection):
         self._send_control(qmux.ResetStream(stream.stream_id, self._code_out(stream.stream_id, code),
                                             stream.send_offset))
 
-    def _stop(self, stream: WebSocketStream, code: int) -> None:
+    def stream_stop(self, stream: WebSocketStream, code: int) -> None:
+        """A stream's stop: STOP_SENDING."""
         if self._closed is not None or stream.recv_final is not None or not stream.assigned:
             return
         self._send_control(qmux.StopSending(stream.stream_id, self._code_out(stream.stream_id, code)))
@@ -480,7 +373,8 @@ class WebSocketConnection(Connection):
         self._control.append(qmux.encode_frame(frame, self.framing))
         self._wake.set()
 
-    def _maybe_forget(self, stream: WebSocketStream) -> None:
+    def stream_ended(self, stream: WebSocketStream) -> None:
+        """A half of ``stream`` ended: forget it once both did (a peer stream then frees a stream credit)."""
         if not stream.assigned or not stream.done or stream.pending_size or (stream.fin_queued and not stream.fin_sent):
             return
         if self._streams.pop(stream.stream_id, None) is None:
@@ -501,8 +395,18 @@ class WebSocketConnection(Connection):
             if self.framing.qmux:
                 self._send_control(qmux.MaxStreams(not uni, limit))
 
-    def _credit_released(self, stream: WebSocketStream | None) -> None:
-        if stream is not None and stream.assigned and stream.stream_id in self._streams:
+    def stream_discarded(self, size: int) -> None:
+        """``size`` queued bytes of a stream were dropped unsent."""
+        self._backlog -= size
+
+    def credit_held(self, size: int) -> None:
+        """``size`` received bytes wait unread in a stream's buffer."""
+        self._held += size
+
+    def credit_released(self, stream: WebSocketStream, size: int) -> None:
+        """``size`` held bytes were read or dropped: give the peer credit again when due."""
+        self._held -= size
+        if stream.assigned and stream.stream_id in self._streams:
             self._grant_stream_credit(stream)
         self._grant_connection_credit()
         if self._held <= self.settings.connection_window:
@@ -577,7 +481,7 @@ class WebSocketConnection(Connection):
         if fin:
             stream.fin_sent = True
             stream.fin_queued = False
-            self._maybe_forget(stream)
+            self.stream_ended(stream)
         return header + bytes(chunks)
 
     async def _writer(self) -> None:
@@ -788,7 +692,7 @@ class WebSocketConnection(Connection):
             stream.deliver(fresh, frame.fin)
         self._grant_stream_credit(stream)
         self._grant_connection_credit()
-        self._maybe_forget(stream)
+        self.stream_ended(stream)
 
     def _count_received(self, size: int) -> None:
         self._received += size
@@ -807,7 +711,7 @@ class WebSocketConnection(Connection):
         stream.recv_final = stream.recv_offset
         stream.peer_reset(self._code_in(frame.stream_id, frame.code))
         self._grant_connection_credit()
-        self._maybe_forget(stream)
+        self.stream_ended(stream)
 
     def _on_stop(self, frame: qmux.StopSending) -> None:
         stream = self._sending_stream(frame.stream_id)
@@ -820,7 +724,7 @@ class WebSocketConnection(Connection):
             stream.fin_sent = True
             self._send_control(qmux.ResetStream(stream.stream_id, frame.code, stream.send_offset))
         self._wake_writers()
-        self._maybe_forget(stream)
+        self.stream_ended(stream)
 
 
 __all__ = ["DEFAULT_SETTINGS", "WebSocketConnection", "WebSocketSettings", "WebSocketStream"]
