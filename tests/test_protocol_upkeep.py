@@ -409,6 +409,20 @@ class GomoqtV17Peer:
     def announce_interest(self, prefix: str) -> int:
         return self.peer.open(b"\x01" + gomoqt_message(gomoqt_string(prefix) + encode_varint(GOMOQT_HOP)))
 
+    async def announcements(self, stream_id: int, count: int) -> list[str]:
+        """The suffixes of the first ``count`` ANNOUNCEs on ``stream_id``: each ACTIVE, with one hop (the publisher's)."""
+        suffixes: list[str] = []
+        offset = 0
+        for _ in range(count):
+            size = (await self.read(stream_id, offset + 1))[offset]
+            body = (await self.read(stream_id, offset + 1 + size))[offset + 1:offset + 1 + size]
+            assert body[0] == 0x01  # ACTIVE
+            suffix_size = body[1]
+            assert body[2 + suffix_size] == 1  # one hop: the publisher appends its own id
+            suffixes.append(body[2:2 + suffix_size].decode())
+            offset += 1 + size
+        return suffixes
+
     def subscribe(self, subscribe_id: int, path: str, track: str) -> int:
         body = (encode_varint(subscribe_id) + gomoqt_string(path) + gomoqt_string(track)
                 + b"\x80\x00" + encode_varint(0) + encode_varint(0) + encode_varint(0))
@@ -424,6 +438,7 @@ async def test_gomoqt_v017_client_is_served_on_lite04(certs: Certs) -> None:
 
 
     app = helpers.tick_app()
+    app.mux.publish("demo/cam", returns_at_once)
     async with native_server(app, str(certs.cert), str(certs.key)) as server:
         configuration = QuicConfiguration(is_client=True, alpn_protocols=["moq-lite-04"])
         configuration.verify_mode = ssl.CERT_NONE
@@ -431,13 +446,11 @@ async def test_gomoqt_v017_client_is_served_on_lite04(certs: Certs) -> None:
                            create_protocol=helpers.QuicPeer, wait_connected=True) as quic:
             assert isinstance(quic, helpers.QuicPeer)
             gomoqt = GomoqtV17Peer(quic)
-            # AcceptAnnounce("/"): the publisher lists "clock" and appends its own hop id
+            # AcceptAnnounce("/"): the publisher lists its broadcasts and appends its own hop id
             announce = gomoqt.announce_interest("/")
-            listed = await gomoqt.read(announce, 1)
-            size = listed[0]
-            body = (await gomoqt.read(announce, 1 + size))[1:1 + size]
-            assert body[:1] == b"\x01" and body[1:7] == gomoqt_string("clock")  # ACTIVE, suffix "clock"
-            assert body[7] == 1  # one hop: ours
+            assert sorted(await gomoqt.announcements(announce, 2)) == ["clock", "demo/cam"]
+            # AcceptAnnounce("/demo/"): gomoqt joins prefix and suffix, so the suffix is relative
+            assert await gomoqt.announcements(gomoqt.announce_interest("/demo/"), 1) == ["cam"]
             # Subscribe("/clock", "seconds"): SUBSCRIBE_OK, then a group stream carrying "tick"
             subscription = gomoqt.subscribe(0, "/clock", "seconds")
             answer = await gomoqt.read(subscription, 2)
