@@ -712,3 +712,33 @@ def test_chromium_given_an_http_url_reads_the_clock_from_serve(pages: Any, certs
     assert result["error"] is None, result["error"]
     assert f"{moq_url}certificate.sha256" in result["resources"]
     assert len(result["frames"]) == 1
+
+
+@pytest.mark.browser
+@pytest.mark.cli
+def test_chromium_opens_a_websocket_to_serve(certs: Certs, tmp_path: Path) -> None:
+    """Chromium loads /health from serve's TCP listener, then opens a WebSocket there with a qmux subprotocol."""
+    port = free_udp_port()
+    process = subprocess.Popen(
+        cli("serve", "examples.clock:moq", "--bind", f"127.0.0.1:{port}", "--certfile", str(certs.cert),
+            "--keyfile", str(certs.key)),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        assert "ws://" in process.stdout.readline()
+        with chromium(f"http://127.0.0.1:{port}/health", tmp_path) as browser:
+            assert browser.wait_for("document.body && document.body.innerText", 30).startswith("ok")
+            browser.evaluate(f"""
+                window.result = null;
+                const ws = new WebSocket("ws://127.0.0.1:{port}/", ["qmux-01.moq-lite-05"]);
+                ws.binaryType = "arraybuffer";
+                ws.onmessage = (e) => {{ window.result = window.result || {{
+                    protocol: ws.protocol, extensions: ws.extensions, first: e.data.byteLength }}; ws.close(1000); }};
+                ws.onerror = () => {{ window.result = {{ error: "websocket error" }}; }};
+            """)
+            result = browser.wait_for("window.result", 30)
+    finally:
+        stop_serve(process, 15)
+    # the server chose the subprotocol, negotiated no compression, and spoke first (qmux transport parameters)
+    assert result == {"protocol": "qmux-01.moq-lite-05", "extensions": "", "first": result["first"]}, result
+    assert result["first"] > 0
