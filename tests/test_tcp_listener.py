@@ -360,6 +360,16 @@ async def test_a_request_head_that_never_ends_is_closed_at_the_deadline() -> Non
             w.close()
 
 
+async def test_a_tls_handshake_that_never_ends_is_closed_at_the_deadline(certs: Certs) -> None:
+    credentials = TLSConfig(certfile=certs.cert, keyfile=certs.key).load_server_credentials()
+    settings = TcpSettings(header_timeout=0.5)
+    async with tcp_server(EchoApp(), ssl=server_ssl_context(credentials), settings=settings) as server:
+        reader, writer = await connect(server)
+        writer.write(b"\x16\x03\x01\x02\x00")  # a ClientHello's record header, and then nothing
+        assert await read_until_closed(reader) == b""
+        writer.close()
+
+
 async def test_oversized_headers_get_431() -> None:
     app = EchoApp()
     async with tcp_server(app, settings=TcpSettings(max_header_bytes=4096)) as server:

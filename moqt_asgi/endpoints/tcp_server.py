@@ -46,6 +46,8 @@ logger = logging.getLogger("moqt_asgi.tcp")
 
 TLS_HANDSHAKE = 0x16
 """The first byte of a TLS record carrying a handshake message: a ClientHello opens with it."""
+READER_LIMIT = 16 * 1024
+"""asyncio's stream reader stops taking bytes from the socket once twice this is unread (TCP then slows the peer)."""
 REFUSALS_LOGGED_EVERY = 1.0
 """Seconds between two log lines about refused connections (the count in between is reported)."""
 
@@ -238,7 +240,7 @@ class TcpServer:
             if tls and self.ssl is None:
                 self.log.info("closing a TLS connection from %s: this listener has no certificate", peer[0])
                 return
-            reader = asyncio.StreamReader(limit=64 * 1024)
+            reader = asyncio.StreamReader(limit=READER_LIMIT)
             protocol = asyncio.StreamReaderProtocol(reader)
             try:
                 transport, _ = await loop.connect_accepted_socket(
