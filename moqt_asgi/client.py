@@ -2,7 +2,10 @@
 
 ``moql://`` and ``moqt://`` dial native QUIC (:func:`~moqt_asgi.endpoints.dial_quic`);
 ``https://`` dials WebTransport over HTTP/3
-(:func:`~moqt_asgi.endpoints.dial_webtransport.dial_webtransport`). Both take the
+(:func:`~moqt_asgi.endpoints.dial_webtransport.dial_webtransport`), and falls
+back to a WebSocket at the same address when QUIC does not answer first, as
+the official clients do; ``ws://`` and ``wss://`` dial MoQ over WebSocket
+(:func:`~moqt_asgi.websocket.client.dial_websocket`). All take the
 same TLS options: the ``fingerprint``/``cafile``/``insecure`` shortcuts, and
 ``tls`` (a :class:`~moqt_asgi.endpoints.tls.TLSConfig` or an :class:`ssl.SSLContext`)
 for everything else.
@@ -11,13 +14,14 @@ for everything else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import ssl
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .endpoints.dial_quic import dial_quic
 from .endpoints.dial_webtransport import dial_webtransport
@@ -31,17 +35,79 @@ from .protocol.limits import DEFAULT_LIMITS, Limits
 from .protocol.versions import DEFAULT_VERSIONS, Version, ordered
 from .stopping import drain, send_goaway
 from .transport.settings import QuicSettings
+from .websocket.client import dial_websocket
 
 logger = logging.getLogger("moqt_asgi.client")
 
-SCHEMES = (*NATIVE_SCHEMES, "https")
+SCHEMES = (*NATIVE_SCHEMES, "https", "ws", "wss")
+WEBSOCKET_SCHEMES = ("ws", "wss")
+WEBSOCKET_DELAY = 0.5
+"""Seconds WebTransport has to itself before the WebSocket fallback starts (@moq/net's head start)."""
+
+_websocket_won: set[tuple[str | None, int | None]] = set()
+"""Host and port where the WebSocket won a race in this process: the next race starts it at once."""
+
+
+def websocket_url(url: str) -> str:
+    """The WebSocket URL of an ``https://`` (or ``http://``) URL: same host, port, path and query."""
+    parts = urlsplit(url)
+    scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))
+
+
+async def race_websocket(url: str, webtransport: Callable[[], Awaitable[Session]],
+                         websocket: Callable[[], Awaitable[Session]], *, delay: float = WEBSOCKET_DELAY,
+                         log: logging.Logger = logger) -> Session:
+    """WebTransport first, the WebSocket after ``delay`` seconds (at once if WebTransport fails or if the
+    WebSocket won before for this host and port); the first session set up wins and the other is closed.
+
+    Fails with WebTransport's error when both fail.
+    """
+    parts = urlsplit(url)
+    key = (parts.hostname, parts.port)
+    tasks: list[asyncio.Future[Session]] = [asyncio.ensure_future(webtransport())]
+    winner: Session | None = None
+    try:
+        await asyncio.wait(tasks, timeout=0.0 if key in _websocket_won else delay)
+        if not _succeeded(tasks[0]):
+            log.debug("%s: trying the WebSocket", url)
+            tasks.append(asyncio.ensure_future(websocket()))
+        while True:
+            won = next((task for task in tasks if _succeeded(task)), None)
+            if won is not None:
+                winner = won.result()
+                if won is not tasks[0]:
+                    _websocket_won.add(key)
+                    log.warning("%s connected via WebSocket", url)
+                return winner
+            pending = [task for task in tasks if not task.done()]
+            if not pending:
+                break
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+            if _succeeded(task) and task.result() is not winner:
+                await task.result().aclose()
+    error = tasks[0].exception()
+    assert error is not None
+    raise error
+
+
+def _succeeded(task: asyncio.Future[Session]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
 
 
 async def dial(url: str, *, mux: TrackMux | None = None, fingerprint: str | None = None, insecure: bool = False,
                cafile: str | None = None, quic: QuicSettings | None = None, limits: Limits = DEFAULT_LIMITS,
                setup_timeout: float = 10.0, versions: Sequence[Version | str] = DEFAULT_VERSIONS,
                headers: Sequence[tuple[str, str]] = (), log: logging.Logger = logger,
-               tickets: ClientTicketStore | None = None, tls: TLSConfig | ssl.SSLContext | None = None) -> Session:
+               tickets: ClientTicketStore | None = None, tls: TLSConfig | ssl.SSLContext | None = None,
+               websocket_fallback: bool = True, websocket_delay: float = WEBSOCKET_DELAY) -> Session:
     """Connect to ``url`` and set up a MoQ session (already running).
 
     * ``moql://host:port/path`` or ``moqt://...``: native QUIC; the ALPN list
@@ -51,6 +117,11 @@ async def dial(url: str, *, mux: TrackMux | None = None, fingerprint: str | None
       HTTP/3); a refusal in HTTP raises :class:`~moqt_asgi.SetupRejected`
       with the status as its ``code``. The versions go in the
       ``wt-available-protocols`` header; the server's ``wt-protocol`` picks.
+      Unless ``websocket_fallback`` is False, a WebSocket to ``wss://`` at the
+      same host, port and path starts ``websocket_delay`` seconds later (at
+      once if WebTransport fails), and the first session set up wins.
+    * ``ws://host:port/path?query`` or ``wss://...``: MoQ over WebSocket (QMux);
+      the versions go in the subprotocol offer and the server picks.
 
     The port is required (a URL without one raises :class:`MoQError` at
     once). The server certificate is checked against ``fingerprint``
@@ -67,12 +138,24 @@ async def dial(url: str, *, mux: TrackMux | None = None, fingerprint: str | None
     server's TLS session ticket so the next dial to the same host and port
     resumes, with 0-RTT early data if ``quic.allow_0rtt`` (see :mod:`moqt_asgi.endpoints.tickets`).
     """
-    scheme, _, _, _ = parse_url(url)
     chosen = ordered(versions)  # names ("moq-lite-06") or Version objects
+    if urlsplit(url).scheme in WEBSOCKET_SCHEMES:
+        return await dial_websocket(url, mux=mux, fingerprint=fingerprint, insecure=insecure, cafile=cafile,
+                                    limits=limits, setup_timeout=setup_timeout, versions=chosen, headers=headers,
+                                    log=log, tls=tls)
+    scheme, _, _, _ = parse_url(url)
     if scheme == "https":
-        return await dial_webtransport(url, mux=mux, fingerprint=fingerprint, insecure=insecure, cafile=cafile,
-                                       quic=quic, limits=limits, setup_timeout=setup_timeout, versions=chosen,
-                                       headers=headers, log=log, tickets=tickets, tls=tls)
+        def webtransport() -> Awaitable[Session]:
+            return dial_webtransport(url, mux=mux, fingerprint=fingerprint, insecure=insecure, cafile=cafile,
+                                     quic=quic, limits=limits, setup_timeout=setup_timeout, versions=chosen,
+                                     headers=headers, log=log, tickets=tickets, tls=tls)
+
+        if not websocket_fallback:
+            return await webtransport()
+        return await race_websocket(url, webtransport, lambda: dial_websocket(
+            websocket_url(url), mux=mux, fingerprint=fingerprint, insecure=insecure, cafile=cafile, limits=limits,
+            setup_timeout=setup_timeout, versions=chosen, headers=headers, log=log, tls=tls),
+            delay=websocket_delay, log=log)
     if headers:
         raise MoQError(f"{scheme}:// has no HTTP headers to send; use an https:// URL for WebTransport")
     return await dial_quic(url, mux=mux, fingerprint=fingerprint, insecure=insecure, cafile=cafile, quic=quic,
@@ -102,9 +185,12 @@ GoawayCallback = Callable[[Session, str], Awaitable[None] | None]
 class Client:
     """A MoQ client configured by fields (gomoqt's ``moqt.Client``); it tracks the sessions it dials.
 
-    ``dial_quic_func`` / ``dial_webtransport_func`` replace the dialers for
-    ``moql://`` / ``https://`` URLs (same keyword arguments as
-    :func:`~moqt_asgi.endpoints.dial_quic` / ``dial_webtransport``).
+    ``dial_quic_func`` / ``dial_webtransport_func`` / ``dial_websocket_func``
+    replace the dialers for ``moql://`` / ``https://`` / ``ws://`` URLs (same
+    keyword arguments as :func:`~moqt_asgi.endpoints.dial_quic` /
+    ``dial_webtransport`` / :func:`~moqt_asgi.websocket.client.dial_websocket`).
+    ``https://`` falls back to a WebSocket as :func:`dial` does unless
+    ``websocket_fallback`` is False.
     ``on_goaway(session, uri)`` is called when a server sends GOAWAY (see
     :meth:`reconnect`); stop with :meth:`close` or :meth:`shutdown`.
     """
@@ -128,7 +214,11 @@ class Client:
     logger: logging.Logger = logger
     dial_quic_func: DialFunc = dial_quic
     dial_webtransport_func: DialFunc = dial_webtransport
+    dial_websocket_func: DialFunc = dial_websocket
     on_goaway: GoawayCallback | None = None
+    websocket_fallback: bool = True
+    """``https://``: also try a WebSocket to the same address if QUIC has not answered after ``websocket_delay``."""
+    websocket_delay: float = WEBSOCKET_DELAY
 
     def __post_init__(self) -> None:
         self._urls: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()
@@ -145,16 +235,26 @@ class Client:
         return self._urls[session]
 
     async def dial(self, url: str, mux: TrackMux | None = None) -> Session:
-        """Set up a session with ``url`` (``moql://``, ``moqt://`` or ``https://``) and track it."""
+        """Set up a session with ``url`` (``moql://``, ``moqt://``, ``https://``, ``ws://`` or ``wss://``) and track it."""
         if self._closed:
             raise MoQError("the client is closed")
-        scheme, _, _, _ = parse_url(url)
+        websocket = urlsplit(url).scheme in WEBSOCKET_SCHEMES
+        scheme = urlsplit(url).scheme if websocket else parse_url(url)[0]
         options: dict[str, object] = dict(mux=mux, fingerprint=self.fingerprint, insecure=self.insecure,
                                           cafile=self.cafile, quic=self.quic, limits=self.limits,
                                           setup_timeout=self.setup_timeout, versions=ordered(self.versions), log=self.logger)
         if self.tls is not None:
             options["tls"] = self.tls
-        if scheme == "https":
+        if websocket:
+            options.pop("quic")
+            session = await self.dial_websocket_func(url, headers=self.headers, **options)
+        elif scheme == "https" and self.websocket_fallback:
+            ws_options = {name: value for name, value in options.items() if name != "quic"}
+            session = await race_websocket(
+                url, lambda: self.dial_webtransport_func(url, headers=self.headers, **options),
+                lambda: self.dial_websocket_func(websocket_url(url), headers=self.headers, **ws_options),
+                delay=self.websocket_delay, log=self.logger)
+        elif scheme == "https":
             session = await self.dial_webtransport_func(url, headers=self.headers, **options)
         else:
             if self.headers:
@@ -265,4 +365,4 @@ class Client:
             await self.close()
 
 
-__all__ = ["SCHEMES", "Client", "dial"]
+__all__ = ["SCHEMES", "WEBSOCKET_DELAY", "Client", "dial", "race_websocket", "websocket_url"]

@@ -21,9 +21,12 @@ from typing import Any
 import moq
 import pytest
 
+from moqt_asgi.client import dial
+from moqt_asgi.protocol.errors import MoQError
 from moqt_asgi.websocket.client import dial_websocket
 
 from .conftest import ROOT, Certs
+from .helpers import cli
 from .test_webtransport_cli import free_tcp_port, hypercorn_command
 from .wt_client import free_udp_port, wait_udp_port
 
@@ -259,3 +262,34 @@ def test_hypercorn_answers_the_upgrade_with_our_choice_or_our_status(hypercorn_w
     assert _upgrade(server.plain, "qmux-01.moqt-18", "/anon").startswith(b"HTTP/1.1 400")
     refused = _upgrade(server.plain, "qmux-01.moq-lite-05", "/private")  # no token, outside the public prefix
     assert refused.startswith((b"HTTP/1.1 401", b"HTTP/1.1 403")), refused
+
+
+def test_https_falls_back_to_websocket_when_quic_does_not_answer(hypercorn_ws: Any, certs: Certs) -> None:
+    server = hypercorn_ws("examples.clock:moq")
+    url = f"https://127.0.0.1:{server.tls}/"  # the TCP port: no QUIC answers there
+
+    async def run() -> tuple[str, type[BaseException] | None]:
+        session = await dial(url, fingerprint=certs.fingerprint, setup_timeout=TIMEOUT, websocket_delay=0.2)
+        async with session:
+            transport = type(session.connection).__name__
+            reader = await session.subscribe("clock", "seconds")
+            assert await asyncio.wait_for(reader.next_group(), TIMEOUT) is not None
+        failure = None
+        try:
+            await dial(url, fingerprint=certs.fingerprint, setup_timeout=2, websocket_fallback=False)
+        except (MoQError, OSError) as exc:
+            failure = type(exc)
+        return transport, failure
+
+    transport, failure = asyncio.run(run())
+    assert transport == "WebSocketConnection"
+    assert failure is not None  # without the fallback, WebTransport alone fails
+
+
+def test_cli_sub_reads_the_clock_over_ws(hypercorn_ws: Any) -> None:
+    server = hypercorn_ws("examples.clock:moq")
+    result = subprocess.run(cli("sub", server.url("ws"), "clock", "seconds", "--count", "2"), cwd=ROOT, text=True,
+                            capture_output=True, timeout=TIMEOUT * 2)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and lines[1] > lines[0], result.stdout
