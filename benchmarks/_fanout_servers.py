@@ -76,6 +76,28 @@ def process_rss(pid: int) -> int:
     return 0
 
 
+def udp_receive_drops() -> int:
+    """Datagrams this machine dropped so far because a socket's receive buffer was full (``RcvbufErrors``)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        rows = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
+        names, values = rows[0], rows[1]
+        return int(values[names.index("RcvbufErrors")])
+    return 0
+
+
+def socket_drops(port: int) -> int:
+    """Datagrams dropped so far by the UDP sockets bound to ``port`` (the ``drops`` column of ``/proc/net/udp``)."""
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                with contextlib.suppress(IndexError, ValueError):
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        total += int(fields[-1])
+    return total
+
+
 def descendants(pid: int) -> list[int]:
     """``pid`` and every process below it (Hypercorn serves from a worker process it spawns)."""
     children: dict[int, list[int]] = {}
@@ -164,6 +186,10 @@ class RunningServer:
         if values[0] is not None:
             self._last_cpu = sum(value for value in values if value is not None)
         return self._last_cpu
+
+    def drops(self) -> int:
+        """Datagrams the server's socket dropped so far because its receive buffer was full."""
+        return socket_drops(self.port)
 
     def rss(self) -> int:
         """Resident bytes of the server and its child processes."""

@@ -57,6 +57,10 @@ class Point:
     """Fraction of the load-generator cores the publisher and load generators used over the window."""
     publisher_late_ms: float = 0.0
     """The publisher's worst lateness against its own schedule (if large, the load side was saturated)."""
+    server_drops: int = 0
+    """Datagrams the server's socket dropped over the window because its receive buffer was full."""
+    udp_drops: int = 0
+    """Datagrams the machine (any process, the server included) dropped for a full receive buffer over the window."""
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
     errors: list[str] = field(default_factory=list)
     error: str | None = None
@@ -141,6 +145,7 @@ class Point:
             "cpu_s_per_1000": number(self.cpu_per_thousand), "rss_before": self.rss_before,
             "rss_after": self.rss_after, "rss_per_session": number(self.rss_per_session),
             "load_cpu": number(self.load_cpu), "publisher_late_ms": number(self.publisher_late_ms),
+            "server_drops": self.server_drops, "udp_drops": self.udp_drops,
             "load_average": list(self.load_average), "meets": self.meets, "meets_worst": self.meets_worst,
             "errors": self.errors, "error": self.error,
         }
@@ -184,6 +189,10 @@ def format_points(points: list[Point]) -> str:
         notes += point.errors[:2]
         if point.load_cpu > LOAD_SATURATED:
             notes.append("load generators saturated: the figures are a bound")
+        if point.server_drops:
+            notes.append(f"server socket dropped {point.server_drops} datagrams")
+        if point.udp_drops > point.server_drops:
+            notes.append(f"{point.udp_drops - point.server_drops} datagrams dropped elsewhere")
         if point.publisher_late_ms > 50:
             notes.append(f"publisher up to {point.publisher_late_ms:.0f} ms late")
         rows.append((point.server, str(point.subscribers), _percent(point.delivered), _percent(point.worst_delivered),

@@ -30,9 +30,11 @@ p50, p99 and largest one-way latency over every frame received, the worst
 subscriber's delivered fraction and p99, the server's share of its core and
 its CPU seconds per thousand frames delivered (``/proc/PID/stat`` over the
 window), its resident-set growth per subscriber (``VmRSS`` at the window's
-end against the moment only the publisher was connected), and how busy the
+end against the moment only the publisher was connected), how busy the
 load-generator cores were (if near 100%, the figures measure the load
-generator too). The summary gives, per server, the largest N measured that
+generator too), and the datagrams dropped over the window because a receive
+buffer was full: by the server's socket (``/proc/net/udp``) and by any
+socket of the machine (``RcvbufErrors``). The summary gives, per server, the largest N measured that
 meets p99 <= 300 ms with >= 99% delivered, over all subscribers together
 and for the worst single subscriber. A server's sweep stops after the first
 point where less than half was delivered.
@@ -68,7 +70,17 @@ from pathlib import Path
 from . import _fanout_profile as profiling
 from ._attack_server import code_at
 from ._fanout_peer import PROFILES
-from ._fanout_servers import KINDS, REPOSITORY, RunningServer, ServerKind, open_log, process_cpu, start_server, tail
+from ._fanout_servers import (
+    KINDS,
+    REPOSITORY,
+    RunningServer,
+    ServerKind,
+    open_log,
+    process_cpu,
+    start_server,
+    tail,
+    udp_receive_drops,
+)
 from ._fanout_stats import COLLAPSED, Point, format_points, format_summary
 from .common import temporary_certificate
 
@@ -203,6 +215,7 @@ async def _measure(server: RunningServer, point: Point, tag: str, settings: Sett
         await peer.send(f"window {start} {end} {grace}")
     await sleep_until(start)
     cpu_before, load_before = server.cpu(), sum(peer.cpu() for peer in peers)
+    drops_before, all_drops_before = server.drops(), udp_receive_drops()
     started = time.monotonic()
     spy = profiling.record(server, settings.py_spy, tag, settings.duration)
     await sleep_until(end)
@@ -211,6 +224,8 @@ async def _measure(server: RunningServer, point: Point, tag: str, settings: Sett
     load_cores = len(settings.load_cores) if settings.load_cores else (os.cpu_count() or 1)
     point.load_cpu = (sum(peer.cpu() for peer in peers) - load_before) / point.window_s / load_cores
     point.rss_after = server.rss()
+    point.server_drops = server.drops() - drops_before
+    point.udp_drops = udp_receive_drops() - all_drops_before
     point.load_average = os.getloadavg()
     if not server.alive:
         point.error = f"the server exited: {tail(server.log, 3)}"
