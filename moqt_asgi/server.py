@@ -209,9 +209,11 @@ class Server:
             for attempt in range(1, TCP_BIND_ATTEMPTS + 1):
                 await server.start()
                 if not self.tcp:
+                    self._watch(server)
                     return
                 try:
                     await self._start_tcp(self.app_served, host, server.address[1])
+                    self._watch(server)
                     return
                 except OSError as exc:
                     await server.close()
@@ -226,6 +228,10 @@ class Server:
     def app_served(self) -> MoQ:
         """The app this server serves (set once it started; :attr:`app` before)."""
         return self._app if self._app is not None else self.app
+
+    def _watch(self, server: QuicServer) -> None:
+        """The app's metrics export ``server``'s connection counts and refusals (``moqt_connections*``)."""
+        self.app_served.metrics.watch_admission(server.admission)
 
     async def serve_tcp(self, addr: str, app: ASGIApp | None = None) -> tuple[str, int]:
         """Listen on TCP at ``addr`` (``host:port``; port 0 picks one) for ``app``, default the handler.
@@ -261,8 +267,12 @@ class Server:
         socket of your own open. On a server already serving, ``sock`` is one
         more listener. :attr:`address` stays the first listener's.
         """
+        async def listen(server: QuicServer) -> None:
+            await server.start(sock=sock)
+            self._watch(server)
+
         try:
-            await self._add_listener(lambda server: server.start(sock=sock))
+            await self._add_listener(listen)
         except BaseException:
             sock.close()
             raise

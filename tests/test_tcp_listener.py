@@ -672,6 +672,7 @@ def test_serve_answers_http_on_tcp_at_its_port_and_metrics_on_another(certs: Cer
             metrics_port = int(metrics_url.rsplit(":", 1)[1].split("/")[0])
             status, _, body = await http_get("127.0.0.1", metrics_port, "/metrics")
             assert status == 200 and b"# TYPE" in body
+            assert b"\nmoqt_connections " in body  # the QUIC listener's connection counts are exported
 
         asyncio.run(check())
     finally:
