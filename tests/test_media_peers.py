@@ -337,3 +337,30 @@ async def test_we_read_moqrs_json_tracks() -> None:
             seen_values, seen_records = await asyncio.wait_for(reading, TIMEOUT)
     assert seen_values[-1] == values[-1] and all(value in values for value in seen_values)
     assert seen_records == [{"msg": n} for n in range(3)]
+
+
+# -- ingest details ------------------------------------------------------------------------------------
+
+@pytest.mark.cli
+def test_ingest_refragments_and_loops(clips: dict[str, Path]) -> None:
+    data = clips["gop"].read_bytes()  # one fragment per GoP, both tracks in it
+    expected = input_samples(data)
+    hang = HangBroadcast("loop.hang")
+    ingest = Fmp4Ingest(hang)
+    seen: list[tuple[int, bool, int]] = []
+    for chunk_start in range(0, len(data), 4096):  # any chunking
+        ingest.feed(data[chunk_start:chunk_start + 4096])
+    video = hang.broadcast.tracks["0.m4s"]
+    first_pass_end = video.latest.timestamps[-1]  # type: ignore[union-attr]
+    ingest.feed(data)  # the same file again: a second moov, the timeline carries on
+    for group in video.cached():
+        for frame, timestamp in zip(group.frames, group.timestamps, strict=True):
+            (sample,) = decode_cmaf(frame, 15360)  # one sample per frame, the sample's own timestamp
+            seen.append((group.sequence, sample.keyframe, timestamp))
+            assert sample.timestamp_us == timestamp
+    assert [keyframe for _, keyframe, _ in seen] == [True] + [False] * 29 + [True] + [False] * 29
+    assert [s[0] for s in seen] == [2] * 30 + [3] * 30  # a group per GoP, two passes of two
+    first = seen[0][2]
+    assert abs(first - (first_pass_end + 33_333)) <= 1  # right after the last frame (µs, rounded down)
+    assert all(abs((t - first) - (s[1] - expected[1][0][1])) <= 1 for (_, _, t), s in zip(seen, expected[1], strict=True))
+    assert set(hang.catalog.video.renditions) == {"0.m4s"}  # type: ignore[union-attr]
