@@ -3,13 +3,15 @@
 // index.html?lib=lite|net&moq=https://127.0.0.1:PORT/&fp=<sha256 hex>&groups=N
 // connects with @moq/lite or @moq/net over WebTransport only, subscribes to broadcast "clock" track
 // "seconds", reads N groups, and POSTs {lib, version, groups: [{sequence, frames}], error} to /result.
+// With &transport=websocket (and moq=http://HOST:PORT/, a plain TCP listener) the page hides the
+// browser's WebTransport, as Safari and older Firefox lack it, so the library connects over WebSocket.
 import * as Lite from "@moq/lite";
 import * as Net from "@moq/net";
 
 const params = new URLSearchParams(location.search);
 const lib = params.get("lib") ?? "lite";
 const wanted = Number(params.get("groups") ?? "2");
-const log = { lib, version: null, groups: [], error: null };
+const log = { lib, version: null, transport: params.get("transport") ?? "webtransport", groups: [], error: null };
 
 function show(line) {
 	const p = document.createElement("p");
@@ -28,7 +30,9 @@ async function report() {
 
 async function run() {
 	const Moq = lib === "net" ? Net : Lite;
-	const conn = await Moq.Connection.connect(new URL(params.get("moq")), {
+	const websocket = params.get("transport") === "websocket";
+	if (websocket) delete globalThis.WebTransport;
+	const conn = await Moq.Connection.connect(new URL(params.get("moq")), websocket ? {} : {
 		webtransport: { serverCertificateHashes: [{ algorithm: "sha-256", value: fingerprintBytes(params.get("fp")) }] },
 		websocket: { enabled: false },
 	});
