@@ -238,13 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
         limits.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
 
     def client_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument("url", help="moql://host:port/path (native QUIC) or https://host:port/path (WebTransport)")
+        command.add_argument("url", help="moql://host:port/path (native QUIC), https://host:port/path (WebTransport, "
+                                         "with a WebSocket fallback) or ws[s]://host:port/path (WebSocket)")
         command.add_argument("broadcast")
         command.add_argument("track")
         command.add_argument("--fingerprint", help="pin the server certificate by its SHA-256 (hex)")
         command.add_argument("--insecure", action="store_true", help="do not verify the server certificate")
         command.add_argument("--cafile", help="trust this CA bundle")
-        command.add_argument("--origin", help="Origin header for the WebTransport CONNECT (https:// only)")
+        command.add_argument("--origin", help="Origin header of the WebTransport CONNECT or the WebSocket upgrade "
+                                              "(https://, ws:// and wss://)")
         command.add_argument("--versions", type=parse_versions, default=None, help=VERSIONS_HELP)
 
     sub = commands.add_parser("sub", help="print each frame of a track as a line")
