@@ -7,6 +7,7 @@
   renditions and sample entries, and for ``cmaf`` input the same frame bytes and timestamps.
 * JSON data tracks both ways: moq-rs's ``subscribe_json_snapshot``/``subscribe_json_stream`` read
   ours (plain and deflated, deltas included), and we read what moq-rs's publishers write.
+* :class:`~moqt_asgi.media.record.Recorder` records what moq-rs publishes through ``examples/relay.py``.
 * ``publish`` and ``record`` on the command line through ``serve examples.relay:moq``; ``ffprobe``
   reads the recording.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib
 import json
 import shutil
 import subprocess
@@ -31,6 +33,7 @@ from moqt_asgi.endpoints.dial_quic import dial_quic
 from moqt_asgi.media import Catalog, Fmp4Ingest, HangBroadcast, decode_cmaf, read_snapshots, read_stream
 from moqt_asgi.media.ingest import Fmp4Parser, SampleEvent
 from moqt_asgi.media.mp4 import iter_boxes, parse_init
+from moqt_asgi.media.record import Recorder
 
 from .conftest import ROOT, Certs
 from .helpers import cli, eventually, free_udp_port, moqrs_client, moqrs_server, native_server, stop_serve
@@ -227,13 +230,15 @@ def ffprobe(path: Path) -> dict[str, object]:
 
 
 @pytest.mark.cli
-def test_publish_and_record_cli_round_trip(clips: dict[str, Path], certs: Certs, relay: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("container", ["cmaf", "legacy"])
+def test_publish_and_record_cli_round_trip(clips: dict[str, Path], certs: Certs, relay: str, tmp_path: Path,
+                                           container: str) -> None:
     out = tmp_path / "recording.mp4"
     record = subprocess.Popen(cli("record", relay, "clip.hang", "--fingerprint", certs.fingerprint, "--out", str(out),
                                   "--duration", "20", "--frames", "60"),
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     publish = subprocess.Popen(cli("publish", relay, "clip.hang", "--fingerprint", certs.fingerprint, "--input",
-                                   str(clips["av"]), "--loop"),
+                                   str(clips["av"]), "--loop", "--container", container),
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = record.communicate(timeout=60)
@@ -241,7 +246,7 @@ def test_publish_and_record_cli_round_trip(clips: dict[str, Path], certs: Certs,
         publish.terminate()
         publish.wait(timeout=TIMEOUT)
     assert record.returncode == 0, stderr
-    assert "0.m4s: video" in stdout, stdout
+    assert ("0.m4s: video" if container == "cmaf" else "0.avc1: video") in stdout, stdout
     streams = {s["codec_type"]: s for s in ffprobe(out)["streams"]}  # type: ignore[index, union-attr]
     video = streams["video"]
     assert (video["codec_name"], video["width"], video["height"]) == ("h264", 320, 180)
@@ -364,3 +369,33 @@ def test_ingest_refragments_and_loops(clips: dict[str, Path]) -> None:
     assert abs(first - (first_pass_end + 33_333)) <= 1  # right after the last frame (µs, rounded down)
     assert all(abs((t - first) - (s[1] - expected[1][0][1])) <= 1 for (_, _, t), s in zip(seen, expected[1], strict=True))
     assert set(hang.catalog.video.renditions) == {"0.m4s"}  # type: ignore[union-attr]
+
+
+@pytest.mark.interop
+async def test_we_record_what_moqrs_publishes(clips: dict[str, Path], certs: Certs, tmp_path: Path) -> None:
+    data = clips["video_cmaf"].read_bytes()
+    init, fragments = split(data)
+    relay = importlib.reload(importlib.import_module("examples.relay")).moq
+    out = tmp_path / "moqrs.mp4"
+    async with native_server(relay, str(certs.cert), str(certs.key)) as server:
+        host, port = server.address
+        async with moqrs_client(f"moql://{host}:{port}/", certs.fingerprint) as client:
+            producer = client.create_broadcast("rs.hang")
+            stream = producer.publish_container_stream(moq.ContainerFormat.FMP4)
+            stream.write(init)
+            producer.announce()
+            session = await dial_quic(f"moql://{host}:{port}/", fingerprint=certs.fingerprint)
+            async with session:
+                with out.open("wb") as file:
+                    recorder = Recorder(session, "rs.hang", file)
+                    recording = asyncio.ensure_future(recorder.run(duration=TIMEOUT, max_frames=45))
+                    await asyncio.sleep(0.5)
+                    for fragment in fragments:  # 30 fps, a little faster
+                        stream.write(fragment)
+                        await asyncio.sleep(0.01)
+                    (track,) = await asyncio.wait_for(recording, TIMEOUT)
+    assert (track.name, track.kind, track.frames) == ("0.m4s", "video", 45)
+    streams = ffprobe(out)["streams"]
+    (video,) = streams  # type: ignore[misc]
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 320, 180)  # type: ignore[index]
+    assert int(video["nb_read_frames"]) == track.frames  # type: ignore[index]

@@ -1,11 +1,14 @@
 """Recording a hang broadcast to a fragmented MP4 file.
 
-:class:`Recorder` subscribes to ``catalog.json``, picks the first playable
-video and audio renditions in the ``cmaf`` container, writes one init
-(``ftyp`` + a ``moov`` holding both tracks, renumbered 1 and 2), then each
-frame (``moof`` + ``mdat``) as it arrives. The result is a playable fMP4
-(``ffprobe``/``ffplay`` read it). A subscription starts at the newest
-group, which begins at a keyframe, so the file starts decodable.
+:class:`Recorder` subscribes to ``catalog.json``, picks the first video and
+the first audio rendition it can record, writes one init (``ftyp`` + a
+``moov`` holding both tracks, renumbered 1 and 2), then each frame as a
+``moof`` + ``mdat`` as it arrives. A ``cmaf`` rendition brings its init and
+fragments; a ``legacy`` one (H.264 ``avc1``, HEVC ``hvc1``, AV1, AAC, Opus) gets
+a track built from its catalog ``description`` and each frame wrapped in a
+fragment (the first frame of a group is the keyframe). The result is a
+playable fMP4 (``ffprobe``/``ffplay`` read it). A subscription starts at
+the newest group, which begins at a keyframe, so the file starts decodable.
 """
 
 from __future__ import annotations
@@ -18,8 +21,20 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ..protocol.errors import SessionClosed, StreamError
 from .catalog import AudioConfig, Catalog, VideoConfig
+from .container import decode_legacy
 from .jsontracks import read_snapshots
-from .mp4 import build_init, parse_init, retrack, set_fragment_track
+from .mp4 import (
+    DELTA_FLAGS,
+    KEYFRAME_FLAGS,
+    Sample,
+    TrackInit,
+    build_fragment,
+    build_init,
+    parse_init,
+    retrack,
+    set_fragment_track,
+)
+from .mp4write import legacy_track
 from .publisher import CATALOG_TRACK
 
 if TYPE_CHECKING:
@@ -43,17 +58,63 @@ class RecordedTrack:
     bytes: int = 0
 
 
-def choose_renditions(catalog: Catalog) -> list[tuple[str, VideoConfig | AudioConfig]]:
-    """The first ``cmaf`` video rendition and the first ``cmaf`` audio rendition of ``catalog``."""
-    chosen: list[tuple[str, VideoConfig | AudioConfig]] = []
+def track_for(config: VideoConfig | AudioConfig, track_id: int) -> TrackInit | None:
+    """The MP4 track to record ``config`` as (renumbered ``track_id``), or ``None`` if it cannot be recorded."""
+    if config.broadcast:
+        return None
+    if config.container.kind == "cmaf" and config.container.init:
+        tracks = parse_init(config.container.init)
+        return retrack(tracks[0], track_id) if tracks else None
+    if config.container.kind == "legacy":
+        return legacy_track(config, track_id)
+    return None
+
+
+def choose_renditions(catalog: Catalog) -> list[tuple[str, VideoConfig | AudioConfig, TrackInit]]:
+    """The first recordable video rendition and the first recordable audio rendition of ``catalog``."""
+    chosen: list[tuple[str, VideoConfig | AudioConfig, TrackInit]] = []
     for section in (catalog.video, catalog.audio):
         if section is None:
             continue
         for name, config in section.renditions.items():
-            if config.container.kind == "cmaf" and config.container.init and not config.broadcast:
-                chosen.append((name, config))
+            track = track_for(config, len(chosen) + 1)
+            if track is not None:
+                chosen.append((name, config, track))
                 break
     return chosen
+
+
+class LegacyWrapper:
+    """Wraps ``legacy`` frames into fragments; each is written once the next gives its duration."""
+
+    def __init__(self, track_id: int, video: bool) -> None:
+        self.track_id = track_id
+        self.video = video
+        self._pending: tuple[int, bytes, bool] | None = None
+        self._duration = 0
+        self._sequence = 0
+
+    def frame(self, frame: bytes, first_in_group: bool) -> bytes | None:
+        timestamp, payload = decode_legacy(frame)
+        if not payload:
+            return None  # an end-of-content marker
+        pending, self._pending = self._pending, (timestamp, payload, first_in_group or not self.video)
+        if pending is None:
+            return None
+        if timestamp > pending[0]:
+            self._duration = timestamp - pending[0]
+        return self._fragment(pending)
+
+    def flush(self) -> bytes | None:
+        pending, self._pending = self._pending, None
+        return self._fragment(pending) if pending is not None else None
+
+    def _fragment(self, pending: tuple[int, bytes, bool]) -> bytes:
+        timestamp, payload, keyframe = pending
+        self._sequence += 1
+        sample = Sample(self.track_id, timestamp, self._duration, len(payload),
+                        KEYFRAME_FLAGS if keyframe else DELTA_FLAGS, 0, 0)
+        return build_fragment(self._sequence, self.track_id, sample, payload)
 
 
 class Recorder:
@@ -78,34 +139,45 @@ class Recorder:
                     break
                 logger.info("catalog of %s lists nothing recordable yet", self.broadcast)
             else:
-                raise RecordError(f"{self.broadcast} ended before listing a cmaf rendition")
+                raise RecordError(f"{self.broadcast} ended before listing a rendition that can be recorded")
         finally:
             await snapshots.aclose()
             catalog_track.close()
         chosen = choose_renditions(self.catalog)
-        inits = []
-        for track_id, (name, config) in enumerate(chosen, start=1):
-            assert config.container.init is not None
-            (track,) = parse_init(config.container.init)[:1]
-            inits.append(retrack(track, track_id))
-            self.tracks.append(RecordedTrack(name, track_id, track.kind))
-        self.out.write(build_init(inits))
+        legacy: set[str] = set()
+        for name, config, track in chosen:
+            self.tracks.append(RecordedTrack(name, track.track_id, track.kind))
+            if config.container.kind == "legacy":
+                legacy.add(name)
+        self.out.write(build_init([track for _, _, track in chosen]))
         done = asyncio.Event()
         total = [0]
+
+        def write(recorded: RecordedTrack, data: bytes) -> None:
+            self.out.write(data)
+            recorded.frames += 1
+            recorded.bytes += len(data)
+            total[0] += 1
+            if max_frames is not None and total[0] >= max_frames:
+                done.set()
 
         async def record(recorded: RecordedTrack) -> None:
             reader = await self.session.subscribe(self.broadcast, recorded.name,
                                                   priority=60 if recorded.kind == "video" else 80)
+            wrap = LegacyWrapper(recorded.track_id, recorded.kind == "video") if recorded.name in legacy else None
             try:
-                async for frame in reader.frames():
-                    data = set_fragment_track(frame, recorded.track_id)
-                    self.out.write(data)
-                    recorded.frames += 1
-                    recorded.bytes += len(data)
-                    total[0] += 1
-                    if max_frames is not None and total[0] >= max_frames:
-                        done.set()
-                        return
+                async for group in reader:
+                    first = True
+                    async for frame in group:
+                        if wrap is None:
+                            write(recorded, set_fragment_track(frame, recorded.track_id))
+                        elif (fragment := wrap.frame(frame, first)) is not None:
+                            write(recorded, fragment)
+                        first = False
+                        if done.is_set():
+                            return
+                if wrap is not None and (tail := wrap.flush()) is not None:
+                    write(recorded, tail)
             except (StreamError, SessionClosed) as exc:
                 logger.warning("track %s of %s ended: %s", recorded.name, self.broadcast, exc)
             finally:
@@ -136,4 +208,4 @@ async def _first(done: asyncio.Event, tasks: list[asyncio.Task[None]], duration:
                 await wait
 
 
-__all__ = ["RecordError", "RecordedTrack", "Recorder", "choose_renditions"]
+__all__ = ["LegacyWrapper", "RecordError", "RecordedTrack", "Recorder", "choose_renditions", "track_for"]
