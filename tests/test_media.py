@@ -6,6 +6,7 @@ track frames), so what we write and read is checked against the reference.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from moqt_asgi import MoQ
 from moqt_asgi.media import (
     AudioConfig,
     Catalog,
@@ -28,12 +30,17 @@ from moqt_asgi.media import (
     encode_legacy,
     hang_name,
     merge_patch,
+    read_catalogs,
 )
 from moqt_asgi.media.container import ContainerError, decode_varint, encode_varint
 from moqt_asgi.media.ingest import Fmp4Parser
 from moqt_asgi.media.jsontracks import Deflater, Inflater, JsonSnapshotProducer, JsonStreamProducer
-from moqt_asgi.media.mp4 import KEYFRAME_FLAGS, Mp4Error, Sample, build_fragment, parse_init
+from moqt_asgi.media.mp4 import KEYFRAME_FLAGS, Mp4Error, Sample, build_fragment, build_init, parse_init
+from moqt_asgi.media.mp4write import legacy_track
+from moqt_asgi.media.record import LegacyWrapper
 from moqt_asgi.producer import TrackProducer
+
+from .helpers import WAIT, memory_sessions
 
 # moq-rs 0.5.1: publish_video(AVC1) + encode_audio(opus) + two JSON tracks + set_catalog_section("myapp")
 LEGACY_CATALOG = (
@@ -352,3 +359,59 @@ def test_catalog_with_deltas() -> None:
     assert json.loads(group.frames[1]) == {"myapp": {"a": 1}}
     hang.publish_catalog(new_group=True)
     assert hang.broadcast.tracks["catalog.json"].latest.frames == [hang.catalog.encode()]  # type: ignore[union-attr]
+
+
+# -- reading a catalog over a session; recording tracks built from the catalog ---------------------------
+
+async def test_catalog_consumer_applies_deltas_and_late_joiners_read_the_newest() -> None:
+    app = MoQ()
+    hang = HangBroadcast("cam.hang", catalog_delta_ratio=8)
+    app.mux.publish(hang.path, hang.broadcast)
+    hang.add_video("video", video_config())
+    async with memory_sessions(app) as (client, _server, _c, _s):
+        track = await client.subscribe("cam.hang", "catalog.json")
+        catalogs = read_catalogs(track)
+        first = await asyncio.wait_for(anext(catalogs), WAIT)
+        assert list(first.video.renditions) == ["video"]  # type: ignore[union-attr]
+        hang.set_section("myapp", {"n": 1})  # a delta in the same group
+        patched = await asyncio.wait_for(anext(catalogs), WAIT)
+        assert patched.sections == {"myapp": {"n": 1}} and list(patched.video.renditions) == ["video"]  # type: ignore[union-attr]
+        hang.remove("video")
+        emptied = await asyncio.wait_for(anext(catalogs), WAIT)
+        assert emptied.video is not None and emptied.video.renditions == {}
+        await catalogs.aclose()
+        hang.publish_catalog(new_group=True)
+        late = await client.subscribe("cam.hang", "catalog.json")
+        group = await asyncio.wait_for(late.next_group(), WAIT)
+        assert group is not None and group.sequence == 1
+        assert Catalog.decode(await group.read_frame() or b"") == Catalog.decode(hang.catalog.encode())
+
+
+def test_legacy_tracks_from_the_catalog() -> None:
+    catalog = Catalog.decode(LEGACY_CATALOG)
+    assert catalog.video is not None and catalog.audio is not None
+    video = legacy_track(catalog.video.renditions["video"], 1)
+    audio = legacy_track(catalog.audio.renditions["audio"], 2)
+    assert video is not None and audio is not None
+    (video_back, audio_back) = parse_init(build_init([video, audio]))
+    assert (video_back.track_id, video_back.kind, video_back.timescale) == (1, "video", 1_000_000)
+    assert (video_back.entry.codec, video_back.entry.width, video_back.entry.height) == ("avc1.42c01e", 640, 360)
+    assert video_back.entry.description == catalog.video.renditions["video"].description
+    assert (audio_back.track_id, audio_back.kind, audio_back.entry.codec) == (2, "audio", "opus")
+    assert audio_back.entry.description == catalog.audio.renditions["audio"].description  # OpusHead -> dOps -> OpusHead
+    aac = legacy_track(AudioConfig("mp4a.40.2", 48000, 2, bitrate=128000, description=bytes.fromhex("1190")), 3)
+    assert aac is not None
+    assert (aac.entry.codec, aac.entry.sample_rate, aac.entry.channels, aac.entry.bitrate) == ("mp4a.40.2", 48000, 2, 128000)
+    assert legacy_track(VideoConfig("vp09.00.10.08"), 4) is None  # nothing in the catalog to describe it with
+
+
+def test_legacy_frames_become_fragments() -> None:
+    wrap = LegacyWrapper(1, video=True)
+    frames = [(encode_legacy(t * 33_333, b"frame%d" % t), t % 3 == 0) for t in range(4)]
+    out = [wrap.frame(frame, first) for frame, first in frames]
+    out.append(wrap.flush())
+    assert out[0] is None and all(fragment is not None for fragment in out[1:])
+    samples = [decode_cmaf(fragment, 1_000_000)[0] for fragment in out[1:] if fragment is not None]
+    assert [(s.payload, s.timestamp_us, s.keyframe, s.duration_us) for s in samples] == [
+        (b"frame0", 0, True, 33_333), (b"frame1", 33_333, False, 33_333), (b"frame2", 66_666, False, 33_333),
+        (b"frame3", 99_999, True, 33_333)]

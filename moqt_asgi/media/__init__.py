@@ -28,16 +28,18 @@ from .jsontracks import (
     StreamDecoder,
     diff,
     merge_patch,
+    read_catalogs,
     read_snapshots,
     read_stream,
 )
 from .mp4 import Mp4Error
 from .publisher import CATALOG_TRACK, HangBroadcast, MediaTrack, hang_name
+from .record import Recorder
 
 __all__ = [
     "CATALOG_TRACK", "AudioConfig", "AudioSection", "Catalog", "CatalogError", "Container", "ContainerError",
     "DecodedSample", "Fmp4Ingest", "Fmp4Parser", "HangBroadcast", "JsonSnapshotProducer", "JsonStreamProducer",
     "JsonTrack", "MediaTrack", "Mp4Error", "SnapshotDecoder", "StreamDecoder", "VideoConfig", "VideoSection",
-    "decode_cmaf", "decode_legacy", "diff", "encode_legacy", "hang_name", "merge_patch", "publish_fmp4",
-    "read_snapshots", "read_stream",
+    "Recorder", "decode_cmaf", "decode_legacy", "diff", "encode_legacy", "hang_name", "merge_patch", "publish_fmp4",
+    "read_catalogs", "read_snapshots", "read_stream",
 ]

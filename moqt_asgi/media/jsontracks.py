@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from ..protocol.errors import StreamError
-from .catalog import Json, dumps
+from .catalog import Catalog, CatalogError, Json, dumps
 
 if TYPE_CHECKING:
     from ..engine.track import TrackReader
@@ -257,6 +257,15 @@ async def read_snapshots(track: TrackReader, *, compression: bool = False) -> As
             logger.debug("snapshot group %d failed: %s", group.sequence, exc)
 
 
+async def read_catalogs(track: TrackReader) -> AsyncGenerator[Catalog, None]:
+    """Each version of a subscribed ``catalog.json`` (deltas applied); a version that does not parse is skipped."""
+    async for value in read_snapshots(track):
+        try:
+            yield Catalog.from_json(value)
+        except CatalogError as exc:
+            logger.warning("skipping a catalog the player would reject: %s", exc)
+
+
 async def read_stream(track: TrackReader, *, compression: bool = False) -> AsyncGenerator[Json, None]:
     """Every record of a subscribed stream track, in order."""
     decoder = StreamDecoder(compression=compression)
@@ -268,5 +277,5 @@ async def read_stream(track: TrackReader, *, compression: bool = False) -> Async
 
 __all__ = [
     "Deflater", "Inflater", "JsonSnapshotProducer", "JsonStreamProducer", "JsonTrackError", "SnapshotDecoder",
-    "StreamDecoder", "diff", "merge_patch", "read_snapshots", "read_stream",
+    "StreamDecoder", "diff", "merge_patch", "read_catalogs", "read_snapshots", "read_stream",
 ]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from ..protocol.errors import SessionClosed, StreamError
 from .catalog import AudioConfig, Catalog, VideoConfig
 from .container import decode_legacy
-from .jsontracks import read_snapshots
+from .jsontracks import read_catalogs
 from .mp4 import (
     DELTA_FLAGS,
     KEYFRAME_FLAGS,
@@ -130,10 +130,9 @@ class Recorder:
     async def run(self, *, duration: float | None = None, max_frames: int | None = None) -> list[RecordedTrack]:
         """Record until every track ends, ``duration`` seconds pass, or ``max_frames`` frames are written."""
         catalog_track = await self.session.subscribe(self.broadcast, CATALOG_TRACK, priority=100)
-        snapshots = read_snapshots(catalog_track)
+        catalogs = read_catalogs(catalog_track)
         try:
-            async for value in snapshots:
-                catalog = Catalog.from_json(value)
+            async for catalog in catalogs:
                 if choose_renditions(catalog):
                     self.catalog = catalog
                     break
@@ -141,7 +140,7 @@ class Recorder:
             else:
                 raise RecordError(f"{self.broadcast} ended before listing a rendition that can be recorded")
         finally:
-            await snapshots.aclose()
+            await catalogs.aclose()
             catalog_track.close()
         chosen = choose_renditions(self.catalog)
         legacy: set[str] = set()
