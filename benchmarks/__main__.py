@@ -20,6 +20,7 @@ from .native import moq_native
 from .raw_aioquic import raw_download, raw_upload
 from .relay import RelayUnavailable, moq_relay
 from .startup import StartupResult, format_startup, measure_startup
+from .websocket import WS_HYPERCORN, WSS_HYPERCORN, ws_hypercorn, wss_hypercorn
 from .webtransport import SIZES as WT_SIZES
 from .webtransport import wt_aioquic, wt_hypercorn, wt_native
 
@@ -30,7 +31,7 @@ RELAY = "moqt-asgi pub -> relay -> sub"
 WT_RAW = "aioquic WebTransport, server -> client"
 WT_HYPERCORN = "moqt-asgi pub -> sub, Hypercorn"
 WT_NATIVE = "moqt-asgi pub -> sub, serve"
-ORDER = (RAW, RAW_UP, NATIVE, RELAY, WT_RAW, WT_HYPERCORN, WT_NATIVE)
+ORDER = (RAW, RAW_UP, NATIVE, RELAY, WT_RAW, WT_HYPERCORN, WT_NATIVE, WS_HYPERCORN, WSS_HYPERCORN)
 
 Scenario = Callable[[Certificate], AbstractAsyncContextManager[RunOnce]]
 SCENARIOS: dict[str, tuple[str, Scenario]] = {
@@ -41,8 +42,11 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "wt-aioquic": (WT_RAW, wt_aioquic),
     "wt-hypercorn": (WT_HYPERCORN, wt_hypercorn),
     "wt-serve": (WT_NATIVE, wt_native),
+    "ws-hypercorn": (WS_HYPERCORN, ws_hypercorn),
+    "wss-hypercorn": (WSS_HYPERCORN, wss_hypercorn),
 }
-ONLY_SIZES: dict[str, tuple[int, ...]] = {WT_RAW: WT_SIZES, WT_HYPERCORN: WT_SIZES, WT_NATIVE: WT_SIZES}
+ONLY_SIZES: dict[str, tuple[int, ...]] = {WT_RAW: WT_SIZES, WT_HYPERCORN: WT_SIZES, WT_NATIVE: WT_SIZES,
+                                          WS_HYPERCORN: WT_SIZES, WSS_HYPERCORN: WT_SIZES}
 """Scenarios measured at some frame sizes only."""
 
 
@@ -64,6 +68,9 @@ TABLES = (
     Table("WebTransport (HTTP/3)", (WT_RAW, WT_HYPERCORN, WT_NATIVE), WT_RAW, "vs aioquic WT",
           f"vs aioquic WT: MB/s over the '{WT_RAW}' row of the same frame size; every WebTransport row uses "
           "moqt-asgi's WebTransport client."),
+    Table("WebSocket (Hypercorn's TCP listener)", (WT_HYPERCORN, WS_HYPERCORN, WSS_HYPERCORN), WT_HYPERCORN, "vs WebTransport",
+          f"vs WebTransport: MB/s over the '{WT_HYPERCORN}' row of the same frame size; both rows use moqt-asgi's "
+          "client (python -m benchmarks.websocket adds a 100-subscriber fan-out)."),
 )
 
 
