@@ -6,7 +6,10 @@ it writes to stdout and publishes it in moq-dev's hang format (``catalog.json``
 official ``<moq-watch>`` player, bundled from npm by ``examples/video_player/``
 (built on first start when missing: ``npm ci && npm run build`` there), and
 ``/certificate.sha256``, which the player fetches to pin the certificate of
-the WebTransport connection it then opens on the same port number.
+the WebTransport connection it then opens on the same port number. Beside
+the video it publishes live data as JSON tracks listed in the catalog
+(``status.json``, a snapshot; ``log.jsonl``, a deflated log), which the page
+reads with ``@moq/json``.
 
     python -m moqt_asgi cert --out certs
     hypercorn examples.video:app --insecure-bind 127.0.0.1:4443 --quic-bind 127.0.0.1:4443 \\
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import os
 import shutil
@@ -103,6 +107,19 @@ async def run_encoder(hang: HangBroadcast, command: list[str]) -> None:
         await asyncio.sleep(1)
 
 
+async def run_status(hang: HangBroadcast) -> None:
+    """Live data beside the video: a JSON snapshot (``status.json``) and a deflated JSON log (``log.jsonl``)."""
+    status = hang.json_snapshot("status.json")
+    log = hang.json_stream("log.jsonl", compression=True)
+    tick = 0
+    while True:
+        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        status.update({"time": now, "tick": tick, "tracks": len(hang.broadcast.tracks)})
+        log.append({"tick": tick, "time": now})
+        tick += 1
+        await asyncio.sleep(1)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: MoQ) -> AsyncIterator[dict[str, object]]:
     hang = HangBroadcast(BROADCAST)
@@ -113,13 +130,15 @@ async def lifespan(app: MoQ) -> AsyncIterator[dict[str, object]]:
                              audio=os.environ.get("MOQ_VIDEO_AUDIO", "1") != "0",
                              overlay=os.environ.get("MOQ_VIDEO_OVERLAY", "1") != "0")
     await build_player()
-    encoder = asyncio.create_task(run_encoder(hang, command))
+    tasks = [asyncio.create_task(run_encoder(hang, command)), asyncio.create_task(run_status(hang))]
     try:
         yield {"broadcast": hang}
     finally:
-        encoder.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await encoder
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         hang.close()
         announcement.end()
 
@@ -136,6 +155,8 @@ PAGE = b"""<!doctype html>
 <h1>Live video over Media over QUIC</h1>
 <moq-watch id="watch" name="demo.hang" visible="always" muted><canvas></canvas></moq-watch>
 <p id="status">connecting...</p>
+<p>status.json: <code id="snapshot">-</code></p>
+<p>log.jsonl: <code id="log">-</code></p>
 <script type="module">
 const watch = document.getElementById("watch");
 watch.setAttribute("url", location.origin + "/");
@@ -144,6 +165,22 @@ setInterval(() => {
   const stats = watch.video?.out?.stats?.peek?.();
   status.textContent = `${watch.broadcast?.out?.status?.peek?.() ?? "loading"}: ${stats ? stats.frameCount : 0} frames`;
 }, 500);
+
+// The JSON data tracks, read with @moq/json over the player's own connection to the broadcast.
+async function follow(name, Mode, options, show) {
+  for (;;) {
+    const broadcast = watch.broadcast?.out?.active?.peek?.();
+    if (!broadcast) { await new Promise((resolve) => setTimeout(resolve, 200)); continue; }
+    const consumer = new Mode.Consumer(broadcast.track(name).subscribe({ priority: 0 }), options);
+    for (let value = await consumer.next(); value !== undefined; value = await consumer.next()) show(value);
+  }
+}
+follow("status.json", window.MoqJson.Snapshot, {}, (value) => {
+  document.getElementById("snapshot").textContent = JSON.stringify(value);
+});
+follow("log.jsonl", window.MoqJson.Stream, { compression: true }, (record) => {
+  document.getElementById("log").textContent = JSON.stringify(record);
+});
 </script>
 </body>
 </html>

@@ -3,6 +3,8 @@
 * ``examples/video.py`` (ffmpeg → :class:`~moqt_asgi.media.HangBroadcast`) under Hypercorn, in H.264,
   VP9 and AV1, and under ``python -m moqt_asgi serve``: the player fetches ``/certificate.sha256`` over
   TCP at the QUIC port's number, connects over WebTransport, reads our ``catalog.json`` and decodes.
+* The example page reads the broadcast's JSON data tracks with ``@moq/json`` (a snapshot with
+  merge-patch deltas, a deflated log) over the player's connection.
 * moq-rs (PyPI) publishing ffmpeg's fMP4 with ``publish_container_stream`` into ``examples/relay.py``;
   the player reads it from the relay.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -171,12 +174,24 @@ def test_watch_plays_the_video_example_under_hypercorn(codec: str, player: Path,
     assert samples[-1]["track"] == "0.m4s"
 
 
+JSON_SHOWN = """(() => {
+  const text = (id) => document.getElementById(id).textContent;
+  return text("snapshot").startsWith("{") && text("log").startsWith("{") ? [text("snapshot"), text("log")] : null;
+})()"""
+
+
 def test_watch_plays_the_video_example_under_serve(player: Path, certs: Certs, tmp_path: Path) -> None:
     port = free_port()
     command = [sys.executable, "-m", "moqt_asgi", "serve", "examples.video:app", "--bind", f"127.0.0.1:{port}",
                "--certfile", str(certs.cert), "--keyfile", str(certs.key)]
     with server_process(command, port, VIDEO_ENV), chromium(f"http://127.0.0.1:{port}/", tmp_path) as browser:
         assert_plays(browser, (320, 180))
+        # the page reads the example's JSON tracks with @moq/json: a snapshot (deltas) and a deflated log
+        first = [json.loads(text) for text in browser.wait_for(JSON_SHOWN, TIMEOUT)]
+        time.sleep(2.5)
+        later = [json.loads(text) for text in browser.evaluate(JSON_SHOWN)]
+    assert set(first[0]) == {"time", "tick", "tracks"} and set(first[1]) == {"tick", "time"}
+    assert later[0]["tick"] >= first[0]["tick"] + 2 and later[1]["tick"] >= first[1]["tick"] + 2
 
 
 # -- moq-rs publishing through examples/relay.py ---------------------------------------------------------
