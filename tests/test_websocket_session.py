@@ -34,12 +34,14 @@ class FakeServer:
     def __init__(self, pipe: MemoryPipe, *, http_response: bool = True) -> None:
         self.pipe = pipe
         self.http_response = http_response
+        self.shutdown_callbacks: list[Any] = []
         self.answer: asyncio.Future[tuple[int, str | None]] = asyncio.get_running_loop().create_future()
         self.connected = False
         self.sessions: list[Session] = []
 
     def scope(self, path: str, query: str, subprotocols: list[str] | None, headers: list[tuple[bytes, bytes]]) -> Any:
         extensions: dict[str, Any] = {"websocket.http.response": {}} if self.http_response else {}
+        extensions["moqt.shutdown"] = {"on_shutdown": self.shutdown_callbacks.append}
         return {"type": "websocket", "asgi": {"version": "3.0"}, "http_version": "1.1", "scheme": "ws",
                 "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
                 "headers": headers, "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8080),
@@ -164,6 +166,16 @@ async def test_refusals_are_http_answers_before_the_upgrade(kwargs: dict[str, An
         assert (await within(server.answer))[0] == expected
         await within(task)
         assert await within(client_pipe.receive()) is None  # not one byte of MoQ
+
+
+async def test_server_stopping_sends_goaway_then_closes_at_the_deadline() -> None:
+    app = MoQ()
+    async with ws_session(app, offer=["qmux-01.moq-lite-05"]) as (session, server):
+        assert len(server.shutdown_callbacks) == 1
+        server.shutdown_callbacks[0](0.5)  # the server stops in half a second
+        assert await within(session.wait_goaway()) == ""
+        closed = await within(session.wait_closed())
+        assert closed.remote
 
 
 async def test_setup_handler_rejection_closes_the_session() -> None:

@@ -17,6 +17,14 @@
 3. the upgrade, then :func:`~moqt_asgi.serving.serve_connection` on a
    :class:`~.session.WebSocketConnection` over the scope's ``receive`` and
    ``send``.
+
+A server that can say when it is stopping offers the ``moqt.shutdown``
+extension: ``scope["extensions"]["moqt.shutdown"]["on_shutdown"](callback)``
+registers ``callback(seconds_left)`` to be called once when it stops. The
+session is then stopped as on WebTransport (:func:`~moqt_asgi.stopping.stop_on_shutdown`:
+GOAWAY on lite-04+, a close once idle on older versions, the GOAWAY-timeout
+close at the deadline). ASGI itself has no such signal: without the
+extension a session lasts until the server closes its socket.
 """
 
 from __future__ import annotations
@@ -211,6 +219,9 @@ async def serve_websocket(app: WebSocketApp, scope: Scope, receive: Receive, sen
                                      settings=settings or WebSocketSettings(), peer_address=peer)
     logger.debug("WebSocket session from %s on %r: %s", peer, path, protocol or "(no subprotocol)")
     connection.start()
+    shutdown = scope.get("extensions", {}).get("moqt.shutdown") or {}
+    if callable(shutdown.get("on_shutdown")):
+        shutdown["on_shutdown"](connection.request_shutdown)
     target = f"{path}?{query}" if query else path
     stopper = stop_on_shutdown(connection.on_shutdown, uri=app.goaway_uri, then=session_hook.get())
     try:
