@@ -284,3 +284,26 @@ def test_watch_plays_moqrs_through_the_relay(player: Path, certs: Certs, tmp_pat
             publisher.join(TIMEOUT)
     assert samples[-1]["track"] == "0.m4s"  # moq-rs's track name
     assert published and published[0] > 0
+
+
+@pytest.mark.parametrize("container", ["legacy", "cmaf"])
+def test_watch_plays_the_publish_cli_through_the_relay(container: str, player: Path, certs: Certs,
+                                                       tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-hide_banner", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x180:rate=30", "-t", "3",
+                    "-pix_fmt", "yuv420p", "-c:v", "libx264", "-profile:v", "baseline", "-tune", "zerolatency", "-bf", "0",
+                    "-g", "30", "-f", "mp4", "-movflags", "cmaf+separate_moof+delay_moov+skip_trailer+frag_every_frame",
+                    str(clip)], check=True, timeout=120, capture_output=True)
+    port = free_port()
+    publish = [sys.executable, "-m", "moqt_asgi", "publish", f"https://127.0.0.1:{port}/", "cli.hang", "--fingerprint",
+               certs.fingerprint, "--input", str(clip), "--loop", "--container", container]
+    with server_process(hypercorn("examples.relay:moq", certs, port), port), page_server(player) as page_port:
+        publisher = subprocess.Popen(publish, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            url = f"http://127.0.0.1:{page_port}/index.html?name=cli.hang&url=http://127.0.0.1:{port}/"
+            with chromium(url, tmp_path) as browser:
+                samples = assert_plays(browser, (320, 180))
+        finally:
+            publisher.terminate()
+            _, errors = publisher.communicate(timeout=TIMEOUT)
+    assert samples[-1]["track"] == ("0.avc1" if container == "legacy" else "0.m4s"), errors
