@@ -382,6 +382,20 @@ async def test_legacy_framing_stops_reading_while_the_engine_is_behind() -> None
     assert total == sent
 
 
+async def test_a_peer_that_reads_nothing_cannot_hold_a_closing_connection() -> None:
+    pipe, server = await raw_peer()  # the raw peer never reads again
+    pipe_capacity = pipe.capacity
+    await pipe.send(qmux.encode_frame(PARAMS, Framing.QMUX01))
+    stream = await within(server.open_uni())
+    stream.write(bytes(4 * pipe_capacity))
+    await eventually(lambda: pipe.unread >= pipe_capacity)  # the pipe is full: the next message waits
+    server.close(0)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(server.finished(), 0.3)
+    server.abort()
+    await within(server.finished())
+
+
 async def test_qx_ping_is_answered() -> None:
     pipe, _ = await raw_peer()
     await pipe.send(bytes.fromhex("f48c67529ef8c7bd05"))

@@ -229,9 +229,18 @@ async def serve_websocket(app: WebSocketApp, scope: Scope, receive: Receive, sen
                                protocol=None if alpn == ALPN_LITE else alpn, on_session=stopper)
     finally:
         connection.close(0)
+        await finish(connection)
+
+
+async def finish(connection: WebSocketConnection) -> None:
+    """Wait for a closed connection's last message to leave; abort it if the peer reads nothing meanwhile."""
+    try:
+        await asyncio.wait_for(connection.finished(), connection.settings.close_timeout)
+    except TimeoutError:
+        connection.abort()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(connection.finished(), connection.settings.close_timeout + 1.0)
 
 
-__all__ = ["ASGIPipe", "WebSocketApp", "choose_subprotocol", "client_subprotocols", "refuse", "serve_websocket",
+__all__ = ["ASGIPipe", "WebSocketApp", "choose_subprotocol", "finish", "client_subprotocols", "refuse", "serve_websocket",
            "server_subprotocols", "split_subprotocols"]

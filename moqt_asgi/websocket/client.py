@@ -46,7 +46,7 @@ from ..engine.session import Session
 from ..protocol.errors import ErrorCode, MoQError, ProtocolError, SetupRejected
 from ..protocol.limits import DEFAULT_LIMITS, Limits
 from ..protocol.versions import ALPN_LITE, DEFAULT_VERSIONS, Version, ordered
-from .asgi import client_subprotocols
+from .asgi import client_subprotocols, finish
 from .pipe import MessagePipe
 from .qmux import LEGACY_MESSAGE_SIZE, parse_subprotocol
 from .session import WebSocketConnection, WebSocketSettings
@@ -170,8 +170,7 @@ async def start_websocket_session(pipe: MessagePipe, subprotocol: str | None, *,
 
     async def close_connection() -> None:
         connection.close(int(ErrorCode.CANCEL))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(connection.finished(), connection.settings.close_timeout + 1.0)
+        await finish(connection)
 
     session = Session(connection, start.codec, mux=mux, limits=limits, is_client=True, path=target,
                       session_stream=start.session_stream, logger_=log, timeout=setup_timeout)

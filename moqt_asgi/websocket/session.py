@@ -247,6 +247,13 @@ class WebSocketConnection(Connection):
         self._terminate(SessionClosed(int(ErrorCode.PROTOCOL_VIOLATION), error.message, remote=False),
                         qmux.Close(error.code, error.message, application=False))
 
+    def abort(self) -> None:
+        """End now, without waiting for a peer that reads nothing: no closing message, the tasks stop and the
+        WebSocket closes (what :meth:`finished` waits for)."""
+        self._terminate(SessionClosed(int(ErrorCode.TRANSPORT), "aborted", remote=False), None)
+        for task in self._tasks:
+            task.cancel()
+
     async def wait_closed(self) -> SessionClosed:
         await self._closed_event.wait()
         assert self._closed is not None
@@ -507,8 +514,8 @@ class WebSocketConnection(Connection):
                 if self._writable_waiters:
                     self._wake_writers()
         finally:
-            with contextlib.suppress(Exception):
-                await self.pipe.close()
+            with contextlib.suppress(Exception):  # BaseException: a cancelled writer still closes the pipe
+                await asyncio.wait_for(self.pipe.close(), self.settings.close_timeout)
             self._wake_writers()
             self._done.set()
             for task in self._tasks:
