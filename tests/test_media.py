@@ -35,9 +35,17 @@ from moqt_asgi.media import (
 from moqt_asgi.media.container import ContainerError, decode_varint, encode_varint
 from moqt_asgi.media.ingest import Fmp4Parser
 from moqt_asgi.media.jsontracks import Deflater, Inflater, JsonSnapshotProducer, JsonStreamProducer
-from moqt_asgi.media.mp4 import KEYFRAME_FLAGS, Mp4Error, Sample, build_fragment, build_init, parse_init
+from moqt_asgi.media.mp4 import (
+    KEYFRAME_FLAGS,
+    Mp4Error,
+    Sample,
+    build_fragment,
+    build_init,
+    parse_init,
+    set_fragment_track,
+)
 from moqt_asgi.media.mp4write import legacy_track
-from moqt_asgi.media.record import LegacyWrapper
+from moqt_asgi.media.record import LegacyWrapper, track_for
 from moqt_asgi.producer import TrackProducer
 
 from .helpers import WAIT, memory_sessions
@@ -415,3 +423,19 @@ def test_legacy_frames_become_fragments() -> None:
     assert [(s.payload, s.timestamp_us, s.keyframe, s.duration_us) for s in samples] == [
         (b"frame0", 0, True, 33_333), (b"frame1", 33_333, False, 33_333), (b"frame2", 66_666, False, 33_333),
         (b"frame3", 99_999, True, 33_333)]
+
+
+def test_recording_refuses_what_does_not_parse() -> None:
+    bad = VideoConfig("avc1.42c01e", container=Container("cmaf", b"\x00\x00\x00\x10moov\x00\x00\x00\x01"))
+    assert track_for(bad, 1) is None
+    good = VideoConfig("avc1.42c01e", container=Container("cmaf", base64.b64decode(CMAF_INIT)))
+    track = track_for(good, 7)
+    assert track is not None and parse_init(build_init([track]))[0].track_id == 7
+    for frame in (b"", b"\x00\x00\x00\x08free", b"\x00\x00\x00\x10moof\x00\x00\x00\x08traf",
+                  b"\x00\x00\x00\x14moof\x00\x00\x00\x0ctraf\x00\x00\x00\x0ctfhd" + b"\x00\x00\x00\x08mdat",
+                  b"\x00\x00\x00\x1cmoof\x00\x00\x00\x14traf\x00\x00\x00\x0ctfhd\x00\x02\x00\x00"
+                  + b"\x00\x00\x00\x08mdat"):  # a tfhd without room for its track id
+        with pytest.raises(Mp4Error):
+            set_fragment_track(frame, 1)
+    sample = Sample(1, 0, 512, 0, KEYFRAME_FLAGS, 0, 0)
+    assert decode_cmaf(set_fragment_track(build_fragment(1, 1, sample, b"x"), 9), 15360)[0].payload == b"x"

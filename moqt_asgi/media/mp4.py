@@ -373,13 +373,21 @@ def build_fragment(sequence: int, track_id: int, sample: Sample, data: bytes | m
 def set_fragment_track(fragment: bytes, track_id: int) -> bytes:
     """``fragment`` (``moof`` + ``mdat``, one ``traf``) with its ``tfhd`` naming ``track_id``."""
     out = bytearray(fragment)
-    moof = next(iter_boxes(fragment))
-    for traf in iter_boxes(fragment, moof.header_size, len(moof.raw)):
-        if traf.type != "traf":
-            continue
-        for child in iter_boxes(traf.raw, traf.header_size):
-            if child.type == "tfhd":
-                struct.pack_into(">I", out, traf.start + child.start + child.header_size + 4, track_id)
+    boxes = list(iter_boxes(fragment))
+    if not boxes or boxes[0].type != "moof" or not any(box.type == "mdat" for box in boxes):
+        raise Mp4Error("a cmaf frame is a moof and an mdat")
+    moof = boxes[0]
+    try:
+        for traf in iter_boxes(fragment, moof.header_size, len(moof.raw)):
+            if traf.type != "traf":
+                continue
+            for child in iter_boxes(traf.raw, traf.header_size):
+                if child.type == "tfhd":
+                    if len(child.raw) < child.header_size + 8:
+                        raise Mp4Error("tfhd too short for a track id")
+                    struct.pack_into(">I", out, traf.start + child.start + child.header_size + 4, track_id)
+    except struct.error as exc:
+        raise Mp4Error(f"malformed tfhd: {exc}") from None
     return bytes(out)
 
 

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ..protocol.errors import SessionClosed, StreamError
 from .catalog import AudioConfig, Catalog, VideoConfig
-from .container import decode_legacy
+from .container import ContainerError, decode_legacy
 from .jsontracks import read_catalogs
 from .mp4 import (
     DELTA_FLAGS,
     KEYFRAME_FLAGS,
+    Mp4Error,
     Sample,
     TrackInit,
     build_fragment,
@@ -56,6 +57,8 @@ class RecordedTrack:
     kind: str
     frames: int = 0
     bytes: int = 0
+    skipped: int = 0
+    """Frames that did not decode in their container (not written)."""
 
 
 def track_for(config: VideoConfig | AudioConfig, track_id: int) -> TrackInit | None:
@@ -63,7 +66,11 @@ def track_for(config: VideoConfig | AudioConfig, track_id: int) -> TrackInit | N
     if config.broadcast:
         return None
     if config.container.kind == "cmaf" and config.container.init:
-        tracks = parse_init(config.container.init)
+        try:
+            tracks = parse_init(config.container.init)
+        except Mp4Error as exc:
+            logger.warning("a cmaf init that does not parse: %s", exc)
+            return None
         return retrack(tracks[0], track_id) if tracks else None
     if config.container.kind == "legacy":
         return legacy_track(config, track_id)
@@ -168,10 +175,14 @@ class Recorder:
                 async for group in reader:
                     first = True
                     async for frame in group:
-                        if wrap is None:
-                            write(recorded, set_fragment_track(frame, recorded.track_id))
-                        elif (fragment := wrap.frame(frame, first)) is not None:
-                            write(recorded, fragment)
+                        try:
+                            if wrap is None:
+                                write(recorded, set_fragment_track(frame, recorded.track_id))
+                            elif (fragment := wrap.frame(frame, first)) is not None:
+                                write(recorded, fragment)
+                        except (Mp4Error, ContainerError) as exc:
+                            recorded.skipped += 1
+                            logger.warning("skipping a frame of %s that does not decode: %s", recorded.name, exc)
                         first = False
                         if done.is_set():
                             return
