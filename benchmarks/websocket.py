@@ -10,7 +10,7 @@
   (MoQ over WebSocket on Hypercorn's plain TCP ``--insecure-bind``). The
   subscriber is moqt-asgi's client in both rows.
 * **Fan-out**: one live track (``--fps`` frames a second of ``--frame-size``
-  bytes, each stamped with its send time) and ``--subscribers`` moqt-asgi
+  bytes, each stamped with its send time, a group a second) and ``--subscribers`` moqt-asgi
   subscribers, all over WebTransport or all over WebSocket, for
   ``--duration`` seconds. Per transport: the share of frames delivered, the
   p50 and p99 latency from write to read, and the process's CPU seconds over
@@ -39,6 +39,7 @@ from hypercorn.config import Config
 
 from moqt_asgi import Broadcast, MoQ, dial
 from moqt_asgi.engine.session import Session
+from moqt_asgi.producer import GroupProducer
 
 from .common import HOST, Certificate, RunOnce, Sample, Workload, quic_settings, temporary_certificate, workloads
 from .native import SUBSCRIBER_LIMITS, subscribe_once
@@ -177,6 +178,8 @@ async def fanout(certificate: Certificate, transport: str, subscribers: int, *, 
                 sessions.append(session)
                 readers.append(asyncio.ensure_future(_reader(session, arrivals)))
             padding = bytes(max(0, frame_size - STAMP.size))
+            per_group = max(1, round(fps))
+            group: GroupProducer | None = None
             interval = 1.0 / fps
             loop = asyncio.get_running_loop()
             start = loop.time()
@@ -189,7 +192,12 @@ async def fanout(certificate: Certificate, transport: str, subscribers: int, *, 
                 now = time.perf_counter()
                 if window_start and window_start <= now:
                     result.sent += 1
-                track.write_frame(STAMP.pack(now) + padding)
+                if index % per_group == 0:  # a group a second, as a live video's keyframes
+                    if group is not None:
+                        group.finish()
+                    group = track.append_group()
+                assert group is not None
+                group.write_frame(STAMP.pack(now) + padding)
                 await asyncio.sleep(max(0.0, start + (index + 1) * interval - loop.time()))
             window_end = time.perf_counter()
             result.cpu_seconds = time.process_time() - cpu_start
