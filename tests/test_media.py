@@ -13,6 +13,8 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moqt_asgi import MoQ
 from moqt_asgi.media import (
@@ -33,9 +35,10 @@ from moqt_asgi.media import (
     read_catalogs,
 )
 from moqt_asgi.media.container import ContainerError, decode_varint, encode_varint
-from moqt_asgi.media.ingest import Fmp4Parser
+from moqt_asgi.media.ingest import Fmp4Ingest, Fmp4Parser
 from moqt_asgi.media.jsontracks import Deflater, Inflater, JsonSnapshotProducer, JsonStreamProducer
 from moqt_asgi.media.mp4 import (
+    DELTA_FLAGS,
     KEYFRAME_FLAGS,
     Mp4Error,
     Sample,
@@ -439,3 +442,39 @@ def test_recording_refuses_what_does_not_parse() -> None:
             set_fragment_track(frame, 1)
     sample = Sample(1, 0, 512, 0, KEYFRAME_FLAGS, 0, 0)
     assert decode_cmaf(set_fragment_track(build_fragment(1, 1, sample, b"x"), 9), 15360)[0].payload == b"x"
+
+
+def synthetic_fmp4() -> bytes:
+    """A small valid fragmented MP4: the legacy catalog's H.264 track and three one-sample fragments."""
+    video = legacy_track(Catalog.decode(LEGACY_CATALOG).video.renditions["video"], 1)  # type: ignore[union-attr]
+    assert video is not None
+    fragments = [build_fragment(n, 1, Sample(1, n * 33_333, 33_333, 0, KEYFRAME_FLAGS if n == 0 else DELTA_FLAGS, 0, 0),
+                                b"sample%d" % n) for n in range(3)]
+    return build_init([video]) + b"".join(fragments)
+
+
+def test_synthetic_stream_ingests() -> None:
+    hang = HangBroadcast("s.hang")
+    ingest = Fmp4Ingest(hang, container="legacy")
+    ingest.feed(synthetic_fmp4())
+    ingest.parser.end()
+    group = hang.broadcast.tracks["0.avc1"].latest
+    assert group is not None and [decode_legacy(f) for f in group.frames] == [(0, b"sample0"), (33_333, b"sample1"),
+                                                                           (66_666, b"sample2")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mangled_fmp4_raises_only_mp4_errors(data: st.DataObject) -> None:
+    stream = bytearray(synthetic_fmp4())
+    for _ in range(data.draw(st.integers(1, 8))):
+        position = data.draw(st.integers(0, len(stream) - 1))
+        stream[position] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(stream)))
+    ingest = Fmp4Ingest(HangBroadcast("f.hang"), container=data.draw(st.sampled_from(["cmaf", "legacy"])),
+                        max_box_size=4096)
+    try:
+        ingest.feed(bytes(stream[:cut]))
+        ingest.parser.end()
+    except (Mp4Error, CatalogError):
+        pass
