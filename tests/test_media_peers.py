@@ -399,3 +399,28 @@ async def test_we_record_what_moqrs_publishes(clips: dict[str, Path], certs: Cer
     (video,) = streams  # type: ignore[misc]
     assert (video["codec_name"], video["width"], video["height"]) == ("h264", 320, 180)  # type: ignore[index]
     assert int(video["nb_read_frames"]) == track.frames  # type: ignore[index]
+
+
+@pytest.mark.cli
+def test_publish_reads_ffmpeg_on_stdin(certs: Certs, relay: str, tmp_path: Path) -> None:
+    out = tmp_path / "piped.mp4"
+    ffmpeg = subprocess.Popen([tool("ffmpeg"), "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+                               "testsrc=size=320x180:rate=30", "-t", "20", "-pix_fmt", "yuv420p", "-c:v", "libx264",
+                               "-tune", "zerolatency", "-bf", "0", "-g", "30", "-f", "mp4", "-movflags", CMAF_FLAGS, "-"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    publish = subprocess.Popen(cli("publish", relay, "pipe.hang", "--fingerprint", certs.fingerprint, "--input", "-"),
+                               cwd=ROOT, stdin=ffmpeg.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert ffmpeg.stdout is not None
+    ffmpeg.stdout.close()  # publish holds the pipe now
+    try:
+        record = subprocess.run(cli("record", relay, "pipe.hang", "--fingerprint", certs.fingerprint, "--out", str(out),
+                                    "--frames", "45", "--duration", "30"),
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        ffmpeg.terminate()
+        ffmpeg.wait(timeout=TIMEOUT)
+        publish.wait(timeout=TIMEOUT)
+    assert record.returncode == 0, record.stderr
+    assert "0.m4s: video, 45 frames" in record.stdout, record.stdout
+    (video,) = ffprobe(out)["streams"]  # type: ignore[misc]
+    assert (video["codec_name"], int(video["nb_read_frames"])) == ("h264", 45)  # type: ignore[index]
