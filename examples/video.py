@@ -19,6 +19,8 @@ then open http://127.0.0.1:4443/ (Chromium). ``MOQ_VIDEO_SIZE`` (``640x360``),
 ``MOQ_VIDEO_RATE`` (30), ``MOQ_VIDEO_CODEC`` (``h264``, or ``vp9``, ``av1``)
 and ``MOQ_VIDEO_AUDIO`` (``1``: a 440 Hz tone as AAC) change what ffmpeg
 encodes; Debian's ``ffmpeg`` package has every encoder used here.
+``MOQ_VIDEO_CATALOG_DELTAS`` (0) > 0 sends catalog changes as merge-patch
+deltas within a group, up to that many times the full catalog's size.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ async def run_status(hang: HangBroadcast) -> None:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: MoQ) -> AsyncIterator[dict[str, object]]:
-    hang = HangBroadcast(BROADCAST)
+    deltas = float(os.environ.get("MOQ_VIDEO_CATALOG_DELTAS", "0"))
+    hang = HangBroadcast(BROADCAST, catalog_delta_ratio=deltas)
     announcement = app.mux.publish(hang.path, hang.broadcast)
     command = ffmpeg_command(size=os.environ.get("MOQ_VIDEO_SIZE", "640x360"),
                              rate=int(os.environ.get("MOQ_VIDEO_RATE", "30")),

@@ -1,8 +1,9 @@
 """The official player, ``<moq-watch>`` (npm @moq/watch 0.4.6), in headless Chromium, plays what is published.
 
 * ``examples/video.py`` (ffmpeg → :class:`~moqt_asgi.media.HangBroadcast`) under Hypercorn, in H.264,
-  VP9 and AV1, and under ``python -m moqt_asgi serve``: the player fetches ``/certificate.sha256`` over
-  TCP at the QUIC port's number, connects over WebTransport, reads our ``catalog.json`` and decodes.
+  VP9 and AV1 (and with the catalog sent as merge-patch deltas), and under ``python -m moqt_asgi serve``:
+  the player fetches ``/certificate.sha256`` over TCP at the QUIC port's number, connects over
+  WebTransport, reads our ``catalog.json`` and decodes.
 * The example page reads the broadcast's JSON data tracks with ``@moq/json`` (a snapshot with
   merge-patch deltas, a deflated log) over the player's connection.
 * moq-rs (PyPI) publishing ffmpeg's fMP4 with ``publish_container_stream`` into ``examples/relay.py``;
@@ -165,10 +166,13 @@ def assert_plays(browser: Chromium, size: tuple[int, int]) -> list[dict[str, Any
 VIDEO_ENV = {"MOQ_VIDEO_SIZE": "320x180", "MOQ_VIDEO_AUDIO": "0"}
 
 
-@pytest.mark.parametrize("codec", ["h264", "vp9", "av1"])
-def test_watch_plays_the_video_example_under_hypercorn(codec: str, player: Path, certs: Certs, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("codec", "deltas"), [("h264", "0"), ("vp9", "0"), ("av1", "0"), ("h264", "8")],
+                         ids=["h264", "vp9", "av1", "h264-catalog-deltas"])
+def test_watch_plays_the_video_example_under_hypercorn(codec: str, deltas: str, player: Path, certs: Certs,
+                                                       tmp_path: Path) -> None:
     port = free_port()
-    with server_process(hypercorn("examples.video:app", certs, port), port, {**VIDEO_ENV, "MOQ_VIDEO_CODEC": codec}):
+    env = {**VIDEO_ENV, "MOQ_VIDEO_CODEC": codec, "MOQ_VIDEO_CATALOG_DELTAS": deltas}
+    with server_process(hypercorn("examples.video:app", certs, port), port, env):
         with chromium(f"http://127.0.0.1:{port}/", tmp_path) as browser:
             samples = assert_plays(browser, (320, 180))
     assert samples[-1]["track"] == "0.m4s"
