@@ -200,6 +200,11 @@ class Fmp4Ingest:
         self.samples = 0
 
     @property
+    def offset_us(self) -> int:
+        """What is added to the input's timestamps (non-zero once a looped input started again)."""
+        return self._offset_us
+
+    @property
     def tracks(self) -> dict[str, MediaTrack]:
         """The published tracks by name."""
         return {p.track.name: p.track for p in self._published.values()}
@@ -305,9 +310,10 @@ async def publish_fmp4(source: asyncio.StreamReader | BinaryIO, hang: HangBroadc
         for event in ingest.parser.feed(data):
             if realtime and isinstance(event, SampleEvent):
                 now = time.monotonic()
-                if clock is None or event.timestamp_us + ingest._offset_us < clock[1]:
-                    clock = (now, event.timestamp_us + ingest._offset_us)
-                due = clock[0] + (event.timestamp_us + ingest._offset_us - clock[1]) / 1_000_000
+                timestamp = event.timestamp_us + ingest.offset_us
+                if clock is None or timestamp < clock[1]:
+                    clock = (now, timestamp)
+                due = clock[0] + (timestamp - clock[1]) / 1_000_000
                 if due > now:
                     await asyncio.sleep(due - now)
             ingest.apply(event)
