@@ -67,6 +67,16 @@ def process_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14 and 15)
 
 
+def process_wait(pid: int) -> float:
+    """Seconds the threads of ``pid`` spent runnable but waiting for a CPU (``/proc/PID/task/*/schedstat``)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 def process_rss(pid: int) -> int:
     """``VmRSS`` of ``pid`` in bytes (0 once it is gone)."""
     with contextlib.suppress(OSError):
@@ -186,6 +196,10 @@ class RunningServer:
         if values[0] is not None:
             self._last_cpu = sum(value for value in values if value is not None)
         return self._last_cpu
+
+    def waited(self) -> float:
+        """Seconds the server (its child processes included) was ready to run but another process had its core."""
+        return sum(process_wait(pid) for pid in descendants(self.pid))
 
     def drops(self) -> int:
         """Datagrams the server's socket dropped so far because its receive buffer was full."""

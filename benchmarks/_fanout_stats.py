@@ -49,6 +49,10 @@ class Point:
     worst_p99_ms: float = math.nan
     server_cpu_s: float = 0.0
     """CPU seconds the server spent over the window."""
+    server_wait_s: float = 0.0
+    """Seconds over the window the server was runnable but did not get its core (other processes had it)."""
+    load_wait: float = 0.0
+    """Share of the window the publisher and load generators spent runnable but waiting for a core (summed)."""
     rss_before: int = 0
     """The server's resident set with only the publisher connected."""
     rss_after: int = 0
@@ -83,6 +87,11 @@ class Point:
     def server_core(self) -> float:
         """Fraction of one core the server used over the window."""
         return self.server_cpu_s / self.window_s if self.window_s else math.nan
+
+    @property
+    def server_wait(self) -> float:
+        """Fraction of the window the server waited for its core (its threads summed): other processes had it."""
+        return self.server_wait_s / self.window_s if self.window_s else math.nan
 
     @property
     def rss_per_session(self) -> float:
@@ -142,6 +151,7 @@ class Point:
             "p50_ms": number(self.p50_ms), "p99_ms": number(self.p99_ms), "max_ms": number(self.max_ms),
             "worst_delivered": number(self.worst_delivered), "worst_p99_ms": number(self.worst_p99_ms),
             "server_cpu_s": number(self.server_cpu_s), "server_core": number(self.server_core),
+            "server_wait": number(self.server_wait), "load_wait": number(self.load_wait),
             "cpu_s_per_1000": number(self.cpu_per_thousand), "rss_before": self.rss_before,
             "rss_after": self.rss_after, "rss_per_session": number(self.rss_per_session),
             "load_cpu": number(self.load_cpu), "publisher_late_ms": number(self.publisher_late_ms),
@@ -177,11 +187,11 @@ def _render(header: tuple[str, ...], rows: list[tuple[str, ...]], numeric: set[i
 
 def format_points(points: list[Point]) -> str:
     header = ("server", "subs", "delivered", "worst sub", "p50 ms", "p99 ms", "max ms", "worst p99 ms",
-              "server core", "CPU s/1k", "RSS/session", "load CPU", "notes")
+              "server core", "waited", "CPU s/1k", "RSS/session", "load CPU", "notes")
     rows: list[tuple[str, ...]] = []
     for point in points:
         if point.error is not None:
-            rows.append((point.server, str(point.subscribers), *["-"] * 10, point.error))
+            rows.append((point.server, str(point.subscribers), *["-"] * 11, point.error))
             continue
         notes = []
         if point.connected < point.subscribers:
@@ -189,6 +199,8 @@ def format_points(points: list[Point]) -> str:
         notes += point.errors[:2]
         if point.load_cpu > LOAD_SATURATED:
             notes.append("load generators saturated: the figures are a bound")
+        if point.load_wait > 0.1:
+            notes.append(f"load generators waited {point.load_wait * 100:.0f}% for a core")
         if point.server_drops:
             notes.append(f"server socket dropped {point.server_drops} datagrams")
         if point.udp_drops > point.server_drops:
@@ -197,9 +209,10 @@ def format_points(points: list[Point]) -> str:
             notes.append(f"publisher up to {point.publisher_late_ms:.0f} ms late")
         rows.append((point.server, str(point.subscribers), _percent(point.delivered), _percent(point.worst_delivered),
                      _ms(point.p50_ms), _ms(point.p99_ms), _ms(point.max_ms), _ms(point.worst_p99_ms),
-                     f"{point.server_core * 100:.0f}%", f"{point.cpu_per_thousand:.3f}",
+                     f"{point.server_core * 100:.0f}%", f"{point.server_wait * 100:.0f}%",
+                     f"{point.cpu_per_thousand:.3f}",
                      f"{point.rss_per_session / 1024:.0f} KiB", f"{point.load_cpu * 100:.0f}%", "; ".join(notes)))
-    return _render(header, rows, set(range(1, 12)))
+    return _render(header, rows, set(range(1, 13)))
 
 
 def largest(points: list[Point], worst: bool = False) -> str:

@@ -29,7 +29,9 @@ Per point: the delivered fraction (frames received / frames sent x N), the
 p50, p99 and largest one-way latency over every frame received, the worst
 subscriber's delivered fraction and p99, the server's share of its core and
 its CPU seconds per thousand frames delivered (``/proc/PID/stat`` over the
-window), its resident-set growth per subscriber (``VmRSS`` at the window's
+window), the share of the window it was runnable but waited for its core
+(``/proc/PID/task/*/schedstat``: other processes had it; on a quiet machine
+near 0), its resident-set growth per subscriber (``VmRSS`` at the window's
 end against the moment only the publisher was connected), how busy the
 load-generator cores were (if near 100%, the figures measure the load
 generator too), and the datagrams dropped over the window because a receive
@@ -77,6 +79,7 @@ from ._fanout_servers import (
     ServerKind,
     open_log,
     process_cpu,
+    process_wait,
     start_server,
     tail,
     udp_receive_drops,
@@ -147,6 +150,9 @@ class Peer:
         self.process.stdin.write(text.encode() + b"\n")
         await self.process.stdin.drain()
 
+    def waited(self) -> float:
+        return process_wait(self.process.pid)
+
     def cpu(self) -> float:
         value = process_cpu(self.process.pid)
         if value is not None:
@@ -216,6 +222,7 @@ async def _measure(server: RunningServer, point: Point, tag: str, settings: Sett
     await sleep_until(start)
     cpu_before, load_before = server.cpu(), sum(peer.cpu() for peer in peers)
     drops_before, all_drops_before = server.drops(), udp_receive_drops()
+    wait_before, load_wait_before = server.waited(), sum(peer.waited() for peer in peers)
     started = time.monotonic()
     spy = profiling.record(server, settings.py_spy, tag, settings.duration)
     await sleep_until(end)
@@ -225,6 +232,8 @@ async def _measure(server: RunningServer, point: Point, tag: str, settings: Sett
     point.load_cpu = (sum(peer.cpu() for peer in peers) - load_before) / point.window_s / load_cores
     point.rss_after = server.rss()
     point.server_drops = server.drops() - drops_before
+    point.server_wait_s = server.waited() - wait_before
+    point.load_wait = (sum(peer.waited() for peer in peers) - load_wait_before) / point.window_s
     point.udp_drops = udp_receive_drops() - all_drops_before
     point.load_average = os.getloadavg()
     if not server.alive:

@@ -150,4 +150,6 @@ def test_quick_run_measures_every_server(tmp_path: Path) -> None:
         assert point["server_cpu_s"] > 0 and point["cpu_s_per_1000"] > 0, server
         assert point["rss_after"] > 1_000_000, server
         assert point["load_cpu"] > 0, server
+        assert point["server_wait"] is not None and point["server_wait"] >= 0, server
+        assert point["server_drops"] >= 0 and point["udp_drops"] >= point["server_drops"], server
     assert document["conditions"]["duration_s"] == 3.0
