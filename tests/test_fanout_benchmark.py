@@ -151,5 +151,5 @@ def test_quick_run_measures_every_server(tmp_path: Path) -> None:
         assert point["rss_after"] > 1_000_000, server
         assert point["load_cpu"] > 0, server
         assert point["server_wait"] is not None and point["server_wait"] >= 0, server
-        assert point["server_drops"] >= 0 and point["udp_drops"] >= point["server_drops"], server
+        assert point["server_drops"] >= 0 and point["udp_drops"] >= 0, server
     assert document["conditions"]["duration_s"] == 3.0
