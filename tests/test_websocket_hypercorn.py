@@ -21,6 +21,7 @@ from typing import Any
 import moq
 import pytest
 
+from moqt_asgi import Broadcast
 from moqt_asgi.client import dial
 from moqt_asgi.protocol.errors import MoQError
 from moqt_asgi.websocket.client import dial_websocket
@@ -293,3 +294,25 @@ def test_cli_sub_reads_the_clock_over_ws(hypercorn_ws: Any) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and lines[1] > lines[0], result.stdout
+
+
+@pytest.mark.slow
+def test_an_idle_moqrs_session_outlives_its_30s_idle_timeout(hypercorn_ws: Any, certs: Certs) -> None:
+    """moq-rs drops a WebSocket peer silent for 30 s: we answer its QX_PINGs, so an idle session lives on."""
+    server = hypercorn_ws("examples.relay:moq")
+
+    async def run() -> list[str]:
+        async with moqrs(server.url("ws"), certs) as client:
+            await asyncio.sleep(35)  # no MoQ traffic at all: only pings
+            publisher = await dial(server.url("ws"))
+            async with publisher:
+                broadcast = Broadcast("late/cam")
+                track = broadcast.create_track("video")
+                publisher.mux.publish("late/cam", broadcast)
+                announced = await asyncio.wait_for(client.announced_broadcast("late/cam"), TIMEOUT)
+                reader = await announced.subscribe_track("video")
+                track.write_frame(b"still here")
+                group = await asyncio.wait_for(reader.next_group(), TIMEOUT)
+                return [bytes((await asyncio.wait_for(group.read_frame(), TIMEOUT)).payload).decode()]
+
+    assert asyncio.run(run()) == ["still here"]
