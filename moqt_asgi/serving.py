@@ -321,11 +321,11 @@ async def _start_negotiated(connection: Connection, protocol: str | None, versio
                             timeout: float, log: logging.Logger) -> _Start | None:
     """A SETUP exchange on the first bidi stream: lite-01/02 (``moql``) or gomoqt (``moq-00``).
 
-    Setup failures on ``moq-00`` close with gomoqt's session codes, except an
-    IETF ``0x20`` setup, refused in IETF numbering (0x15, version negotiation failed).
+    Setup failures close with moq-rs's scoped codes (as the lite session itself
+    does), on ``moq-00`` with gomoqt's session codes, except an IETF ``0x20``
+    setup, refused in IETF numbering (0x15, version negotiation failed).
     """
-    if protocol == ALPN_GOMOQT:
-        connection.error_codes = GOMOQT_SETUP_CODES
+    connection.error_codes = GOMOQT_SETUP_CODES if protocol == ALPN_GOMOQT else SCOPED_CODES
     async with asyncio.timeout(timeout):
         offer = await read_client_setup(connection, app.limits)
     candidates = setup_versions(versions)

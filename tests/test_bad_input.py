@@ -4,6 +4,12 @@ One side is a raw peer driven byte by byte through the Connection API; the
 other is our server (``serve_connection``) or our client :class:`Session`.
 Each test checks the exact code the raw peer sees and that the process keeps
 serving well-behaved sessions afterwards.
+
+Codes: lite-02 numbers close and stream codes in moq-rs's scoped registries,
+as every lite version does. The raw peer numbers the codes it sends that way
+and reads ours exactly as they arrive (``WIRE``), so the tests expect our
+codes as the registries carry them (``to_session_code``, ``to_stream_code``);
+what our own client raises is still our :class:`ErrorCode`.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from moqt_asgi.protocol.errors import (
 from moqt_asgi.protocol.limits import DEFAULT_LIMITS, Limits
 from moqt_asgi.protocol.lite import LITE_02, Codec, frame_message
 from moqt_asgi.protocol.messages import AnnounceInit, GroupHeader, Subscribe
+from moqt_asgi.protocol.scoped_codes import to_session_code, to_stream_code
 from moqt_asgi.protocol.setup import SetupFraming, decode_client_setup
 from moqt_asgi.protocol.wire import encode_varint
 from moqt_asgi.transport.base import BidiStream, SendStream
@@ -39,6 +46,7 @@ from moqt_asgi.transport.memory import MemoryConnection, memory_pair
 
 from . import helpers
 from .helpers import WAIT, eventually, memory_sessions, read_exact, read_to_end, settle, stop_code, within
+from .test_bad_input_versions import WIRE
 
 
 def h(text: str) -> bytes:
@@ -89,6 +97,10 @@ class Demo:
 
 class RawClient(helpers.RawClient):
     """A raw peer acting as client against our real server, in lite-02's golden bytes."""
+
+    def __init__(self, app: MoQ, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.conn.error_codes = WIRE
 
     async def setup(self) -> BidiStream:
         stream = await self.conn.open_bi()
@@ -149,7 +161,7 @@ async def test_golden_setup_is_answered_byte_for_byte(demo: Demo) -> None:
 async def test_setup_garbage_first_byte(demo: Demo, first: bytes) -> None:
     async with raw_client(demo.app) as peer:
         stream = await peer.open_bi(first + b"garbage")
-        assert await peer.closed_code() == ErrorCode.UNEXPECTED_STREAM
+        assert await peer.closed_code() == to_session_code(ErrorCode.UNEXPECTED_STREAM)
         with pytest.raises(SessionClosed):
             await within(stream.read())
     await demo.assert_still_serving()
@@ -160,7 +172,7 @@ async def test_setup_length_past_the_end(demo: Demo) -> None:
         # Claims 0x41 bytes, sends 10, then FIN.
         stream = await peer.open_bi(CLIENT_SETUP[:13])
         stream.write(b"", end=True)
-        assert await peer.closed_code() == ErrorCode.DECODE
+        assert await peer.closed_code() == to_session_code(ErrorCode.DECODE)
     await demo.assert_still_serving()
 
 
@@ -168,7 +180,7 @@ async def test_setup_body_inconsistent_with_its_length(demo: Demo) -> None:
     async with raw_client(demo.app) as peer:
         # The frame is complete, but the body promises 3 versions and holds one.
         await peer.open_bi(h("20 00 09 03 c0 00 00 00 ff 0d ad 02"))
-        assert await peer.closed_code() == ErrorCode.DECODE
+        assert await peer.closed_code() == to_session_code(ErrorCode.DECODE)
     await demo.assert_still_serving()
 
 
@@ -176,7 +188,7 @@ async def test_setup_too_large_for_limits(no_leaked_tasks: None) -> None:
     demo = Demo(Limits(max_message_size=32))
     async with raw_client(demo.app) as peer:
         await peer.open_bi(CLIENT_SETUP)  # 65-byte body
-        assert await peer.closed_code() == ErrorCode.TOO_LARGE
+        assert await peer.closed_code() == to_session_code(ErrorCode.TOO_LARGE)
     demo.app.limits = DEFAULT_LIMITS  # our own client's setup does not fit in 32 bytes either
     await demo.assert_still_serving()
 
@@ -185,10 +197,11 @@ async def test_setup_no_common_version(demo: Demo) -> None:
     async with raw_client(demo.app) as peer:
         # draft-14 and lite-03 only.
         stream = await peer.open_bi(h("20 00 12 02 c0 00 00 00 ff 00 00 0e c0 00 00 00 ff 0d ad 03 00"))
-        assert await peer.closed_code() == ErrorCode.VERSION
+        assert await peer.closed_code() == to_session_code(ErrorCode.VERSION)
         with pytest.raises((StreamError, SessionClosed)) as info:
             await within(stream.read())
-        assert info.value.code == ErrorCode.VERSION
+        reset = isinstance(info.value, StreamError)
+        assert info.value.code == (to_stream_code if reset else to_session_code)(ErrorCode.VERSION)
     await demo.assert_still_serving()
 
 
@@ -196,7 +209,7 @@ async def test_setup_never_sent(demo: Demo) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with raw_client(demo.app, setup_timeout=0.2) as peer:
-        assert await peer.closed_code() == ErrorCode.TIMEOUT
+        assert await peer.closed_code() == to_session_code(ErrorCode.TIMEOUT)
         assert 0.15 <= loop.time() - started < 1.5
         await within(peer.serving)
     await demo.assert_still_serving()
@@ -205,7 +218,7 @@ async def test_setup_never_sent(demo: Demo) -> None:
 async def test_setup_started_but_never_finished(demo: Demo) -> None:
     async with raw_client(demo.app, setup_timeout=0.2) as peer:
         await peer.open_bi(CLIENT_SETUP[:20])  # no FIN, nothing more
-        assert await peer.closed_code() == ErrorCode.TIMEOUT
+        assert await peer.closed_code() == to_session_code(ErrorCode.TIMEOUT)
     await demo.assert_still_serving()
 
 
@@ -217,7 +230,7 @@ async def test_oversized_control_message(no_leaked_tasks: None) -> None:
         await peer.setup()
         # A SUBSCRIBE claiming 1025 bytes: refused on the length alone.
         await peer.open_bi(h("02") + encode_varint(1025) + b"\x00" * 16)
-        assert await peer.closed_code() == ErrorCode.TOO_LARGE
+        assert await peer.closed_code() == to_session_code(ErrorCode.TOO_LARGE)
     await demo.assert_still_serving()
 
 
@@ -225,7 +238,7 @@ async def test_oversized_control_message_huge_length(demo: Demo) -> None:
     async with raw_client(demo.app) as peer:
         await peer.setup()
         await peer.open_bi(h("02 ff ff ff ff ff ff ff ff"))
-        assert await peer.closed_code() == ErrorCode.TOO_LARGE
+        assert await peer.closed_code() == to_session_code(ErrorCode.TOO_LARGE)
     await demo.assert_still_serving()
 
 
@@ -234,7 +247,7 @@ async def test_unknown_bidi_stream_type(demo: Demo, kind: bytes) -> None:
     async with raw_client(demo.app) as peer:
         await peer.setup()
         await peer.open_bi(kind + b"\x00\x00")
-        assert await peer.closed_code() == ErrorCode.UNEXPECTED_STREAM
+        assert await peer.closed_code() == to_session_code(ErrorCode.UNEXPECTED_STREAM)
     await demo.assert_still_serving()
 
 
@@ -244,7 +257,7 @@ async def test_unknown_uni_stream_type(demo: Demo, kind: bytes) -> None:
         await peer.setup()
         uni = await peer.conn.open_uni()
         uni.write(kind + b"\x00\x00")
-        assert await peer.closed_code() == ErrorCode.UNEXPECTED_STREAM
+        assert await peer.closed_code() == to_session_code(ErrorCode.UNEXPECTED_STREAM)
     await demo.assert_still_serving()
 
 
@@ -252,7 +265,7 @@ async def test_second_session_stream(demo: Demo) -> None:
     async with raw_client(demo.app) as peer:
         await peer.setup()
         await peer.open_bi(h("00 02 00 00"))
-        assert await peer.closed_code() == ErrorCode.UNEXPECTED_STREAM
+        assert await peer.closed_code() == to_session_code(ErrorCode.UNEXPECTED_STREAM)
     await demo.assert_still_serving()
 
 
@@ -260,15 +273,17 @@ async def test_second_compat_setup_stream(demo: Demo) -> None:
     async with raw_client(demo.app) as peer:
         await peer.setup()
         await peer.open_bi(CLIENT_SETUP)  # 0x20 is not a stream type after setup
-        assert await peer.closed_code() == ErrorCode.UNEXPECTED_STREAM
+        assert await peer.closed_code() == to_session_code(ErrorCode.UNEXPECTED_STREAM)
     await demo.assert_still_serving()
 
 
 async def test_session_stream_reset_ends_session(demo: Demo) -> None:
     async with raw_client(demo.app) as peer:
         session_stream = await peer.setup()
+        # The stream registry has no violation code: ours travels as INTERNAL (0x0) and reads back as
+        # TRANSPORT, the code the server closes with (INTERNAL, 0x1, in the session registry).
         session_stream.reset(ErrorCode.PROTOCOL_VIOLATION)
-        assert await peer.closed_code() == ErrorCode.PROTOCOL_VIOLATION
+        assert await peer.closed_code() == to_session_code(ErrorCode.TRANSPORT)
         await within(peer.serving)
     await demo.assert_still_serving()
 
@@ -280,11 +295,11 @@ async def test_duplicate_subscribe_id(demo: Demo) -> None:
         duplicate = await peer.open_bi(subscribe_bytes(0))
         with pytest.raises(StreamError) as info:
             await within(duplicate.read())
-        assert info.value.code == ErrorCode.DUPLICATE
+        assert info.value.code == to_stream_code(ErrorCode.DUPLICATE)
         # The stop makes further writes on the duplicate fail with the same code.
         with pytest.raises(StreamError) as info:
             duplicate.write(b"\x00")
-        assert info.value.code == ErrorCode.DUPLICATE
+        assert info.value.code == to_stream_code(ErrorCode.DUPLICATE)
 
         # The first subscription keeps working, the session stays open.
         demo.seconds.write_frame(b"one")
@@ -310,10 +325,10 @@ async def test_group_for_unknown_subscription(demo: Demo) -> None:
         uni = await peer.conn.open_uni()
         stopped = stop_code(uni)
         uni.write(CODEC.encode_group_header(GroupHeader(5, 0)) + CODEC.encode_frame(b"unsolicited"))
-        assert await within(stopped) == ErrorCode.NOT_FOUND
+        assert await within(stopped) == to_stream_code(ErrorCode.NOT_FOUND)
         with pytest.raises(StreamError) as info:
             uni.write(b"more")
-        assert info.value.code == ErrorCode.NOT_FOUND
+        assert info.value.code == to_stream_code(ErrorCode.NOT_FOUND)
         await settle()
         assert not peer.conn.is_closed
         assert await peer.announced() == ["demo/clock"]
@@ -327,7 +342,7 @@ async def test_subscribe_to_unknown(demo: Demo, broadcast: str, track: str) -> N
         stream = await peer.open_bi(subscribe_bytes(0, broadcast, track))
         with pytest.raises(StreamError) as info:
             await within(stream.read())
-        assert info.value.code == ErrorCode.NOT_FOUND
+        assert info.value.code == to_stream_code(ErrorCode.NOT_FOUND)
         await settle()
         assert not peer.conn.is_closed
         # The id is free again: a valid subscribe with it works.
@@ -340,7 +355,7 @@ async def test_malformed_subscribe_closes_session(demo: Demo) -> None:
         await peer.setup()
         # Body length 3, but the broadcast string claims 10 bytes.
         await peer.open_bi(h("02 03 00 0a 61"))
-        assert await peer.closed_code() == ErrorCode.DECODE
+        assert await peer.closed_code() == to_session_code(ErrorCode.DECODE)
     await demo.assert_still_serving()
 
 
@@ -352,7 +367,7 @@ async def test_subscribe_update_on_lite02_aborts_subscription(demo: Demo) -> Non
         stream.write(h("01 05"))  # SUBSCRIBE_UPDATE priority 5: not part of lite-02
         with pytest.raises(StreamError) as info:
             await within(read_to_end(stream))
-        assert info.value.code == ErrorCode.UNEXPECTED_MESSAGE
+        assert info.value.code == to_stream_code(ErrorCode.UNEXPECTED_MESSAGE)
         await settle()
         assert not peer.conn.is_closed
         await peer.subscribe(1)
@@ -368,7 +383,7 @@ async def test_too_many_subscriptions(no_leaked_tasks: None) -> None:
         third = await peer.open_bi(subscribe_bytes(2))
         with pytest.raises(StreamError) as info:
             await within(third.read())
-        assert info.value.code == ErrorCode.BOUNDS_EXCEEDED
+        assert info.value.code == to_stream_code(ErrorCode.BOUNDS_EXCEEDED)
         # Unsubscribing frees a slot.
         first.write(b"", end=True)
         assert await within(read_to_end(first)) == b""
@@ -384,7 +399,7 @@ async def test_data_after_announce_please_closes_session(demo: Demo) -> None:
         reader = StreamReader(stream)
         assert CODEC.decode_announce_init(await within(reader.read_message(1024))).suffixes == ("demo/clock",)
         stream.write(h("01 00"))  # a second ANNOUNCE_PLEASE
-        assert await peer.closed_code() == ErrorCode.UNEXPECTED_MESSAGE
+        assert await peer.closed_code() == to_session_code(ErrorCode.UNEXPECTED_MESSAGE)
     await demo.assert_still_serving()
 
 
@@ -401,8 +416,8 @@ async def test_stalled_streams_are_reset_with_timeout(demo: Demo) -> None:
         for stream in (silent, typed, partial):
             with pytest.raises(StreamError) as info:
                 await within(stream.read())
-            assert info.value.code == ErrorCode.TIMEOUT
-        assert [await within(stop) for stop in stops] == [ErrorCode.TIMEOUT] * 5
+            assert info.value.code == to_stream_code(ErrorCode.TIMEOUT)
+        assert [await within(stop) for stop in stops] == [to_stream_code(ErrorCode.TIMEOUT)] * 5
         assert not peer.conn.is_closed
         assert await peer.announced() == ["demo/clock"]
     await demo.assert_still_serving()
@@ -415,6 +430,7 @@ class RawServer(helpers.RawServer):
     def __init__(self, limits: Limits) -> None:
         super().__init__(limits.max_stream_buffer)
         self.limits = limits
+        self.conn.error_codes = WIRE
 
     async def connect(self) -> Session:
         dialing = asyncio.ensure_future(client_setup(self.client_conn, self.limits, path="/room"))
@@ -466,7 +482,7 @@ async def test_frame_larger_than_limit(no_leaked_tasks: None) -> None:
         with pytest.raises(ProtocolError) as info:
             await within(group.read_frame())
         assert info.value.code == ErrorCode.TOO_LARGE
-        assert await within(stopped) == ErrorCode.TOO_LARGE
+        assert await within(stopped) == to_stream_code(ErrorCode.TOO_LARGE)
 
         # Other groups are still fine, at and under the limit.
         ok = await server.open_group(track.subscribe_id, 1)
@@ -606,7 +622,7 @@ async def test_slow_subscriber_dropped_groups_are_stopped(no_leaked_tasks: None)
             stops.append(stop_code(uni))
             uni.write(CODEC.encode_frame(b"g%d" % sequence), end=True)
         await eventually(lambda: track.dropped_groups == 4, "groups to be dropped")
-        assert [await within(stop) for stop in stops[:4]] == [ErrorCode.CANCEL] * 4
+        assert [await within(stop) for stop in stops[:4]] == [to_stream_code(ErrorCode.CANCEL)] * 4
         assert not any(stop.done() for stop in stops[4:])
         got = []
         for _ in range(2):
@@ -632,9 +648,9 @@ async def test_receive_buffer_overflow_stops_stream(no_leaked_tasks: None) -> No
                 uni.write(b"x" * 1024)
                 written += 1024
                 await settle(2)
-        assert info.value.code == ErrorCode.TOO_LARGE
+        assert info.value.code == to_stream_code(ErrorCode.TOO_LARGE)
         assert written <= 4096 + 1024
-        assert await within(stopped) == ErrorCode.TOO_LARGE
+        assert await within(stopped) == to_stream_code(ErrorCode.TOO_LARGE)
         assert buffered_bytes(server.client_conn) == 0
         with pytest.raises(StreamError) as info:
             await within(group.read_frame())
@@ -771,10 +787,10 @@ async def test_bad_announce_status_from_publisher(no_leaked_tasks: None) -> None
         assert list(announcements.active) == ["a"]
         stopped = stop_code(stream)
         stream.write(frame_message(h("02 01") + b"b"))  # status 2
-        assert await within(stopped) == ErrorCode.PROTOCOL_VIOLATION
+        assert await within(stopped) == to_stream_code(ErrorCode.PROTOCOL_VIOLATION)
         closed = await within(client.wait_closed())
         assert closed.code == ErrorCode.PROTOCOL_VIOLATION
-        assert (await within(server.conn.wait_closed())).code == ErrorCode.PROTOCOL_VIOLATION
+        assert (await within(server.conn.wait_closed())).code == to_session_code(ErrorCode.PROTOCOL_VIOLATION)
         assert await within(announcements.next()) is not None  # "a" was queued before the error
         with pytest.raises(ProtocolError) as info:
             await within(announcements.next())

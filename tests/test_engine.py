@@ -13,6 +13,7 @@ from moqt_asgi.engine.handshake import client_setup
 from moqt_asgi.protocol.errors import SessionClosed
 from moqt_asgi.protocol.limits import DEFAULT_LIMITS
 from moqt_asgi.protocol.lite import LITE_01, LITE_02
+from moqt_asgi.protocol.scoped_codes import to_session_code, to_stream_code
 from moqt_asgi.protocol.setup import SetupFraming
 from moqt_asgi.protocol.versions import LITE_01_VERSION
 from moqt_asgi.serving import serve_connection
@@ -211,6 +212,12 @@ async def test_legacy_setup_framing_is_accepted() -> None:
     [("/private", ErrorCode.UNAUTHORIZED), ("/missing", ErrorCode.NOT_FOUND), ("/undecided", 64 + 500)],
 )
 async def test_setup_routes_reject_with_codes(path: str, expected_code: int) -> None:
+    """The session stream is reset and the connection closed with the refusal, in moq-rs's registries.
+
+    The client's connection keeps the identity map, so it reads the codes as they travel: a 403 resets
+    with INTERNAL (0x0) and closes with UNAUTHORIZED (0x2), a 404 resets with NOT_FOUND (0x33) and closes
+    with INTERNAL (0x1, the session registry has no "not found"); application codes pass through.
+    """
     app = MoQ()
 
     @app.route("/private")
@@ -225,9 +232,9 @@ async def test_setup_routes_reject_with_codes(path: str, expected_code: int) -> 
     serving = asyncio.ensure_future(serve_connection(app, server_conn, transport="memory"))
     with pytest.raises(SetupRejected) as rejected:
         await client_setup(client_conn, DEFAULT_LIMITS, path=path)
-    assert rejected.value.code == expected_code
+    assert rejected.value.code == to_stream_code(expected_code)
     closed = await within(client_conn.wait_closed())
-    assert closed.code == expected_code
+    assert closed.code == to_session_code(expected_code)
     await within(serving)
 
 

@@ -31,7 +31,6 @@ from aioquic.quic.configuration import QuicConfiguration
 
 from moqt_asgi import Broadcast, MoQ, SubscribeError, TrackWriter, dial
 from moqt_asgi.engine._reader import StreamReader
-from moqt_asgi.protocol.codec import Codec
 from moqt_asgi.protocol.codes import SCOPED_CODES
 from moqt_asgi.protocol.errors import ErrorCode
 from moqt_asgi.protocol.limits import DEFAULT_LIMITS
@@ -465,15 +464,12 @@ async def test_gomoqt_v017_client_is_served_on_lite04(certs: Certs) -> None:
 # -- 3. lite-01/02 error codes as moq-rs 0.5.1 numbers them -------------------------------------------
 #
 # moq-rs 0.5.1 numbers session and stream codes from its scoped registries on lite-01/02 too (and carries
-# stream codes in WebTransport's mapping on native QUIC). Our lite-01/02 sessions still send the flat codes
-# (docs/versions.md, "Known gaps"); this shows that the scoped map, applied to lite-01/02, is understood.
+# stream codes in WebTransport's mapping on native QUIC), and so do our lite-01/02 sessions.
 
 @pytest.mark.interop
 @pytest.mark.parametrize("scheme", ["moql", "https"])
 @pytest.mark.parametrize("version", [LITE_01_VERSION, LITE_02_VERSION], ids=version_id)
-async def test_scoped_codes_on_lite01_02_are_named_by_moqrs(certs: Certs, monkeypatch: pytest.MonkeyPatch,
-                                                            version: Version, scheme: str) -> None:
-    monkeypatch.setattr(Codec, "error_codes", SCOPED_CODES)
+async def test_scoped_codes_on_lite01_02_are_named_by_moqrs(certs: Certs, version: Version, scheme: str) -> None:
     assert version.codec.error_codes is SCOPED_CODES
     app = MoQ(versions=(version,))
     broadcast = Broadcast("v")

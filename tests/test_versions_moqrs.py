@@ -29,7 +29,6 @@ import pytest
 from moqt_asgi import Broadcast, MoQ, SetupRequest, SubscribeError, TrackMux, TrackReader, dial
 from moqt_asgi.engine.session import Session
 from moqt_asgi.protocol.errors import ErrorCode
-from moqt_asgi.protocol.scoped_codes import StreamCode
 from moqt_asgi.protocol.versions import (
     DEFAULT_VERSIONS,
     LITE_01_VERSION,
@@ -38,7 +37,6 @@ from moqt_asgi.protocol.versions import (
     LITE_04_VERSION,
     LITE_05_VERSION,
     LITE_06_VERSION,
-    SETUP_VERSIONS,
     Version,
 )
 from moqt_asgi.relay import Relay
@@ -98,29 +96,21 @@ def check_end(version: Version, left: int, seconds: float) -> None:
 def check_our_refusal(version: Version, code: int) -> None:
     """What our subscriber read when moq-rs refused a track it does not have.
 
-    moq-rs numbers stream codes from its scoped registry on every version (NOT_FOUND = 0x33). We map
-    that registry on lite-03+; lite-01/02 sessions use moq-lite's flat codes (protocol/codes.py), so
-    there the scoped value arrives as it is. This documents a known mismatch: if lite-01/02 move to
-    the scoped map, this and :func:`check_moqrs_refusal` expect NOT_FOUND on every version.
+    moq-rs numbers stream codes from its scoped registry on every version (NOT_FOUND = 0x33), and so
+    do we: the refusal reads as our NOT_FOUND on each of them.
     """
-    assert code == (StreamCode.NOT_FOUND if version in SETUP_VERSIONS else ErrorCode.NOT_FOUND), code
+    assert code == ErrorCode.NOT_FOUND, (version.name, code)
 
 
 def check_moqrs_refusal(version: Version, scheme: str, error: BaseException) -> None:
     """What moq-rs read when we refused a track we do not have.
 
-    On lite-03+ our NOT_FOUND goes out as moq-rs's scoped 0x33 and it reads "not found". On lite-01/02
-    the flat NOT_FOUND (13) goes out, which moq-rs does not know: a protocol error of unknown kind
-    over WebTransport, and on native QUIC (no HTTP/3 mapping on the flat map) a transport error
-    "invalid RESET_STREAM: 13". Either way only that subscription fails.
+    Our NOT_FOUND goes out as moq-rs's scoped 0x33 on every version and over both transports, and it
+    reads "not found"; only that subscription fails.
     """
     detail = moq.protocol_error(error)
-    if version not in SETUP_VERSIONS:
-        assert detail is not None and (detail.code, detail.kind) == (0x33, moq.ProtocolKind.NOT_FOUND), error
-    elif scheme == "https":
-        assert detail is not None and (detail.code, detail.kind) == (13, moq.ProtocolKind.UNKNOWN), error
-    else:
-        assert isinstance(error, moq.Error.Transport) and "RESET_STREAM: 13" in str(error), error
+    assert detail is not None and (detail.code, detail.kind) == (0x33, moq.ProtocolKind.NOT_FOUND), \
+        (version.name, scheme, error)
 
 
 async def produce(track: Any, tag: str, stop: asyncio.Event) -> None:

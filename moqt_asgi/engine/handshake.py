@@ -167,6 +167,7 @@ async def start_client(connection: Connection, limits: Limits, *, protocol: str 
         if fixed not in versions:
             raise ProtocolError(ErrorCode.VERSION, f"server chose {fixed.name}, which we did not offer")
         codec = fixed.new_codec(limits)
+        connection.error_codes = fixed.codec.error_codes  # a refused SETUP is read in the version's codes
         if not fixed.uni_setup:
             return ClientStart(codec)
         await send_lite_setup(connection, codec, LiteSetup(path=path))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .codes import FLAT_CODES, ErrorCodes
+from .codes import SCOPED_CODES, ErrorCodes
 from .errors import ErrorCode, ProtocolError
 from .limits import Limits
 from .lite_wire import (
@@ -75,8 +75,11 @@ class Codec:
     alpn: ClassVar[str | None] = None
     """The ALPN (or WebTransport protocol) that fixes exactly this version, with no SETUP negotiation."""
     features: ClassVar[Features] = LITE_02_FEATURES
-    error_codes: ClassVar[ErrorCodes] = FLAT_CODES
-    """How this dialect numbers reset, stop-sending and close codes on the wire."""
+    error_codes: ClassVar[ErrorCodes] = SCOPED_CODES
+    """How this dialect numbers reset, stop-sending and close codes on the wire.
+
+    moq-rs 0.5.1 numbers every lite version from its scoped registries, lite-01/02 included.
+    """
     bidi_stream_types: ClassVar[frozenset[BidiStreamType]] = bidi_stream_types(LITE_02_FEATURES)
     """The bidi streams a peer may open once the session runs (derived from ``features``)."""
     uni_stream_types: ClassVar[frozenset[UniStreamType]] = uni_stream_types(LITE_02_FEATURES)

@@ -6,9 +6,11 @@ stream resets, stop-sendings and session closes. A transport
 ``error_codes`` map, an :class:`ErrorCodes`, only when it resets, stops or
 closes, never on the per-frame path:
 
-* :data:`FLAT_CODES`: lite-01/02, the codes as they are.
-* :data:`SCOPED_CODES`: lite-03..06, moq-rs 0.5.1's separate session and
-  stream registries (:mod:`.scoped_codes`). On native QUIC moq-rs carries the
+* :data:`FLAT_CODES`: moq-lite's flat codes as they are; a connection's map
+  until its dialect is known (no dialect speaks it any more).
+* :data:`SCOPED_CODES`: every lite version (01..06), moq-rs 0.5.1's separate
+  session and stream registries (:mod:`.scoped_codes`), which it uses on
+  lite-01/02 too. On native QUIC moq-rs carries the
   stream codes in WebTransport's HTTP/3 mapping (:func:`app_to_http`) even
   though no WebTransport is involved (``wt_mapped_on_quic``); session close
   codes go unmapped.
@@ -59,7 +61,7 @@ def clamp_app_code(code: int) -> int:
 
 
 class ErrorCodes:
-    """The identity map: moq-lite's flat codes on the wire (lite-01/02).
+    """The identity map: moq-lite's flat codes on the wire (a connection's default).
 
     ``*_out`` turn one of our :class:`~.errors.ErrorCode` values (or an
     application code) into the wire code; ``*_in`` turn a wire code back.
@@ -74,7 +76,7 @@ class ErrorCodes:
     goaway_timeout: ClassVar[int] = int(ErrorCode.TIMEOUT)
     """The code to close a session with when the peer did not leave after a GOAWAY.
 
-    lite-01/02's flat codes have no such code, so ``TIMEOUT``; the other dialects
+    The flat codes have no such code, so ``TIMEOUT``; the other dialects
     use :data:`~.errors.GOAWAY_TIMEOUT`, which their ``session_out`` maps to ``0x10``.
     """
 
@@ -99,7 +101,7 @@ class ErrorCodes:
 
 
 class ScopedErrorCodes(ErrorCodes):
-    """moq-rs 0.5.1's session and stream registries (lite-03..06).
+    """moq-rs 0.5.1's session and stream registries (every lite version).
 
     Stream codes are the unmapped registry values here; on native QUIC the
     transport also applies :func:`app_to_http` (``wt_mapped_on_quic``), and

@@ -1,8 +1,9 @@
 """Error codes and the exceptions that carry them.
 
 One internal enum (:class:`ErrorCode`) is used everywhere in the engine; the
-numbers are moq-lite's flat code space, which is also what goes on the wire
-for lite versions. Other dialects translate at the edge.
+numbers are moq-lite's flat code space. Each dialect translates them at the
+transport edge (:mod:`.codes`): every lite version to moq-rs's scoped
+registries, gomoqt to its own tables.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ GOAWAY_TIMEOUT = 0x30
 
 An internal value outside :class:`ErrorCode` (below the application range):
 the scoped and gomoqt dialects map it on the way out to their session code
-``0x10`` (GOAWAY_TIMEOUT), and lite-01/02, whose flat codes have none, close
+``0x10`` (GOAWAY_TIMEOUT), and the flat codes, which have none, close
 with ``TIMEOUT`` instead (each :class:`~.codes.ErrorCodes` map says which in
 its ``goaway_timeout``). Read back from the wire it is ``ErrorCode.TIMEOUT``.
 """

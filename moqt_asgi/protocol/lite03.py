@@ -23,7 +23,6 @@ from enum import IntEnum
 from typing import ClassVar
 
 from .codec import Codec
-from .codes import SCOPED_CODES, ErrorCodes
 from .errors import ErrorCode, ProtocolError
 from .lite_wire import (
     MAX_HOPS,
@@ -94,7 +93,6 @@ class Lite03Codec(Codec):
     """The subscribe-stream response types (their names say which is which)."""
     accepts_restart_status: ClassVar[bool] = False
     """lite-05: ANNOUNCE status 2 (restart) is accepted and reads as active."""
-    error_codes: ClassVar[ErrorCodes] = SCOPED_CODES
 
     # -- gone since lite-03
     def encode_session_info(self, msg: SessionInfo) -> bytes:
