@@ -467,3 +467,50 @@ async def test_a_slow_subscriber_costs_bounded_memory() -> None:
                     if latest >= group.sequence - 1:
                         break
         assert latest is not None and latest >= group.sequence - 1
+
+
+async def test_client_ends_at_once_on_a_broken_websocket_frame() -> None:
+    """A server that upgrades, then sends a frame no WebSocket allows: the dial fails now, not at its timeout."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, BytesMessage, Request
+
+    from moqt_asgi.websocket.client import dial_websocket
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        while True:
+            ws.receive_data(await reader.read(65536))
+            requests = [event for event in ws.events() if isinstance(event, Request)]
+            if requests:
+                break
+        writer.write(ws.send(AcceptConnection(subprotocol="qmux-01.moq-lite-05")))
+        writer.write(ws.send(BytesMessage(data=qmux.encode_frame(PARAMS, Framing.QMUX01))))
+        writer.write(b"\x83\x00")  # opcode 3 is reserved
+        await writer.drain()
+        await asyncio.sleep(WAIT)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    started = time.monotonic()
+    try:
+        with pytest.raises(Exception):  # noqa: B017 (the setup fails: how depends on when the frame is read)
+            await within(dial_websocket(f"ws://127.0.0.1:{port}/", setup_timeout=30))
+    finally:
+        server.close()
+    assert time.monotonic() - started < 5
+
+
+async def test_a_pipe_that_fails_ends_the_session() -> None:
+    class Broken(MemoryPipe):
+        async def receive(self) -> bytes | str | None:
+            raise RuntimeError("the server's receive broke")
+
+    client_pipe, _ = memory_pipe_pair()
+    broken = Broken(1024)
+    broken.peer = client_pipe.peer
+    connection = WebSocketConnection(broken, Framing.QMUX01, is_client=False)
+    connection.start()
+    closed = await within(connection.wait_closed())
+    assert "WebSocket closed" in closed.reason
+    await within(connection.finished())

@@ -128,7 +128,7 @@ class WsprotoPipe(MessagePipe):
             if not data:
                 await self._shut()
                 return None
-            self._ws.receive_data(data)
+            self._ws.receive_data(data)  # a broken frame comes out as a CloseConnection event
             self._events.extend(self._ws.events())
 
     async def _shut(self) -> None:

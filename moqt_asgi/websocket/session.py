@@ -553,9 +553,9 @@ class WebSocketConnection(Connection):
                     continue
                 try:
                     message = await self.pipe.receive()
-                except (ConnectionError, OSError) as exc:
+                except Exception as exc:  # the pipe broke: the WebSocket is gone
                     message = None
-                    logger.debug("WebSocket receive failed: %s", exc)
+                    logger.debug("WebSocket receive failed: %r", exc)
                 if message is None:
                     self._terminate(SessionClosed(int(ErrorCode.TRANSPORT), "WebSocket closed", remote=True), None)
                     return
