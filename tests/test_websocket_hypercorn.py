@@ -22,7 +22,7 @@ import moq
 import pytest
 
 from moqt_asgi import Broadcast
-from moqt_asgi.client import dial
+from moqt_asgi.client import Client, dial
 from moqt_asgi.protocol.errors import MoQError
 from moqt_asgi.websocket.client import dial_websocket
 
@@ -269,22 +269,28 @@ def test_https_falls_back_to_websocket_when_quic_does_not_answer(hypercorn_ws: A
     server = hypercorn_ws("examples.clock:moq")
     url = f"https://127.0.0.1:{server.tls}/"  # the TCP port: no QUIC answers there
 
-    async def run() -> tuple[str, type[BaseException] | None]:
+    async def run() -> tuple[str, str, type[BaseException] | None, type[BaseException] | None]:
         session = await dial(url, fingerprint=certs.fingerprint, setup_timeout=TIMEOUT, websocket_delay=0.2)
         async with session:
             transport = type(session.connection).__name__
             reader = await session.subscribe("clock", "seconds")
             assert await asyncio.wait_for(reader.next_group(), TIMEOUT) is not None
-        failure = None
-        try:
-            await dial(url, fingerprint=certs.fingerprint, setup_timeout=2, websocket_fallback=False)
-        except (MoQError, OSError) as exc:
-            failure = type(exc)
-        return transport, failure
+        async with Client(fingerprint=certs.fingerprint, setup_timeout=TIMEOUT) as client:
+            over_ws = await client.dial(server.url("wss"))
+            client_transport = type(over_ws.connection).__name__
+        failures: list[type[BaseException] | None] = []
+        for attempt in (dial(url, fingerprint=certs.fingerprint, setup_timeout=2, websocket_fallback=False),
+                        Client(fingerprint=certs.fingerprint, setup_timeout=2, websocket_fallback=False).dial(url)):
+            try:
+                await attempt
+                failures.append(None)
+            except (MoQError, OSError) as exc:
+                failures.append(type(exc))
+        return transport, client_transport, failures[0], failures[1]
 
-    transport, failure = asyncio.run(run())
-    assert transport == "WebSocketConnection"
-    assert failure is not None  # without the fallback, WebTransport alone fails
+    transport, client_transport, *failures = asyncio.run(run())
+    assert transport == client_transport == "WebSocketConnection"
+    assert None not in failures  # without the fallback, WebTransport alone fails
 
 
 def test_cli_sub_reads_the_clock_over_ws(hypercorn_ws: Any) -> None:
