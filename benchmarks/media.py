@@ -1,6 +1,6 @@
 """Live media: latency from ffmpeg to a subscriber, CPU per published stream, viewers per core.
 
-``python -m benchmarks.media [--seconds 10] [--viewers 1,8] [--size 1280x720]``
+``python -m benchmarks.media [--seconds 10] [--viewers 1,8] [--size 1280x720] [--bitrate 2.5M]``
 
 ffmpeg encodes a live test pattern (``testsrc``, H.264 ultrafast/zerolatency,
 30 fps, GoP 1 s, one fragment per frame). The publisher stamps each video
@@ -62,18 +62,21 @@ STAMPS = "stamps.jsonl"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def ffmpeg_command(size: str, rate: int = 30) -> list[str]:
+def ffmpeg_command(size: str, rate: int = 30, bitrate: str = "") -> list[str]:
+    """ffmpeg's live test pattern; ``bitrate`` (e.g. ``2.5M``) forces a constant bitrate (x264 CBR with filler)."""
+    constant = (["-b:v", bitrate, "-minrate", bitrate, "-maxrate", bitrate, "-bufsize", bitrate, "-x264-params",
+                 "nal-hrd=cbr:force-cfr=1"] if bitrate else [])
     return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", f"testsrc=size={size}:rate={rate}",
             "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-profile:v",
-            "baseline", "-bf", "0", "-g", str(rate), "-an", "-f", "mp4", "-movflags",
+            "baseline", "-bf", "0", "-g", str(rate), *constant, "-an", "-f", "mp4", "-movflags",
             "cmaf+separate_moof+delay_moov+skip_trailer+frag_every_frame", "-"]
 
 
 # -- publishing (in the Hypercorn app, or in a publisher process) ----------------------------------
 
-async def publish_ffmpeg(hang: HangBroadcast, stamps: JsonStreamProducer, size: str) -> None:
+async def publish_ffmpeg(hang: HangBroadcast, stamps: JsonStreamProducer, size: str, bitrate: str = "") -> None:
     """Run ffmpeg and publish its output on ``hang``, stamping each video frame as it is read."""
-    ffmpeg = await asyncio.create_subprocess_exec(*ffmpeg_command(size), stdout=asyncio.subprocess.PIPE,
+    ffmpeg = await asyncio.create_subprocess_exec(*ffmpeg_command(size, bitrate=bitrate), stdout=asyncio.subprocess.PIPE,
                                                   stdin=asyncio.subprocess.DEVNULL)
     assert ffmpeg.stdout is not None
     ingest = Fmp4Ingest(hang)
@@ -95,7 +98,8 @@ async def lifespan(app: MoQ) -> AsyncIterator[None]:
     hang = HangBroadcast(BROADCAST)
     stamps = hang.json_stream(STAMPS)
     app.mux.publish(hang.path, hang.broadcast)
-    task = asyncio.create_task(publish_ffmpeg(hang, stamps, os.environ.get("MOQ_BENCH_SIZE", "1280x720")))
+    task = asyncio.create_task(publish_ffmpeg(hang, stamps, os.environ.get("MOQ_BENCH_SIZE", "1280x720"),
+                                              os.environ.get("MOQ_BENCH_BITRATE", "")))
     try:
         yield
     finally:
@@ -108,18 +112,18 @@ app = MoQ(lifespan=lifespan)
 """``hypercorn benchmarks.media:app``: publishes the benchmark broadcast from ffmpeg."""
 
 
-async def publisher_ours(url: str, fingerprint: str, size: str) -> None:
+async def publisher_ours(url: str, fingerprint: str, size: str, bitrate: str) -> None:
     hang = HangBroadcast(BROADCAST)
     stamps = hang.json_stream(STAMPS)
     mux = TrackMux()
     mux.publish(hang.path, hang.broadcast)
     session = await dial(url, mux=mux, fingerprint=fingerprint)
     async with session:
-        await publish_ffmpeg(hang, stamps, size)
+        await publish_ffmpeg(hang, stamps, size, bitrate)
 
 
-async def publisher_moqrs(url: str, fingerprint: str, size: str) -> None:
-    ffmpeg = await asyncio.create_subprocess_exec(*ffmpeg_command(size), stdout=asyncio.subprocess.PIPE,
+async def publisher_moqrs(url: str, fingerprint: str, size: str, bitrate: str) -> None:
+    ffmpeg = await asyncio.create_subprocess_exec(*ffmpeg_command(size, bitrate=bitrate), stdout=asyncio.subprocess.PIPE,
                                                   stdin=asyncio.subprocess.DEVNULL)
     assert ffmpeg.stdout is not None
     parser = Fmp4Parser()  # only to know which frames a chunk completes, for the stamps
@@ -280,7 +284,7 @@ def wait_port(port: int, child: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while not udp_bound(port):
         if child.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{child.args} did not start")
+            raise RuntimeError(f"{child.args!r} did not start")
         time.sleep(0.05)
 
 
@@ -289,18 +293,21 @@ async def run(args: argparse.Namespace) -> list[Row]:
     counts = [int(v) for v in args.viewers.split(",")]
     with tempfile.TemporaryDirectory() as folder:
         cert, key, fingerprint = write_certificate(Path(folder))
-        env = {"MOQ_BENCH_SIZE": args.size}
-        hypercorn = shutil.which("hypercorn")
-        port = free_port()
-        command = [hypercorn] if hypercorn else [sys.executable, "-m", "hypercorn"]
-        command += ["benchmarks.media:app", "--quic-bind", f"127.0.0.1:{port}", "--bind", "127.0.0.1:0",
-                    "--certfile", str(cert), "--keyfile", str(key)]
-        with process(command, env) as server:
-            wait_port(port, server)
-            for count in counts:
-                rows.append(await measure("hypercorn (app publishes)", f"https://127.0.0.1:{port}/", fingerprint,
-                                          count, args.seconds, server.pid, None))
+        env = {"MOQ_BENCH_SIZE": args.size, "MOQ_BENCH_BITRATE": args.bitrate}
+        if "hypercorn" in args.scenarios:
+            port = free_port()
+            hypercorn = shutil.which("hypercorn")
+            command = [hypercorn] if hypercorn else [sys.executable, "-m", "hypercorn"]
+            command += ["benchmarks.media:app", "--quic-bind", f"127.0.0.1:{port}", "--bind", "127.0.0.1:0",
+                        "--certfile", str(cert), "--keyfile", str(key)]
+            with process(command, env) as server:
+                wait_port(port, server)
+                for count in counts:
+                    rows.append(await measure("hypercorn (app publishes)", f"https://127.0.0.1:{port}/", fingerprint,
+                                              count, args.seconds, server.pid, None))
         for name, mode in (("relay, moqt-asgi publisher", "ours"), ("relay, moq-rs publisher", "moqrs")):
+            if f"relay-{mode}" not in args.scenarios:
+                continue
             port = free_port()
             relay = [sys.executable, "-m", "moqt_asgi", "serve", "examples.relay:moq", "--bind", f"127.0.0.1:{port}",
                      "--certfile", str(cert), "--keyfile", str(key)]
@@ -308,7 +315,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 wait_port(port, server)
                 url = f"moql://127.0.0.1:{port}/"
                 publish = [sys.executable, "-m", "benchmarks.media", "--publish", mode, "--url", url, "--fingerprint",
-                           fingerprint, "--size", args.size]
+                           fingerprint, "--size", args.size, "--bitrate", args.bitrate]
                 with process(publish) as publisher:
                     for count in counts:
                         rows.append(await measure(name, url, fingerprint, count, args.seconds, server.pid,
@@ -339,13 +346,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--viewers", default="1,8", help="viewer counts to measure, comma-separated")
     parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--bitrate", default="", help="force a constant video bitrate, e.g. 2.5M (default: x264's own)")
+    parser.add_argument("--scenarios", default="hypercorn,relay-ours,relay-moqrs",
+                        help="comma-separated: hypercorn, relay-ours, relay-moqrs")
     parser.add_argument("--publish", choices=("ours", "moqrs"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--fingerprint", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.publish:
         runner = publisher_ours if args.publish == "ours" else publisher_moqrs
-        asyncio.run(runner(args.url, args.fingerprint, args.size))
+        asyncio.run(runner(args.url, args.fingerprint, args.size, args.bitrate))
         return
     rows = asyncio.run(run(args))
     print(table(rows, args.size))
