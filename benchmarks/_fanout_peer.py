@@ -45,6 +45,9 @@ HEADER = struct.Struct(">QII")
 BROADCAST = "fanout/live"
 TRACK = "video"
 CONNECT_TIMEOUT = 60.0
+"""Seconds one subscriber has to connect and subscribe once its turn comes."""
+READY_TIMEOUT = 150.0
+"""Seconds all of a load generator's subscribers have; the late ones are reported as never subscribed."""
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,7 @@ class LoadGenerator:
         tasks = [asyncio.ensure_future(self.subscribe(subscriber, gate, event))
                  for subscriber, event in zip(self.subscribers, ready, strict=True)]
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CONNECT_TIMEOUT):
+            async with asyncio.timeout(READY_TIMEOUT):
                 await asyncio.gather(*(event.wait() for event in ready))
         say("ready", self.connected, len(self.subscribers) - self.connected)
         begin, end, grace = await read_window()

@@ -10,8 +10,9 @@ Four kinds, all on 127.0.0.1 with the same certificate:
 * ``moq-rs``: moq-rs's own relay, a ``moq.Server`` whose sessions publish into
   and consume from one ``moq.OriginProducer`` (see ``_fanout_peer.relay``).
 
-Every peer connects from 127.0.0.1, so ``serve`` runs with
-``--max-connections-per-address none``; everything else is the default.
+Every peer connects from 127.0.0.1, so the Python relays run with
+``MOQT_MAX_CONNECTIONS_PER_ADDRESS=none`` (read by ``serve`` and by the
+Hypercorn hooks alike); everything else is the default.
 A server can be pinned to a set of CPU cores (``sched_setaffinity`` in the
 child before it starts, so every thread it makes inherits it).
 """
@@ -36,6 +37,8 @@ HOST = "127.0.0.1"
 APP = "examples.relay:moq"
 START_TIMEOUT = 30.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SERVER_ENVIRONMENT = {"MOQT_MAX_CONNECTIONS_PER_ADDRESS": "none"}
+"""Every peer comes from 127.0.0.1: ``serve`` and the Hypercorn hooks read their connection limits from here."""
 PAGE = 1024
 
 
@@ -236,8 +239,7 @@ def command(kind: ServerKind, certfile: Path, keyfile: Path, port: int) -> list[
     """The command line that serves ``kind`` (``port`` is used by Hypercorn, which cannot report one it chose)."""
     cert = ["--certfile", str(certfile), "--keyfile", str(keyfile)]
     if kind.key in ("serve-quic", "serve-wt"):
-        return [sys.executable, "-m", "moqt_asgi", "serve", APP, "--bind", f"{HOST}:0", *cert,
-                "--max-connections-per-address", "none"]
+        return [sys.executable, "-m", "moqt_asgi", "serve", APP, "--bind", f"{HOST}:0", *cert]
     if kind.key == "hypercorn":
         return [sys.executable, "-m", "hypercorn", APP, "--quic-bind", f"{HOST}:{port}", "--bind",
                 f"{HOST}:{free_tcp_port()}", *cert]
@@ -261,7 +263,7 @@ async def start_server(kind: ServerKind, *, certfile: Path, keyfile: Path, log: 
     port = free_udp_port()
     if kind.key == "moq-rs":
         root = REPOSITORY
-    environment = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"}
+    environment = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1", **SERVER_ENVIRONMENT}
     with open_log(log) as errors:
         process = await asyncio.create_subprocess_exec(
             *command(kind, certfile, keyfile, port), *extra, cwd=root, env=environment,

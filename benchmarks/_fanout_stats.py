@@ -195,7 +195,7 @@ def format_points(points: list[Point]) -> str:
             continue
         notes = []
         if point.connected < point.subscribers:
-            notes.append(f"{point.subscribers - point.connected} never subscribed")
+            notes.append(f"{point.subscribers - point.connected} not subscribed in time")
         notes += point.errors[:2]
         if point.load_cpu > LOAD_SATURATED:
             notes.append("load generators saturated: the figures are a bound")
