@@ -52,7 +52,7 @@ class Point:
     server_wait_s: float = 0.0
     """Seconds over the window the server was runnable but did not get its core (other processes had it)."""
     load_wait: float = 0.0
-    """Share of the window the publisher and load generators spent runnable but waiting for a core (summed)."""
+    """Seconds a second the publisher's and load generators' threads, summed, were runnable but waiting for a core."""
     rss_before: int = 0
     """The server's resident set with only the publisher connected."""
     rss_after: int = 0
@@ -200,7 +200,7 @@ def format_points(points: list[Point]) -> str:
         if point.load_cpu > LOAD_SATURATED:
             notes.append("load generators saturated: the figures are a bound")
         if point.load_wait > 0.1:
-            notes.append(f"load generators waited {point.load_wait * 100:.0f}% for a core")
+            notes.append(f"load generators' threads waited {point.load_wait:.2f} s a second for a core")
         if point.server_drops:
             notes.append(f"server socket dropped {point.server_drops} datagrams")
         if point.udp_drops > point.server_drops:

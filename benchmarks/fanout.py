@@ -101,6 +101,8 @@ LINE_LIMIT = 64 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Settings:
+    """What every point of a run shares: the certificate, the window, the cores, where logs go."""
+
     certfile: Path
     keyfile: Path
     fingerprint: str
