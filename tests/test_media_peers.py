@@ -51,13 +51,14 @@ def tool(name: str) -> str:
 
 def make_clip(path: Path, *, seconds: float = 2, audio: bool = True, movflags: str = "+frag_every_frame+empty_moov"
               "+default_base_moof", video: tuple[str, ...] = ("-c:v", "libx264", "-profile:v", "baseline",
-                                                              "-tune", "zerolatency", "-bf", "0")) -> Path:
+                                                              "-tune", "zerolatency", "-bf", "0"),
+              audio_codec: tuple[str, ...] = ("-c:a", "aac", "-b:a", "64k")) -> Path:
     """A small test-pattern clip (320x180, 30 fps, GoP 30, optional AAC tone) as fragmented MP4."""
     inputs = ["-f", "lavfi", "-i", "testsrc=size=320x180:rate=30"]
     if audio:
         inputs += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
     command = [tool("ffmpeg"), "-hide_banner", "-v", "error", "-y", *inputs, "-t", str(seconds), "-pix_fmt", "yuv420p",
-               *video, "-g", "30", *(["-c:a", "aac", "-b:a", "64k"] if audio else ["-an"]),
+               *video, "-g", "30", *(audio_codec if audio else ("-an",)),
                "-movflags", movflags, "-f", "mp4", str(path)]
     subprocess.run(command, check=True, timeout=120, capture_output=True)
     return path
@@ -424,3 +425,45 @@ def test_publish_reads_ffmpeg_on_stdin(certs: Certs, relay: str, tmp_path: Path)
     assert "0.m4s: video, 45 frames" in record.stdout, record.stdout
     (video,) = ffprobe(out)["streams"]  # type: ignore[misc]
     assert (video["codec_name"], int(video["nb_read_frames"])) == ("h264", 45)  # type: ignore[index]
+
+
+@pytest.mark.interop
+async def test_moqrs_reads_vp9_and_opus(tmp_path: Path, certs: Certs) -> None:
+    """Royalty-free: VP9 video and Opus audio (the Opus description is the OpusHead rebuilt from dOps)."""
+    clip = make_clip(tmp_path / "vp9_opus.mp4", movflags=CMAF_FLAGS,
+                     video=("-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8"),
+                     audio_codec=("-c:a", "libopus", "-b:a", "64k"))
+    data = clip.read_bytes()
+    init, fragments = split(data)
+    expected = input_samples(data)
+    app = MoQ()
+    hang = HangBroadcast("free.hang")
+    app.mux.publish(hang.path, hang.broadcast)
+    ingest = Fmp4Ingest(hang)
+    ingest.feed(init)
+    async with native_server(app, str(certs.cert), str(certs.key)) as server:
+        host, port = server.address
+        async with moqrs_client(f"moql://{host}:{port}/", certs.fingerprint) as client:
+            broadcast = await asyncio.wait_for(client.announced_broadcast("free.hang"), TIMEOUT)
+            catalog = await asyncio.wait_for(broadcast.catalog(), TIMEOUT)
+            video, audio = catalog.video["0.m4s"], catalog.audio["1.m4s"]
+            assert video.codec.startswith("vp09.00.") and (video.coded.width, video.coded.height) == (320, 180)
+            assert (audio.codec, audio.sample_rate, audio.channel_count) == ("opus", 48000, 1)
+            assert audio.description[:8] == b"OpusHead"
+            media = await broadcast.subscribe_media("0.m4s", video, moq.Subscription(max_age_us=30_000_000))
+
+            async def take(count: int) -> list[object]:
+                got = []
+                async for frame in media:
+                    got.append(frame)
+                    if len(got) == count:
+                        break
+                return got
+
+            reading = asyncio.ensure_future(take(len(expected[1])))
+            await eventually(lambda: hang.broadcast.tracks["0.m4s"].subscribers, "moq-rs subscribed")
+            for fragment in fragments:
+                ingest.feed(fragment)
+                await asyncio.sleep(0.002)
+            frames = await asyncio.wait_for(reading, TIMEOUT)
+    assert [(bytes(f.payload), f.timestamp_us, f.keyframe) for f in frames] == expected[1]  # type: ignore[attr-defined]
