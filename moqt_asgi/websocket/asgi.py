@@ -8,7 +8,10 @@
    routes (404 for a path none matches, 403 for a route's origin rule), all
    answered in HTTP before the upgrade: with the ASGI
    ``websocket.http.response`` extension the exact status, otherwise a
-   ``websocket.close`` before the accept (the server answers 403);
+   ``websocket.close`` before the accept (the server answers 403). Each
+   refusal, including the 400s below, is counted in the app's metrics
+   (``moqt_sessions_refused_total``) and logged as WebTransport's are
+   (:func:`~moqt_asgi.metrics.note_refusal`, ``transport=websocket``);
 2. the subprotocol, chosen from the offered ones by our preference
    (:func:`server_subprotocols`: ``qmux-01.moq-lite-05`` first, as moq-relay);
    400 if some were offered and none is ours. Exactly the chosen one is
@@ -36,6 +39,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from ..auth.tokens import Grant
+from ..metrics import note_refusal
 from ..protocol.versions import ALPN_LITE, Version, protocols_for
 from ..routing import Route, origin_allowed
 from ..serving import serve_connection, session_hook
@@ -187,6 +191,7 @@ async def serve_websocket(app: WebSocketApp, scope: Scope, receive: Receive, sen
     path = scope.get("path") or "/"
     query = scope.get("query_string", b"").decode("latin-1")
     status, reason, _ = app.check_access(path, query, origin)
+    label: str | None = None
     if status:
         logger.info("WebSocket session for %r refused (%d): %s", path, status, reason)
     elif app.routes:
@@ -196,16 +201,20 @@ async def serve_websocket(app: WebSocketApp, scope: Scope, receive: Receive, sen
             status = 404
         elif not origin_allowed(route.allow_origins, origin):
             logger.info("WebSocket origin %r not allowed for %s", origin, route.path)
-            status = 403
+            status, reason = 403, "origin not allowed"
     offered = split_subprotocols(scope.get("subprotocols", ()))
     protocol = choose_subprotocol(offered, server_subprotocols(app.versions))
     if not status and offered and protocol is None:
         logger.info("WebSocket client offered no subprotocol we speak: %s", ", ".join(offered))
-        status = 400
+        status, label = 400, "version"
     if not status and protocol is None and ALPN_LITE not in protocols_for(app.versions):
         logger.info("WebSocket client offered no subprotocol, and no SETUP-negotiated version is enabled")
-        status = 400
+        status, label = 400, "version"
+    client: Any = scope.get("client")
+    peer = (str(client[0]), int(client[1])) if client else None
     if status:
+        note_refusal(app, status, reason if status in (401, 403) else "", transport="websocket", path=path,
+                     client=peer, reason=label)
         await refuse(scope, send, status)
         return
     accept: Message = {"type": "websocket.accept"}
@@ -213,8 +222,6 @@ async def serve_websocket(app: WebSocketApp, scope: Scope, receive: Receive, sen
         accept["subprotocol"] = protocol
     await send(accept)
     framing, alpn = parse_subprotocol(protocol)
-    client: Any = scope.get("client")
-    peer = (str(client[0]), int(client[1])) if client else None
     connection = WebSocketConnection(ASGIPipe(receive, send, peer), framing, is_client=False, limits=app.limits,
                                      settings=settings or WebSocketSettings(), peer_address=peer)
     logger.debug("WebSocket session from %s on %r: %s", peer, path, protocol or "(no subprotocol)")
