@@ -276,6 +276,8 @@ async def test_moqrs_reads_our_json_tracks(certs: Certs) -> None:
             listed = json.loads(bytes((await group.read_frame()).payload))["json"]["tracks"]
             assert listed == {"chat.jsonl": {"mode": "stream"}, "status.json": {"mode": "snapshot"},
                               "status.json.z": {"mode": "snapshot", "compression": "deflate"}}
+            deflated_catalog = await broadcast.subscribe_json_snapshot("catalog.json.z", compression=True)
+            assert await asyncio.wait_for(anext(deflated_catalog), TIMEOUT) == hang.catalog.to_json()
             plain = await broadcast.subscribe_json_snapshot("status.json")
             deflated = await broadcast.subscribe_json_snapshot("status.json.z", compression=True)
             log = await broadcast.subscribe_json_stream("chat.jsonl")
