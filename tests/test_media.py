@@ -44,6 +44,8 @@ from moqt_asgi.media.mp4 import (
     Sample,
     build_fragment,
     build_init,
+    full_box,
+    make_box,
     parse_init,
     set_fragment_track,
 )
@@ -288,6 +290,15 @@ def test_fragment_round_trip() -> None:
     (decoded,) = decode_cmaf(frame, 15360)
     assert decoded.payload == b"\x00\x00\x00\x02\x65\x88" and decoded.keyframe
     assert decoded.timestamp_us == (512 * 7 - 256) * 1_000_000 // 15360 and decoded.duration_us == 33333
+
+
+def test_a_moof_cannot_claim_billions_of_samples() -> None:
+    # a trun with no per-sample fields costs nothing per sample on the wire: 2^31 empty samples in 20 bytes
+    trun = full_box("trun", 0, 0, struct.pack(">I", 2**31))
+    traf = make_box("traf", full_box("tfhd", 0, 0x020000, struct.pack(">I", 1)), trun)
+    moof = make_box("moof", full_box("mfhd", 0, 0, struct.pack(">I", 1)), traf)
+    with pytest.raises(ContainerError, match="samples"):
+        decode_cmaf(moof + make_box("mdat"), 1000)
 
 
 def test_parser_bounds_what_it_buffers() -> None:

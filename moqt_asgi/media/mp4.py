@@ -208,6 +208,9 @@ def retrack(track: TrackInit, track_id: int) -> TrackInit:
 
 # -- fragments ------------------------------------------------------------------------------------
 
+MAX_SAMPLES = 4096
+"""Most samples one ``moof`` may describe (a GoP-long fragment of 60 fps video holds a few hundred);
+a ``trun`` without per-sample fields could otherwise claim billions of empty samples."""
 NON_SYNC = 0x00010000
 """``sample_is_non_sync_sample`` in the sample flags: set on every frame that is not a keyframe."""
 KEYFRAME_FLAGS = 0x02000000
@@ -321,6 +324,8 @@ def _parse_trun(trun: bytes, track_id: int, base: int, data_end: int, decode_tim
     per_sample = sum(4 for bit in (0x100, 0x200, 0x400, 0x800) if flags & bit)
     if position + count * per_sample > len(trun):
         raise Mp4Error(f"trun of track {track_id} claims {count} samples but holds fewer")
+    if len(fragment.samples) + count > MAX_SAMPLES:
+        raise Mp4Error(f"a moof with more than {MAX_SAMPLES} samples")
     for index in range(count):
         duration, size = defaults.duration, defaults.size
         sample_flags = first_flags if index == 0 and first_flags is not None else defaults.flags
@@ -392,7 +397,7 @@ def set_fragment_track(fragment: bytes, track_id: int) -> bytes:
 
 
 __all__ = [
-    "DELTA_FLAGS", "FTYP", "KEYFRAME_FLAGS", "NON_SYNC", "Box", "Fragment", "Mp4Error", "Sample", "TrackInit",
+    "DELTA_FLAGS", "FTYP", "KEYFRAME_FLAGS", "MAX_SAMPLES", "NON_SYNC", "Box", "Fragment", "Mp4Error", "Sample", "TrackInit",
     "box_header", "build_fragment", "build_init", "children", "full_box", "iter_boxes", "make_box", "parse_init",
     "parse_moof", "parse_moov", "retrack", "set_fragment_track", "trex_defaults",
 ]
