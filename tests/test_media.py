@@ -36,7 +36,7 @@ from moqt_asgi.media import (
 )
 from moqt_asgi.media.container import ContainerError, decode_varint, encode_varint
 from moqt_asgi.media.ingest import Fmp4Ingest, Fmp4Parser
-from moqt_asgi.media.jsontracks import Deflater, Inflater, JsonSnapshotProducer, JsonStreamProducer
+from moqt_asgi.media.jsontracks import Deflater, Inflater, JsonSnapshotProducer, JsonStreamProducer, JsonTrackError
 from moqt_asgi.media.mp4 import (
     DELTA_FLAGS,
     KEYFRAME_FLAGS,
@@ -266,6 +266,15 @@ def test_deflate_frames_golden() -> None:
     assert [decoder.frame(f) for f in ours] == [{"state": "live", "tags": ["a"], "viewers": 1},
                                                {"state": "live", "tags": ["a"], "viewers": 2}]
     assert not any(frame.endswith(b"\x00\x00\xff\xff") for frame in ours)
+
+
+def test_json_frames_that_nest_too_deeply_are_errors() -> None:
+    decoder = SnapshotDecoder()
+    decoder.start_group()
+    with pytest.raises(JsonTrackError):
+        decoder.frame(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(JsonTrackError):
+        StreamDecoder().frame(b'{"a":' * 100_000 + b"1" + b"}" * 100_000)
 
 
 def test_stream_producer_one_group_per_log() -> None:

@@ -109,6 +109,8 @@ def _loads(data: bytes) -> Json:
         return json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise JsonTrackError(f"frame is not JSON: {exc}") from None
+    except RecursionError:
+        raise JsonTrackError("frame nests too deeply") from None
 
 
 class JsonSnapshotProducer:
@@ -216,7 +218,10 @@ class SnapshotDecoder:
         """The value after this frame (frame 0 of a group replaces, later frames patch)."""
         data = self._inflater.frame(payload) if self._inflater is not None else payload
         decoded = _loads(data)
-        self.value = merge_patch(self.value, decoded) if self._in_group else decoded
+        try:
+            self.value = merge_patch(self.value, decoded) if self._in_group else decoded
+        except RecursionError:
+            raise JsonTrackError("patch nests too deeply") from None
         self._in_group = True
         return self.value
 
