@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 DEFAULT_CACHED_GROUPS = 2
 DEFAULT_MAX_GROUP_BYTES = 64 * 1024 * 1024
 
+EVICTED = "evicted: the subscriber fell too far behind"
+"""The cancel message :func:`serve_producer` gives a group's delivery when it abandons it for a newer one."""
+
 FetchedGroup = list[tuple[bytes, int | None]]
 """The frames of one group as FETCH serves them: ``(payload, timestamp)`` each."""
 
@@ -166,18 +169,26 @@ class TrackProducer:
     """The publishing side of one track: append groups, write frames.
 
     The newest ``cached_groups`` groups are kept: late subscribers may start
-    from any of them, and finished ones answer FETCH. ``priority``,
-    ``max_latency_ms`` and ``timescale`` are what TRACK_INFO (lite-05+) reports.
+    from any of them, and finished ones answer FETCH. What TRACK_INFO
+    (lite-05+) reports: ``priority``; ``max_latency_ms``, the retention (how
+    long a group is kept once a newer one exists; ``0`` means no limit and is
+    sent as ``2**53 - 1``); ``latest_only``, the newest group only (sent as a
+    retention of ``0``; ``max_latency_ms`` must then be ``0``); and
+    ``timescale``, timestamp units per second.
     """
 
     def __init__(self, name: str, *, priority: int = 0, cached_groups: int = DEFAULT_CACHED_GROUPS,
                  max_group_bytes: int = DEFAULT_MAX_GROUP_BYTES, max_latency_ms: int = 0,
-                 timescale: int = DEFAULT_TIMESCALE, budget: ByteBudget | None = None) -> None:
+                 timescale: int = DEFAULT_TIMESCALE, budget: ByteBudget | None = None,
+                 latest_only: bool = False) -> None:
         if timescale <= 0:
             raise ValueError(f"timescale must be positive, got {timescale}")
+        if latest_only and max_latency_ms:
+            raise ValueError(f"latest_only keeps no retention, got max_latency_ms={max_latency_ms}")
         self.name = name
         self.priority = priority
         self.max_latency_ms = max_latency_ms
+        self.latest_only = latest_only
         self.timescale = timescale
         self._groups: deque[GroupProducer] = deque(maxlen=max(1, cached_groups))
         self._next_sequence = 0
@@ -219,7 +230,8 @@ class TrackProducer:
 
     def info(self) -> TrackInfo:
         """This track's TRACK_INFO."""
-        return TrackInfo(priority=self.priority, max_latency_ms=self.max_latency_ms, timescale=self.timescale)
+        return TrackInfo(priority=self.priority, max_latency_ms=self.max_latency_ms, timescale=self.timescale,
+                         latest_only=self.latest_only)
 
     def create_group(self, sequence: int) -> GroupProducer:
         """Start group ``sequence``; later appends continue after it."""
@@ -390,7 +402,7 @@ async def serve_producer(producer: TrackProducer, writer: TrackWriter, *, max_gr
                 while in_flight and in_flight[0].done():
                     in_flight.popleft()
                 while len(in_flight) > limit:
-                    in_flight.popleft().cancel()
+                    in_flight.popleft().cancel(EVICTED)
     except* StreamError as group:
         failure = next(e.code for e in group.exceptions if isinstance(e, StreamError))
     finally:
@@ -402,6 +414,12 @@ async def serve_producer(producer: TrackProducer, writer: TrackWriter, *, max_gr
 
 
 async def _send_group(group: GroupProducer, writer: TrackWriter) -> None:
+    """Send ``group`` to one subscriber; :func:`serve_producer` cancels it with :data:`EVICTED` when it falls behind.
+
+    An evicted group is reset with ``OLD`` (and counted among the session's
+    dropped groups); a delivery cancelled for any other reason (the
+    subscriber left, the track or the session ended) with ``CANCEL``.
+    """
     try:
         out = await writer.open_group(group.sequence)
     except SessionClosed:
@@ -409,6 +427,10 @@ async def _send_group(group: GroupProducer, writer: TrackWriter) -> None:
     except MoQError:
         if writer.closed:
             return  # the engine ended the track meanwhile (the subscriber left, or broke the protocol)
+        raise
+    except asyncio.CancelledError as exc:
+        if exc.args == (EVICTED,):  # evicted before its header went out (open_group has reset its stream)
+            writer.session.groups_dropped += 1
         raise
     try:
         have = 0
@@ -418,8 +440,8 @@ async def _send_group(group: GroupProducer, writer: TrackWriter) -> None:
             for frame, timestamp in zip(frames, timestamps, strict=True):
                 await out.write_frame(frame, timestamp)
         await out.close()
-    except asyncio.CancelledError:
-        out.abort(ErrorCode.OLD)
+    except asyncio.CancelledError as exc:
+        out.abort(ErrorCode.OLD if exc.args == (EVICTED,) else ErrorCode.CANCEL)
         raise
     except StreamError as exc:
         out.abort(exc.code)
@@ -445,11 +467,18 @@ class Broadcast:
         """Most tracks ``on_missing_track`` may create (ended ones are forgotten first)."""
 
     def create_track(self, name: str, *, priority: int = 0, cached_groups: int = DEFAULT_CACHED_GROUPS,
-                     max_latency_ms: int = 0, timescale: int = DEFAULT_TIMESCALE) -> TrackProducer:
+                     max_latency_ms: int = 0, timescale: int = DEFAULT_TIMESCALE,
+                     latest_only: bool = False) -> TrackProducer:
+        """A new track ``name`` (see :class:`TrackProducer` for what each argument means).
+
+        ``max_latency_ms`` is the retention TRACK_INFO reports: ``0`` means no
+        limit (sent as ``2**53 - 1``); ``latest_only`` reports that only the
+        newest group is kept.
+        """
         if name in self._tracks and not self._tracks[name].done:
             raise MoQError(f"track {name!r} already exists in broadcast {self.path!r}")
         track = TrackProducer(name, priority=priority, cached_groups=cached_groups, max_latency_ms=max_latency_ms,
-                              timescale=timescale)
+                              timescale=timescale, latest_only=latest_only)
         self._tracks[name] = track
         return track
 

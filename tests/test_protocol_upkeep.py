@@ -293,6 +293,20 @@ async def test_plain_handler_reports_no_limit() -> None:
         assert await within(read_to_end(stream)) == h("0b 00") + NO_LIMIT + h("43 e8")
 
 
+async def test_producer_reports_latest_only() -> None:
+    """``create_track(latest_only=True)``: TRACK_INFO says the newest group only, a retention of 0 on the wire."""
+    app = upkeep_app(LITE_06_VERSION)
+    broadcast = Broadcast("newest")
+    track = broadcast.create_track("t", priority=3, latest_only=True)
+    app.mux.publish("newest", broadcast)
+    assert track.info() == TrackInfo(3, 0, 1000, latest_only=True)
+    async with raw_subscriber(app, LITE_06_VERSION) as peer:
+        stream = await peer.open_bi(encode_varint(LiteBidi.TRACK) + L06.encode_track_request(TrackRequest("newest", "t")))
+        assert await within(read_to_end(stream)) == h("04 03 00 43 e8")
+    with pytest.raises(ValueError):
+        broadcast.create_track("u", max_latency_ms=250, latest_only=True)
+
+
 class LatestOnly:
     """A track handler that declares it keeps only its latest group."""
 
@@ -310,6 +324,7 @@ async def test_moqrs_reads_our_retention(certs: Certs, version: Version) -> None
     broadcast = Broadcast("b")
     broadcast.create_track("default")
     broadcast.create_track("quarter", max_latency_ms=250)
+    broadcast.create_track("newest", latest_only=True)
     app.mux.publish("b", broadcast)
     app.mux.publish("latest", LatestOnly())
     async with native_server(app, str(certs.cert), str(certs.key)) as server, \
@@ -317,6 +332,7 @@ async def test_moqrs_reads_our_retention(certs: Certs, version: Version) -> None
         announced = await asyncio.wait_for(client.announced_broadcast("b"), WAIT)
         assert (await announced.subscribe_track("default")).info().max_age_us == UNLIMITED_MAX_LATENCY_MS * 1000
         assert (await announced.subscribe_track("quarter")).info().max_age_us == 250_000
+        assert (await announced.subscribe_track("newest")).info().max_age_us == 0
         latest = await asyncio.wait_for(client.announced_broadcast("latest"), WAIT)
         assert (await latest.subscribe_track("t")).info().max_age_us == 0
 

@@ -111,6 +111,17 @@ class SessionCore:
         """Announce requests of the peer's being served (at most ``limits.max_announce_streams``)."""
         self.assembling = 0
         """Bytes of frames being read (declared sizes; at most ``limits.max_assembling_bytes``)."""
+        self.frames_sent = 0
+        """Frames handed to the transport for the peer's subscriptions and fetches (skipped groups not counted)."""
+        self.frames_received = 0
+        """Frames read whole from the peer's groups and fetch replies."""
+        self.bytes_sent = 0
+        """Payload bytes of :attr:`frames_sent` (frame headers not counted)."""
+        self.bytes_received = 0
+        """Payload bytes of :attr:`frames_received`."""
+        self.groups_dropped = 0
+        """Groups given up for a slow subscriber: reset with ``OLD`` here as publisher, or left unread in our
+        subscriptions' queues."""
         self.close_reason: SessionClosed | None = None
         self.closed_event = asyncio.Event()
         self.goaway_uri: str | None = None

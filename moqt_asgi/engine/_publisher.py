@@ -312,6 +312,8 @@ async def _send_fetched(core: SessionCore, stream: BidiStream, frames: FetchResu
         else:
             header = codec.encode_frame_header(len(payload))
         await scheduler.send(stream, header, payload, end=index == last, priority=priority, sequence=group)
+        core.frames_sent += 1
+        core.bytes_sent += len(payload)
     if not frames:
         stream.write(b"", end=True)
 

@@ -90,7 +90,7 @@ async def abandon_after(task: asyncio.Future[Any], timeout: float, what: str, lo
 
 @dataclass(frozen=True, slots=True)
 class SessionStats:
-    """A snapshot of what a session holds (see :meth:`Session.stats`)."""
+    """A snapshot of what a session holds, and its traffic totals so far (see :meth:`Session.stats`)."""
 
     served: int
     """The peer's subscriptions we serve (at most ``Limits.max_subscriptions``)."""
@@ -106,6 +106,17 @@ class SessionStats:
     """Writes waiting for their turn in the send scheduler (one at most per group or reply)."""
     tasks: int
     """Tasks running in the session's TaskGroup."""
+    frames_sent: int
+    """Frames sent so far (groups and fetch replies; frames of skipped groups not counted)."""
+    frames_received: int
+    """Frames received whole so far (groups and fetch replies)."""
+    bytes_sent: int
+    """Payload bytes of :attr:`frames_sent` (frame headers not counted)."""
+    bytes_received: int
+    """Payload bytes of :attr:`frames_received`."""
+    groups_dropped: int
+    """Groups given up for a slow subscriber so far: ours reset with ``OLD`` as publisher, and the peer's
+    dropped unread from our subscriptions' queues."""
 
 
 class Session:
@@ -217,7 +228,10 @@ class Session:
         core = self._core
         return SessionStats(served=len(core.published), subscribed=len(core.subscriptions), fetches=core.fetches,
                             announce_streams=core.announce_streams, assembling_bytes=core.assembling,
-                            queued_writes=core.scheduler.queued, tasks=len(core.tasks))
+                            queued_writes=core.scheduler.queued, tasks=len(core.tasks),
+                            frames_sent=core.frames_sent, frames_received=core.frames_received,
+                            bytes_sent=core.bytes_sent, bytes_received=core.bytes_received,
+                            groups_dropped=core.groups_dropped)
 
     @property
     def idle(self) -> bool:
@@ -484,7 +498,11 @@ class Session:
                           priority: int = 0) -> list[tuple[bytes, int | None]]:
         """Like :meth:`fetch`, each frame with its timestamp (lite-05+; ``None`` before)."""
         await self._ready()
-        return await subscriber.fetch_timed(self._core, broadcast, track, group, priority=priority)
+        core = self._core
+        frames = await subscriber.fetch_timed(core, broadcast, track, group, priority=priority)
+        core.frames_received += len(frames)
+        core.bytes_received += sum(len(payload) for payload, _ in frames)
+        return frames
 
     async def track_info(self, broadcast: str, track: str) -> TrackInfo:
         """The publisher's TRACK_INFO (priority, max latency, timescale; lite-05+)."""

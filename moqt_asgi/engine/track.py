@@ -41,6 +41,12 @@ class TrackContext(Protocol):
     log: logging.Logger
     scheduler: SendScheduler
     timeout: float
+    frames_sent: int
+    frames_received: int
+    bytes_sent: int
+    bytes_received: int
+    groups_dropped: int
+    """Traffic totals (plain ints, bumped in place on the per-frame path)."""
 
     def take_frame_room(self, size: int) -> bool: ...
 
@@ -118,14 +124,18 @@ class GroupWriter:
         ``timestamp`` (lite-05+, in the track's timescale) defaults to the wall
         clock; older versions carry no timestamps and ignore it.
         """
-        codec = self.track.session.codec
+        session = self.track.session
+        codec = session.codec
         if self._clock is None:
-            await self._send(codec.encode_frame_header(len(payload)), body=payload)
-            return
-        if timestamp is None:
-            timestamp = int(time.time() * self.track.timescale)
-        header = codec.encode_timed_frame_header(len(payload), self._clock, timestamp)
+            header = codec.encode_frame_header(len(payload))
+        else:
+            if timestamp is None:
+                timestamp = int(time.time() * self.track.timescale)
+            header = codec.encode_timed_frame_header(len(payload), self._clock, timestamp)
         await self._send(header, body=payload)
+        if not self.skipped:
+            session.frames_sent += 1
+            session.bytes_sent += len(payload)
 
     def close(self) -> asyncio.Future[None]:
         """End the group cleanly (FIN), now; returns an awaitable (already complete).
@@ -149,6 +159,8 @@ class GroupWriter:
         """Abandon the group (reset)."""
         if not self._done:
             self._done = True
+            if code == ErrorCode.OLD:
+                self.track.session.groups_dropped += 1
             assert self._stream is not None
             self._stream.reset(code)
             self.track._groups.discard(self)
@@ -245,7 +257,11 @@ class TrackWriter:
         group = GroupWriter(self, stream, sequence)
         self._groups.add(group)
         header = self.session.codec.encode_group_header(GroupHeader(self.subscribe_id, sequence))
-        await group._send(header)
+        try:
+            await group._send(header)
+        except BaseException:
+            group.abort(ErrorCode.CANCEL)  # cancelled while the header waited its turn: nobody else would end it
+            raise
         return group
 
     def _group_closed(self, group: GroupWriter) -> None:
@@ -353,9 +369,12 @@ class GroupReader:
                 raise StreamError(ErrorCode.TOO_LARGE, f"group {self.sequence}: no room to assemble a frame of {size} "
                                   f"bytes ({session.limits.max_assembling_bytes} in all per session)")
             try:
-                return await reader.read_exact(size)
+                frame = await reader.read_exact(size)
             finally:
                 session.give_frame_room(size)
+            session.frames_received += 1
+            session.bytes_received += size
+            return frame
         except ProtocolError as exc:
             self._reader.stream.stop(exc.code)
             raise
@@ -431,6 +450,7 @@ class TrackReader:
         while len(self._queue) > self.session.limits.max_queued_groups:
             self._queue.popleft().stop(ErrorCode.CANCEL)
             self.dropped_groups += 1
+            self.session.groups_dropped += 1
         self._wake()
 
     def end(self, error: BaseException | None = None) -> None:

@@ -22,6 +22,7 @@ from moqt_asgi.protocol.lite03 import MAX_URI_LENGTH
 from moqt_asgi.protocol.lite05 import SetupParam
 from moqt_asgi.protocol.lite_wire import MAX_DATAGRAM_BODY, MAX_HOPS, HopEncoding
 from moqt_asgi.protocol.messages import (
+    UNLIMITED_MAX_LATENCY_MS,
     Announce,
     AnnounceEnd,
     AnnounceInit,
@@ -303,8 +304,12 @@ def _goaway(ctx: _Context) -> st.SearchStrategy[Any]:
 
 
 def _track_info(ctx: _Context) -> st.SearchStrategy[Any]:
+    """A retention in milliseconds (0: no limit, which travels as 2**53 - 1), or the latest group only."""
     ordered = st.booleans() if ctx.codec.track_info_has_ordered else st.just(False)
-    return st.builds(TrackInfo, priorities(), varints(), st.integers(1, MAX_VARINT), ordered)
+    timescale = st.integers(1, MAX_VARINT)
+    retention = varints().filter(lambda ms: ms != UNLIMITED_MAX_LATENCY_MS)  # that value reads back as 0
+    return (st.builds(TrackInfo, priorities(), retention, timescale, ordered)
+            | st.builds(TrackInfo, priorities(), st.just(0), timescale, ordered, latest_only=st.just(True)))
 
 
 def _lite_setup(ctx: _Context) -> st.SearchStrategy[Any]:

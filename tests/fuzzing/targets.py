@@ -260,7 +260,7 @@ def _frames_decoder(version: Version) -> Decode:
     async def decode(limits: Limits, stream: ByteStream) -> Decoded:
         timestamps = features_of(version.codec).frame_timestamps
         session = SimpleNamespace(codec=codec_for(version, limits), limits=limits, take_frame_room=lambda size: True,
-                                  give_frame_room=lambda size: None)
+                                  give_frame_room=lambda size: None, frames_received=0, bytes_received=0)
         track = SimpleNamespace(_timestamps=timestamps, session=session)
         reader = StreamReader(stream)
         group = GroupReader(cast(Any, track), reader, 0)
