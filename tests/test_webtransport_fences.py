@@ -101,6 +101,27 @@ def test_hypercorn_check_names_a_changed_application_call(monkeypatch: pytest.Mo
         hypercorn_patch.check_compatible()
 
 
+def test_hypercorn_check_names_a_websocket_stream_that_builds_its_scope_elsewhere(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import hypercorn.protocol.ws_stream as hc_ws_stream
+
+    async def handle(self: Any, event: Any) -> None:  # a Hypercorn whose WSStream hands the app a scope it never stores
+        self.app_put = await self.task_group.spawn_app(self.app, self.config, {"type": "websocket"}, self.app_send)
+
+    monkeypatch.setattr(hc_ws_stream.WSStream, "handle", handle)
+    with pytest.raises(hypercorn_patch.IncompatibleHypercorn, match=r"WSStream\.scope \(in handle\)"):
+        hypercorn_patch.check_compatible()
+
+
+def test_hypercorn_check_names_a_websocket_scope_defined_on_the_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hypercorn.protocol.ws_stream as hc_ws_stream
+
+    hypercorn_patch.check_compatible()  # H10's own descriptor is expected there
+    monkeypatch.setattr(hc_ws_stream.WSStream, "scope", property(lambda self: {}))
+    with pytest.raises(hypercorn_patch.IncompatibleHypercorn, match=r"WSStream\.scope"):
+        hypercorn_patch.check_compatible()
+
+
 def test_hypercorn_check_covers_aioquic(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(h3_connection.H3Connection, "_receive_stream_reset")
     with pytest.raises(hypercorn_patch.IncompatibleHypercorn, match=r"H3Connection\._receive_stream_reset"):

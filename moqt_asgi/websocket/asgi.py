@@ -23,7 +23,9 @@
 
 A server that can say when it is stopping offers the ``moqt.shutdown``
 extension: ``scope["extensions"]["moqt.shutdown"]["on_shutdown"](callback)``
-registers ``callback(seconds_left)`` to be called once when it stops. The
+registers ``callback(seconds_left)`` to be called once when it stops; if
+``register`` returns a callable, it is called when the session has ended (to
+withdraw the registration). The
 session is then stopped as on WebTransport (:func:`~moqt_asgi.stopping.stop_on_shutdown`:
 GOAWAY on lite-04+, a close once idle on older versions, the GOAWAY-timeout
 close at the deadline). ASGI itself has no such signal: without the
@@ -227,14 +229,15 @@ async def serve_websocket(app: WebSocketApp, scope: Scope, receive: Receive, sen
     logger.debug("WebSocket session from %s on %r: %s", peer, path, protocol or "(no subprotocol)")
     connection.start()
     shutdown = scope.get("extensions", {}).get("moqt.shutdown") or {}
-    if callable(shutdown.get("on_shutdown")):
-        shutdown["on_shutdown"](connection.request_shutdown)
+    withdraw = shutdown["on_shutdown"](connection.request_shutdown) if callable(shutdown.get("on_shutdown")) else None
     target = f"{path}?{query}" if query else path
     stopper = stop_on_shutdown(connection.on_shutdown, uri=app.goaway_uri, then=session_hook.get())
     try:
         await serve_connection(app, connection, transport="websocket", target=target, headers=headers,
                                protocol=None if alpn == ALPN_LITE else alpn, on_session=stopper)
     finally:
+        if callable(withdraw):
+            withdraw()
         connection.close(0)
         await finish(connection)
 

@@ -61,6 +61,16 @@ H9  ``QuicProtocol.__init__`` (with H3): the certificate the QUIC listener
     :class:`~moqt_asgi.MoQ`, which serves it at ``/certificate.sha256``);
     when that object's ``metrics`` has ``watch_admission``, the listener's
     connection counters go to it too.
+H10 ``hypercorn.protocol.ws_stream.WSStream.scope`` (a descriptor; Hypercorn's
+    code is untouched): the ``websocket`` scope Hypercorn builds for an
+    upgrade (HTTP/1.1, HTTP/2 or HTTP/3) gains the ``moqt.shutdown``
+    extension, ``{"on_shutdown": register}``, before the application is
+    spawned. ``register(callback)`` starts a task that waits for the worker
+    to stop, then calls ``callback(shutdown_grace(graceful_timeout))`` (a
+    MoQ app sends GOAWAY, and closes what is left at that deadline, before
+    Hypercorn cancels the connection); it returns a function that cancels
+    that task (a session calls it when it ends). asyncio and uvloop workers
+    only (under trio the scope is left as Hypercorn built it).
 
 The QUIC settings (receive windows, connection caps, Retry, handshake
 deadline, WebTransport sessions per connection, HTTP/3 header deadline) are
@@ -120,6 +130,7 @@ import hypercorn.asyncio.worker_context as hc_worker_context
 import hypercorn.config as hc_config
 import hypercorn.protocol.h3 as hc_h3
 import hypercorn.protocol.quic as hc_quic
+import hypercorn.protocol.ws_stream as hc_ws_stream
 from aioquic.h3.events import HeadersReceived
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated
@@ -371,6 +382,50 @@ def _call_soon(func: Callable[..., Any], *args: Any) -> Any:
     raise RuntimeError("call_soon is only available to WSGI applications")
 
 
+# -- H10
+_WEBSOCKET_WATCHES: set[asyncio.Task[None]] = set()
+
+
+def websocket_shutdown(context: Any, config: Any) -> dict[str, Callable[..., Any]]:
+    """The ``moqt.shutdown`` extension of a WebSocket scope served by the worker of ``context`` (H10).
+
+    ``register(callback)`` returns a function that withdraws the registration.
+    """
+    def register(callback: Callable[[float], object]) -> Callable[[], object]:
+        task = asyncio.get_running_loop().create_task(_tell_when_stopping(context, config, callback))
+        _WEBSOCKET_WATCHES.add(task)
+        task.add_done_callback(_WEBSOCKET_WATCHES.discard)
+        return task.cancel
+
+    return {"on_shutdown": register}
+
+
+async def _tell_when_stopping(context: Any, config: Any, callback: Callable[[float], object]) -> None:
+    await context.terminated.wait()
+    try:
+        callback(shutdown_grace(float(config.graceful_timeout)))
+    except Exception:
+        logger.exception("telling a WebSocket session that the server stops failed")
+
+
+class _WebSocketScope:
+    """H10: ``WSStream.scope``; the scope Hypercorn builds gains ``moqt.shutdown`` as it is stored."""
+
+    def __get__(self, stream: Any, owner: type | None = None) -> Any:
+        if stream is None:
+            return self
+        try:
+            return stream.__dict__["scope"]
+        except KeyError:
+            raise AttributeError("scope") from None
+
+    def __set__(self, stream: Any, scope: Any) -> None:
+        extensions = scope.get("extensions") if isinstance(scope, dict) else None
+        if isinstance(extensions, dict) and _asyncio_running():
+            extensions.setdefault("moqt.shutdown", websocket_shutdown(stream.context, stream.config))
+        stream.__dict__["scope"] = scope
+
+
 # -- H3, H4, H6, H7, H8 (wrappers) and installation
 _ORIGINALS: dict[str, Any] = {}
 _applied = False
@@ -486,7 +541,8 @@ def _version(distribution: str, module: object) -> str:
 
 # -- the fence: every Hypercorn name the patch relies on, checked before anything is patched
 _MODULES = {"h3": hc_h3, "quic": hc_quic, "udp_server": hc_udp_server, "worker_context": hc_worker_context,
-            "config": hc_config, "app_wrappers": hc_app_wrappers, "task_group": hc_task_group}
+            "config": hc_config, "app_wrappers": hc_app_wrappers, "task_group": hc_task_group,
+            "ws_stream": hc_ws_stream}
 _REQUIRED = (
     "h3.H3Connection", "h3.H3Protocol.handle", "quic.H3Protocol", "quic.QuicConnection", "quic._Connection",
     "quic.QuicProtocol.send_all", "quic.QuicProtocol._handle_events", "quic.QuicProtocol.handle",
@@ -495,6 +551,7 @@ _REQUIRED = (
     "worker_context.AsyncioSingleTask", "worker_context.WorkerContext.mark_request", "worker_context.WorkerContext.time",
     "config.Config.response_headers", "config.Config.root_path", "config.Config.graceful_timeout",
     "config.Config.workers", "app_wrappers.ASGIWrapper.__call__", "task_group.TaskGroup.spawn",
+    "ws_stream.WSStream.handle",
 )
 _CODE_NAMES = (
     # the attributes each method sets or reads, from its code (making instances needs a running server)
@@ -507,6 +564,8 @@ _CODE_NAMES = (
     ("udp_server.UDPServer.__init__", ("context", "protocol_queue", "transport")),
     ("udp_server.UDPServer.run", ("protocol",)),
     ("worker_context.WorkerContext.__init__", ("terminated",)),
+    ("ws_stream.WSStream.__init__", ("config", "context")),  # H10 reads them from the stream
+    ("ws_stream.WSStream.handle", ("scope", "spawn_app")),  # H10: the scope is stored, then the app spawned
 )
 _CONNECTION_FIELDS = ("cids", "quic", "task", "h3")
 """Fields of Hypercorn's per-connection record (``hypercorn.protocol.quic._Connection``)."""
@@ -571,6 +630,9 @@ def check_compatible(*, versions: bool = True) -> None:
         parameters = tuple(inspect.signature(call).parameters)[1:]
         if parameters != _APP_CALL:
             missing.append(f"{label}{_APP_CALL} (found {parameters})")
+    stored_scope = getattr(hc_ws_stream.WSStream, "scope", None)  # H10 adds the class attribute
+    if stored_scope is not None and not isinstance(stored_scope, _WebSocketScope):
+        missing.append("hypercorn.protocol.ws_stream.WSStream.scope (an instance attribute, now defined on the class)")
     if missing:
         raise IncompatibleHypercorn(f"hypercorn internals moved: missing {', '.join(missing)}")
     try:
@@ -580,7 +642,7 @@ def check_compatible(*, versions: bool = True) -> None:
 
 
 def apply(*, force: bool = False) -> None:
-    """Install H1 to H9 into Hypercorn (idempotent). Raises :class:`IncompatibleHypercorn`.
+    """Install H1 to H10 into Hypercorn (idempotent). Raises :class:`IncompatibleHypercorn`.
 
     ``force`` patches other Hypercorn and aioquic versions too, as long as
     every name the patch relies on is where it expects.
@@ -602,6 +664,7 @@ def apply(*, force: bool = False) -> None:
     setattr(hc_quic.QuicProtocol, "handle", admission_handle(_ORIGINALS["QuicProtocol.handle"]))  # H8  # noqa: B010
     setattr(hc_udp_server.UDPServer, "__init__", _udp_server_init)  # H6  # noqa: B010
     setattr(hc_udp_server.UDPServer, "run", _udp_server_run)  # H6  # noqa: B010
+    setattr(hc_ws_stream.WSStream, "scope", _WebSocketScope())  # H10  # noqa: B010
     _applied = True
 
 
@@ -620,4 +683,5 @@ __all__ = [
     "configure",
     "current_settings",
     "shutdown_grace",
+    "websocket_shutdown",
 ]
