@@ -42,6 +42,9 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
     if ``quic.allow_0rtt`` and the ticket permits it). The session's
     :class:`~moqt_asgi.transport.quic.QuicTransport` (``session.connection``)
     tells whether it ``resumed`` and whether ``early_data_accepted``.
+
+    ``quic.backend`` picks the QUIC stack (:meth:`QuicSettings.resolved_backend`);
+    on qh3, ``tickets`` are not used yet (every dial is a full handshake).
     """
     scheme, host, port, target = parse_url(url)
     if scheme not in NATIVE_SCHEMES:
@@ -49,16 +52,26 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
     chosen = ordered(versions)
     settings = quic or QuicSettings()
     settings.check_limits(limits, log)
-    configuration = settings.configuration(is_client=True, alpn=list(native_alpns(chosen)))
+    on_qh3 = settings.resolved_backend() == "qh3"
+    configuration: Any
+    if on_qh3:
+        from ..transport import qh3_connection
+
+        configuration = qh3_connection.client_configuration(
+            alpn=list(native_alpns(chosen)), idle_timeout=settings.idle_timeout,
+            max_datagram_frame_size=settings.max_datagram_frame_size, max_data=settings.max_data,
+            max_stream_data=settings.max_stream_data)
+    else:
+        configuration = settings.configuration(is_client=True, alpn=list(native_alpns(chosen)))
     # tls and the shortcuts as one: the pin to check once connected, and how the server is trusted
     pin, skip_verify, ca = client_tls(tls, fingerprint=fingerprint, insecure=insecure,
                                       cafile=cafile).apply_client(configuration, host)
-    ticket_slot = use_tickets(configuration, tickets, host, port, early_data=settings.allow_0rtt,
-                              trust=trust_label(pin, skip_verify, ca))
+    ticket_slot = None if on_qh3 else use_tickets(configuration, tickets, host, port, early_data=settings.allow_0rtt,
+                                                  trust=trust_label(pin, skip_verify, ca))
     early_alpn = ticket_slot.early_alpn if ticket_slot is not None and settings.allow_0rtt else None
     connect = functools.partial(_connect, url, host, port, target, configuration, limits=limits, versions=chosen,
                                 setup_timeout=setup_timeout, fingerprint=pin, ticket_slot=ticket_slot,
-                                max_streams=settings.max_streams)
+                                max_streams=settings.max_streams, on_qh3=on_qh3)
     try:
         stack, transport, start = await connect(early_alpn=early_alpn)
     except _ProtocolChanged as changed:
@@ -87,24 +100,32 @@ class _ProtocolChanged(Exception):
 
 async def _connect(url: str, host: str, port: int, target: str, configuration: QuicConfiguration, *,
                    limits: Limits, versions: tuple[Version, ...], setup_timeout: float, fingerprint: str | None,
-                   ticket_slot: TicketSlot | None, max_streams: tuple[int, int],
+                   ticket_slot: TicketSlot | None, max_streams: tuple[int, int], on_qh3: bool = False,
                    early_alpn: str | None) -> tuple[contextlib.AsyncExitStack, QuicTransport, ClientStart]:
     """Connect and run the client's session start; with ``early_alpn``, start it in 0-RTT data."""
     stack = contextlib.AsyncExitStack()
-    check = functools.partial(check_fingerprint, expected=fingerprint) if fingerprint else None
-    created: list[QuicProtocol] = []
+    protocol_class: Any = QuicProtocol
+    connecting: Any = functools.partial(quic_connect, session_ticket_handler=ticket_slot)
+    fingerprint_check: Any = check_fingerprint
+    if on_qh3:
+        from ..transport import qh3_connection
 
-    def protocol_factory(*args: Any, **kwargs: Any) -> QuicProtocol:
-        made = QuicProtocol(*args, limits=limits, check_peer=check, max_streams=max_streams, **kwargs)
+        protocol_class, connecting = qh3_connection.Qh3Protocol, qh3_connection.connect
+        fingerprint_check = qh3_connection.check_fingerprint
+    check = functools.partial(fingerprint_check, expected=fingerprint) if fingerprint else None
+    created: list[Any] = []
+
+    def protocol_factory(*args: Any, **kwargs: Any) -> Any:
+        made = protocol_class(*args, limits=limits, check_peer=check, max_streams=max_streams, **kwargs)
         created.append(made)
         return made
 
     try:
         async with asyncio.timeout(setup_timeout):
             protocol = await stack.enter_async_context(
-                quic_connect(host, port, configuration=configuration, create_protocol=protocol_factory,
-                             session_ticket_handler=ticket_slot, wait_connected=early_alpn is None))
-            assert isinstance(protocol, QuicProtocol)
+                connecting(host, port, configuration=configuration, create_protocol=protocol_factory,
+                           wait_connected=early_alpn is None))
+            assert isinstance(protocol, protocol_class)
             transport = protocol.moq_transport
             if early_alpn is None:
                 if protocol.peer_check_error is not None:
@@ -130,7 +151,7 @@ async def _connect(url: str, host: str, port: int, target: str, configuration: Q
     return stack, transport, start
 
 
-async def _start_early(protocol: QuicProtocol, alpn: str, *, limits: Limits, target: str,
+async def _start_early(protocol: Any, alpn: str, *, limits: Limits, target: str,
                        versions: tuple[Version, ...], setup_timeout: float) -> ClientStart:
     """Write the session start as 0-RTT data in ``alpn``'s version, then confirm the handshake agrees.
 

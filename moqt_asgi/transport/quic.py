@@ -14,6 +14,12 @@ its unread bytes against that credit, so a peer that writes faster than the
 engine reads is slowed down by QUIC flow control (one stream window per
 stream, one connection window in all) instead of being buffered.
 
+The QUIC stack is a backend (:class:`QuicBackend`): aioquic here
+(:data:`AIOQUIC`), or qh3 (:mod:`moqt_asgi.transport.qh3_connection`, when
+installed). :class:`QuicTransport` reaches the stack only through its
+connection's public methods and the backend's accessors; the protocol logic
+(:class:`MoqProtocolMixin`) is shared by both stacks' protocol classes.
+
 Reset, stop-sending and close codes are translated with the connection's
 ``error_codes`` map (see :mod:`moqt_asgi.protocol.codes`). Incoming stream
 codes that lie in WebTransport's HTTP/3 range are unmapped first, whatever
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -36,10 +43,40 @@ from ..protocol.errors import ErrorCode, SessionClosed, StreamError
 from ..protocol.limits import DEFAULT_LIMITS, Limits
 from .aioquic_connection import adopt_quic, peer_address, protocol_quic, send_backlog, set_stream_limits, stream_credit
 from .base import BidiStream, Connection, ReceiveStream, SendStream
+from .buffers import Credit
 from .streams import BufferedStream, next_stream
 from .transmit import TransmitSoon
 
 logger = logging.getLogger("moqt_asgi.quic")
+
+
+@dataclass(frozen=True)
+class QuicBackend:
+    """What :class:`QuicTransport` needs from a QUIC stack: its event classes and a few accessors."""
+
+    name: str
+    stream_data: type[Any]
+    stream_reset: type[Any]
+    stop_sending: type[Any]
+    terminated: type[Any]
+    handshake_completed: type[Any]
+    protocol_negotiated: type[Any]
+    send_backlog: Callable[[Any, int], int]
+    """Bytes written to a stream that the stack has not sent yet."""
+    peer_address: Callable[[Any], tuple[str, int] | None]
+    stream_credit: Callable[[Any, int], Credit | None]
+    """The receive credit a readable stream's buffer reports to (None: the stack grants credit itself)."""
+    early_data_accepted: Callable[[Any], bool]
+    """Server, at ALPN negotiation: whether the client's 0-RTT data was accepted."""
+
+
+AIOQUIC = QuicBackend(
+    name="aioquic", stream_data=events.StreamDataReceived, stream_reset=events.StreamReset,
+    stop_sending=events.StopSendingReceived, terminated=events.ConnectionTerminated,
+    handshake_completed=events.HandshakeCompleted, protocol_negotiated=events.ProtocolNegotiated,
+    send_backlog=send_backlog, peer_address=peer_address, stream_credit=stream_credit,
+    early_data_accepted=lambda quic: bool(quic.tls.early_data_accepted))
+"""aioquic: receive credit through :class:`~.aioquic_connection.CreditedQuicConnection`."""
 
 
 class QuicStream(BufferedStream):
@@ -50,7 +87,7 @@ class QuicStream(BufferedStream):
     def __init__(self, connection: QuicTransport, stream_id: int, *, readable: bool, writable: bool) -> None:
         self._connection = connection
         super().__init__(stream_id, readable=readable, writable=writable, limit=connection.limits.max_stream_buffer,
-                         credit=stream_credit(connection.quic, stream_id) if readable else None)
+                         credit=connection.backend.stream_credit(connection.quic, stream_id) if readable else None)
 
     def _send_data(self, data: bytes, end: bool) -> None:
         self._connection._send(self, data, end)
@@ -68,16 +105,18 @@ class QuicStream(BufferedStream):
         self._connection._maybe_forget(self)
 
     def backlog(self) -> int:
-        return send_backlog(self._connection.quic, self.stream_id)
+        return self._connection.backend.send_backlog(self._connection.quic, self.stream_id)
 
 
 class QuicTransport(Connection):
-    """The engine's view of one aioquic connection."""
+    """The engine's view of one QUIC connection (aioquic's, or qh3's with ``backend``)."""
 
-    def __init__(self, protocol: QuicProtocol, limits: Limits) -> None:
+    def __init__(self, protocol: Any, limits: Limits, backend: QuicBackend = AIOQUIC) -> None:
         self.protocol = protocol
-        self.quic = protocol_quic(protocol)
-        """The aioquic ``QuicConnection`` (a :class:`CreditedQuicConnection` under :class:`QuicProtocol`)."""
+        self.backend = backend
+        """The QUIC stack the connection runs on."""
+        self.quic: Any = protocol_quic(protocol)
+        """The stack's ``QuicConnection`` (a :class:`CreditedQuicConnection` under :class:`QuicProtocol`)."""
         self.limits = limits
         self.alpn: str | None = None
         self.resumed = False
@@ -109,7 +148,7 @@ class QuicTransport(Connection):
 
     @property
     def peer_address(self) -> tuple[str, int] | None:
-        return peer_address(self.quic)
+        return self.backend.peer_address(self.quic)
 
     # -- opening and accepting
     def _check_open(self) -> None:
@@ -184,9 +223,9 @@ class QuicTransport(Connection):
         if total is None:
             total = 0
             done = []
-            quic = self.quic
+            quic, unsent = self.quic, self.backend.send_backlog
             for sid in self._pending:
-                size = send_backlog(quic, sid)
+                size = unsent(quic, sid)
                 if size:
                     total += size
                 else:
@@ -253,6 +292,12 @@ class QuicTransport(Connection):
             return
         self._transmitter.request()
 
+    def stop_receiving(self, stream_id: int, code: int) -> None:
+        """Stop reading ``stream_id`` (STOP_SENDING with ``code``), if it is a stream we still read."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.stop(code)
+
     def transmit_soon(self) -> None:
         """Transmit on the next event-loop iteration (coalesced)."""
         self._transmitter.request()
@@ -266,9 +311,10 @@ class QuicTransport(Connection):
             self._streams.pop(stream.stream_id, None)
 
     # -- events from aioquic (never await, never raise)
-    def handle_event(self, event: events.QuicEvent) -> None:
+    def handle_event(self, event: Any) -> None:
         self._backlog = None  # aioquic has just processed input: recount before the next write
-        if isinstance(event, events.StreamDataReceived):
+        backend = self.backend
+        if isinstance(event, backend.stream_data):
             stream = self._streams.get(event.stream_id)
             if stream is None:
                 if event.stream_id in self._stopped:
@@ -281,7 +327,7 @@ class QuicTransport(Connection):
             stream.deliver(event.data, event.end_stream)
             if event.end_stream and self._stopped:
                 self._stopped.discard(event.stream_id)
-        elif isinstance(event, events.StreamReset):
+        elif isinstance(event, backend.stream_reset):
             stream = self._streams.get(event.stream_id)
             if stream is None:
                 if event.stream_id in self._stopped:
@@ -292,12 +338,12 @@ class QuicTransport(Connection):
                 self._stopped.discard(event.stream_id)
             if stream is not None and stream.peer_reset(self._stream_code_in(event.stream_id, event.error_code)):
                 self._maybe_forget(stream)
-        elif isinstance(event, events.StopSendingReceived):
+        elif isinstance(event, backend.stop_sending):
             stream = self._streams.get(event.stream_id)
             if stream is not None:
                 stream.peer_stopped(self._stream_code_in(event.stream_id, event.error_code))
                 self._maybe_forget(stream)
-        elif isinstance(event, events.ConnectionTerminated):
+        elif isinstance(event, backend.terminated):
             code = event.error_code
             if event.frame_type is None:  # an application close; transport-level closes keep their code
                 code = self.error_codes.session_in(code)
@@ -319,8 +365,8 @@ class QuicTransport(Connection):
             self._wake_writers()
 
 
-class QuicProtocol(QuicConnectionProtocol):
-    """aioquic protocol that feeds a :class:`QuicTransport`.
+class MoqProtocolMixin:
+    """What our protocol classes add to a QUIC stack's connection protocol: a :class:`QuicTransport`.
 
     ``on_handshake(transport)`` is called once the TLS handshake completes
     and the ALPN is known; with ``early_start`` (a server), already when the
@@ -328,51 +374,36 @@ class QuicProtocol(QuicConnectionProtocol):
     answered in the server's first flight. ``check_peer(protocol)`` (a
     client) runs as the handshake completes, before anything else is sent:
     if it raises, the connection is closed and :attr:`peer_check_error` holds
-    the error.
-
-    The aioquic connection becomes a :class:`CreditedQuicConnection` (its
-    windows are the configuration's ``max_stream_data`` and ``max_data``);
-    with ``handshake_timeout`` (a server), a connection whose handshake has
-    not completed that many seconds after its first datagram is dropped.
+    the error. The stack's protocol class comes after this mixin.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        on_handshake: Callable[[QuicTransport], None] | None = None,
-        limits: Limits = DEFAULT_LIMITS,
-        early_start: bool = False,
-        check_peer: Callable[[QuicProtocol], None] | None = None,
-        max_streams: tuple[int, int] | None = None,
-        handshake_timeout: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        quic = self.quic = adopt_quic(self)
-        quic.handshake_timeout = handshake_timeout
-        if max_streams is not None:
-            set_stream_limits(quic, *max_streams)
-        self.moq_transport = QuicTransport(self, limits)
-        quic.on_credit = self.moq_transport.transmit_soon
+    quic: Any
+    moq_transport: QuicTransport
+    backend: QuicBackend
+
+    def _init_moq(self, backend: QuicBackend, limits: Limits, on_handshake: Callable[[QuicTransport], None] | None,
+                  early_start: bool, check_peer: Callable[[Any], None] | None) -> None:
+        self.backend = backend
+        self.moq_transport = QuicTransport(self, limits, backend)
         self._on_handshake = on_handshake
         self._early_start = early_start
         self._check_peer = check_peer
         self.peer_check_error: Exception | None = None
 
-    def quic_event_received(self, event: events.QuicEvent) -> None:
+    def quic_event_received(self, event: Any) -> None:
         try:
-            if isinstance(event, (events.HandshakeCompleted, events.ProtocolNegotiated)):  # once per connection
-                self._handshake_event(event)
+            if isinstance(event, (self.backend.handshake_completed, self.backend.protocol_negotiated)):
+                self._handshake_event(event)  # once per connection
             else:
                 self.moq_transport.handle_event(event)
         except Exception:  # an exception here would kill the whole listener
             logger.exception("error handling QUIC event %r; closing the connection", event)
             self.moq_transport.close(ErrorCode.TRANSPORT, "internal error")
 
-    def _handshake_event(self, event: events.HandshakeCompleted | events.ProtocolNegotiated) -> None:
+    def _handshake_event(self, event: Any) -> None:
         transport = self.moq_transport
-        if isinstance(event, events.ProtocolNegotiated):
-            if self._early_start and self._on_handshake is not None and self.quic.tls.early_data_accepted:
+        if isinstance(event, self.backend.protocol_negotiated):
+            if self._early_start and self._on_handshake is not None and self.backend.early_data_accepted(self.quic):
                 transport.alpn = event.alpn_protocol
                 transport.resumed = transport.early_data_accepted = transport.started_early = True
                 self._on_handshake(transport)
@@ -397,6 +428,35 @@ class QuicProtocol(QuicConnectionProtocol):
             self.quic.close(error_code=0x100 + 42, frame_type=0x06, reason_phrase="bad certificate")
             return False
         return True
+
+
+class QuicProtocol(MoqProtocolMixin, QuicConnectionProtocol):
+    """aioquic protocol that feeds a :class:`QuicTransport` (see :class:`MoqProtocolMixin`).
+
+    The aioquic connection becomes a :class:`CreditedQuicConnection` (its
+    windows are the configuration's ``max_stream_data`` and ``max_data``);
+    with ``handshake_timeout`` (a server), a connection whose handshake has
+    not completed that many seconds after its first datagram is dropped.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        on_handshake: Callable[[QuicTransport], None] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        early_start: bool = False,
+        check_peer: Callable[[QuicProtocol], None] | None = None,
+        max_streams: tuple[int, int] | None = None,
+        handshake_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        QuicConnectionProtocol.__init__(self, *args, **kwargs)
+        quic = self.quic = adopt_quic(self)
+        quic.handshake_timeout = handshake_timeout
+        if max_streams is not None:
+            set_stream_limits(quic, *max_streams)
+        self._init_moq(AIOQUIC, limits, on_handshake, early_start, check_peer)
+        quic.on_credit = self.moq_transport.transmit_soon
 
     def transmit(self) -> None:
         super().transmit()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 from collections.abc import Mapping
@@ -15,6 +16,24 @@ from ..protocol.limits import Limits
 from .admission import AdmissionPolicy
 
 logger = logging.getLogger("moqt_asgi.quic")
+
+
+BACKENDS = ("aioquic", "qh3", "auto")
+"""QUIC stacks: aioquic, qh3 (``moqt-asgi[fast]``), or qh3 when it is installed and passes our checks."""
+
+
+def qh3_available() -> bool:
+    """Whether qh3 is installed and has every name :mod:`~.qh3_connection` relies on."""
+    if importlib.util.find_spec("qh3") is None:
+        return False
+    from .qh3_connection import IncompatibleQh3, check_compatible
+
+    try:
+        check_compatible()
+    except IncompatibleQh3 as exc:
+        logger.warning("not using qh3: %s", exc)
+        return False
+    return True
 
 
 MIN_STREAM_WINDOW = 128 * 1024
@@ -82,6 +101,8 @@ class QuicSettings:
     """Server, HTTP/3: seconds a request stream has to deliver its complete HEADERS frame."""
     max_webtransport_sessions: int = 16
     """Server, HTTP/3: WebTransport sessions at once on one connection."""
+    backend: Literal["aioquic", "qh3", "auto"] = "aioquic"
+    """QUIC stack of native QUIC clients (see above)."""
 
     def __post_init__(self) -> None:
         if self.max_streams_bidi < 1 or self.max_streams_uni < 1:
@@ -94,7 +115,26 @@ class QuicSettings:
             raise ValueError("handshake_timeout and header_timeout must be positive")
         if self.max_webtransport_sessions < 1:
             raise ValueError("max_webtransport_sessions must be at least 1")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
         self.admission_policy()  # checks the connection limits and retry
+
+    def resolved_backend(self) -> Literal["aioquic", "qh3"]:
+        """The stack a client uses: ``backend``, with ``"auto"`` resolved (qh3 if installed and compatible).
+
+        ``"qh3"`` raises :class:`~.qh3_connection.IncompatibleQh3` (a ``RuntimeError``) when qh3 is
+        missing or moved a name we rely on.
+        """
+        if self.backend == "aioquic":
+            return "aioquic"
+        if self.backend == "auto":
+            return "qh3" if qh3_available() else "aioquic"
+        if importlib.util.find_spec("qh3") is None:
+            raise RuntimeError("QuicSettings(backend='qh3') needs qh3: pip install 'moqt-asgi[fast]'")
+        from .qh3_connection import check_compatible
+
+        check_compatible()
+        return "qh3"
 
     @property
     def max_streams(self) -> tuple[int, int]:
@@ -142,19 +182,24 @@ class QuicSettings:
         """Settings from ``MOQT_<FIELD>`` environment variables (e.g. ``MOQT_MAX_CONNECTIONS=500``).
 
         Integers and floats as written; ``none`` for no limit; ``MOQT_RETRY``
-        is ``auto``, ``1``/``true`` or ``0``/``false``. Unset fields keep
+        is ``auto``, ``1``/``true`` or ``0``/``false``; ``MOQT_QUIC_BACKEND``
+        is ``aioquic``, ``qh3`` or ``auto``. Unset fields keep
         their defaults.
         """
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            raw = environ.get(prefix + field.name.upper())
+            raw = environ.get(prefix + ("QUIC_BACKEND" if field.name == "backend" else field.name.upper()))
             if raw is None:
                 continue
             default = getattr(cls, field.name)
             text = raw.strip().lower()
             try:
-                if field.name == "retry":
+                if field.name == "backend":
+                    if text not in BACKENDS:
+                        raise ValueError(text)
+                    values[field.name] = text
+                elif field.name == "retry":
                     values[field.name] = "auto" if text == "auto" else text in ("1", "true", "yes", "on")
                 elif text in ("none", "") and (default is None or field.name.startswith("max_connections")):
                     values[field.name] = None
@@ -169,4 +214,4 @@ class QuicSettings:
         return cls(**values)
 
 
-__all__ = ["MIN_STREAM_WINDOW", "QuicSettings"]
+__all__ = ["BACKENDS", "MIN_STREAM_WINDOW", "QuicSettings", "qh3_available"]

@@ -1,0 +1,354 @@
+"""qh3 as a second QUIC stack, and every qh3 name the project relies on.
+
+qh3 2.1 (an aioquic fork) keeps aioquic's module layout and its asyncio
+layer in Python, but its connection is a thin facade over a Rust packet
+core (``qh3._hazmat.QuicConnectionCore``): packet building, encryption,
+ACKs, recovery, streams and flow control all live there, out of reach of a
+subclass. What differs from aioquic for us (measured, see
+``docs/quic-backends.md``):
+
+* **Receive credit follows delivery, not arrival.** The core announces
+  ``delivered + window`` (``max_data`` / ``max_stream_data`` of the
+  configuration) and does not double it: one-byte STREAM frames at the
+  edge of the window earn no credit and allocate nothing. So qh3's own
+  reassembly buffers are bounded like aioquic's are under
+  :class:`~.aioquic_connection.CreditedQuicConnection`.
+* **Credit cannot be held back.** Delivered bytes count as consumed at
+  once: qh3 has no call to withhold credit for bytes an application buffer
+  has not read. Our policy (a stream nobody reads blocks its sender after
+  one window) is therefore enforced differently: :class:`HeldCredit` counts
+  the bytes the engine's buffers hold unread, and a stream whose unread
+  bytes pass the stream window, or that brings the connection's unread
+  bytes past the connection window, is stopped (STOP_SENDING, TOO_LARGE).
+  The memory bound is the same; a peer that outruns its reader loses the
+  stream instead of being slowed.
+* **Stream limits are fixed in the core's constructor** (100 bidirectional,
+  103 unidirectional): :class:`Qh3Connection` passes ours instead.
+
+Only the client side (:func:`dial_quic`) runs on qh3 for now; the server
+stays on aioquic (its admission control, Retry, handshake deadline,
+ticket policy and HTTP/3 hooks are written against aioquic's internals).
+
+Every qh3 name used is reached from this module only and listed in
+:func:`check_compatible`, which raises :class:`IncompatibleQh3` naming
+whatever moved. The module needs qh3 installed: import it only after
+:func:`moqt_asgi.transport.settings.qh3_available` said so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from qh3 import _hazmat
+from qh3.asyncio import client as _qh3_client
+from qh3.asyncio import protocol as _qh3_protocol
+from qh3.asyncio import server as _qh3_server
+from qh3.asyncio.protocol import QuicConnectionProtocol as _Qh3Protocol
+from qh3.quic import configuration as _qh3_configuration
+from qh3.quic import connection as _qh3_connection
+from qh3.quic import events as _qh3_events
+
+from ..protocol.errors import ErrorCode, MoQError
+from ..protocol.limits import DEFAULT_LIMITS, Limits
+from .quic import MoqProtocolMixin, QuicBackend, QuicTransport
+
+logger = logging.getLogger("moqt_asgi.quic")
+
+SUPPORTED_QH3 = "2.1."
+CORE_ARGUMENTS = 28
+"""Positional arguments qh3's ``QuicConnection._create_core`` passes to ``QuicConnectionCore``."""
+LOCAL_MAX_STREAMS = (21, 22)
+"""Their positions of ``local_max_streams_bidi`` and ``local_max_streams_uni``."""
+
+
+class IncompatibleQh3(RuntimeError):
+    """qh3 is missing, or it moved a name the project relies on."""
+
+
+def qh3_version() -> str:
+    try:
+        from importlib import metadata
+
+        return metadata.version("qh3")
+    except Exception:
+        return "unknown"
+
+
+_checked = False
+
+
+def check_compatible() -> None:
+    """Raise :class:`IncompatibleQh3` unless qh3 is installed with every name we rely on where we expect it."""
+    global _checked
+    client, protocol, server = _qh3_client, _qh3_protocol, _qh3_server
+    configuration, connection, events = _qh3_configuration, _qh3_connection, _qh3_events
+    missing: list[str] = []
+    for owner, names in (
+        (connection.QuicConnection, ("_create_core", "get_send_buffer_size", "get_next_available_stream_id",
+                                     "send_stream_data", "reset_stream", "stop_stream", "close", "next_event",
+                                     "get_peercert", "tls", "configuration")),
+        (protocol.QuicConnectionProtocol, ("transmit", "close", "quic_event_received", "wait_connected")),
+        (events, ("StreamDataReceived", "StreamReset", "StopSendingReceived", "ConnectionTerminated",
+                  "HandshakeCompleted", "ProtocolNegotiated")),
+        (client, ("connect",)), (server, ("QuicServer",)), (configuration, ("QuicConfiguration",)),
+        (_hazmat, ("QuicConnectionCore",)), (connection, ("QuicConnectionCore",)),
+    ):
+        missing += [f"{getattr(owner, '__name__', owner)}.{name}" for name in names if not hasattr(owner, name)]
+    probe = connection.QuicConnection(configuration=configuration.QuicConfiguration(is_client=True))
+    missing += [f"QuicConnection().{name}" for name in ("_remote_addr", "_core", "_state", "_close_event")
+                if not hasattr(probe, name)]
+    if "_quic" not in protocol.QuicConnectionProtocol.__init__.__code__.co_names:
+        missing.append("QuicConnectionProtocol._quic")
+    try:
+        parameters = list(inspect.signature(_hazmat.QuicConnectionCore).parameters)
+    except (TypeError, ValueError):  # a native class may not tell its signature: check the call instead
+        parameters = []
+    if parameters and (len(parameters) != CORE_ARGUMENTS
+                       or [parameters[i] for i in LOCAL_MAX_STREAMS] != ["local_max_streams_bidi",
+                                                                        "local_max_streams_uni"]):
+        missing.append("QuicConnectionCore(..., local_max_streams_bidi, local_max_streams_uni, ...)")
+    if missing:
+        raise IncompatibleQh3(f"qh3 {qh3_version()} moved names moqt_asgi relies on (written for qh3 "
+                              f"{SUPPORTED_QH3}*): missing {', '.join(missing)}")
+    _checked = True
+
+
+def _ensure_checked() -> None:
+    if not _checked:
+        check_compatible()
+
+
+# -- receive credit: count what the engine's buffers hold unread, stop a stream past the windows
+class HeldCredit:
+    """The unread bytes of one connection's stream buffers, against the stream and connection windows.
+
+    qh3 grants credit as it delivers, so nothing here slows the peer: a
+    stream whose buffer holds more than ``stream_window`` unread bytes, or
+    whose bytes take the connection's past ``connection_window``, is handed
+    to ``on_overrun`` (the transport stops it), after the current event.
+    """
+
+    def __init__(self, stream_window: int, connection_window: int) -> None:
+        self.stream_window = stream_window
+        self.connection_window = connection_window
+        self._held: dict[int, int] = {}
+        self.total = 0
+        self.on_overrun: Callable[[int], None] | None = None
+        self.overruns = 0
+        """Streams stopped because their unread bytes passed a window."""
+
+    def hold(self, stream_id: int, size: int) -> None:
+        if size <= 0:
+            return
+        held = self._held[stream_id] = self._held.get(stream_id, 0) + size
+        self.total += size
+        if (held > self.stream_window or self.total > self.connection_window) and self.on_overrun is not None:
+            self.overruns += 1
+            asyncio.get_running_loop().call_soon(self.on_overrun, stream_id)
+
+    def release(self, stream_id: int, size: int) -> None:
+        held = self._held.get(stream_id)
+        if held is None or size <= 0:
+            return
+        size = min(size, held)
+        if held == size:
+            del self._held[stream_id]
+        else:
+            self._held[stream_id] = held - size
+        self.total -= size
+
+    def held(self, stream_id: int | None = None) -> int:
+        return self.total if stream_id is None else self._held.get(stream_id, 0)
+
+
+class Qh3StreamCredit:
+    """A stream's view of :class:`HeldCredit` (the engine's buffer :class:`~.buffers.Credit`)."""
+
+    __slots__ = ("credit", "stream_id")
+
+    def __init__(self, credit: HeldCredit, stream_id: int) -> None:
+        self.credit = credit
+        self.stream_id = stream_id
+
+    @property
+    def window(self) -> int:
+        return self.credit.stream_window
+
+    def hold(self, size: int) -> None:
+        self.credit.hold(self.stream_id, size)
+
+    def release(self, size: int) -> None:
+        self.credit.release(self.stream_id, size)
+
+
+# -- the connection: our stream limits, our held-bytes count
+class Qh3Connection(_qh3_connection.QuicConnection):
+    """qh3's ``QuicConnection`` with our stream limits and a :class:`HeldCredit`."""
+
+    stream_limits: tuple[int, int] | None
+    held_credit: HeldCredit
+
+    @classmethod
+    def adopt(cls, quic: _qh3_connection.QuicConnection) -> Qh3Connection:
+        """Make the fresh connection qh3's ``connect()`` built one of ours (before it is started)."""
+        _ensure_checked()
+        if type(quic) is not _qh3_connection.QuicConnection:
+            raise TypeError(f"cannot adopt a {type(quic).__name__}: only qh3's own QuicConnection")
+        if quic._core is not None:
+            raise ValueError("the connection has already started: adopt it before connect()")
+        quic.__class__ = cls
+        assert isinstance(quic, cls)
+        configuration = quic.configuration
+        quic.stream_limits = None
+        quic.held_credit = HeldCredit(int(configuration.max_stream_data), int(configuration.max_data))
+        return quic
+
+    def _create_core(self, remote_addr: Any, initial_dcid: bytes, now: float) -> None:
+        limits = self.stream_limits
+        if limits is None:
+            super()._create_core(remote_addr, initial_dcid, now)
+            return
+        module: Any = _qh3_connection
+        real = module.QuicConnectionCore
+
+        def core(*args: Any) -> Any:
+            if len(args) != CORE_ARGUMENTS:
+                raise IncompatibleQh3(f"qh3 {qh3_version()} builds its core with {len(args)} arguments, "
+                                      f"not {CORE_ARGUMENTS}: stream limits cannot be set")
+            values = list(args)
+            values[LOCAL_MAX_STREAMS[0]], values[LOCAL_MAX_STREAMS[1]] = limits
+            return real(*values)
+
+        module.QuicConnectionCore = core  # the facade calls the name it imported: ours, for this one call
+        try:
+            super()._create_core(remote_addr, initial_dcid, now)
+        finally:
+            module.QuicConnectionCore = real
+
+
+def _send_backlog(quic: Any, stream_id: int) -> int:
+    return int(quic.get_send_buffer_size(stream_id))
+
+
+def _peer_address(quic: Any) -> tuple[str, int] | None:
+    addr = getattr(quic, "_remote_addr", None)
+    if not addr:
+        return None
+    host = str(addr[0])
+    return host.removeprefix("::ffff:"), int(addr[1])
+
+
+def _stream_credit(quic: Any, stream_id: int) -> Qh3StreamCredit | None:
+    credit = getattr(quic, "held_credit", None)
+    return Qh3StreamCredit(credit, stream_id) if credit is not None else None
+
+
+def _early_data_accepted(quic: Any) -> bool:
+    context = quic.tls
+    return bool(context is not None and context.early_data_accepted)
+
+
+def peer_certificate_der(quic: Any) -> bytes | None:
+    """The DER bytes of the peer's certificate, or None."""
+    cert = quic.get_peercert()
+    return None if cert is None else bytes(cert.public_bytes())
+
+
+def session_resumed(quic: Any) -> bool:
+    context = quic.tls
+    return bool(context is not None and context.session_resumed)
+
+
+def check_fingerprint(protocol: Any, expected: str) -> None:
+    """Raise :class:`MoQError` unless the server's certificate has the SHA-256 fingerprint ``expected``."""
+    quic = protocol.quic
+    if session_resumed(quic):
+        return
+    der = peer_certificate_der(quic)
+    if der is None:
+        raise MoQError("server sent no certificate")
+    actual = hashlib.sha256(der).hexdigest()
+    if actual != expected.lower().replace(":", ""):
+        raise MoQError(f"server certificate fingerprint {actual} does not match the pinned {expected}")
+
+
+def backend() -> QuicBackend:
+    """The qh3 :class:`QuicBackend` (:class:`IncompatibleQh3` if qh3 is missing or moved a name)."""
+    _ensure_checked()
+    return QuicBackend(
+        name="qh3", stream_data=_qh3_events.StreamDataReceived, stream_reset=_qh3_events.StreamReset,
+        stop_sending=_qh3_events.StopSendingReceived, terminated=_qh3_events.ConnectionTerminated,
+        handshake_completed=_qh3_events.HandshakeCompleted, protocol_negotiated=_qh3_events.ProtocolNegotiated,
+        send_backlog=_send_backlog, peer_address=_peer_address, stream_credit=_stream_credit,
+        early_data_accepted=_early_data_accepted)
+
+
+class Qh3Protocol(MoqProtocolMixin, _Qh3Protocol):
+    """qh3 protocol that feeds a :class:`~.quic.QuicTransport` (see :class:`~.quic.MoqProtocolMixin`).
+
+    The connection becomes a :class:`Qh3Connection` with ``max_streams``;
+    its :class:`HeldCredit` stops streams whose unread bytes pass the windows.
+    """
+
+    def __init__(self, quic: Any, *, on_handshake: Callable[[QuicTransport], None] | None = None,
+                 limits: Limits = DEFAULT_LIMITS, early_start: bool = False,
+                 check_peer: Callable[[Any], None] | None = None, max_streams: tuple[int, int] | None = None,
+                 **kwargs: Any) -> None:
+        quic = Qh3Connection.adopt(quic)
+        quic.stream_limits = max_streams
+        _Qh3Protocol.__init__(self, quic, **kwargs)
+        self.quic = quic
+        self._init_moq(backend(), limits, on_handshake, early_start, check_peer)
+        quic.held_credit.on_overrun = self._overrun
+
+    def _overrun(self, stream_id: int) -> None:
+        logger.info("stopping stream %d: its unread bytes passed the receive window", stream_id)
+        self.moq_transport.stop_receiving(stream_id, ErrorCode.TOO_LARGE)
+
+    def close(self, error_code: int = 0, reason_phrase: str = "") -> None:
+        self.quic.close(error_code=error_code, reason_phrase=reason_phrase)
+        self.transmit()
+
+    def transmit(self) -> None:
+        super().transmit()
+        self.moq_transport.after_transmit()
+
+
+def client_configuration(*, alpn: list[str], idle_timeout: float, max_datagram_frame_size: int | None,
+                         max_data: int, max_stream_data: int) -> Any:
+    """A qh3 client ``QuicConfiguration`` (the same fields as aioquic's)."""
+    _ensure_checked()
+    return _qh3_configuration.QuicConfiguration(is_client=True, alpn_protocols=alpn, idle_timeout=idle_timeout,
+                            max_datagram_frame_size=max_datagram_frame_size, max_data=max_data,
+                            max_stream_data=max_stream_data)
+
+
+@asynccontextmanager
+async def connect(host: str, port: int, *, configuration: Any, create_protocol: Callable[..., Any],
+                  wait_connected: bool = True) -> AsyncIterator[Any]:
+    """qh3's ``connect()``: a client connection on its own UDP socket, closed on exit."""
+    _ensure_checked()
+    async with _qh3_client.connect(host, port, configuration=configuration, create_protocol=create_protocol,
+                            wait_connected=wait_connected) as protocol:
+        yield protocol
+
+
+__all__ = [
+    "HeldCredit",
+    "IncompatibleQh3",
+    "Qh3Protocol",
+    "Qh3StreamCredit",
+    "backend",
+    "check_compatible",
+    "check_fingerprint",
+    "client_configuration",
+    "connect",
+    "peer_certificate_der",
+    "session_resumed",
+]
