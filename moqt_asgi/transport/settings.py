@@ -189,7 +189,8 @@ class QuicSettings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            raw = environ.get(prefix + ("QUIC_BACKEND" if field.name == "backend" else field.name.upper()))
+            name = prefix + ("QUIC_BACKEND" if field.name == "backend" else field.name.upper())
+            raw = environ.get(name)
             if raw is None:
                 continue
             default = getattr(cls, field.name)
@@ -210,7 +211,7 @@ class QuicSettings:
                 else:
                     values[field.name] = int(text)
             except ValueError:
-                raise ValueError(f"{prefix}{field.name.upper()}={raw!r} is not a valid value") from None
+                raise ValueError(f"{name}={raw!r} is not a valid value") from None
         return cls(**values)
 
 
