@@ -15,9 +15,10 @@ WebTransport. It keeps QUIC's semantics with the framings of :mod:`.qmux`:
   connection window waits unread (TCP then pushes back);
 * one ordered byte stream underneath: what the engine writes waits in its
   stream's queue and goes out in frames of at most 16 KiB, streams taken in
-  turn; :meth:`WebSocketConnection.backlog` counts every byte not yet handed
-  to the WebSocket, so the engine's scheduler drops whole old groups for a
-  slow reader instead of queueing without bound;
+  turn (the :class:`~.outbox.Outbox`, which also keeps the peer's connection
+  credit); :meth:`WebSocketConnection.backlog` counts every byte not yet
+  handed to the WebSocket, so the engine's scheduler drops whole old groups
+  for a slow reader instead of queueing without bound;
 * liveness: every ``QX_PING`` is answered; we ping on qmux-01/02 (and
   WebSocket-ping where the pipe can) and drop a peer silent for
   ``idle_timeout`` (the smaller of ours and the peer's);
@@ -45,6 +46,7 @@ from ..protocol.limits import DEFAULT_LIMITS, Limits
 from ..transport.base import BidiStream, Connection, ReceiveStream, SendStream
 from ..transport.streams import next_stream
 from . import qmux
+from .outbox import Outbox
 from .pipe import MessagePipe
 from .qmux import Framing, QMuxError
 from .settings import DEFAULT_SETTINGS, LEGACY_MAX_STREAMS, UNLIMITED, WebSocketSettings
@@ -81,22 +83,16 @@ class WebSocketConnection(Connection):
         self._done = asyncio.Event()
         self._writable_waiters: list[Callable[[], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._wake = asyncio.Event()
-        self._control: deque[bytes] = deque()
-        self._ready: deque[WebSocketStream] = deque()
-        self._backlog = 0
+        self._outbox = Outbox(framing, self.stream_ended)
         self._shutdown_deadline: float | None = None
         self._shutdown_callbacks: list[Callable[[float], None]] = []
         # peer's credit towards us (send side); the legacy framing has no limits
         unlimited = not framing.qmux
         self._peer_params: qmux.TransportParameters | None = None
         self._params_ready = asyncio.Event()
-        self._send_max = UNLIMITED if unlimited else 0
-        self._sent = 0
         self._next_local = {False: 0, True: 0}  # uni? -> next index
         self._local_limit = {False: UNLIMITED, True: UNLIMITED} if unlimited else \
             {False: 0, True: 0}
-        self._record_size = qmux.DEFAULT_RECORD_SIZE
         self._awaiting_id: dict[bool, deque[WebSocketStream]] = {False: deque(), True: deque()}
         self._unassigned: weakref.WeakSet[WebSocketStream] = weakref.WeakSet()
         if unlimited:
@@ -129,11 +125,11 @@ class WebSocketConnection(Connection):
                 max_idle_timeout=int(s.idle_timeout * 1000), initial_max_data=s.connection_window,
                 max_stream_data_bidi_local=s.stream_window, max_stream_data_bidi_remote=s.stream_window,
                 max_stream_data_uni=s.stream_window, max_streams_bidi=s.max_streams, max_streams_uni=s.max_streams)
-            self._control.append(qmux.encode_parameters(params, self.framing))
+            self._outbox.control.append(qmux.encode_parameters(params, self.framing))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._reader()), loop.create_task(self._writer()),
                        loop.create_task(self._keepalive())]
-        self._wake.set()
+        self._outbox.wake.set()
 
     async def finished(self) -> None:
         """Wait until the session ended, its closing message left and the WebSocket closed."""
@@ -201,9 +197,8 @@ class WebSocketConnection(Connection):
             while queue and self._params_ready.is_set() and self._next_local[uni] < self._local_limit[uni]:
                 stream = queue.popleft()
                 self._number(stream)
-                if stream not in self._ready:
-                    self._ready.append(stream)
-        self._wake.set()
+                self._outbox.schedule(stream)
+        self._outbox.wake.set()
 
     def _initial_send_max(self, stream_id: int) -> int:
         params = self._peer_params
@@ -272,15 +267,10 @@ class WebSocketConnection(Connection):
         self._unassigned.clear()
         for waiting in self._awaiting_id.values():
             waiting.clear()
-        self._ready.clear()
-        self._backlog = 0
         for queue in (self._accept_bi, self._accept_uni):
             while not queue.empty():
                 queue.get_nowait()
-        self._control.clear()
-        if last is not None:
-            self._control.append(qmux.encode_frame(last, self.framing))
-        self._wake.set()
+        self._outbox.clear(None if last is None else qmux.encode_frame(last, self.framing))
         self._read_resume.set()
         self._wake_writers()
 
@@ -308,7 +298,7 @@ class WebSocketConnection(Connection):
 
     # -- backpressure
     def backlog(self) -> int:
-        return self._backlog
+        return self._outbox.backlog
 
     def on_writable(self, callback: Callable[[], None]) -> None:
         if self._closed is not None:
@@ -346,16 +336,14 @@ class WebSocketConnection(Connection):
                                   f"{self.settings.send_buffer} bytes queued unsent")
             stream.pending.append(bytes(data))
             stream.pending_size += len(data)
-            self._backlog += len(data)
+            self._outbox.backlog += len(data)
         if end:
             stream.fin_queued = True
         if not stream.assigned:
             self._assign(stream)
             if not stream.assigned:
                 return  # sent once the peer allows one more stream
-        if stream not in self._ready:
-            self._ready.append(stream)
-        self._wake.set()
+        self._outbox.schedule(stream)
 
     def stream_reset(self, stream: WebSocketStream, code: int) -> None:
         """A stream's reset: drop what it queued, RESET_STREAM at what it sent."""
@@ -367,18 +355,14 @@ class WebSocketConnection(Connection):
             with contextlib.suppress(ValueError):
                 self._awaiting_id[stream.uni].remove(stream)
             return
-        self._send_control(qmux.ResetStream(stream.stream_id, self._code_out(stream.stream_id, code),
+        self._outbox.send_control(qmux.ResetStream(stream.stream_id, self._code_out(stream.stream_id, code),
                                             stream.send_offset))
 
     def stream_stop(self, stream: WebSocketStream, code: int) -> None:
         """A stream's stop: STOP_SENDING."""
         if self._closed is not None or stream.recv_final is not None or not stream.assigned:
             return
-        self._send_control(qmux.StopSending(stream.stream_id, self._code_out(stream.stream_id, code)))
-
-    def _send_control(self, frame: qmux.Frame) -> None:
-        self._control.append(qmux.encode_frame(frame, self.framing))
-        self._wake.set()
+        self._outbox.send_control(qmux.StopSending(stream.stream_id, self._code_out(stream.stream_id, code)))
 
     def stream_ended(self, stream: WebSocketStream) -> None:
         """A half of ``stream`` ended: forget it once both did (a peer stream then frees a stream credit)."""
@@ -400,11 +384,11 @@ class WebSocketConnection(Connection):
         if limit > self._remote_limit[uni] and headroom <= window // 2:
             self._remote_limit[uni] = limit
             if self.framing.qmux:
-                self._send_control(qmux.MaxStreams(not uni, limit))
+                self._outbox.send_control(qmux.MaxStreams(not uni, limit))
 
     def stream_discarded(self, size: int) -> None:
         """``size`` queued bytes of a stream were dropped unsent."""
-        self._backlog -= size
+        self._outbox.backlog -= size
 
     def credit_held(self, size: int) -> None:
         """``size`` received bytes wait unread in a stream's buffer."""
@@ -426,7 +410,7 @@ class WebSocketConnection(Connection):
         consumed = stream.recv_offset - stream.credit.held
         if stream.recv_max - consumed <= window // 2:
             stream.recv_max = consumed + window
-            self._send_control(qmux.MaxStreamData(stream.stream_id, stream.recv_max))
+            self._outbox.send_control(qmux.MaxStreamData(stream.stream_id, stream.recv_max))
 
     def _grant_connection_credit(self) -> None:
         if not self.framing.qmux or self._closed is not None:
@@ -435,71 +419,18 @@ class WebSocketConnection(Connection):
         consumed = self._received - self._held
         if self._recv_max - consumed <= window // 2:
             self._recv_max = consumed + window
-            self._send_control(qmux.MaxData(self._recv_max))
+            self._outbox.send_control(qmux.MaxData(self._recv_max))
 
     # -- the writer task
-    def _payload_room(self, stream_id: int, offset: int) -> int:
-        """Most STREAM payload bytes that fit one message to the peer."""
-        if self.framing is Framing.LEGACY:
-            return qmux.MAX_STREAM_PAYLOAD
-        limit = self._record_size if self.framing.records else qmux.QMUX00_MESSAGE_SIZE
-        header = len(qmux.stream_header(stream_id, offset, limit, True, self.framing))
-        return max(1, min(qmux.MAX_STREAM_PAYLOAD, limit - header))
-
-    def _next_message(self) -> bytes | None:
-        if self._control:
-            return self._control.popleft()
-        if self._closed is not None:
-            return None
-        for _ in range(len(self._ready)):
-            stream = self._ready.popleft()
-            message = self._stream_message(stream)
-            if message is None:
-                continue  # blocked on credit, or nothing left: MAX_* or a write puts it back
-            if stream.pending_size or (stream.fin_queued and not stream.fin_sent):
-                self._ready.append(stream)
-            return message
-        return None
-
-    def _stream_message(self, stream: WebSocketStream) -> bytes | None:
-        if stream.fin_sent and not stream.pending_size:
-            return None
-        size = min(stream.pending_size, self._payload_room(stream.stream_id, stream.send_offset),
-                   stream.send_max - stream.send_offset, self._send_max - self._sent)
-        if size <= 0 and stream.pending_size:
-            return None  # blocked: stream or connection credit
-        chunks = bytearray()
-        while len(chunks) < size:
-            head = stream.pending[0]
-            take = size - len(chunks)
-            if len(head) <= take:
-                chunks += stream.pending.popleft()
-            else:
-                chunks += head[:take]
-                stream.pending[0] = head[take:]
-        stream.pending_size -= size
-        self._backlog -= size
-        fin = stream.fin_queued and not stream.pending_size
-        if not size and not fin:
-            return None
-        header = qmux.stream_header(stream.stream_id, stream.send_offset, size, fin, self.framing)
-        stream.send_offset += size
-        self._sent += size
-        if fin:
-            stream.fin_sent = True
-            stream.fin_queued = False
-            self.stream_ended(stream)
-        return header + bytes(chunks)
-
     async def _writer(self) -> None:
         try:
             while True:
-                message = self._next_message()
+                message = self._outbox.next_message(self._closed is not None)
                 if message is None:
                     if self._closed is not None:
                         break
-                    self._wake.clear()
-                    await self._wake.wait()
+                    self._outbox.wake.clear()
+                    await self._outbox.wake.wait()
                     continue
                 try:
                     if self._closed is not None:
@@ -537,7 +468,7 @@ class WebSocketConnection(Connection):
                     self._terminate(SessionClosed(int(ErrorCode.TIMEOUT), "idle timeout", remote=True), None)
                     return
             if self.framing.records:
-                self._send_control(qmux.Ping(self._ping_sequence))
+                self._outbox.send_control(qmux.Ping(self._ping_sequence))
                 self._ping_sequence += 1
             with contextlib.suppress(Exception):
                 await self.pipe.ping()
@@ -582,16 +513,14 @@ class WebSocketConnection(Connection):
         elif isinstance(frame, qmux.StopSending):
             self._on_stop(frame)
         elif isinstance(frame, qmux.MaxData):
-            if frame.maximum > self._send_max:
-                self._send_max = frame.maximum
-                self._unblock_all()
+            if self._outbox.raise_credit(frame.maximum):
+                self._outbox.unblock(self._streams.values())
         elif isinstance(frame, qmux.MaxStreamData):
             stream = self._sending_stream(frame.stream_id)
             if stream is not None and frame.maximum > stream.send_max:
                 stream.send_max = frame.maximum
-                if stream not in self._ready and (stream.pending_size or stream.fin_queued):
-                    self._ready.append(stream)
-                self._wake.set()
+                if stream.pending_size or stream.fin_queued:
+                    self._outbox.schedule(stream)
         elif isinstance(frame, qmux.MaxStreams):
             uni = not frame.bidi
             if frame.maximum > self._local_limit[uni]:
@@ -599,7 +528,7 @@ class WebSocketConnection(Connection):
                 self._assign_waiting()
         elif isinstance(frame, qmux.Ping):
             if not frame.response:
-                self._send_control(qmux.Ping(frame.sequence, response=True))
+                self._outbox.send_control(qmux.Ping(frame.sequence, response=True))
         elif isinstance(frame, qmux.Close):
             code = self.error_codes.session_in(frame.code) if frame.application else int(ErrorCode.TRANSPORT)
             self._terminate(SessionClosed(code, frame.reason, remote=True), None)
@@ -608,28 +537,22 @@ class WebSocketConnection(Connection):
         else:  # DATAGRAM, RESET_STREAM_AT: we advertised neither
             raise QMuxError(f"protocol violation: unexpected {type(frame).__name__}")
 
-    def _unblock_all(self) -> None:
-        for stream in self._streams.values():
-            if stream not in self._ready and (stream.pending_size or (stream.fin_queued and not stream.fin_sent)):
-                self._ready.append(stream)
-        self._wake.set()
-
     def _on_parameters(self, params: qmux.TransportParameters) -> None:
         if not self.framing.qmux:
             raise QMuxError("protocol violation: transport parameters on the legacy framing")
         if self._peer_params is not None:
             raise QMuxError("protocol violation: transport parameters sent twice")
         self._peer_params = params
-        self._send_max = max(self._send_max, params.initial_max_data)
+        self._outbox.raise_credit(params.initial_max_data)
         self._local_limit = {False: max(self._local_limit[False], params.max_streams_bidi),
                              True: max(self._local_limit[True], params.max_streams_uni)}
-        self._record_size = params.max_record_size
+        self._outbox.record_size = params.max_record_size
         if params.max_idle_timeout and self.framing.records:
             self._idle_timeout = min(self._idle_timeout, params.max_idle_timeout / 1000) if self._idle_timeout \
                 else params.max_idle_timeout / 1000
         self._params_ready.set()
         self._assign_waiting()
-        self._unblock_all()
+        self._outbox.unblock(self._streams.values())
 
     def _classify(self, stream_id: int) -> tuple[bool, bool, int]:
         """``(remote, uni, index)`` of a stream id."""
@@ -729,7 +652,7 @@ class WebSocketConnection(Connection):
         stream.peer_stopped(self._code_in(frame.stream_id, frame.code))
         if unfinished:  # QUIC: a stopped sender resets the stream, echoing the code
             stream.fin_sent = True
-            self._send_control(qmux.ResetStream(stream.stream_id, frame.code, stream.send_offset))
+            self._outbox.send_control(qmux.ResetStream(stream.stream_id, frame.code, stream.send_offset))
         self._wake_writers()
         self.stream_ended(stream)
 
