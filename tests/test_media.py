@@ -34,7 +34,7 @@ from moqt_asgi.media import (
     merge_patch,
     read_catalogs,
 )
-from moqt_asgi.media.container import ContainerError, decode_varint, encode_varint
+from moqt_asgi.media.container import ContainerError, decode_loc, decode_varint, encode_loc, encode_varint
 from moqt_asgi.media.ingest import Fmp4Ingest, Fmp4Parser
 from moqt_asgi.media.jsontracks import Deflater, Inflater, JsonSnapshotProducer, JsonStreamProducer, JsonTrackError
 from moqt_asgi.media.mp4 import (
@@ -98,6 +98,21 @@ def test_legacy_frame_golden() -> None:
     assert decode_legacy(bytes.fromhex("c000000000000005ff")) == (5, b"\xff")
     with pytest.raises(ContainerError):
         decode_legacy(bytes.fromhex("80d5"))
+
+
+def test_loc_frames() -> None:
+    # what @moq/loc writes: varint(properties length) | 0x10 | varint(timestamp µs) | payload
+    frame = encode_loc(54688, b"\x00\x00\x00\x01\x65")
+    assert frame.hex() == "05108000d5a00000000165"
+    assert decode_loc(frame) == (54688, b"\x00\x00\x00\x01\x65")
+    # a timescale property (0x08) converts; an odd property (0x09: length + bytes) is skipped; the draft-03 id works
+    properties = bytes([0x08]) + encode_varint(90_000) + bytes([0x01, 0x02, 0xAA, 0xBB]) + bytes([0x07]) + encode_varint(9_000)
+    assert decode_loc(encode_varint(len(properties)) + properties + b"p") == (100_000, b"p")
+    draft03 = bytes([0x06]) + encode_varint(5)
+    assert decode_loc(encode_varint(len(draft03)) + draft03) == (5, b"")
+    for bad in (b"\x02\x08\x00", b"\x01\x08", b"\x05\x10\x01", b"\x03\x09\x05\x00"):
+        with pytest.raises(ContainerError):
+            decode_loc(bad)
 
 
 # -- the catalog ---------------------------------------------------------------------------------
@@ -434,6 +449,15 @@ def test_legacy_tracks_from_the_catalog() -> None:
     assert aac is not None
     assert (aac.entry.codec, aac.entry.sample_rate, aac.entry.channels, aac.entry.bitrate) == ("mp4a.40.2", 48000, 2, 128000)
     assert legacy_track(VideoConfig("vp09.00.10.08"), 4) is None  # nothing in the catalog to describe it with
+
+
+def test_loc_frames_become_fragments() -> None:
+    wrap = LegacyWrapper(1, video=False, container="loc")
+    assert wrap.frame(encode_loc(0, b"a"), True) is None
+    fragment = wrap.frame(encode_loc(20_000, b"b"), False)
+    assert fragment is not None
+    (sample,) = decode_cmaf(fragment, 1_000_000)
+    assert (sample.payload, sample.timestamp_us, sample.keyframe, sample.duration_us) == (b"a", 0, True, 20_000)
 
 
 def test_legacy_frames_become_fragments() -> None:

@@ -290,7 +290,7 @@ def test_watch_plays_moqrs_through_the_relay(player: Path, certs: Certs, tmp_pat
     assert published and published[0] > 0
 
 
-@pytest.mark.parametrize("container", ["legacy", "cmaf"])
+@pytest.mark.parametrize("container", ["legacy", "cmaf", "loc"])
 def test_watch_plays_the_publish_cli_through_the_relay(container: str, player: Path, certs: Certs,
                                                        tmp_path: Path) -> None:
     clip = tmp_path / "clip.mp4"
@@ -310,4 +310,4 @@ def test_watch_plays_the_publish_cli_through_the_relay(container: str, player: P
         finally:
             publisher.terminate()
             _, errors = publisher.communicate(timeout=TIMEOUT)
-    assert samples[-1]["track"] == ("0.avc1" if container == "legacy" else "0.m4s"), errors
+    assert samples[-1]["track"] == ("0.m4s" if container == "cmaf" else "0.avc1"), errors

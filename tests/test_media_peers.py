@@ -231,7 +231,7 @@ def ffprobe(path: Path) -> dict[str, object]:
 
 
 @pytest.mark.cli
-@pytest.mark.parametrize("container", ["cmaf", "legacy"])
+@pytest.mark.parametrize("container", ["cmaf", "legacy", "loc"])
 def test_publish_and_record_cli_round_trip(clips: dict[str, Path], certs: Certs, relay: str, tmp_path: Path,
                                            container: str) -> None:
     out = tmp_path / "recording.mp4"

@@ -19,7 +19,7 @@ from .catalog import (
     VideoConfig,
     VideoSection,
 )
-from .container import ContainerError, DecodedSample, decode_cmaf, decode_legacy, encode_legacy
+from .container import ContainerError, DecodedSample, decode_cmaf, decode_legacy, decode_loc, encode_legacy, encode_loc
 from .ingest import Fmp4Ingest, Fmp4Parser, publish_fmp4
 from .jsontracks import (
     JsonSnapshotProducer,
@@ -39,7 +39,7 @@ from .record import Recorder
 __all__ = [
     "CATALOG_TRACK", "AudioConfig", "AudioSection", "Catalog", "CatalogError", "Container", "ContainerError",
     "DecodedSample", "Fmp4Ingest", "Fmp4Parser", "HangBroadcast", "JsonSnapshotProducer", "JsonStreamProducer",
-    "JsonTrack", "MediaTrack", "Mp4Error", "SnapshotDecoder", "StreamDecoder", "VideoConfig", "VideoSection",
-    "Recorder", "decode_cmaf", "decode_legacy", "diff", "encode_legacy", "hang_name", "merge_patch", "publish_fmp4",
-    "read_catalogs", "read_snapshots", "read_stream",
+    "JsonTrack", "MediaTrack", "Mp4Error", "Recorder", "SnapshotDecoder", "StreamDecoder", "VideoConfig",
+    "VideoSection", "decode_cmaf", "decode_legacy", "decode_loc", "diff", "encode_legacy", "encode_loc", "hang_name",
+    "merge_patch", "publish_fmp4", "read_catalogs", "read_snapshots", "read_stream",
 ]

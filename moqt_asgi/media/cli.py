@@ -33,8 +33,9 @@ def add_arguments(publish: argparse.ArgumentParser, record: argparse.ArgumentPar
     """The options of ``publish`` and ``record`` beyond URL, NAME and the certificate options."""
     publish.add_argument("--input", required=True, help="fragmented MP4 file, or - for stdin (e.g. ffmpeg ... -f mp4 -)")
     publish.add_argument("--loop", action="store_true", help="play the file again at its end (files only)")
-    publish.add_argument("--container", choices=("cmaf", "legacy"), default="cmaf",
-                         help="cmaf: one moof+mdat per frame (default); legacy: timestamp + codec payload")
+    publish.add_argument("--container", choices=("cmaf", "legacy", "loc"), default="cmaf",
+                         help="cmaf: one moof+mdat per frame (default); legacy: timestamp + codec payload; "
+                              "loc: LOC properties + codec payload")
     publish.add_argument("--linger", type=float, default=0.5, help="seconds to stay connected after the input ends")
     record.add_argument("--out", required=True, help="the fragmented MP4 file to write")
     record.add_argument("--duration", type=float, default=None, help="stop after this many seconds")

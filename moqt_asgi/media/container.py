@@ -1,10 +1,13 @@
-"""Media frame containers: ``legacy`` (a QUIC varint timestamp, then the codec payload) and ``cmaf`` helpers.
+"""Media frame containers: ``legacy`` and ``loc`` (a timestamp, then the codec payload), and ``cmaf`` helpers.
 
 ``legacy``: the presentation timestamp in microseconds as a QUIC variable-
 length integer (RFC 9000 §16; shortest form written, any form read), then
 the ``EncodedVideoChunk``/``EncodedAudioChunk`` bytes. An empty payload is an
-end-of-content marker. ``cmaf``: one ``moof`` + ``mdat`` per frame (see
-:mod:`moqt_asgi.media.mp4`); :func:`decode_cmaf` reads its samples back.
+end-of-content marker. ``loc`` (the Low Overhead Container of
+draft-ietf-moq-loc): a varint-length block of properties (the timestamp
+``0x10``, optionally a timescale ``0x08``), then the payload. ``cmaf``: one
+``moof`` + ``mdat`` per frame (see :mod:`moqt_asgi.media.mp4`);
+:func:`decode_cmaf` reads its samples back.
 """
 
 from __future__ import annotations
@@ -55,6 +58,48 @@ def decode_legacy(frame: bytes) -> tuple[int, bytes]:
     return timestamp, frame[used:]
 
 
+LOC_TIMESCALE = 0x08
+LOC_TIMESTAMP = 0x10
+LOC_TIMESTAMP_DRAFT03 = 0x06
+"""Accepted when reading, never written."""
+
+
+def encode_loc(timestamp_us: int, payload: bytes | memoryview) -> bytes:
+    """A ``loc`` frame: properties (the timestamp in µs, property ``0x10``), then ``payload``."""
+    properties = encode_varint(LOC_TIMESTAMP) + encode_varint(timestamp_us)
+    return encode_varint(len(properties)) + properties + bytes(payload)
+
+
+def decode_loc(frame: bytes) -> tuple[int, bytes]:
+    """``(timestamp_us, payload)`` of a ``loc`` frame; unknown properties are skipped, a missing timestamp is an error."""
+    length, used = decode_varint(frame)
+    if used + length > len(frame):
+        raise ContainerError("loc properties run past the frame")
+    properties, payload = frame[used:used + length], frame[used + length:]
+    timestamp: int | None = None
+    timescale = 1_000_000
+    kind, position = 0, 0
+    while position < len(properties):
+        delta, size = decode_varint(properties, position)
+        kind = delta if position == 0 else kind + delta
+        position += size
+        value, size = decode_varint(properties, position)
+        position += size
+        if kind % 2:  # odd: a length, then that many bytes
+            if position + value > len(properties):
+                raise ContainerError("a loc property runs past the properties")
+            position += value
+        elif kind in (LOC_TIMESTAMP, LOC_TIMESTAMP_DRAFT03):
+            timestamp = value
+        elif kind == LOC_TIMESCALE:
+            if value == 0:
+                raise ContainerError("a loc timescale of 0")
+            timescale = value
+    if timestamp is None:
+        raise ContainerError("a loc frame without a timestamp")
+    return timestamp * 1_000_000 // timescale, payload
+
+
 @dataclass(frozen=True, slots=True)
 class DecodedSample:
     """One sample of a ``cmaf`` frame: its bytes, timestamp in µs, and whether it is a keyframe."""
@@ -95,6 +140,6 @@ def decode_cmaf(frame: bytes, timescale: int) -> list[DecodedSample]:
 
 
 __all__ = [
-    "MAX_TIMESTAMP", "ContainerError", "DecodedSample", "decode_cmaf", "decode_legacy", "decode_varint",
-    "encode_legacy", "encode_varint",
+    "MAX_TIMESTAMP", "ContainerError", "DecodedSample", "decode_cmaf", "decode_legacy", "decode_loc", "decode_varint",
+    "encode_legacy", "encode_loc", "encode_varint",
 ]

@@ -10,7 +10,7 @@ keyframe flag (``tfhd``/``trex`` defaults, ``tfdt``, ``trun``).
 rendition per track, in the ``cmaf`` container (the track's ``ftyp`` +
 ``moov`` as ``init``; one ``moof`` + ``mdat`` per sample, ffmpeg's own
 fragment passed through when it already is exactly that, re-fragmented
-otherwise) or the ``legacy`` one (µs timestamp + sample). A video group
+otherwise), the ``legacy`` one (µs timestamp + sample) or ``loc``. A video group
 starts at each keyframe. A second ``moov`` with the same tracks (a looped
 file) continues the timeline where it stopped.
 
@@ -169,15 +169,15 @@ class Fmp4Parser:
 class _Published:
     track: MediaTrack
     init: TrackInit
-    legacy: bool
+    container: str
     sequence: int = 0
 
 
 class Fmp4Ingest:
     """Publish a fragmented MP4 stream on ``hang``: feed it bytes as they come.
 
-    ``container`` is ``"cmaf"`` (default) or ``"legacy"``. Tracks are named
-    ``{n}.m4s`` (cmaf) or ``{n}.{format}`` (legacy, e.g. ``0.avc1``) in ``trak``
+    ``container`` is ``"cmaf"`` (default), ``"legacy"`` or ``"loc"``. Tracks are named
+    ``{n}.m4s`` (cmaf) or ``{n}.{format}`` (legacy and loc, e.g. ``0.avc1``) in ``trak``
     order, unless ``names`` maps a kind (``video``/``audio``) to a name. An
     audio group spans ``audio_group_duration_us`` (1 s, as moq-rs groups
     imported audio): an input fragmented by GoP delivers a second of audio at
@@ -187,8 +187,8 @@ class Fmp4Ingest:
 
     def __init__(self, hang: HangBroadcast, *, container: str = "cmaf", max_box_size: int = DEFAULT_MAX_BOX_SIZE,
                  audio_group_duration_us: int = 1_000_000, names: dict[str, str] | None = None) -> None:
-        if container not in ("cmaf", "legacy"):
-            raise ValueError(f"container must be 'cmaf' or 'legacy', got {container!r}")
+        if container not in ("cmaf", "legacy", "loc"):
+            raise ValueError(f"container must be 'cmaf', 'legacy' or 'loc', got {container!r}")
         self.hang = hang
         self.container = container
         self.parser = Fmp4Parser(max_box_size=max_box_size)
@@ -240,9 +240,9 @@ class Fmp4Ingest:
 
     def _add(self, index: int, track: TrackInit) -> None:
         entry = track.entry
-        legacy = self.container == "legacy"
-        name = self.names.get(track.kind) or (f"{index}.{entry.format}" if legacy else f"{index}.m4s")
-        container = Container() if legacy else Container("cmaf", build_init([track]))
+        kind = self.container
+        name = self.names.get(track.kind) or (f"{index}.m4s" if kind == "cmaf" else f"{index}.{entry.format}")
+        container = Container("cmaf", build_init([track])) if kind == "cmaf" else Container(kind)
         media: MediaTrack
         if track.kind == "video":
             media = self.hang.add_video(name, VideoConfig(entry.codec, description=entry.description,
@@ -256,7 +256,7 @@ class Fmp4Ingest:
                                                           bitrate=entry.bitrate, description=entry.description,
                                                           container=container),
                                         group_duration_us=self.audio_group_duration_us, publish=False)
-        self._published[track.track_id] = _Published(media, track, legacy)
+        self._published[track.track_id] = _Published(media, track, kind)
 
     def _sample(self, event: SampleEvent) -> None:
         published = self._published.get(event.track.track_id)
@@ -271,8 +271,10 @@ class Fmp4Ingest:
         timestamp = max(0, event.timestamp_us)
         self._end_us = max(self._end_us, event.end_us)
         published.sequence += 1
-        if published.legacy:
+        if published.container == "legacy":
             published.track.write_sample(event.data, timestamp, sample.keyframe)
+        elif published.container == "loc":
+            published.track.write_loc(event.data, timestamp, sample.keyframe)
         else:
             frame = event.fragment or build_fragment(published.sequence, sample.track_id, sample, event.data)
             published.track.write(frame, timestamp, sample.keyframe)

@@ -28,7 +28,7 @@ import logging
 from ..producer import Broadcast, GroupProducer, TrackProducer
 from ..protocol.errors import MoQError
 from .catalog import RESERVED_SECTIONS, AudioConfig, AudioSection, Catalog, Json, JsonTrack, VideoConfig, VideoSection
-from .container import encode_legacy
+from .container import encode_legacy, encode_loc
 from .jsontracks import JsonSnapshotProducer, JsonStreamProducer
 
 logger = logging.getLogger("moqt_asgi.media")
@@ -101,6 +101,10 @@ class MediaTrack:
     def write_sample(self, payload: bytes, timestamp_us: int, keyframe: bool) -> bool:
         """Write one codec sample in the ``legacy`` container (µs timestamp varint + payload)."""
         return self.write(encode_legacy(timestamp_us, payload), timestamp_us, keyframe)
+
+    def write_loc(self, payload: bytes, timestamp_us: int, keyframe: bool) -> bool:
+        """Write one codec sample in the ``loc`` container (a timestamp property + payload)."""
+        return self.write(encode_loc(timestamp_us, payload), timestamp_us, keyframe)
 
     def finish(self) -> None:
         """End the track; the group being written is completed first."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from ..protocol.errors import SessionClosed, StreamError
 from .catalog import AudioConfig, Catalog, VideoConfig
-from .container import ContainerError, decode_legacy
+from .container import ContainerError, decode_legacy, decode_loc
 from .jsontracks import read_catalogs
 from .mp4 import (
     DELTA_FLAGS,
@@ -72,7 +72,7 @@ def track_for(config: VideoConfig | AudioConfig, track_id: int) -> TrackInit | N
             logger.warning("a cmaf init that does not parse: %s", exc)
             return None
         return retrack(tracks[0], track_id) if tracks else None
-    if config.container.kind == "legacy":
+    if config.container.kind in ("legacy", "loc"):
         return legacy_track(config, track_id)
     return None
 
@@ -92,17 +92,18 @@ def choose_renditions(catalog: Catalog) -> list[tuple[str, VideoConfig | AudioCo
 
 
 class LegacyWrapper:
-    """Wraps ``legacy`` frames into fragments; each is written once the next gives its duration."""
+    """Wraps ``legacy`` (or ``loc``) frames into fragments; each is written once the next gives its duration."""
 
-    def __init__(self, track_id: int, video: bool) -> None:
+    def __init__(self, track_id: int, video: bool, container: str = "legacy") -> None:
         self.track_id = track_id
         self.video = video
+        self._decode = decode_loc if container == "loc" else decode_legacy
         self._pending: tuple[int, bytes, bool] | None = None
         self._duration = 0
         self._sequence = 0
 
     def frame(self, frame: bytes, first_in_group: bool) -> bytes | None:
-        timestamp, payload = decode_legacy(frame)
+        timestamp, payload = self._decode(frame)
         if not payload:
             return None  # an end-of-content marker
         pending, self._pending = self._pending, (timestamp, payload, first_in_group or not self.video)
@@ -150,11 +151,11 @@ class Recorder:
             await catalogs.aclose()
             catalog_track.close()
         chosen = choose_renditions(self.catalog)
-        legacy: set[str] = set()
+        wrapped: dict[str, str] = {}
         for name, config, track in chosen:
             self.tracks.append(RecordedTrack(name, track.track_id, track.kind))
-            if config.container.kind == "legacy":
-                legacy.add(name)
+            if config.container.kind in ("legacy", "loc"):
+                wrapped[name] = config.container.kind
         self.out.write(build_init([track for _, _, track in chosen]))
         done = asyncio.Event()
         total = [0]
@@ -170,7 +171,8 @@ class Recorder:
         async def record(recorded: RecordedTrack) -> None:
             reader = await self.session.subscribe(self.broadcast, recorded.name,
                                                   priority=60 if recorded.kind == "video" else 80)
-            wrap = LegacyWrapper(recorded.track_id, recorded.kind == "video") if recorded.name in legacy else None
+            container = wrapped.get(recorded.name)
+            wrap = LegacyWrapper(recorded.track_id, recorded.kind == "video", container) if container else None
             try:
                 async for group in reader:
                     first = True
