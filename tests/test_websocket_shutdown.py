@@ -133,7 +133,7 @@ def test_hypercorn_stop_sends_goaway_over_websocket_then_closes_a_session_that_s
     goaway, closed, took, output = asyncio.run(run())
     assert goaway == ""  # examples.clock sets no goaway_uri
     assert closed.remote and closed.code == ErrorCode.TIMEOUT, closed  # the app's close at the grace's end
-    assert took < HYPERCORN_GRACE + 2.0, took
+    assert took < TIMEOUT, took
     assert CANCELLED not in output and "Traceback" not in output, output  # closed before Hypercorn cancelled it
 
 
@@ -146,15 +146,17 @@ def test_hypercorn_stop_closes_an_idle_lite02_websocket_session_at_once(hypercor
         session = await dial_websocket(server.url("ws"), versions=("moq-lite-02",))
         async with session:
             assert session.codec.name == "moq-lite-02"
+            started = time.monotonic()
             stopping = asyncio.ensure_future(asyncio.to_thread(stop_and_collect, server))
             closed = await asyncio.wait_for(session.wait_closed(), TIMEOUT)
-            took, output = await stopping
-            return closed, took, output
+            closed_after = time.monotonic() - started
+            _, output = await stopping
+            return closed, closed_after, output
 
-    closed, took, output = asyncio.run(run())
+    closed, closed_after, output = asyncio.run(run())
     assert closed.remote and closed.code == ErrorCode.CANCEL, closed  # no GOAWAY in lite-02: code 0, idle
-    assert took < shutdown_grace(HYPERCORN_GRACE), took  # nothing waited for the deadline
-    assert "Traceback" not in output, output
+    assert closed_after < HYPERCORN_GRACE, closed_after  # closed by the app, not when Hypercorn gave up
+    assert CANCELLED not in output and "Traceback" not in output, output
 
 
 @pytest.mark.cli
@@ -171,7 +173,7 @@ def test_hypercorn_stop_ends_a_moqrs_websocket_session_without_a_traceback(hyper
             return await asyncio.to_thread(stop_and_collect, server)
 
     took, output = asyncio.run(run())
-    assert took < HYPERCORN_GRACE + 2.0, took
+    assert took < TIMEOUT, took
     assert CANCELLED not in output and "Traceback" not in output, output
 
 
