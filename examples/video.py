@@ -132,8 +132,8 @@ async def lifespan(app: MoQ) -> AsyncIterator[dict[str, object]]:
                              codec=os.environ.get("MOQ_VIDEO_CODEC", "h264"),
                              audio=os.environ.get("MOQ_VIDEO_AUDIO", "1") != "0",
                              overlay=os.environ.get("MOQ_VIDEO_OVERLAY", "1") != "0")
-    await build_player()
-    tasks = [asyncio.create_task(run_encoder(hang, command)), asyncio.create_task(run_status(hang))]
+    tasks = [asyncio.create_task(run_encoder(hang, command)), asyncio.create_task(run_status(hang)),
+             asyncio.create_task(build_player())]  # in the background: startup does not wait for npm
     try:
         yield {"broadcast": hang}
     finally:
@@ -200,6 +200,9 @@ async def site(scope: Scope, receive: Receive, send: Send) -> None:
     elif path == "/watch.js" and BUNDLE.exists():
         body = await asyncio.to_thread(BUNDLE.read_bytes)
         content_type, status = b"text/javascript; charset=utf-8", 200
+    elif path == "/watch.js":
+        body = b"the player is being built (npm ci && npm run build in examples/video_player); reload in a moment"
+        content_type, status = b"text/plain; charset=utf-8", 503
     else:
         body, content_type, status = b"Not Found", b"text/plain; charset=utf-8", 404
     await send({"type": "http.response.start", "status": status,
