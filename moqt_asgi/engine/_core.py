@@ -58,6 +58,12 @@ Every request a peer can start is bounded (:class:`~.Limits`): its first
 message must arrive within the session timeout, and the counts of
 subscriptions, announce streams, fetches and bytes of frames being
 assembled are capped per session.
+
+Traffic totals (frames and payload bytes each way, groups dropped for a
+slow subscriber) are plain ints bumped in place where a frame is handed to
+the scheduler or read whole (``track.py``; FETCH replies in
+``_publisher.py`` and ``Session.fetch_timed``), so counting costs no call
+and no lock per frame.
 """
 
 from __future__ import annotations
