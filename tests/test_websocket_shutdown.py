@@ -115,7 +115,6 @@ def stop_and_collect(server: Any) -> tuple[float, str]:
 
 
 @pytest.mark.cli
-@pytest.mark.interop
 def test_hypercorn_stop_sends_goaway_over_websocket_then_closes_a_session_that_stays(hypercorn_ws: Any) -> None:  # noqa: F811
     server = hypercorn_ws("examples.clock:moq")
 
@@ -138,7 +137,6 @@ def test_hypercorn_stop_sends_goaway_over_websocket_then_closes_a_session_that_s
 
 
 @pytest.mark.cli
-@pytest.mark.interop
 def test_hypercorn_stop_closes_an_idle_lite02_websocket_session_at_once(hypercorn_ws: Any) -> None:  # noqa: F811
     server = hypercorn_ws("examples.clock:moq")
 
