@@ -10,6 +10,7 @@ Bytes are payload bytes, not frame headers.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -43,7 +44,7 @@ class GroupStreams:
     def __init__(self, session: Session) -> None:
         self.ends: list[str | int | None] = []
         connection: Any = session.connection
-        opener = connection.open_uni
+        opener: Callable[[], Awaitable[SendStream]] = connection.open_uni
 
         async def open_uni() -> SendStream:
             stream = await opener()
