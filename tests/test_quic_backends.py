@@ -4,6 +4,9 @@
   compatibility check naming what moved;
 * our client on each backend against our server, and the stream limits of
   the settings reaching the peer;
+* our server on qh3 (native QUIC only): every client backend against
+  every server backend, and its connection caps, Retry and handshake
+  deadline as on aioquic;
 * receive credit on qh3: its windows follow delivery (one-byte frames at
   the edge of the window earn nothing), and a stream nobody reads is
   stopped once its unread bytes pass the window (qh3 cannot hold credit back).
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,11 +27,13 @@ import pytest
 
 from moqt_asgi import ErrorCode, MoQ, QuicSettings, TrackWriter
 from moqt_asgi.endpoints.dial_quic import dial_quic
+from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.protocol.errors import MoQError
 from moqt_asgi.transport.settings import qh3_available
 
 from .conftest import Certs
 from .helpers import WAIT, native_server, read_tick, tick_app
+from .test_connection_limits import flood, live_connections, moq_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +77,18 @@ def test_qh3_compatibility_check_names_a_moved_name(monkeypatch: pytest.MonkeyPa
     qh3_connection.check_compatible()
 
 
+def test_a_qh3_server_serves_native_quic_only(certs: Certs) -> None:
+    if HAVE_QH3:
+        with pytest.raises(MoQError, match="webtransport=False"):
+            QuicServer(MoQ(), port=0, certfile=str(certs.cert), keyfile=str(certs.key),
+                       quic=QuicSettings(backend="qh3"))
+    auto = QuicServer(MoQ(), port=0, certfile=str(certs.cert), keyfile=str(certs.key), quic=QuicSettings(backend="auto"))
+    assert auto.backend == "aioquic"  # auto with WebTransport: aioquic
+    native = QuicServer(MoQ(), port=0, certfile=str(certs.cert), keyfile=str(certs.key), webtransport=False,
+                        quic=QuicSettings(backend="auto"))
+    assert native.backend == ("qh3" if HAVE_QH3 else "aioquic")
+
+
 @pytest.mark.skipif(HAVE_QH3, reason="qh3 is installed")
 def test_qh3_asked_for_but_missing() -> None:  # pragma: no cover - runs only without qh3
     with pytest.raises(RuntimeError, match="needs qh3"):
@@ -89,6 +107,55 @@ async def test_client_on_each_backend(certs: Certs, quic_backend: str) -> None:
             assert await read_tick(session) == b"tick"
         with pytest.raises(MoQError, match="fingerprint"):
             await dial_quic(url, fingerprint="00" * 32, quic=QuicSettings(backend=quic_backend))
+
+
+@pytest.mark.parametrize("server_backend", BACKENDS)
+async def test_every_client_backend_against_every_server_backend(certs: Certs, quic_backend: str,
+                                                                 server_backend: str) -> None:
+    async with moq_server(certs, QuicSettings(backend=server_backend), webtransport=False) as server:
+        assert server.backend == server_backend
+        url = f"moql://127.0.0.1:{server.address[1]}/"
+        session = await dial_quic(url, fingerprint=certs.fingerprint, quic=QuicSettings(backend=quic_backend))
+        async with session:
+            assert await read_tick(session) == b"tick"
+            assert server.admission.connections == 1 == live_connections(server)
+            assert server.admission.half_open == 0
+        await wait_until(lambda: server.admission.connections == 0)
+
+
+@needs_qh3
+async def test_qh3_server_caps_and_retry(certs: Certs) -> None:
+    quic = QuicSettings(backend="qh3", max_connections_per_address=2, retry=False)
+    async with moq_server(certs, quic, webtransport=False) as server, contextlib.AsyncExitStack() as stack:
+        url = f"moql://127.0.0.1:{server.address[1]}/"
+        for _ in range(2):
+            await stack.enter_async_context(await dial_quic(url, fingerprint=certs.fingerprint))
+        with pytest.raises(MoQError, match=r"could not connect.*too many connections"):
+            await dial_quic(url, fingerprint=certs.fingerprint, setup_timeout=4.0)
+        assert server.admission.connections == 2 == live_connections(server)
+    quic = QuicSettings(backend="qh3", retry=True, max_connections_per_address=None)
+    async with moq_server(certs, quic, webtransport=False) as server:
+        answers = await flood(server.address[1], 20)
+        assert all(kinds == ["retry"] for kinds in answers)
+        assert server.admission.connections == 0 == live_connections(server)
+        for backend in ("aioquic", "qh3"):
+            session = await dial_quic(f"moql://127.0.0.1:{server.address[1]}/", fingerprint=certs.fingerprint,
+                                      quic=QuicSettings(backend=backend))  # type: ignore[arg-type]
+            async with session:
+                assert await read_tick(session) == b"tick"
+        assert server.admission.retries >= 22
+
+
+@needs_qh3
+async def test_qh3_server_handshake_deadline_frees_half_open_connections(certs: Certs) -> None:
+    quic = QuicSettings(backend="qh3", retry=False, handshake_timeout=1.0, max_connections_per_address=None)
+    async with moq_server(certs, quic, webtransport=False) as server:
+        answers = await flood(server.address[1], 5, settle=0.2)
+        assert all(answers)  # each got the server's first flight
+        assert server.admission.half_open == 5 == live_connections(server)
+        started = time.monotonic()
+        await wait_until(lambda: server.admission.connections == 0 and live_connections(server) == 0, timeout=5)
+        assert time.monotonic() - started < 5  # the idle timeout (30 s) would have kept them
 
 
 async def test_stream_limits_reach_the_server(certs: Certs, quic_backend: str) -> None:

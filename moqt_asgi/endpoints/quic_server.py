@@ -6,6 +6,11 @@ dialect. The server also offers ALPN ``h3`` on the same UDP socket: those
 connections speak HTTP/3 and carry WebTransport sessions, served through the
 app's ASGI ``webtransport`` scope exactly as under Hypercorn (see
 :mod:`moqt_asgi.webtransport.h3_server`).
+
+The QUIC stack is aioquic unless ``quic.backend`` asks for qh3
+(:mod:`moqt_asgi.transport.qh3_connection`): then the server speaks native
+QUIC only (``webtransport=False``; HTTP/3 is written against aioquic), with
+the same admission control, Retry, handshake deadline and ticket policy.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import socket
 import ssl
@@ -26,6 +32,7 @@ from aioquic.h3.connection import ErrorCode as H3ErrorCode
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.tls import SessionTicket
+from cryptography.hazmat.primitives import serialization
 
 from ..app import MoQ
 from ..engine.session import Session
@@ -123,6 +130,8 @@ class QuicServer:
         """The certificate and TLS options (:class:`~moqt_asgi.endpoints.tls.TLSConfig`); ``certfile``/``keyfile`` fill it in."""
         self.quic = quic or QuicSettings()
         self.quic.check_limits(app.limits, log)
+        self.backend = self._choose_backend(self.quic, webtransport)
+        """The QUIC stack: ``"aioquic"`` or ``"qh3"`` (from ``quic.backend``; see the module docstring)."""
         self.admission = Admission(self.quic.admission_policy(), log=log)
         """Connection caps and Retry for :meth:`start`'s listener (see :mod:`moqt_asgi.transport.admission`)."""
         self.setup_timeout = setup_timeout
@@ -161,6 +170,15 @@ class QuicServer:
             self._address = address
         return self._address
 
+    @staticmethod
+    def _choose_backend(settings: QuicSettings, webtransport: bool) -> str:
+        if settings.backend == "aioquic" or (settings.backend == "auto" and webtransport):
+            return "aioquic"
+        if webtransport:
+            raise MoQError("QuicSettings(backend='qh3') serves native QUIC only: pass webtransport=False "
+                           "(HTTP/3 and WebTransport run on aioquic)")
+        return settings.resolved_backend()
+
     @property
     def alpn_protocols(self) -> list[str]:
         alpns = list(native_alpns(self.versions))
@@ -177,16 +195,25 @@ class QuicServer:
         if sock is not None:
             self._check_socket(sock)
         self.admission = Admission(self.quic.admission_policy(), log=self.log)
+        if self.backend == "qh3":
+            from ..transport.qh3_connection import GuardedQh3Server
+
+            arguments["server_class"] = GuardedQh3Server
         self._server = await serve_guarded(self.host, self.port, admission=self.admission, sock=sock, **arguments)
         self._serving_elsewhere = False
         self._address = None
         if self.webtransport:
             self.log.info("serving MoQ on moql://%s:%d and https://%s:%d (WebTransport)", *self.address, *self.address)
         else:
-            self.log.info("serving MoQ on moql://%s:%d", *self.address)
+            self.log.info("serving MoQ on moql://%s:%d%s", *self.address, " (qh3)" if self.backend == "qh3" else "")
 
     def quic_configuration(self) -> QuicConfiguration:
-        """The server's aioquic configuration: every ALPN it serves, the QUIC settings and TLS (checked)."""
+        """The server's aioquic configuration: every ALPN it serves, the QUIC settings and TLS (checked).
+
+        On qh3 (:attr:`backend`), qh3's ``QuicConfiguration`` with the same content.
+        """
+        if self.backend == "qh3":
+            return self._qh3_configuration()  # type: ignore[no-any-return]
         configuration = self.quic.configuration(is_client=False, alpn=self.alpn_protocols)
         if self.webtransport and not configuration.max_datagram_frame_size:
             # HTTP/3 announces H3_DATAGRAM, which requires the transport parameter: without it
@@ -196,8 +223,30 @@ class QuicServer:
         self._check_certificate_size(tls.apply_server(configuration))
         return configuration
 
-    def create_protocol(self, *args: Any, **kwargs: Any) -> ServerProtocol:
-        """aioquic's ``create_protocol``: a connection served by this server."""
+    def _qh3_configuration(self) -> Any:
+        from ..transport.qh3_connection import server_configuration
+
+        tls = server_tls(self.tls, certfile=self.certfile, keyfile=self.keyfile)
+        if tls.cipher_suites is not None or tls.keylog_file is not None:
+            raise MoQError("cipher_suites and keylog_file are not supported on qh3 yet: use backend='aioquic'")
+        credentials = tls.load_server_credentials()
+        self._check_certificate_size(credentials)
+        chain = b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in credentials.chain)
+        key = credentials.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption())
+        return server_configuration(alpn=self.alpn_protocols, idle_timeout=self.quic.idle_timeout,
+                                    max_datagram_frame_size=self.quic.max_datagram_frame_size,
+                                    max_data=self.quic.max_data, max_stream_data=self.quic.max_stream_data,
+                                    chain_pem=chain, key_pem=key)
+
+    def create_protocol(self, *args: Any, **kwargs: Any) -> Any:
+        """The stack's ``create_protocol``: a connection served by this server."""
+        if self.backend == "qh3":
+            qh3_protocol = _qh3_server_protocol()(
+                *args, on_handshake=self._on_handshake, limits=self.app.limits, early_data=self.quic.allow_0rtt,
+                max_streams=self.quic.max_streams, handshake_timeout=self.quic.effective_handshake_timeout, **kwargs)
+            self._protocols.add(qh3_protocol)
+            return qh3_protocol
         protocol = ServerProtocol(*args, on_handshake=self._on_handshake, limits=self.app.limits,
                                   on_h3=self._on_h3 if self.webtransport else None,
                                   early_data=self.quic.allow_0rtt, max_streams=self.quic.max_streams,
@@ -341,6 +390,31 @@ class QuicServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+
+
+@functools.cache
+def _qh3_server_protocol() -> type[Any]:
+    """:class:`ServerProtocol`'s native part on qh3 (made on first use: qh3 is optional)."""
+    from ..transport.qh3_connection import Qh3Protocol
+
+    class Qh3ServerProtocol(Qh3Protocol):
+        """A native QUIC server connection on qh3: 0-RTT as the settings say, resumption reported.
+
+        qh3's tickets always permit early data: without ``allow_0rtt`` the
+        server does not resume them (:meth:`QuicServer._fetch_ticket`), so
+        every handshake is a full one, and no early data is ever accepted.
+        """
+
+        def __init__(self, *args: Any, early_data: bool = True, **kwargs: Any) -> None:
+            super().__init__(*args, early_start=early_data, **kwargs)
+
+        def quic_event_received(self, event: Any) -> None:
+            if isinstance(event, self.backend.handshake_completed):
+                self.moq_transport.resumed = event.session_resumed
+                self.moq_transport.early_data_accepted = event.early_data_accepted
+            super().quic_event_received(event)
+
+    return Qh3ServerProtocol
 
 
 __all__ = ["QuicServer", "ServerProtocol"]

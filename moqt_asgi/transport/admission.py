@@ -226,7 +226,7 @@ class Admission:
             return None
 
     # -- counting admitted connections
-    def admitted(self, connection: CreditedQuicConnection, addr: Any) -> None:
+    def admitted(self, connection: Any, addr: Any) -> None:
         """``connection`` was created for ``addr``: count it until it ends."""
         key = id(connection)
         if key in self._addresses:
@@ -237,10 +237,10 @@ class Admission:
         self._half_open.add(key)
         connection.watcher = self
 
-    def handshake_done(self, connection: CreditedQuicConnection) -> None:
+    def handshake_done(self, connection: Any) -> None:
         self._half_open.discard(id(connection))
 
-    def terminated(self, connection: CreditedQuicConnection) -> None:
+    def terminated(self, connection: Any) -> None:
         key = id(connection)
         self._half_open.discard(key)
         host = self._addresses.pop(key, None)
@@ -255,28 +255,41 @@ class Admission:
         self.by_address.clear()
 
 
-class GuardedQuicServer(AioquicServer):
-    """aioquic's ``QuicServer`` behind an :class:`Admission`: caps and Retry before any connection exists.
+class AdmissionGuard:
+    """The admission part of a QUIC server class: caps and Retry before any connection exists.
 
-    Everything else (version negotiation, routing datagrams by connection
-    ID, token validation) is aioquic's. Connections are made by aioquic and
-    adopted by the protocol (``create_protocol``) as
-    :class:`~.aioquic_connection.CreditedQuicConnection`, which is what
-    reports their handshake and their end to the admission.
+    Mixed in before a stack's ``QuicServer`` (:class:`GuardedQuicServer`
+    for aioquic; qh3's in :mod:`~.qh3_connection`), whose ``_protocols``,
+    ``_retry`` and ``_transport`` the fence accessors reach. Everything else
+    (version negotiation, routing datagrams by connection ID, token
+    validation) is the stack's.
     """
 
-    def __init__(self, *, admission: Admission, configuration: QuicConfiguration, **kwargs: Any) -> None:
-        super().__init__(configuration=configuration, **kwargs)
+    admission: Admission
+
+    def _init_guard(self, admission: Admission, configuration: Any) -> None:
         self.admission = admission
         use_retry_tokens(self, None)  # set per datagram
         self._connection_id_length = int(configuration.connection_id_length)
         self._loop_time = asyncio.get_running_loop().time
 
+    def _stack_datagram_received(self, data: bytes, addr: Any) -> None:
+        """The stack server's own ``datagram_received``."""
+        raise NotImplementedError
+
+    def _retry_tokens(self, header: QuicHeader, now: float) -> Any:
+        """The token handler the stack checks ``header``'s token with."""
+        return self.admission.retry_tokens
+
+    def _watchable(self, quic: Any) -> bool:
+        """Whether ``quic`` reports its handshake and its end to a watcher."""
+        return isinstance(quic, CreditedQuicConnection)
+
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         assert isinstance(data, bytes)
         header = parse_initial(data, self._connection_id_length)
         if header is None or has_connection(self, header.destination_cid):
-            super().datagram_received(data, addr)
+            self._stack_datagram_received(data, addr)
             return
         admission = self.admission
         verdict = admission.decide(header, addr)
@@ -289,35 +302,53 @@ class GuardedQuicServer(AioquicServer):
             if verdict == "refuse" and transport is not None:
                 transport.sendto(admission.refusal_packet(header), addr)
             return
-        # a token is checked by aioquic against our token handler; without one, no Retry happened
-        use_retry_tokens(self, admission.retry_tokens if header.token and admission.policy.retry else None)
+        # a token is checked by the stack against our token handler; without one, no Retry happened
+        use_retry_tokens(self, self._retry_tokens(header, self._loop_time())
+                         if header.token and admission.policy.retry else None)
         try:
-            super().datagram_received(data, addr)
+            self._stack_datagram_received(data, addr)
         finally:
             use_retry_tokens(self, None)
         protocol = server_protocol(self, header.destination_cid)
         if protocol is not None:
             quic = protocol_quic(protocol)
-            if isinstance(quic, CreditedQuicConnection):
+            if self._watchable(quic):
                 admission.admitted(quic, addr)
 
+
+class GuardedQuicServer(AdmissionGuard, AioquicServer):
+    """aioquic's ``QuicServer`` behind an :class:`Admission` (see :class:`AdmissionGuard`).
+
+    Connections are made by aioquic and adopted by the protocol
+    (``create_protocol``) as :class:`~.aioquic_connection.CreditedQuicConnection`,
+    which is what reports their handshake and their end to the admission.
+    """
+
+    def __init__(self, *, admission: Admission, configuration: QuicConfiguration, **kwargs: Any) -> None:
+        AioquicServer.__init__(self, configuration=configuration, **kwargs)
+        self._init_guard(admission, configuration)
+
+    def _stack_datagram_received(self, data: bytes, addr: Any) -> None:
+        AioquicServer.datagram_received(self, data, addr)
+
     def close(self) -> None:
-        super().close()
+        AioquicServer.close(self)
         self.admission.clear()
 
 
 async def serve_guarded(host: str, port: int, *, admission: Admission, sock: Any = None,
-                        **arguments: Any) -> GuardedQuicServer:
-    """Like aioquic's ``serve()``, with :class:`GuardedQuicServer`; on ``sock`` when given."""
+                        server_class: Any = GuardedQuicServer, **arguments: Any) -> Any:
+    """Like aioquic's ``serve()``, with :class:`GuardedQuicServer` (or ``server_class``); on ``sock`` when given."""
     loop = asyncio.get_running_loop()
     if sock is not None:
-        _, server = await loop.create_datagram_endpoint(lambda: GuardedQuicServer(admission=admission, **arguments),
+        _, server = await loop.create_datagram_endpoint(lambda: server_class(admission=admission, **arguments),
                                                         sock=sock)
     else:
-        _, server = await loop.create_datagram_endpoint(lambda: GuardedQuicServer(admission=admission, **arguments),
+        _, server = await loop.create_datagram_endpoint(lambda: server_class(admission=admission, **arguments),
                                                         local_addr=(host, port))
-    assert isinstance(server, GuardedQuicServer)
+    assert isinstance(server, server_class)
     return server
 
 
-__all__ = ["Admission", "AdmissionPolicy", "GuardedQuicServer", "encode_refusal", "parse_initial", "serve_guarded"]
+__all__ = ["Admission", "AdmissionGuard", "AdmissionPolicy", "GuardedQuicServer", "encode_refusal", "parse_initial",
+           "serve_guarded"]

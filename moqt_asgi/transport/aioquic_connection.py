@@ -272,8 +272,8 @@ def adopt_quic(protocol: aioquic_protocol.QuicConnectionProtocol) -> CreditedQui
     return quic
 
 
-def local_address(endpoint: aioquic_protocol.QuicConnectionProtocol | aioquic_server.QuicServer) -> tuple[str, int] | None:
-    """The bound ``(host, port)`` of an aioquic server or connection protocol; None before it has a socket."""
+def local_address(endpoint: Any) -> tuple[str, int] | None:
+    """The bound ``(host, port)`` of an aioquic (or qh3) server or connection protocol; None before it has a socket."""
     transport = endpoint._transport
     if transport is None:
         return None
@@ -281,22 +281,23 @@ def local_address(endpoint: aioquic_protocol.QuicConnectionProtocol | aioquic_se
     return str(sockname[0]), int(sockname[1])
 
 
-def server_transport(server: aioquic_server.QuicServer) -> asyncio.DatagramTransport | None:
-    """The UDP transport of an aioquic ``QuicServer`` (None before it is bound)."""
-    return server._transport
+def server_transport(server: Any) -> asyncio.DatagramTransport | None:
+    """The UDP transport of an aioquic (or qh3: the same name) ``QuicServer`` (None before it is bound)."""
+    transport: asyncio.DatagramTransport | None = server._transport
+    return transport
 
 
-def server_protocol(server: aioquic_server.QuicServer, connection_id: bytes) -> Any:
+def server_protocol(server: Any, connection_id: bytes) -> Any:
     """The connection protocol an aioquic ``QuicServer`` routes ``connection_id`` to, or None."""
     return server._protocols.get(connection_id)
 
 
-def has_connection(server: aioquic_server.QuicServer, connection_id: bytes) -> bool:
+def has_connection(server: Any, connection_id: bytes) -> bool:
     """Whether an aioquic ``QuicServer`` already has a connection for ``connection_id``."""
-    return connection_id in server._protocols
+    return bool(connection_id in server._protocols)
 
 
-def use_retry_tokens(server: aioquic_server.QuicServer, handler: Any) -> None:
+def use_retry_tokens(server: Any, handler: Any) -> None:
     """The Retry-token handler an aioquic ``QuicServer`` checks the next Initial with (None: no Retry happened)."""
     server._retry = handler
 

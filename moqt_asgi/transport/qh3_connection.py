@@ -56,6 +56,8 @@ from qh3.quic import events as _qh3_events
 
 from ..protocol.errors import ErrorCode, MoQError
 from ..protocol.limits import DEFAULT_LIMITS, Limits
+from .admission import Admission, AdmissionGuard
+from .aioquic_connection import ConnectionWatcher
 from .quic import MoqProtocolMixin, QuicBackend, QuicTransport
 
 logger = logging.getLogger("moqt_asgi.quic")
@@ -63,6 +65,8 @@ logger = logging.getLogger("moqt_asgi.quic")
 SUPPORTED_QH3 = "2.1."
 CORE_ARGUMENTS = 28
 """Positional arguments qh3's ``QuicConnection._create_core`` passes to ``QuicConnectionCore``."""
+CAPACITY_EXHAUSTED = "packet builder capacity exhausted"
+"""What qh3 2.1's core raises when its next packet does not fit (see :meth:`Qh3Connection.datagrams_to_send`)."""
 LOCAL_MAX_STREAMS = (21, 22)
 """Their positions of ``local_max_streams_bidi`` and ``local_max_streams_uni``."""
 
@@ -90,21 +94,27 @@ def check_compatible() -> None:
     configuration, connection, events = _qh3_configuration, _qh3_connection, _qh3_events
     missing: list[str] = []
     for owner, names in (
-        (connection.QuicConnection, ("_create_core", "get_send_buffer_size", "get_next_available_stream_id",
-                                     "send_stream_data", "reset_stream", "stop_stream", "close", "next_event",
-                                     "get_peercert", "tls", "configuration")),
+        (connection.QuicConnection, ("_create_core", "_log_datagram", "_log_packets", "get_send_buffer_size",
+                                     "get_next_available_stream_id", "send_stream_data", "reset_stream",
+                                     "stop_stream", "close", "next_event", "get_peercert", "tls", "configuration")),
         (protocol.QuicConnectionProtocol, ("transmit", "close", "quic_event_received", "wait_connected")),
         (events, ("StreamDataReceived", "StreamReset", "StopSendingReceived", "ConnectionTerminated",
                   "HandshakeCompleted", "ProtocolNegotiated")),
         (client, ("connect",)), (server, ("QuicServer",)), (configuration, ("QuicConfiguration",)),
-        (_hazmat, ("QuicConnectionCore",)), (connection, ("QuicConnectionCore",)),
+        (_hazmat, ("QuicConnectionCore",)), (connection, ("QuicConnectionCore", "QuicConnectionError")),
+        (_hazmat.QuicConnectionCore, ("poll_transmit",)),
     ):
         missing += [f"{getattr(owner, '__name__', owner)}.{name}" for name in names if not hasattr(owner, name)]
     probe = connection.QuicConnection(configuration=configuration.QuicConfiguration(is_client=True))
-    missing += [f"QuicConnection().{name}" for name in ("_remote_addr", "_core", "_state", "_close_event")
+    missing += [f"QuicConnection().{name}" for name in ("_remote_addr", "_core", "_state", "_close_event", "_quic_logger")
                 if not hasattr(probe, name)]
-    if "_quic" not in protocol.QuicConnectionProtocol.__init__.__code__.co_names:
-        missing.append("QuicConnectionProtocol._quic")
+    assigned = set(protocol.QuicConnectionProtocol.__init__.__code__.co_names)
+    missing += [f"QuicConnectionProtocol.{name}" for name in ("_quic", "_transport") if name not in assigned]
+    assigned = set(server.QuicServer.__init__.__code__.co_names)
+    missing += [f"QuicServer.{name}" for name in ("_protocols", "_retry", "_transport") if name not in assigned]
+    missing += [f"QuicServer.{name}" for name in ("datagram_received", "close") if not hasattr(server.QuicServer, name)]
+    if not hasattr(probe, "_events") or not hasattr(probe, "_handshake_complete"):
+        missing.append("QuicConnection()._events/_handshake_complete")
     try:
         parameters = list(inspect.signature(_hazmat.QuicConnectionCore).parameters)
     except (TypeError, ValueError):  # a native class may not tell its signature: check the call instead
@@ -193,6 +203,12 @@ class Qh3Connection(_qh3_connection.QuicConnection):
 
     stream_limits: tuple[int, int] | None
     held_credit: HeldCredit
+    watcher: ConnectionWatcher | None
+    """Told when the handshake completes and when the connection ends (the server's admission)."""
+    handshake_timeout: float | None
+    """Server: seconds from the first datagram for the handshake to complete (None: only the idle timeout)."""
+    _handshake_deadline: float | None
+    _silenced: bool
 
     @classmethod
     def adopt(cls, quic: _qh3_connection.QuicConnection) -> Qh3Connection:
@@ -207,7 +223,96 @@ class Qh3Connection(_qh3_connection.QuicConnection):
         configuration = quic.configuration
         quic.stream_limits = None
         quic.held_credit = HeldCredit(int(configuration.max_stream_data), int(configuration.max_data))
+        quic.watcher = None
+        quic.handshake_timeout = None
+        quic._handshake_deadline = None
+        quic._silenced = False
         return quic
+
+    # -- events: the watcher
+    def next_event(self) -> Any:
+        event = super().next_event()
+        if event is not None and self.watcher is not None:
+            kind = type(event)
+            if kind is _qh3_events.HandshakeCompleted:
+                self._handshake_deadline = None
+                self.watcher.handshake_done(self)  # type: ignore[arg-type]
+            elif kind is _qh3_events.ConnectionTerminated:
+                watcher, self.watcher = self.watcher, None
+                watcher.terminated(self)  # type: ignore[arg-type]
+        return event
+
+    # -- handshake deadline: ended silently, as on an idle timeout (no packet to a possibly spoofed address)
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        if self._silenced:
+            return
+        if self._handshake_deadline is None and self.handshake_timeout is not None and not self._is_client \
+                and not self._handshake_complete:
+            self._handshake_deadline = now + self.handshake_timeout
+        super().receive_datagram(data, addr, now)
+
+    def receive_many_datagrams(self, datagrams: list[bytes], addr: Any, now: float) -> None:
+        if not self._silenced:
+            super().receive_many_datagrams(datagrams, addr, now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        """What qh3's does, except that a core that runs out of room for a packet only ends this round.
+
+        qh3 2.1's core raises "packet builder capacity exhausted" when the
+        room left (the anti-amplification budget of a server during the
+        handshake, seen with aioquic clients) cannot hold its next packet;
+        qh3's own loop then loses the datagrams it had already collected.
+        """
+        core = self._core
+        if self._silenced or core is None:
+            return []
+        datagrams: list[tuple[bytes, Any]] = []
+        logging_on = self._quic_logger is not None
+        while True:
+            try:
+                transmit = core.poll_transmit(now)
+            except RuntimeError as exc:
+                if CAPACITY_EXHAUSTED not in str(exc):
+                    raise _qh3_connection.QuicConnectionError(0x1, None, str(exc)) from exc
+                logger.debug("qh3: no room for the next packet (%s); sending %d datagrams", exc, len(datagrams))
+                break
+            if transmit is None:
+                break
+            if logging_on:
+                self._log_datagram("datagrams_sent", transmit[0])
+                self._log_packets("packet_sent", transmit[0])
+            datagrams.append((transmit[0], transmit[1]))
+        return datagrams
+
+    def _deadline_pending(self) -> bool:
+        if self._handshake_deadline is None:
+            return False
+        if self._handshake_complete or self._silenced:
+            self._handshake_deadline = None
+            return False
+        return True
+
+    def get_timer(self) -> float | None:
+        if self._silenced:
+            return None
+        timer = super().get_timer()
+        deadline = self._handshake_deadline
+        if deadline is not None and self._deadline_pending() and (timer is None or deadline < timer):
+            return deadline
+        return timer
+
+    def handle_timer(self, now: float) -> None:
+        deadline = self._handshake_deadline
+        if deadline is not None and self._deadline_pending() and now >= deadline:
+            self._silenced = True
+            self._handshake_deadline = None
+            self._state = _qh3_connection.QuicConnectionState.TERMINATED
+            self._close_event = _qh3_events.ConnectionTerminated(
+                error_code=0x2, frame_type=0, reason_phrase="handshake timeout")  # CONNECTION_REFUSED
+            self._events.append(self._close_event)
+            return
+        if not self._silenced:
+            super().handle_timer(now)
 
     def _create_core(self, remote_addr: Any, initial_dcid: bytes, now: float) -> None:
         limits = self.stream_limits
@@ -299,9 +404,10 @@ class Qh3Protocol(MoqProtocolMixin, _Qh3Protocol):
     def __init__(self, quic: Any, *, on_handshake: Callable[[QuicTransport], None] | None = None,
                  limits: Limits = DEFAULT_LIMITS, early_start: bool = False,
                  check_peer: Callable[[Any], None] | None = None, max_streams: tuple[int, int] | None = None,
-                 **kwargs: Any) -> None:
+                 handshake_timeout: float | None = None, **kwargs: Any) -> None:
         quic = Qh3Connection.adopt(quic)
         quic.stream_limits = max_streams
+        quic.handshake_timeout = handshake_timeout
         _Qh3Protocol.__init__(self, quic, **kwargs)
         self.quic = quic
         self._init_moq(backend(), limits, on_handshake, early_start, check_peer)
@@ -318,6 +424,53 @@ class Qh3Protocol(MoqProtocolMixin, _Qh3Protocol):
     def transmit(self) -> None:
         super().transmit()
         self.moq_transport.after_transmit()
+
+
+class _RetryTokens:
+    """aioquic's token handler (the one :class:`~.admission.Admission` makes Retry packets with), as qh3 calls it."""
+
+    def __init__(self, admission: Admission, destination_cid: bytes, now: float) -> None:
+        self._admission = admission
+        self._destination_cid = destination_cid
+        self._now = now
+
+    def validate_token(self, addr: Any, token: bytes) -> tuple[bytes, bytes]:
+        original = self._admission.retry_tokens.validate_token(address=addr, destination_cid=self._destination_cid,
+                                                               token=token, now=self._now)
+        return original, self._destination_cid  # the client sent to the Retry's source CID: it is ours
+
+
+class GuardedQh3Server(AdmissionGuard, _qh3_server.QuicServer):
+    """qh3's ``QuicServer`` behind an :class:`~.admission.Admission` (see :class:`~.admission.AdmissionGuard`)."""
+
+    def __init__(self, *, admission: Admission, configuration: Any, **kwargs: Any) -> None:
+        _ensure_checked()
+        _qh3_server.QuicServer.__init__(self, configuration=configuration, **kwargs)
+        self._init_guard(admission, configuration)
+
+    def _stack_datagram_received(self, data: bytes, addr: Any) -> None:
+        _qh3_server.QuicServer.datagram_received(self, data, addr)
+
+    def _retry_tokens(self, header: Any, now: float) -> Any:
+        return _RetryTokens(self.admission, header.destination_cid, now)
+
+    def _watchable(self, quic: Any) -> bool:
+        return isinstance(quic, Qh3Connection)
+
+    def close(self) -> None:
+        _qh3_server.QuicServer.close(self)  # type: ignore[no-untyped-call]
+        self.admission.clear()
+
+
+def server_configuration(*, alpn: list[str], idle_timeout: float, max_datagram_frame_size: int | None,
+                         max_data: int, max_stream_data: int, chain_pem: bytes, key_pem: bytes) -> Any:
+    """A qh3 server ``QuicConfiguration`` presenting ``chain_pem`` (leaf first) with the PKCS#8 ``key_pem``."""
+    _ensure_checked()
+    configuration = _qh3_configuration.QuicConfiguration(
+        is_client=False, alpn_protocols=alpn, idle_timeout=idle_timeout,
+        max_datagram_frame_size=max_datagram_frame_size, max_data=max_data, max_stream_data=max_stream_data)
+    configuration.load_cert_chain(chain_pem, key_pem)
+    return configuration
 
 
 def client_configuration(*, alpn: list[str], idle_timeout: float, max_datagram_frame_size: int | None,
@@ -340,6 +493,7 @@ async def connect(host: str, port: int, *, configuration: Any, create_protocol: 
 
 
 __all__ = [
+    "GuardedQh3Server",
     "HeldCredit",
     "IncompatibleQh3",
     "Qh3Protocol",
@@ -350,5 +504,6 @@ __all__ = [
     "client_configuration",
     "connect",
     "peer_certificate_der",
+    "server_configuration",
     "session_resumed",
 ]
