@@ -29,7 +29,7 @@ from aioquic.asyncio.client import connect
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
-from moqt_asgi import Broadcast, MoQ, SubscribeError, TrackWriter, dial
+from moqt_asgi import Broadcast, MoQ, SetupRequest, SubscribeError, TrackWriter, dial
 from moqt_asgi.engine._reader import StreamReader
 from moqt_asgi.protocol.codes import SCOPED_CODES
 from moqt_asgi.protocol.errors import ErrorCode
@@ -506,6 +506,24 @@ async def test_scoped_codes_on_lite01_02_are_named_by_moqrs(certs: Certs, versio
                 reader = await within(session.subscribe("b", "missing"))
                 await within(reader.next_group())
             assert ours.value.code == ErrorCode.NOT_FOUND
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("version", [LITE_01_VERSION, LITE_02_VERSION], ids=version_id)
+async def test_moqrs_reads_our_refused_moql_session_as_unauthorized(certs: Certs, version: Version) -> None:
+    """A 403 from the setup handler closes a ``moql`` session with the session registry's UNAUTHORIZED (0x2)."""
+    app = MoQ(versions=(version,))
+
+    @app.route("/{rest:path}")
+    async def members_only(request: SetupRequest) -> None:
+        await request.reject(403, "members only")
+
+    async with native_server(app, str(certs.cert), str(certs.key)) as server:
+        with pytest.raises(moq.Error) as refused:
+            async with moqrs_client(f"moql://127.0.0.1:{server.address[1]}/room", certs.fingerprint) as client:
+                await asyncio.wait_for(client.announced_broadcast("anything"), WAIT)
+        detail = moq.protocol_error(refused.value)
+        assert detail is not None and (detail.code, detail.kind) == (0x2, moq.ProtocolKind.UNAUTHORIZED), refused.value
 
 
 def ietf_setup(body: bytes) -> bytes:
