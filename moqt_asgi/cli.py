@@ -25,7 +25,7 @@ from .producer import Broadcast
 from .protocol.errors import MoQError
 from .protocol.versions import ALL_VERSIONS, DEFAULT_VERSIONS, Version
 from .server import Server
-from .transport.settings import QuicSettings
+from .transport.settings import BACKENDS, QuicSettings
 
 
 def load_app(target: str) -> MoQ:
@@ -206,6 +206,8 @@ def quic_settings(args: argparse.Namespace) -> QuicSettings:
     """The QUIC settings ``serve`` runs with: ``MOQT_*`` environment variables, overridden by flags."""
     base = QuicSettings.from_environment()
     chosen = {name: getattr(args, name) for name, _, _ in QUIC_FLAGS if getattr(args, name, None) is not None}
+    if getattr(args, "backend", None) is not None:
+        chosen["backend"] = args.backend
     try:
         return dataclasses.replace(base, **chosen) if chosen else base
     except ValueError as exc:
@@ -233,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--graceful-timeout", type=float, default=5.0, metavar="SECONDS",
                        help="on SIGTERM/SIGINT: GOAWAY, then wait this long before closing sessions (default 5); "
                             "a second signal stops at once")
+    serve.add_argument("--quic-backend", dest="backend", choices=BACKENDS, default=None,
+                       help="QUIC stack of the UDP port: aioquic (default), qh3 (faster; native QUIC only, so with "
+                            "--no-webtransport) or auto (also MOQT_QUIC_BACKEND)")
     limits = serve.add_argument_group("connection limits (also MOQT_<NAME> environment variables)")
     for name, kind, text in QUIC_FLAGS:
         limits.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)

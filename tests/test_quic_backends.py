@@ -21,6 +21,7 @@ import contextlib
 import importlib.util
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,6 +42,7 @@ HAVE_QH3 = importlib.util.find_spec("qh3") is not None
 needs_qh3 = pytest.mark.skipif(not HAVE_QH3, reason="qh3 is not installed (pip install 'moqt-asgi[fast]')")
 BACKENDS = ["aioquic", pytest.param("qh3", marks=needs_qh3)]
 MIB = 1024 * 1024
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(params=BACKENDS)
@@ -260,3 +262,40 @@ async def test_qh3_stream_nobody_reads_is_stopped_at_the_window(certs: Certs) ->
             assert credit.held() <= settings.stream_receive_window + 2 * len(frame) + 4096
             assert not session.closed
 
+
+
+# -- serve --quic-backend
+@needs_qh3
+@pytest.mark.cli
+async def test_serve_on_qh3(certs: Certs) -> None:
+    """``serve --quic-backend qh3 --no-webtransport`` serves native QUIC on qh3; with WebTransport it refuses to start."""
+    import subprocess
+
+    from .helpers import cli, free_udp_port, stop_serve
+
+    def start(*extra: str) -> tuple[subprocess.Popen[str], int]:
+        port = free_udp_port()
+        process = subprocess.Popen(
+            cli("-v", "serve", "examples.clock:moq", "--bind", f"127.0.0.1:{port}", "--certfile", str(certs.cert),
+                "--keyfile", str(certs.key), "--no-tcp", *extra),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return process, port
+
+    process, port = start("--quic-backend", "qh3", "--no-webtransport")
+    try:
+        assert process.stdout is not None
+        lines = [await asyncio.to_thread(process.stdout.readline)]
+        while not lines[-1].startswith("serving examples") and lines[-1]:
+            lines.append(await asyncio.to_thread(process.stdout.readline))
+        assert any("moql://" in line and "(qh3)" in line for line in lines), lines
+        for backend in ("aioquic", "qh3"):
+            session = await dial_quic(f"moql://127.0.0.1:{port}/", fingerprint=certs.fingerprint,
+                                      quic=QuicSettings(backend=backend))  # type: ignore[arg-type]
+            async with session:
+                track = await session.subscribe("clock", "seconds")
+                assert await asyncio.wait_for(track.next_group(), WAIT) is not None
+    finally:
+        stop_serve(process)
+    process, _ = start("--quic-backend", "qh3")
+    output, _ = await asyncio.to_thread(process.communicate, timeout=30)
+    assert process.returncode != 0 and "webtransport=False" in output, output
