@@ -193,6 +193,7 @@ class RemoteBroadcast:
             producer.priority = described.priority
             producer.max_latency_ms = described.max_latency_ms
             producer.timescale = described.timescale
+            producer.latest_only = described.latest_only
         upstream = _Upstream(reader, producer)
         future.set_result(upstream)
         self.log.info("upstream subscription to %s/%s", self.path, name)

@@ -64,3 +64,21 @@ async def test_fetch_without_a_group_serves_the_relays_newest_finished_group() -
             status, headers, body = await call(app, "/fetch/live/clock/seconds", query="group=0")
             assert (status, body) == (200, b"one+one")
             reader.close()
+
+
+async def test_a_relayed_track_keeps_what_its_publisher_said_of_it() -> None:
+    """TRACK through the relay: priority, timescale and "the newest group only" come from the publisher."""
+    relay, app = relay_app()
+    mux = TrackMux()
+    broadcast = Broadcast("live/scores")
+    broadcast.create_track("latest", priority=9, latest_only=True).append_group().write_frame(b"3-1")
+    mux.publish("live/scores", broadcast)
+    async with connect(app, mux=mux, version="moq-lite-05"):
+        await eventually(lambda: relay.mux.route("live/scores") is not None, "the relay learned the broadcast")
+        async with connect(app, version="moq-lite-05") as viewer:
+            reader = await within(viewer.subscribe("live/scores", "latest"))
+            assert await within(reader.next_group()) is not None
+            info = await within(viewer.track_info("live/scores", "latest"))
+            assert info.priority == 9
+            assert info.latest_only
+            reader.close()
