@@ -7,7 +7,9 @@ as our server or client; every byte between them crosses a real UDP socket.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
+import sys
 
 import pytest
 
@@ -17,8 +19,20 @@ from moqt_asgi.protocol.lite06 import LITE_06
 
 from .conftest import Certs
 from .helpers import moqrs_client, moqrs_server, native_server
+from .test_quic_backends import BACKENDS, backend_native_server, on_backend
 
 pytestmark = pytest.mark.interop
+
+
+@pytest.fixture(autouse=True, params=BACKENDS)
+def quic_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on each QUIC backend: our server (native QUIC) and our client on aioquic, then on qh3."""
+    backend = str(request.param)
+    if backend != "aioquic":
+        module = sys.modules[__name__]
+        monkeypatch.setattr(module, "native_server", functools.partial(backend_native_server, backend=backend))
+        monkeypatch.setattr(module, "dial_quic", on_backend(dial_quic, backend))
+    return backend
 
 TIMEOUT = 10
 

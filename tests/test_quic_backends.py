@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import time
 from collections.abc import AsyncIterator
@@ -49,6 +50,34 @@ ROOT = Path(__file__).resolve().parent.parent
 def quic_backend(request: pytest.FixtureRequest) -> str:
     """Each QUIC backend in turn (qh3 skipped only when it is not installed)."""
     return str(request.param)
+
+
+# -- shared with the interop suites: our server and client on a chosen backend
+@contextlib.asynccontextmanager
+async def backend_native_server(app: MoQ, certfile: str, keyfile: str, *, backend: str = "aioquic"
+                                ) -> AsyncIterator[QuicServer]:
+    """:func:`~tests.helpers.native_server` on ``backend`` (on qh3: native QUIC only, no WebTransport)."""
+    if backend == "aioquic":
+        async with native_server(app, certfile, keyfile) as server:
+            yield server
+        return
+    await app.startup()
+    server = QuicServer(app, host="127.0.0.1", port=0, certfile=certfile, keyfile=keyfile, webtransport=False,
+                        quic=QuicSettings(backend=backend))  # type: ignore[arg-type]
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+        await app.shutdown()
+
+
+def on_backend(dial_function: Any, backend: str) -> Any:
+    """``dial_function`` (``dial`` or ``dial_quic``) with its QUIC settings on ``backend``."""
+    def dialing(url: str, **kwargs: Any) -> Any:
+        kwargs["quic"] = dataclasses.replace(kwargs.get("quic") or QuicSettings(), backend=backend)
+        return dial_function(url, **kwargs)
+    return dialing
 
 
 # -- the setting

@@ -26,7 +26,8 @@ from typing import Any
 import moq
 import pytest
 
-from moqt_asgi import Broadcast, MoQ, SetupRequest, SubscribeError, TrackMux, TrackReader, dial
+from moqt_asgi import Broadcast, MoQ, SetupRequest, SubscribeError, TrackMux, TrackReader
+from moqt_asgi import dial as dial_any
 from moqt_asgi.engine.session import Session
 from moqt_asgi.protocol.errors import ErrorCode
 from moqt_asgi.protocol.versions import (
@@ -43,6 +44,7 @@ from moqt_asgi.relay import Relay
 
 from .conftest import Certs
 from .helpers import moqrs_client, moqrs_server, native_server
+from .test_quic_backends import backend_native_server, needs_qh3, on_backend
 from .wt_client import hypercorn_server
 
 pytestmark = pytest.mark.interop
@@ -56,7 +58,8 @@ TRACK = "video"
 MISSING = "missing"
 
 VERSIONS = [LITE_01_VERSION, LITE_02_VERSION, LITE_03_VERSION, LITE_04_VERSION, LITE_05_VERSION, LITE_06_VERSION]
-SCHEMES = ["moql", "https"]
+SCHEME_BACKENDS = [("moql", "aioquic"), pytest.param("moql", "qh3", marks=needs_qh3), ("https", "aioquic")]
+"""Native QUIC on each QUIC backend of ours; WebTransport (our HTTP/3) runs on aioquic only."""
 ROLES = ["moqrs-subscribes", "moqrs-publishes"]
 
 Groups = list[tuple[int, list[bytes]]]
@@ -288,11 +291,12 @@ class Served:
 
 
 @pytest.mark.parametrize("role", ROLES)
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize(("scheme", "backend"), SCHEME_BACKENDS)
 @pytest.mark.parametrize("version", VERSIONS, ids=version_id)
-async def test_moqrs_client_against_our_server(certs: Certs, version: Version, scheme: str, role: str) -> None:
+async def test_moqrs_client_against_our_server(certs: Certs, version: Version, scheme: str, backend: str,
+                                               role: str) -> None:
     served = Served(version, role)
-    async with native_server(served.app, str(certs.cert), str(certs.key)) as server:
+    async with backend_native_server(served.app, str(certs.cert), str(certs.key), backend=backend) as server:
         await served.run(server.address[1], scheme, certs.fingerprint)
 
 
@@ -306,9 +310,10 @@ async def test_moqrs_client_against_our_app_in_hypercorn(certs: Certs, version: 
 
 # -- 3: our client against a moq-rs server
 @pytest.mark.parametrize("role", ["we-subscribe", "we-publish"])
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize(("scheme", "backend"), SCHEME_BACKENDS)
 @pytest.mark.parametrize("version", [*VERSIONS, None], ids=lambda v: version_id(v) if v is not None else "default")
-async def test_our_client_against_moqrs_server(version: Version | None, scheme: str, role: str) -> None:
+async def test_our_client_against_moqrs_server(version: Version | None, scheme: str, backend: str, role: str) -> None:
+    dial = on_backend(dial_any, backend)
     expected = version or LITE_06_VERSION  # unrestricted, the newest both speak
     offered = DEFAULT_VERSIONS if version is None else (version,)
     tag = f"{expected.name} {scheme} {role}"
