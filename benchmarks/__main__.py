@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from .common import Certificate, Result, RunOnce, Workload, size_label, temporary_certificate, workloads
-from .native import moq_native
+from .native import moq_native, moq_native_qh3
 from .raw_aioquic import raw_download, raw_upload
 from .relay import RelayUnavailable, moq_relay
 from .startup import StartupResult, format_startup, measure_startup
@@ -27,17 +27,19 @@ from .webtransport import wt_aioquic, wt_hypercorn, wt_native
 RAW = "raw aioquic, server -> client"
 RAW_UP = "raw aioquic, client -> server"
 NATIVE = "moqt-asgi pub -> sub"
+NATIVE_QH3 = "moqt-asgi pub -> sub, qh3"
 RELAY = "moqt-asgi pub -> relay -> sub"
 WT_RAW = "aioquic WebTransport, server -> client"
 WT_HYPERCORN = "moqt-asgi pub -> sub, Hypercorn"
 WT_NATIVE = "moqt-asgi pub -> sub, serve"
-ORDER = (RAW, RAW_UP, NATIVE, RELAY, WT_RAW, WT_HYPERCORN, WT_NATIVE, WS_HYPERCORN, WSS_HYPERCORN)
+ORDER = (RAW, RAW_UP, NATIVE, NATIVE_QH3, RELAY, WT_RAW, WT_HYPERCORN, WT_NATIVE, WS_HYPERCORN, WSS_HYPERCORN)
 
 Scenario = Callable[[Certificate], AbstractAsyncContextManager[RunOnce]]
 SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "raw": (RAW, raw_download),
     "raw-up": (RAW_UP, raw_upload),
     "native": (NATIVE, moq_native),
+    "native-qh3": (NATIVE_QH3, moq_native_qh3),
     "relay": (RELAY, moq_relay),
     "wt-aioquic": (WT_RAW, wt_aioquic),
     "wt-hypercorn": (WT_HYPERCORN, wt_hypercorn),
@@ -62,9 +64,9 @@ class Table:
 
 
 TABLES = (
-    Table("native QUIC (ALPN moql)", (RAW, RAW_UP, NATIVE, RELAY), RAW, "vs raw aioquic",
+    Table("native QUIC (ALPN moql)", (RAW, RAW_UP, NATIVE, NATIVE_QH3, RELAY), RAW, "vs raw aioquic",
           f"vs raw aioquic: MB/s over the '{RAW}' row of the same frame size; the moqt-asgi rows also send "
-          "from server to client."),
+          f"from server to client; '{NATIVE_QH3}' runs server and client on qh3 (QuicSettings(backend='qh3'))."),
     Table("WebTransport (HTTP/3)", (WT_RAW, WT_HYPERCORN, WT_NATIVE), WT_RAW, "vs aioquic WT",
           f"vs aioquic WT: MB/s over the '{WT_RAW}' row of the same frame size; every WebTransport row uses "
           "moqt-asgi's WebTransport client."),

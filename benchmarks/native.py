@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -122,18 +123,19 @@ async def subscribe_once(subscriber: Session, source: Source, workload: Workload
 
 
 @contextlib.asynccontextmanager
-async def moq_native(certificate: Certificate) -> AsyncIterator[RunOnce]:
-    """A server publishing :class:`Source` and one subscribing client session."""
+async def moq_native(certificate: Certificate, backend: str = "aioquic") -> AsyncIterator[RunOnce]:
+    """A server publishing :class:`Source` and one subscribing client session, both on the QUIC ``backend``."""
     source = Source()
     app = MoQ()
     app.mux.publish(BROADCAST, source)
+    settings = dataclasses.replace(quic_settings(), backend=backend)
     server = QuicServer(app, host=HOST, port=0, certfile=str(certificate.cert), keyfile=str(certificate.key),
-                        quic=quic_settings())
+                        quic=settings, webtransport=backend == "aioquic")
     await server.start()
     try:
         host, port = server.address
         subscriber = await dial_quic(f"moql://{host}:{port}/", fingerprint=certificate.fingerprint,
-                                     quic=quic_settings(), limits=SUBSCRIBER_LIMITS)
+                                     quic=settings, limits=SUBSCRIBER_LIMITS)
         async with subscriber:
 
             async def run_once(workload: Workload) -> Sample:
@@ -142,3 +144,8 @@ async def moq_native(certificate: Certificate) -> AsyncIterator[RunOnce]:
             yield run_once
     finally:
         await server.close()
+
+
+def moq_native_qh3(certificate: Certificate) -> contextlib.AbstractAsyncContextManager[RunOnce]:
+    """:func:`moq_native` with the server and the client on qh3 (``QuicSettings(backend="qh3")``)."""
+    return moq_native(certificate, backend="qh3")

@@ -25,9 +25,13 @@ subclass. What differs from aioquic for us (measured, see
 * **Stream limits are fixed in the core's constructor** (100 bidirectional,
   103 unidirectional): :class:`Qh3Connection` passes ours instead.
 
-Only the client side (:func:`dial_quic`) runs on qh3 for now; the server
-stays on aioquic (its admission control, Retry, handshake deadline,
-ticket policy and HTTP/3 hooks are written against aioquic's internals).
+Here: :class:`Qh3Connection` (stream limits, :class:`HeldCredit`, the
+server's handshake deadline and admission watcher, and a send loop that
+survives the core running out of packet room), :class:`Qh3Protocol` (our
+:class:`~.quic.MoqProtocolMixin` on qh3's protocol), :class:`GuardedQh3Server`
+(qh3's server behind our :class:`~.admission.Admission`), and the
+configurations and ``connect()``. Native QUIC only: HTTP/3 and WebTransport
+are written against aioquic's ``H3Connection`` and stay there.
 
 Every qh3 name used is reached from this module only and listed in
 :func:`check_compatible`, which raises :class:`IncompatibleQh3` naming
