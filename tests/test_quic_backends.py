@@ -154,6 +154,44 @@ async def test_every_client_backend_against_every_server_backend(certs: Certs, q
         await wait_until(lambda: server.admission.connections == 0)
 
 
+@pytest.mark.parametrize("server_backend", BACKENDS)
+async def test_a_group_stopped_midway_on_each_backend(certs: Certs, quic_backend: str, server_backend: str) -> None:
+    """STOP_SENDING and RESET_STREAM across the stacks: the stopped group ends with CANCEL, later ones arrive whole."""
+    app = MoQ()
+    stopped_codes: list[int] = []
+
+    async def handler(track: TrackWriter) -> None:
+        for n in range(3):
+            group = await track.open_group()
+            try:
+                for _ in range(200 if n == 0 else 20):
+                    await group.write_frame(bytes([n]) * 16384)
+                await group.close()
+            except Exception as exc:
+                stopped_codes.append(getattr(exc, "code", -1))
+            await asyncio.sleep(0.05)
+
+    app.mux.publish("b", handler)
+    async with backend_native_server(app, str(certs.cert), str(certs.key), backend=server_backend) as server:
+        url = f"moql://127.0.0.1:{server.address[1]}/"
+        session = await dial_quic(url, fingerprint=certs.fingerprint, quic=QuicSettings(backend=quic_backend))
+        async with session:
+            track = await session.subscribe("b", "t")
+            first = await asyncio.wait_for(track.next_group(), WAIT)
+            assert first is not None
+            assert await first.read_frame() == bytes(16384)
+            first.stop(ErrorCode.CANCEL)
+            later = []
+            for _ in range(2):
+                group = await asyncio.wait_for(track.next_group(), WAIT)
+                assert group is not None
+                frames = await asyncio.wait_for(group.read_all(), WAIT)
+                later.append((group.sequence, len(frames), {f[0] for f in frames}))
+            assert not session.closed
+    assert later == [(1, 20, {1}), (2, 20, {2})]
+    assert stopped_codes == [ErrorCode.CANCEL]
+
+
 @needs_qh3
 async def test_qh3_server_caps_and_retry(certs: Certs) -> None:
     quic = QuicSettings(backend="qh3", max_connections_per_address=2, retry=False)

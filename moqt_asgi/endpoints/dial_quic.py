@@ -66,6 +66,8 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
     # tls and the shortcuts as one: the pin to check once connected, and how the server is trusted
     pin, skip_verify, ca = client_tls(tls, fingerprint=fingerprint, insecure=insecure,
                                       cafile=cafile).apply_client(configuration, host)
+    if on_qh3 and tickets is not None:
+        log.debug("session tickets are not used on qh3: %s gets a full handshake", url)
     ticket_slot = None if on_qh3 else use_tickets(configuration, tickets, host, port, early_data=settings.allow_0rtt,
                                                   trust=trust_label(pin, skip_verify, ca))
     early_alpn = ticket_slot.early_alpn if ticket_slot is not None and settings.allow_0rtt else None

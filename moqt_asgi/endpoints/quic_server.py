@@ -263,7 +263,8 @@ class QuicServer:
         :meth:`close` cover them, but the aioquic server and its socket stay
         the caller's to close, and the connection caps and Retry of
         :attr:`admission` apply only to :meth:`start`'s own listener (receive
-        credit and the handshake deadline apply to both).
+        credit and the handshake deadline apply to both). On qh3 (:attr:`backend`)
+        they are for ``qh3.asyncio.serve``.
         """
         arguments = self._serve_arguments()
         self._serving_elsewhere = True
