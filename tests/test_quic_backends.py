@@ -281,16 +281,23 @@ async def qh3_sink_server(certs: Certs, port: int) -> AsyncIterator[Any]:
 
 
 @needs_qh3
-async def test_qh3_windows_follow_delivery_not_arrival(certs: Certs) -> None:
+@pytest.mark.parametrize("target", ["qh3 alone", "our server on qh3"])
+async def test_qh3_windows_follow_delivery_not_arrival(certs: Certs, target: str) -> None:
     """Edge-of-window one-byte frames on 16 streams, round after round: qh3 announces no new credit."""
     from benchmarks._attack_common import Sent
     from benchmarks._attack_quic import edge_frames
 
     from .helpers import free_udp_port
 
-    port = free_udp_port()
     sent = Sent()
-    async with qh3_sink_server(certs, port):
+    async with contextlib.AsyncExitStack() as stack:
+        if target == "qh3 alone":
+            port = free_udp_port()
+            await stack.enter_async_context(qh3_sink_server(certs, port))
+        else:
+            quic = QuicSettings(backend="qh3", max_connections_per_address=None)
+            server = await stack.enter_async_context(moq_server(certs, quic, webtransport=False))
+            port = server.address[1]
         await asyncio.wait_for(edge_frames(port, sent, connections=2, streams=16, rounds=6, stop=lambda: False),
                                60)
     # one frame per stream in the first round; a receiver that doubled would take one per stream every round
@@ -329,6 +336,35 @@ async def test_qh3_stream_nobody_reads_is_stopped_at_the_window(certs: Certs) ->
             assert credit.held() <= settings.stream_receive_window + 2 * len(frame) + 4096
             assert not session.closed
 
+
+
+def test_held_credit_stops_the_stream_that_passes_a_window() -> None:
+    """Unread bytes past the stream window, or past the connection window in all, hand that stream over."""
+    if not HAVE_QH3:
+        pytest.skip("qh3 is not installed")
+    from moqt_asgi.transport.qh3_connection import HeldCredit
+
+    async def scenario() -> list[int]:
+        credit = HeldCredit(stream_window=100, connection_window=250)
+        stopped: list[int] = []
+        credit.on_overrun = stopped.append
+        credit.hold(0, 100)  # at the stream window: fine
+        credit.hold(4, 90)
+        await asyncio.sleep(0)
+        assert stopped == []
+        credit.hold(0, 1)  # stream 0 passes its window
+        credit.release(4, 90)
+        credit.hold(8, 60)
+        credit.hold(12, 60)  # 101 + 120 = 221: under the connection window
+        await asyncio.sleep(0)
+        assert stopped == [0]
+        credit.hold(12, 30)  # 251: stream 12 takes the connection past its window
+        await asyncio.sleep(0)
+        credit.release(0, 101)
+        assert credit.held() == 150 and credit.held(0) == 0 and credit.overruns == 2
+        return stopped
+
+    assert asyncio.run(scenario()) == [0, 12]
 
 
 # -- serve --quic-backend
