@@ -32,6 +32,7 @@ from ..protocol.versions import DEFAULT_VERSIONS, Version, ordered, protocols_fo
 from ..transport.aioquic_connection import adopt_quic
 from ..transport.settings import QuicSettings
 from ..transport.transmit import TransmitSoon
+from ..transport.udp import grow_socket_buffers
 from ..webtransport.asgi import parse_sf_string_list, sf_string
 from ..webtransport.capsules import H3_INTERNAL_ERROR
 from ..webtransport.h3 import WebTransportH3Connection
@@ -66,6 +67,12 @@ class WebTransportClientProtocol(QuicConnectionProtocol, RouterHost):
         """The TLS handshake resumed an earlier session from a ticket (no certificate exchange)."""
         self.early_data_accepted = False
         """0-RTT early data was offered with a ticket and accepted by the server."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # aioquic's socket has the system's default buffers (208 KiB on Linux): a burst that arrives while
+        # this process is busy elsewhere would be dropped by the kernel and taken for congestion
+        grow_socket_buffers(transport)
+        super().connection_made(transport)
 
     async def open_session(self, authority: str, target: str,
                            headers: Sequence[tuple[bytes, bytes]] = ()) -> tuple[WebTransportSession, str | None]:

@@ -62,6 +62,7 @@ from .aioquic_connection import (
     server_transport,
     use_retry_tokens,
 )
+from .udp import grow_socket_buffers
 
 logger = logging.getLogger("moqt_asgi.admission")
 
@@ -338,14 +339,18 @@ class GuardedQuicServer(AdmissionGuard, AioquicServer):
 
 async def serve_guarded(host: str, port: int, *, admission: Admission, sock: Any = None,
                         server_class: Any = GuardedQuicServer, **arguments: Any) -> Any:
-    """Like aioquic's ``serve()``, with :class:`GuardedQuicServer` (or ``server_class``); on ``sock`` when given."""
+    """Like aioquic's ``serve()``, with :class:`GuardedQuicServer` (or ``server_class``); on ``sock`` when given.
+
+    The socket's buffers are raised (:func:`~.udp.grow_socket_buffers`): every connection shares them.
+    """
     loop = asyncio.get_running_loop()
     if sock is not None:
-        _, server = await loop.create_datagram_endpoint(lambda: server_class(admission=admission, **arguments),
-                                                        sock=sock)
+        transport, server = await loop.create_datagram_endpoint(
+            lambda: server_class(admission=admission, **arguments), sock=sock)
     else:
-        _, server = await loop.create_datagram_endpoint(lambda: server_class(admission=admission, **arguments),
-                                                        local_addr=(host, port))
+        transport, server = await loop.create_datagram_endpoint(
+            lambda: server_class(admission=admission, **arguments), local_addr=(host, port))
+    grow_socket_buffers(transport)
     assert isinstance(server, server_class)
     return server
 
