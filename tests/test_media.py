@@ -461,10 +461,10 @@ def test_loc_frames_become_fragments() -> None:
 
 
 def test_legacy_frames_become_fragments() -> None:
-    wrap = LegacyWrapper(1, video=True)
+    wrap = LegacyWrapper(1, video=True, window=0)  # frames in presentation order: nothing to hold back
     frames = [(encode_legacy(t * 33_333, b"frame%d" % t), t % 3 == 0) for t in range(4)]
     out = [wrap.frame(frame, first) for frame, first in frames]
-    out.append(wrap.flush())
+    out.extend(wrap.flush())
     assert out[0] is None and all(fragment is not None for fragment in out[1:])
     samples = [decode_cmaf(fragment, 1_000_000)[0] for fragment in out[1:] if fragment is not None]
     assert [(s.payload, s.timestamp_us, s.keyframe, s.duration_us) for s in samples] == [

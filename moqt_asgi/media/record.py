@@ -6,8 +6,9 @@ the first audio rendition it can record, writes one init (``ftyp`` + a
 ``moof`` + ``mdat`` as it arrives. A ``cmaf`` rendition brings its init and
 fragments; a ``legacy`` one (H.264 ``avc1``, HEVC ``hvc1``, AV1, AAC, Opus) gets
 a track built from its catalog ``description`` and each frame wrapped in a
-fragment (the first frame of a group is the keyframe). The result is a
-playable fMP4 (``ffprobe``/``ffplay`` read it). A subscription starts at
+fragment (the first frame of a group is the keyframe; decode times and
+composition offsets are worked out from the presentation times, which
+B-frames reorder). The result is a playable fMP4 (``ffprobe``/``ffplay`` read it). A subscription starts at
 the newest group, which begins at a keyframe, so the file starts decodable.
 """
 
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -91,38 +94,96 @@ def choose_renditions(catalog: Catalog) -> list[tuple[str, VideoConfig | AudioCo
     return chosen
 
 
-class LegacyWrapper:
-    """Wraps ``legacy`` (or ``loc``) frames into fragments; each is written once the next gives its duration."""
+REORDER_WINDOW = 8
+"""Video frames :class:`LegacyWrapper` holds back to give decode times (x264 reorders at most 2 with ``-bf 2``)."""
 
-    def __init__(self, track_id: int, video: bool, container: str = "legacy") -> None:
+
+@dataclass(slots=True)
+class _Held:
+    """A frame held by :class:`LegacyWrapper`: its presentation time, bytes, keyframe flag and decode time once known."""
+
+    pts: int
+    payload: bytes
+    keyframe: bool
+    dts: int | None = None
+
+
+class LegacyWrapper:
+    """Wraps ``legacy`` (or ``loc``) frames into fragments, with decode times and composition offsets.
+
+    Frames arrive in decode order but carry only their presentation time,
+    which goes back and forth with B-frames. A frame gets its decode time once
+    ``window`` later frames arrived: the k-th frame's is the k-th smallest
+    presentation time seen, minus the reorder delay measured over the first
+    window (so no frame is decoded after it is shown; a reorder up to half
+    the window is measured), kept increasing. Its
+    composition offset is presentation minus decode time (signed: ``trun``
+    version 1) and its duration runs to the next frame's decode time, so a
+    frame is written once the next one has its decode time. ``window``
+    defaults to :data:`REORDER_WINDOW` for video and 0 for audio (never
+    reordered).
+    """
+
+    def __init__(self, track_id: int, video: bool, container: str = "legacy", *, window: int | None = None) -> None:
         self.track_id = track_id
         self.video = video
+        self.window = (REORDER_WINDOW if video else 0) if window is None else max(0, window)
         self._decode = decode_loc if container == "loc" else decode_legacy
-        self._pending: tuple[int, bytes, bool] | None = None
+        self._held: deque[_Held] = deque()
+        self._undated = 0
+        """How many frames at the end of ``_held`` have no decode time yet."""
+        self._times: list[int] = []
+        """A heap of the presentation times not yet given out as decode times."""
+        self._delay: int | None = None
+        self._last_dts: int | None = None
         self._duration = 0
         self._sequence = 0
 
     def frame(self, frame: bytes, first_in_group: bool) -> bytes | None:
+        """The next fragment to write once ``frame`` arrived, if one is ready."""
         timestamp, payload = self._decode(frame)
         if not payload:
             return None  # an end-of-content marker
-        pending, self._pending = self._pending, (timestamp, payload, first_in_group or not self.video)
-        if pending is None:
-            return None
-        if timestamp > pending[0]:
-            self._duration = timestamp - pending[0]
-        return self._fragment(pending)
+        self._held.append(_Held(timestamp, payload, first_in_group or not self.video))
+        heapq.heappush(self._times, timestamp)
+        self._undated += 1
+        if self._undated > self.window:
+            self._date_oldest()
+        return self._fragment() if len(self._held) > 1 and self._held[1].dts is not None else None
 
-    def flush(self) -> bytes | None:
-        pending, self._pending = self._pending, None
-        return self._fragment(pending) if pending is not None else None
+    def flush(self) -> list[bytes]:
+        """The fragments of every frame still held (at the end of the track)."""
+        while self._undated:
+            self._date_oldest(final=True)
+        out = []
+        while self._held:
+            out.append(self._fragment())
+        return out
 
-    def _fragment(self, pending: tuple[int, bytes, bool]) -> bytes:
-        timestamp, payload, keyframe = pending
+    def _date_oldest(self, final: bool = False) -> None:
+        held = self._held[len(self._held) - self._undated]
+        if self._delay is None:
+            # How far the k-th smallest presentation time runs ahead of the k-th frame's, over the first half
+            # of the first window (later ranks may still miss frames that have not arrived), or over every
+            # frame at the end of the track.
+            ranked = sorted(self._times)
+            pending = list(self._held)[-self._undated:]
+            reliable = pending if final else pending[:len(pending) - self.window // 2]
+            self._delay = max([0, *(ranked[k] - frame.pts for k, frame in enumerate(reliable))])
+        dts = heapq.heappop(self._times) - self._delay
+        held.dts = max(dts, 0 if self._last_dts is None else self._last_dts + 1)
+        self._last_dts = held.dts
+        self._undated -= 1
+
+    def _fragment(self) -> bytes:
+        held = self._held.popleft()
+        assert held.dts is not None
+        if self._held and self._held[0].dts is not None:
+            self._duration = self._held[0].dts - held.dts
         self._sequence += 1
-        sample = Sample(self.track_id, timestamp, self._duration, len(payload),
-                        KEYFRAME_FLAGS if keyframe else DELTA_FLAGS, 0, 0)
-        return build_fragment(self._sequence, self.track_id, sample, payload)
+        sample = Sample(self.track_id, held.dts, self._duration, len(held.payload),
+                        KEYFRAME_FLAGS if held.keyframe else DELTA_FLAGS, held.pts - held.dts, 0)
+        return build_fragment(self._sequence, self.track_id, sample, held.payload)
 
 
 class Recorder:
@@ -188,7 +249,7 @@ class Recorder:
                         first = False
                         if done.is_set():
                             return
-                if wrap is not None and (tail := wrap.flush()) is not None:
+                for tail in wrap.flush() if wrap is not None else ():
                     write(recorded, tail)
             except (StreamError, SessionClosed) as exc:
                 logger.warning("track %s of %s ended: %s", recorded.name, self.broadcast, exc)
