@@ -17,6 +17,7 @@ from typing import Any
 from .auth.tokens import Authenticator, AuthError, Grant
 from .engine.mux import TrackMux
 from .http import CertificateSource, HttpEndpointHandler, HttpEndpoints, certificate_sha256
+from .load import LoadMonitor
 from .metrics import AppMetrics, note_refusal, serve_metrics
 from .protocol.limits import DEFAULT_LIMITS, Limits
 from .protocol.versions import ALPN_LITE, DEFAULT_VERSIONS, Version, choose_alpn, ordered, protocols_for
@@ -54,7 +55,8 @@ class MoQ:
                  max_sessions: int | None = None, max_sessions_per_address: int | None = None,
                  setup_handler_timeout: float = 10.0, lifespan: Lifespan | None = None,
                  http_endpoints: bool | HttpEndpoints = True, metrics_path: str | None = None,
-                 certificate: CertificateSource | None = None) -> None:
+                 certificate: CertificateSource | None = None, max_loop_lag: float | None = None,
+                 load_monitor: LoadMonitor | None = None) -> None:
         self.routes: list[Route] = list(routes)
         self.versions: tuple[Version, ...] = ordered(versions)
         """The versions sessions may use, preferred first (restrict it to force one)."""
@@ -88,6 +90,12 @@ class MoQ:
         """Most sessions at once from one IP address (``None``: no limit)."""
         self.setup_handler_timeout = setup_handler_timeout
         """Seconds a setup handler has to accept or reject; then the session is refused (408, ``TIMEOUT``)."""
+        self.load_monitor = load_monitor if load_monitor is not None else (
+            LoadMonitor(max_loop_lag) if max_loop_lag is not None else None)
+        """Admission by measured load: while it says the process is overloaded, new sessions are refused
+        (503, metrics reason ``load``) and admitted ones keep going. ``MoQ(max_loop_lag=0.1)`` refuses while
+        the event loop runs a smoothed 100 ms late (see :mod:`moqt_asgi.load`); pass ``load_monitor=`` for
+        other settings (a CPU-share threshold, the interval, the hysteresis). ``None`` (the default): off."""
         self._sessions = 0
         self._per_address: dict[str, int] = {}
         self.http_endpoints = HttpEndpoints.of(http_endpoints)
@@ -175,13 +183,22 @@ class MoQ:
 
     # -- admission
     def admit(self, client: tuple[str, int] | None) -> str | None:
-        """Count a new session from ``client``; the reason it is refused, or ``None`` (then :meth:`release` it)."""
+        """Count a new session from ``client``; the reason it is refused, or ``None`` (then :meth:`release` it).
+
+        Refused at :attr:`max_sessions`, at :attr:`max_sessions_per_address`, and while
+        :attr:`load_monitor` says the process is overloaded (a :class:`~moqt_asgi.load.Overloaded` text).
+        """
         address = client[0] if client else ""
         if self.max_sessions is not None and self._sessions >= self.max_sessions:
             return f"server is at its limit of {self.max_sessions} sessions"
         held = self._per_address.get(address, 0)
         if address and self.max_sessions_per_address is not None and held >= self.max_sessions_per_address:
             return f"{address} holds {held} sessions already (the limit per address)"
+        if self.load_monitor is not None:
+            self.load_monitor.ensure_running()
+            overloaded = self.load_monitor.refusal()
+            if overloaded is not None:
+                return overloaded
         self._sessions += 1
         self._per_address[address] = held + 1
         return None

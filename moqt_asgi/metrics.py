@@ -39,9 +39,10 @@ session_log = logging.getLogger("moqt_asgi.sessions")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SETUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Upper bounds (seconds) of the setup-latency histogram's buckets."""
-REFUSAL_REASONS = ("admission", "auth", "origin", "route", "setup_timeout", "handler_timeout", "protocol", "version",
-                   "rejected")
-"""The ``reason`` label of ``moqt_sessions_refused_total``."""
+REFUSAL_REASONS = ("admission", "load", "auth", "origin", "route", "setup_timeout", "handler_timeout", "protocol",
+                   "version", "rejected")
+"""The ``reason`` label of ``moqt_sessions_refused_total`` (``load``: refused while the process is overloaded,
+see :mod:`moqt_asgi.load`; ``admission``: the session caps)."""
 
 
 class MetricsUnavailable(RuntimeError):
