@@ -28,7 +28,16 @@ order. So
 * MAX_STREAM_DATA / MAX_DATA go out once a quarter of the window was
   released (:data:`UPDATE_FRACTION`), not per byte; a release that crosses
   that point calls :attr:`CreditedQuicConnection.on_credit` so the owner
-  transmits soon.
+  transmits soon. MAX_DATA also goes out as soon as anything more was
+  released while the peer has less than a quarter of the window left:
+  when streams nobody reads yet (a subscriber's later groups) hold more
+  than three quarters of it, a whole quarter may never be released, and
+  the stream being read would wait for bytes the peer has no credit to send.
+  Held bytes still count: once unread streams hold the whole connection
+  window, nothing moves until one of them is read or dropped (so the
+  connection window must exceed what the readers may leave unread: the
+  engine's ``max_queued_groups`` plus one stream windows per track read in
+  order).
 
 The windows are the configuration's ``max_stream_data`` and ``max_data``
 (the initial credit aioquic announces). The class also carries the
@@ -477,8 +486,21 @@ class CreditedQuicConnection(QuicConnection):
         """Bytes that count as consumed on the connection (the base of MAX_DATA)."""
         return self._released
 
+    def _connection_update_due(self) -> bool:
+        """A new MAX_DATA is due: a step more was released, or the peer is nearly out of credit and any more helps.
+
+        While bytes held by streams nobody reads yet (a subscriber's later groups) fill most of the window,
+        what the peer may still send can stay under a step for good: the stream being read then waits for
+        bytes the peer may not send, and nothing is released that would complete the step.
+        """
+        limit = self._local_max_data
+        target = self._released + self.connection_window
+        if target - limit.value >= self._connection_step:
+            return True
+        return target > limit.value and limit.value - limit.used < self._connection_step
+
     def _update_due(self, stream_id: int) -> bool:
-        if self._released + self.connection_window - self._local_max_data.value >= self._connection_step:
+        if self._connection_update_due():
             return True
         stream = self._streams.get(stream_id)
         if stream is None or stream.receiver.is_finished:
@@ -511,9 +533,8 @@ class CreditedQuicConnection(QuicConnection):
     # -- writing the limits: released + window, never doubled
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: Any) -> None:
         limit = self._local_max_data
-        target = self._released + self.connection_window
-        if target - limit.value >= self._connection_step:
-            limit.value = target
+        if self._connection_update_due():
+            limit.value = self._released + self.connection_window
         for current in (limit, self._local_max_streams_bidi, self._local_max_streams_uni):
             if current.value == current.sent:
                 continue
