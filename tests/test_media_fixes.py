@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import itertools
 import subprocess
@@ -11,11 +12,14 @@ from pathlib import Path
 import pytest
 
 from moqt_asgi import MoQ
-from moqt_asgi.media import HangBroadcast
+from moqt_asgi.media import HangBroadcast, StreamDecoder, read_stream
+from moqt_asgi.media.catalog import Json
 from moqt_asgi.media.container import encode_legacy, encode_loc
 from moqt_asgi.media.ingest import Fmp4Ingest
+from moqt_asgi.media.jsontracks import DEFAULT_MAX_STREAM_GROUP_BYTES, JsonStreamProducer
 from moqt_asgi.media.mp4 import Sample, iter_boxes, parse_moof
 from moqt_asgi.media.record import REORDER_WINDOW, LegacyWrapper, Recorder
+from moqt_asgi.producer import TrackProducer
 
 from .helpers import WAIT, eventually, memory_sessions
 from .test_media_peers import ffprobe, make_clip, split, tool
@@ -112,3 +116,63 @@ async def test_record_b_frames_every_frame_decodes(tmp_path: Path, container: st
     dts = [d for _, d in times]
     assert len(times) == 60 and dts == sorted(set(dts)), times
     assert all(d <= p for p, d in times), times
+
+
+# -- JSON stream tracks roll over to new groups -------------------------------------------------------
+
+@pytest.mark.parametrize("compression", [False, True])
+def test_stream_groups_roll_over_and_decode_alone(compression: bool) -> None:
+    track = TrackProducer("log.jsonl", cached_groups=100)
+    producer = JsonStreamProducer(track, compression=compression, max_group_bytes=2000)
+    records: list[Json] = [{"n": n, "hash": hashlib.sha256(b"%d" % n).hexdigest()} for n in range(300)]
+    for record in records:
+        producer.append(record)
+    big = {"big": "".join(hashlib.sha256(b"%d" % n).hexdigest() for n in range(100))}
+    producer.append(big)  # larger than the limit (compressed too): alone in its group
+    producer.finish()
+    groups = track.cached()
+    assert len(groups) > 5
+    assert all(group.finished for group in groups)
+    assert all(group.size <= 2000 for group in groups[:-1]) and len(groups[-1].frames) == 1
+    read: list[Json] = []
+    for group in groups:  # each group decodes with a decoder of its own, as a reader that joins there
+        decoder = StreamDecoder(compression=compression)
+        decoder.start_group()
+        read += [decoder.frame(frame) for frame in group.frames]
+    assert read == [*records, big]
+    with pytest.raises(ValueError):
+        JsonStreamProducer(TrackProducer("bad"), max_group_bytes=0)
+
+
+def test_a_long_log_never_reaches_the_group_limit() -> None:
+    # every record in one group would grow to the 64 MiB group limit, where append raises and resets it
+    track = TrackProducer("log.jsonl", cached_groups=4)
+    producer = JsonStreamProducer(track)
+    record = {"line": "z" * 1000}
+    for _ in range(1500):  # 1.5 MB
+        producer.append(record)
+    assert [group.sequence for group in track.cached()] == [0, 1]
+    assert all(group.size <= DEFAULT_MAX_STREAM_GROUP_BYTES for group in track.cached())
+
+
+async def test_a_late_joiner_reads_the_newest_stream_group() -> None:
+    app = MoQ()
+    hang = HangBroadcast("log.hang")
+    app.mux.publish(hang.path, hang.broadcast)
+    producer = hang.json_stream("log.jsonl", compression=True, max_group_bytes=500)
+    for n in range(100):
+        producer.append({"n": n, "pad": "p" * 20})
+    newest = hang.broadcast.tracks["log.jsonl"].latest
+    assert newest is not None and newest.sequence > 0
+    first_of_newest = StreamDecoder(compression=True)
+    first_of_newest.start_group()
+    expected = first_of_newest.frame(newest.frames[0])
+    async with memory_sessions(app) as (client, _server, _c, _s):
+        reader = read_stream(await client.subscribe("log.hang", "log.jsonl"), compression=True)
+        assert await asyncio.wait_for(anext(reader), WAIT) == expected
+        assert isinstance(expected, dict) and expected["n"] > 0
+        later = [await asyncio.wait_for(anext(reader), WAIT) for _ in range(len(newest.frames) - 1)]
+        producer.append({"n": 100})
+        assert [r["n"] for r in later if isinstance(r, dict)] == list(range(expected["n"] + 1, 100))  # type: ignore[operator]
+        assert await asyncio.wait_for(anext(reader), WAIT) == {"n": 100}
+        await reader.aclose()

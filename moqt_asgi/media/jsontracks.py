@@ -5,7 +5,8 @@
   order. :class:`JsonSnapshotProducer` writes deltas until they outweigh
   ``delta_ratio`` times the snapshot (``0``: every value is a new group of
   one frame, which is what moq-rs and the JS publisher do for the catalog).
-* **Stream** (lossless log): one group, one record per frame.
+* **Stream** (lossless log): one record per frame, a new group every
+  ``max_group_bytes`` (1 MiB).
 * **Compression** ``deflate``: each group is one raw DEFLATE stream,
   sync-flushed per frame, each frame without its trailing ``00 00 ff ff``.
 
@@ -179,21 +180,47 @@ class JsonSnapshotProducer:
         self.track.finish()
 
 
-class JsonStreamProducer:
-    """Append records to a stream track: one group, one record per frame."""
+DEFAULT_MAX_STREAM_GROUP_BYTES = 1024 * 1024
+"""The bytes a JSON stream group holds before :class:`JsonStreamProducer` starts the next one."""
 
-    def __init__(self, track: TrackProducer, *, compression: bool = False) -> None:
+
+class JsonStreamProducer:
+    """Append records to a stream track, one record per frame.
+
+    A group holds records until the next one would take it past
+    ``max_group_bytes``: the group is finished and the record starts a new
+    one (a record larger than that goes alone in its group). Compressed,
+    each group is its own DEFLATE stream, so a reader that joins at the
+    newest group decodes it alone, as ``@moq/json`` readers do (a cold
+    window per group).
+    """
+
+    def __init__(self, track: TrackProducer, *, compression: bool = False,
+                 max_group_bytes: int = DEFAULT_MAX_STREAM_GROUP_BYTES) -> None:
+        if max_group_bytes <= 0:
+            raise ValueError(f"max_group_bytes must be positive, got {max_group_bytes}")
         self.track = track
         self.compression = compression
+        self.max_group_bytes = max_group_bytes
         self._group: GroupProducer | None = None
         self._deflater: Deflater | None = None
 
     def append(self, record: Json) -> None:
-        if self._group is None or self._group.done:
-            self._group = self.track.append_group()
-            self._deflater = Deflater() if self.compression else None
+        """Write ``record`` as the next frame, in a new group if it would take the current one past the limit."""
         data = dumps(record)
-        self._group.write_frame(self._deflater.frame(data) if self._deflater is not None else data)
+        group = self._group
+        if group is not None and not group.done:
+            payload = self._encode(data)
+            if not group.frames or group.size + len(payload) <= self.max_group_bytes:
+                group.write_frame(payload)
+                return
+            group.finish()  # its deflater took this record in: the new group starts a new stream
+        self._group = group = self.track.append_group()
+        self._deflater = Deflater() if self.compression else None
+        group.write_frame(self._encode(data))
+
+    def _encode(self, data: bytes) -> bytes:
+        return self._deflater.frame(data) if self._deflater is not None else data
 
     def finish(self) -> None:
         if self._group is not None:
@@ -281,6 +308,7 @@ async def read_stream(track: TrackReader, *, compression: bool = False) -> Async
 
 
 __all__ = [
-    "Deflater", "Inflater", "JsonSnapshotProducer", "JsonStreamProducer", "JsonTrackError", "SnapshotDecoder",
+    "DEFAULT_MAX_STREAM_GROUP_BYTES", "Deflater", "Inflater",
+    "JsonSnapshotProducer", "JsonStreamProducer", "JsonTrackError", "SnapshotDecoder",
     "StreamDecoder", "diff", "merge_patch", "read_catalogs", "read_snapshots", "read_stream",
 ]

@@ -29,7 +29,7 @@ from ..producer import Broadcast, GroupProducer, TrackProducer
 from ..protocol.errors import MoQError
 from .catalog import RESERVED_SECTIONS, AudioConfig, AudioSection, Catalog, Json, JsonTrack, VideoConfig, VideoSection
 from .container import encode_legacy, encode_loc
-from .jsontracks import JsonSnapshotProducer, JsonStreamProducer
+from .jsontracks import DEFAULT_MAX_STREAM_GROUP_BYTES, JsonSnapshotProducer, JsonStreamProducer
 
 logger = logging.getLogger("moqt_asgi.media")
 
@@ -192,9 +192,13 @@ class HangBroadcast:
         return producer
 
     def json_stream(self, name: str, *, compression: bool = False, schema: str | None = None,
-                    priority: int = 0) -> JsonStreamProducer:
-        """A JSON stream track (an append-only log) listed in the catalog's ``json.tracks``."""
-        producer = JsonStreamProducer(self._json_track(name, priority), compression=compression)
+                    priority: int = 0, max_group_bytes: int = DEFAULT_MAX_STREAM_GROUP_BYTES) -> JsonStreamProducer:
+        """A JSON stream track (an append-only log) listed in the catalog's ``json.tracks``.
+
+        A new group starts when the next record would take the current one past ``max_group_bytes``.
+        """
+        producer = JsonStreamProducer(self._json_track(name, priority), compression=compression,
+                                      max_group_bytes=max_group_bytes)
         self._list_json(name, JsonTrack("stream", "deflate" if compression else None, schema), producer)
         return producer
 
