@@ -193,6 +193,27 @@ async def test_a_group_stopped_midway_on_each_backend(certs: Certs, quic_backend
 
 
 @needs_qh3
+async def test_qh3_server_on_a_given_socket(certs: Certs) -> None:
+    """``start(sock=...)`` on qh3: the server serves on that socket (qh3's batched transport) and closes it."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = QuicServer(tick_app(), port=0, certfile=str(certs.cert), keyfile=str(certs.key), webtransport=False,
+                        quic=QuicSettings(backend="qh3"))
+    await server.start(sock=sock)
+    try:
+        assert server.address[1] == port
+        async with await dial_quic(f"moql://127.0.0.1:{port}/", fingerprint=certs.fingerprint) as session:
+            assert await read_tick(session) == b"tick"
+    finally:
+        await server.close()
+    await asyncio.sleep(0.1)
+    assert sock.fileno() == -1
+
+
+@needs_qh3
 async def test_qh3_server_caps_and_retry(certs: Certs) -> None:
     quic = QuicSettings(backend="qh3", max_connections_per_address=2, retry=False)
     async with moq_server(certs, quic, webtransport=False) as server, contextlib.AsyncExitStack() as stack:

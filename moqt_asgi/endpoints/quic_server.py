@@ -143,7 +143,7 @@ class QuicServer:
         self.asgi_app: ASGIApp = asgi_app if asgi_app is not None else app
         self.state: dict[str, Any] = {}
         """Copied into every ASGI scope's ``state`` (``webtransport`` and ``http``)."""
-        self._server: AioquicServer | None = None
+        self._server: AioquicServer | Any | None = None  # a GuardedQh3Server on qh3
         self._serving_elsewhere = False
         self._protocols: weakref.WeakSet[ServerProtocol] = weakref.WeakSet()
         self._connections: set[asyncio.Task[None]] = set()
@@ -196,10 +196,13 @@ class QuicServer:
             self._check_socket(sock)
         self.admission = Admission(self.quic.admission_policy(), log=self.log)
         if self.backend == "qh3":
-            from ..transport.qh3_connection import GuardedQh3Server
+            from ..transport.qh3_connection import serve_guarded_qh3
 
-            arguments["server_class"] = GuardedQh3Server
-        self._server = await serve_guarded(self.host, self.port, admission=self.admission, sock=sock, **arguments)
+            self._server = await serve_guarded_qh3(self.host, self.port, admission=self.admission, sock=sock,
+                                                   **arguments)
+        else:
+            self._server = await serve_guarded(self.host, self.port, admission=self.admission, sock=sock,
+                                               **arguments)
         self._serving_elsewhere = False
         self._address = None
         if self.webtransport:

@@ -45,11 +45,13 @@ import asyncio
 import hashlib
 import inspect
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from qh3 import _hazmat
+from qh3.asyncio import _transport as _qh3_transport
 from qh3.asyncio import client as _qh3_client
 from qh3.asyncio import protocol as _qh3_protocol
 from qh3.asyncio import server as _qh3_server
@@ -63,6 +65,7 @@ from ..protocol.limits import DEFAULT_LIMITS, Limits
 from .admission import Admission, AdmissionGuard
 from .aioquic_connection import ConnectionWatcher
 from .quic import MoqProtocolMixin, QuicBackend, QuicTransport
+from .udp import grow_socket_buffers
 
 logger = logging.getLogger("moqt_asgi.quic")
 
@@ -104,7 +107,8 @@ def check_compatible() -> None:
         (protocol.QuicConnectionProtocol, ("transmit", "close", "quic_event_received", "wait_connected")),
         (events, ("StreamDataReceived", "StreamReset", "StopSendingReceived", "ConnectionTerminated",
                   "HandshakeCompleted", "ProtocolNegotiated")),
-        (client, ("connect",)), (server, ("QuicServer",)), (configuration, ("QuicConfiguration",)),
+        (client, ("connect",)), (server, ("QuicServer",)),
+        (_qh3_transport, ("create_optimized_datagram_transport",)), (configuration, ("QuicConfiguration",)),
         (_hazmat, ("QuicConnectionCore",)), (connection, ("QuicConnectionCore", "QuicConnectionError")),
         (_hazmat.QuicConnectionCore, ("poll_transmit",)),
     ):
@@ -466,6 +470,26 @@ class GuardedQh3Server(AdmissionGuard, _qh3_server.QuicServer):
         self.admission.clear()
 
 
+async def serve_guarded_qh3(host: str, port: int, *, admission: Admission, sock: socket.socket | None = None,
+                            **arguments: Any) -> GuardedQh3Server:
+    """:class:`GuardedQh3Server` on ``host:port`` (or ``sock``), through qh3's batched UDP transport (GSO/GRO
+    where the kernel has them), so a connection's datagrams of one transmit leave in one system call."""
+    _ensure_checked()
+    if sock is None:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.bind(address)
+        except BaseException:
+            sock.close()
+            raise
+    transport, server = await _qh3_transport.create_optimized_datagram_transport(
+        asyncio.get_running_loop(), lambda: GuardedQh3Server(admission=admission, **arguments), sock=sock)
+    grow_socket_buffers(transport)  # every connection shares the socket, as on aioquic
+    assert isinstance(server, GuardedQh3Server)
+    return server
+
+
 def server_configuration(*, alpn: list[str], idle_timeout: float, max_datagram_frame_size: int | None,
                          max_data: int, max_stream_data: int, chain_pem: bytes, key_pem: bytes) -> Any:
     """A qh3 server ``QuicConfiguration`` presenting ``chain_pem`` (leaf first) with the PKCS#8 ``key_pem``."""
@@ -508,6 +532,7 @@ __all__ = [
     "client_configuration",
     "connect",
     "peer_certificate_der",
+    "serve_guarded_qh3",
     "server_configuration",
     "session_resumed",
 ]
