@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from .engine.track import DEFAULT_TIMESCALE
@@ -24,7 +25,7 @@ from .protocol.messages import TrackInfo
 from .protocol.paths import normalize_path
 
 if TYPE_CHECKING:
-    from .engine.track import TrackWriter
+    from .engine.track import GroupWriter, TrackWriter
 
 DEFAULT_CACHED_GROUPS = 2
 DEFAULT_MAX_GROUP_BYTES = 64 * 1024 * 1024
@@ -175,12 +176,15 @@ class TrackProducer:
     sent as ``2**53 - 1``); ``latest_only``, the newest group only (sent as a
     retention of ``0``; ``max_latency_ms`` must then be ``0``); and
     ``timescale``, timestamp units per second.
+
+    ``drop_queued`` (off by default) is how a subscriber that cannot keep up
+    loses groups: see :attr:`drop_queued`.
     """
 
     def __init__(self, name: str, *, priority: int = 0, cached_groups: int = DEFAULT_CACHED_GROUPS,
                  max_group_bytes: int = DEFAULT_MAX_GROUP_BYTES, max_latency_ms: int = 0,
                  timescale: int = DEFAULT_TIMESCALE, budget: ByteBudget | None = None,
-                 latest_only: bool = False) -> None:
+                 latest_only: bool = False, drop_queued: bool = False) -> None:
         if timescale <= 0:
             raise ValueError(f"timescale must be positive, got {timescale}")
         if latest_only and max_latency_ms:
@@ -189,6 +193,11 @@ class TrackProducer:
         self.priority = priority
         self.max_latency_ms = max_latency_ms
         self.latest_only = latest_only
+        self.drop_queued = drop_queued
+        """A group stays in flight for a subscriber until the transport has sent all of it, so a subscriber on
+        a path slower than the track loses old groups even once they were handed to the transport (reset with
+        ``OLD``, their unsent bytes discarded). Off, a group leaves the flight once handed over, and a slow
+        path may hold up to the scheduler's ``high_water`` of older groups ahead of the newest."""
         self.timescale = timescale
         self._groups: deque[GroupProducer] = deque(maxlen=max(1, cached_groups))
         self._next_sequence = 0
@@ -356,7 +365,8 @@ def _stale(producer: TrackProducer, group: GroupProducer, max_latency_ms: int) -
             and group.age_ms() > max_latency_ms)
 
 
-async def serve_producer(producer: TrackProducer, writer: TrackWriter, *, max_groups_in_flight: int | None = None) -> None:
+async def serve_producer(producer: TrackProducer, writer: TrackWriter, *, max_groups_in_flight: int | None = None,
+                         drop_queued: bool | None = None) -> None:
     """Deliver ``producer`` to one subscription until the track ends.
 
     The subscription's wishes are honoured, and re-read before each group so
@@ -369,8 +379,12 @@ async def serve_producer(producer: TrackProducer, writer: TrackWriter, *, max_gr
     Groups are sent concurrently (newer ones first, by the session's
     scheduler). When more than ``max_groups_in_flight`` (default: the
     producer's cache size, at least 2) are still being sent, the oldest is
-    abandoned with a reset: a slow subscriber loses old groups.
+    abandoned with a reset: a slow subscriber loses old groups. With
+    ``drop_queued`` (default: the producer's :attr:`~TrackProducer.drop_queued`)
+    a group counts as being sent until the transport has sent its last byte.
     """
+    if drop_queued is None:
+        drop_queued = producer.drop_queued
     limit = max_groups_in_flight if max_groups_in_flight is not None else max(2, producer.cached_groups)
     writer.timescale = producer.timescale
     writer.accept()
@@ -398,7 +412,7 @@ async def serve_producer(producer: TrackProducer, writer: TrackWriter, *, max_gr
                     break
                 if (start is not None and group.sequence < start) or _stale(producer, group, writer.max_latency_ms):
                     continue
-                in_flight.append(tg.create_task(_send_group(group, writer)))
+                in_flight.append(tg.create_task(_send_group(group, writer, drop_queued)))
                 while in_flight and in_flight[0].done():
                     in_flight.popleft()
                 while len(in_flight) > limit:
@@ -413,7 +427,30 @@ async def serve_producer(producer: TrackProducer, writer: TrackWriter, *, max_gr
         await writer.close()
 
 
-async def _send_group(group: GroupProducer, writer: TrackWriter) -> None:
+async def _sent(out: GroupWriter, writer: TrackWriter) -> None:
+    """Wait until the transport has sent every byte of ``out`` (its FIN follows then).
+
+    Until then the group still counts as in flight, so a newer group can
+    evict it: a subscriber whose path is slower than the track loses its
+    old groups with their unsent bytes (reset with ``OLD``), instead of
+    having whole groups queued in the transport's send buffer (up to the
+    scheduler's ``high_water``, seconds of media on a slow path), which no
+    newer group can overtake.
+    """
+    stream = out._stream  # the group's own stream; None when the group is skipped
+    connection = writer.session.connection
+    while stream is not None and not out.closed and stream.backlog() > 0 and not connection.is_closed:
+        progress: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        connection.on_writable(partial(_wake, progress))
+        await progress
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _send_group(group: GroupProducer, writer: TrackWriter, drop_queued: bool = False) -> None:
     """Send ``group`` to one subscriber; :func:`serve_producer` cancels it with :data:`EVICTED` when it falls behind.
 
     An evicted group is reset with ``OLD`` (and counted among the session's
@@ -439,6 +476,8 @@ async def _send_group(group: GroupProducer, writer: TrackWriter) -> None:
             have += len(frames)
             for frame, timestamp in zip(frames, timestamps, strict=True):
                 await out.write_frame(frame, timestamp)
+        if drop_queued:
+            await _sent(out, writer)
         await out.close()
     except asyncio.CancelledError as exc:
         out.abort(ErrorCode.OLD if exc.args == (EVICTED,) else ErrorCode.CANCEL)
@@ -468,7 +507,7 @@ class Broadcast:
 
     def create_track(self, name: str, *, priority: int = 0, cached_groups: int = DEFAULT_CACHED_GROUPS,
                      max_latency_ms: int = 0, timescale: int = DEFAULT_TIMESCALE,
-                     latest_only: bool = False) -> TrackProducer:
+                     latest_only: bool = False, drop_queued: bool = False) -> TrackProducer:
         """A new track ``name`` (see :class:`TrackProducer` for what each argument means).
 
         ``max_latency_ms`` is the retention TRACK_INFO reports: ``0`` means no
@@ -478,7 +517,7 @@ class Broadcast:
         if name in self._tracks and not self._tracks[name].done:
             raise MoQError(f"track {name!r} already exists in broadcast {self.path!r}")
         track = TrackProducer(name, priority=priority, cached_groups=cached_groups, max_latency_ms=max_latency_ms,
-                              timescale=timescale, latest_only=latest_only)
+                              timescale=timescale, latest_only=latest_only, drop_queued=drop_queued)
         self._tracks[name] = track
         return track
 

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 import pytest
 
 from moqt_asgi import Broadcast, MoQ
+from moqt_asgi.engine._scheduler import DEFAULT_HIGH_WATER
 from moqt_asgi.engine.session import Session
 from moqt_asgi.load import LoadMonitor, Overloaded
 from moqt_asgi.metrics import REFUSAL_REASONS
-from moqt_asgi.protocol.errors import SessionClosed, SetupRejected, StreamError
+from moqt_asgi.protocol.errors import ErrorCode, SessionClosed, SetupRejected, StreamError
 from moqt_asgi.testing import MemoryPair
 
-from .helpers import WAIT, eventually, read_tick, tick_app, within
+from .helpers import WAIT, eventually, read_tick, settle, tick_app, within
 
 
 def jain(values: list[int]) -> float:
@@ -213,10 +214,11 @@ async def view(session: Session, pace: Pace, seen: Seen, first: asyncio.Event) -
                 seen.abandoned += 1  # the server gave this group up (OLD): the viewer moves on
 
 
-async def test_viewers_that_cannot_keep_up_degrade_evenly() -> None:
+@pytest.mark.parametrize("drop_queued", [False, True], ids=["handed-over", "drop-queued"])
+async def test_viewers_that_cannot_keep_up_degrade_evenly(drop_queued: bool) -> None:
     app = MoQ()
     broadcast = Broadcast("live")
-    track = broadcast.create_track("video")
+    track = broadcast.create_track("video", drop_queued=drop_queued)
     app.mux.publish("live", broadcast)
     pace = Pace()
     payload = bytes(FRAME)
@@ -265,3 +267,47 @@ async def test_viewers_that_cannot_keep_up_degrade_evenly() -> None:
         # no one stalled: everyone, the latecomer too, received the newest group
         assert all(s.newest == last.sequence for s in seen), ([s.newest for s in seen], last.sequence)
         assert late_seen.newest == last.sequence and late_seen.frames > 0
+
+
+@pytest.mark.parametrize("drop_queued", [False, True])
+async def test_old_groups_queued_in_the_transport_are_dropped_for_a_stalled_viewer(drop_queued: bool) -> None:
+    """Group 0 fits the transport's queue whole; four newer groups follow while the viewer reads nothing.
+
+    Without ``drop_queued`` group 0 was handed over, so it stays and the viewer
+    reads half a megabyte of stale media first. With it, group 0 is still
+    being sent when newer groups come, so it is reset with ``OLD`` like the
+    other old ones and the viewer goes straight to the newest two.
+    """
+    app = MoQ()
+    broadcast = Broadcast("live")
+    track = broadcast.create_track("video", drop_queued=drop_queued)
+    app.mux.publish("live", broadcast)
+    async with MemoryPair(app, flow_control=True) as pair:
+        reader = await within(pair.client.subscribe("live", "video", wait_for_start=False))
+        await eventually(lambda: track.subscribers == 1, "the subscription")
+        group = track.append_group()
+        for _ in range(DEFAULT_HIGH_WATER // FRAME):
+            group.write_frame(bytes(FRAME))
+        group.finish()
+        await settle(20)
+        assert pair.server_connection.backlog() >= DEFAULT_HIGH_WATER  # all of group 0 is in the transport
+        for sequence in range(1, 5):
+            track.write_frame(b"%d" % sequence)
+            await settle(20)
+        complete: list[int] = []
+        abandoned: list[int] = []
+        while not complete or complete[-1] != 4:
+            received = await within(reader.next_group())
+            assert received is not None
+            try:
+                await within(received.read_all())
+                complete.append(received.sequence)
+            except StreamError as exc:
+                assert exc.code == ErrorCode.OLD
+                abandoned.append(received.sequence)
+        dropped = pair.server.stats().groups_dropped
+    if drop_queued:
+        assert 0 in abandoned and complete == [3, 4], (abandoned, complete)
+        assert dropped == 3
+    else:
+        assert complete[0] == 0 and 0 not in abandoned, (abandoned, complete)
