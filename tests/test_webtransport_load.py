@@ -185,6 +185,18 @@ async def test_webtransport_client_and_our_server_sockets_are_large(certs: Certs
             await session.aclose()
 
 
+async def test_native_quic_client_socket_is_large(certs: Certs) -> None:
+    wanted = grantable()
+    async with ours(load_app(), certs) as server:
+        host, port = server.address
+        session = await dial(f"moql://{host}:{port}/", fingerprint=certs.fingerprint)
+        try:
+            protocol = session.connection.protocol  # type: ignore[attr-defined]
+            assert rcvbuf(protocol._transport.get_extra_info("socket")) >= wanted
+        finally:
+            await session.aclose()
+
+
 async def test_hypercorn_listening_socket_is_large(certs: Certs) -> None:
     wanted = grantable()
     async with hypercorn_server(load_app(), str(certs.cert), str(certs.key)) as port:

@@ -46,6 +46,7 @@ from .base import BidiStream, Connection, ReceiveStream, SendStream
 from .buffers import Credit
 from .streams import BufferedStream, next_stream
 from .transmit import TransmitSoon
+from .udp import grow_socket_buffers
 
 logger = logging.getLogger("moqt_asgi.quic")
 
@@ -457,6 +458,10 @@ class QuicProtocol(MoqProtocolMixin, QuicConnectionProtocol):
             set_stream_limits(quic, *max_streams)
         self._init_moq(AIOQUIC, limits, on_handshake, early_start, check_peer)
         quic.on_credit = self.moq_transport.transmit_soon
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        grow_socket_buffers(transport)  # a client's own socket (a server's listener already has them)
+        super().connection_made(transport)
 
     def transmit(self) -> None:
         super().transmit()
