@@ -6,23 +6,27 @@ import asyncio
 import hashlib
 import io
 import itertools
+import logging
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from moqt_asgi import MoQ
-from moqt_asgi.media import HangBroadcast, StreamDecoder, read_stream
+from moqt_asgi.media import Container, HangBroadcast, StreamDecoder, VideoConfig, read_stream
 from moqt_asgi.media.catalog import Json
+from moqt_asgi.media.cli import RECORD_MARGIN
 from moqt_asgi.media.container import encode_legacy, encode_loc
 from moqt_asgi.media.ingest import Fmp4Ingest
 from moqt_asgi.media.jsontracks import DEFAULT_MAX_STREAM_GROUP_BYTES, JsonStreamProducer
 from moqt_asgi.media.mp4 import Sample, iter_boxes, parse_moof
-from moqt_asgi.media.record import REORDER_WINDOW, LegacyWrapper, Recorder
+from moqt_asgi.media.record import REORDER_WINDOW, LegacyWrapper, Recorder, RecordError
 from moqt_asgi.producer import TrackProducer
 
-from .helpers import WAIT, eventually, memory_sessions
-from .test_media_peers import ffprobe, make_clip, split, tool
+from .conftest import ROOT, Certs
+from .helpers import WAIT, cli, eventually, free_udp_port, memory_sessions, stop_serve
+from .test_media_peers import TIMEOUT, ffprobe, make_clip, split, tool
 
 FRAME_US = 33_333
 
@@ -176,3 +180,73 @@ async def test_a_late_joiner_reads_the_newest_stream_group() -> None:
         assert [r["n"] for r in later if isinstance(r, dict)] == list(range(expected["n"] + 1, 100))  # type: ignore[operator]
         assert await asyncio.wait_for(anext(reader), WAIT) == {"n": 100}
         await reader.aclose()
+
+
+# -- record ends within its duration ------------------------------------------------------------------
+
+VP9_LEGACY = VideoConfig("vp09.00.10.08", coded_width=160, coded_height=96, container=Container("legacy"))
+
+
+async def test_recorder_duration_covers_the_wait_for_a_recordable_catalog(caplog: pytest.LogCaptureFixture) -> None:
+    app = MoQ()
+    hang = HangBroadcast("vp9.hang")
+    app.mux.publish(hang.path, hang.broadcast)
+    hang.add_video("0.vp09", VP9_LEGACY)  # no description: nothing to build the MP4 track from
+    async with memory_sessions(app) as (client, _server, _c, _s):
+        recorder = Recorder(client, "vp9.hang", io.BytesIO())
+        with caplog.at_level(logging.WARNING, "moqt_asgi.media"), pytest.raises(RecordError) as error:
+            await asyncio.wait_for(recorder.run(duration=0.5), WAIT)
+    assert "0.vp09 (vp09.00.10.08, legacy)" in str(error.value)
+    assert any(r.levelno == logging.WARNING and "nothing recordable yet: 0.vp09 (vp09.00.10.08, legacy)" in r.getMessage()
+               for r in caplog.records), caplog.text
+
+
+@pytest.fixture
+def relay_url(certs: Certs) -> Iterator[str]:
+    """``serve examples.relay:moq`` on a free port of 127.0.0.1."""
+    port = free_udp_port()
+    process = subprocess.Popen(cli("serve", "examples.relay:moq", "--bind", f"127.0.0.1:{port}", "--certfile",
+                                   str(certs.cert), "--keyfile", str(certs.key)),
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert "serving" in line, line
+    try:
+        yield f"moql://127.0.0.1:{port}/"
+    finally:
+        stop_serve(process, TIMEOUT)
+
+
+def record_cli(relay: str, certs: Certs, broadcast: str, out: Path, duration: float) -> subprocess.CompletedProcess[str]:
+    """``record`` with ``--duration``; a run that outlives the duration by far fails the test."""
+    try:
+        return subprocess.run(cli("record", relay, broadcast, "--fingerprint", certs.fingerprint, "--out", str(out),
+                                  "--duration", str(duration)),
+                              cwd=ROOT, capture_output=True, text=True, timeout=duration + RECORD_MARGIN + 30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"record --duration {duration} was still waiting long after it")
+
+
+@pytest.mark.cli
+def test_record_gives_up_on_a_broadcast_never_announced(certs: Certs, relay_url: str, tmp_path: Path) -> None:
+    result = record_cli(relay_url, certs, "nobody.hang", tmp_path / "none.mp4", 1)
+    assert result.returncode != 0
+    assert "nobody.hang was not announced within --duration 1 s" in result.stderr, result.stderr
+
+
+@pytest.mark.cli
+def test_record_gives_up_on_a_broadcast_with_nothing_recordable(certs: Certs, relay_url: str, tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "vp9.mp4", seconds=1, audio=False,
+                     video=("-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-s", "160x96"))
+    publish = subprocess.Popen(cli("publish", relay_url, "vp9.hang", "--fingerprint", certs.fingerprint, "--input",
+                                   str(clip), "--loop", "--container", "legacy"),
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        result = record_cli(relay_url, certs, "vp9.hang", tmp_path / "vp9-rec.mp4", 8)  # publish is up well before
+    finally:
+        publish.terminate()
+        publish.wait(timeout=TIMEOUT)
+    assert result.returncode != 0
+    assert "WARNING moqt_asgi.media: catalog of vp9.hang lists nothing recordable yet: 0.vp09 (vp09." in result.stderr, \
+        result.stderr
+    assert "error: vp9.hang listed nothing that can be recorded within the duration (0.vp09 (vp09." in result.stderr

@@ -80,21 +80,50 @@ async def record(args: argparse.Namespace, dial: Dial) -> None:
         raise SystemExit(f"error: {exc}") from None
 
 
+RECORD_MARGIN = 5.0
+"""Seconds ``record --duration`` may run past the duration (dialling, closing) before it gives up."""
+
+
 async def _record(args: argparse.Namespace, dial: Dial) -> None:
+    """Record; with ``--duration`` the whole run, waits included, ends within the duration plus :data:`RECORD_MARGIN`."""
+    if args.duration is None:
+        await _recording(args, dial)
+        return
+    try:
+        async with asyncio.timeout(args.duration + RECORD_MARGIN):
+            await _recording(args, dial)
+    except TimeoutError:
+        raise RecordError(f"record did not end within --duration {args.duration:g} s and {RECORD_MARGIN:g} s more"
+                          ) from None
+
+
+async def _recording(args: argparse.Namespace, dial: Dial) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = None if args.duration is None else loop.time() + args.duration
     session = await dial(args, None)
     async with session:
         announcements = await session.announced(args.broadcast)
-        if args.broadcast not in announcements.active:
-            async for announcement in announcements:
-                if announcement.path == args.broadcast:
-                    break
-        announcements.close()
+        try:
+            if args.broadcast not in announcements.active:
+                logger.info("waiting for %s to be announced", args.broadcast)
+                async with asyncio.timeout_at(deadline):
+                    async for announcement in announcements:
+                        if announcement.path == args.broadcast:
+                            break
+        except TimeoutError:
+            raise RecordError(f"{args.broadcast} was not announced within --duration {args.duration:g} s") from None
+        finally:
+            announcements.close()
         out = await asyncio.to_thread(open, args.out, "wb")
         with out:
             recorder = Recorder(session, args.broadcast, out)
-            tracks = await recorder.run(duration=args.duration, max_frames=args.frames)
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            tracks = await recorder.run(duration=remaining, max_frames=args.frames)
     for track in tracks:
         print(f"{track.name}: {track.kind}, {track.frames} frames, {track.bytes} bytes", flush=True)
+    if not any(track.frames for track in tracks):
+        raise RecordError(f"nothing was recorded from {args.broadcast}: its tracks sent no frame"
+                          + (f" within --duration {args.duration:g} s" if args.duration is not None else ""))
 
 
 __all__ = ["add_arguments", "publish", "record"]

@@ -94,6 +94,16 @@ def choose_renditions(catalog: Catalog) -> list[tuple[str, VideoConfig | AudioCo
     return chosen
 
 
+def describe_renditions(catalog: Catalog) -> str:
+    """The renditions of ``catalog`` with codec and container, for messages: ``0.vp09 (vp09.00.10.08, legacy)``."""
+    parts = []
+    for section in (catalog.video, catalog.audio):
+        for name, config in (section.renditions.items() if section is not None else ()):
+            where = f", in broadcast {config.broadcast}" if config.broadcast else ""
+            parts.append(f"{name} ({config.codec}, {config.container.kind}{where})")
+    return ", ".join(parts) or "no renditions"
+
+
 REORDER_WINDOW = 8
 """Video frames :class:`LegacyWrapper` holds back to give decode times (x264 reorders at most 2 with ``-bf 2``)."""
 
@@ -195,22 +205,24 @@ class Recorder:
         self.out = out
         self.tracks: list[RecordedTrack] = []
         self.catalog: Catalog | None = None
+        self._last_catalog: Catalog | None = None
 
     async def run(self, *, duration: float | None = None, max_frames: int | None = None) -> list[RecordedTrack]:
-        """Record until every track ends, ``duration`` seconds pass, or ``max_frames`` frames are written."""
-        catalog_track = await self.session.subscribe(self.broadcast, CATALOG_TRACK, priority=100)
-        catalogs = read_catalogs(catalog_track)
+        """Record until every track ends, ``duration`` seconds pass, or ``max_frames`` frames are written.
+
+        ``duration`` counts from this call: waiting for a catalog that lists something recordable is
+        part of it, and a :class:`RecordError` (naming what the catalog lists) if none came in time.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if duration is None else loop.time() + duration
         try:
-            async for catalog in catalogs:
-                if choose_renditions(catalog):
-                    self.catalog = catalog
-                    break
-                logger.info("catalog of %s lists nothing recordable yet", self.broadcast)
-            else:
-                raise RecordError(f"{self.broadcast} ended before listing a rendition that can be recorded")
-        finally:
-            await catalogs.aclose()
-            catalog_track.close()
+            async with asyncio.timeout_at(deadline):
+                self.catalog = await self._recordable_catalog()
+        except TimeoutError:
+            listed = "no catalog arrived" if self._last_catalog is None else describe_renditions(self._last_catalog)
+            raise RecordError(f"{self.broadcast} listed nothing that can be recorded within the duration ({listed})"
+                              ) from None
+        remaining = None if deadline is None else max(0.0, deadline - loop.time())
         chosen = choose_renditions(self.catalog)
         wrapped: dict[str, str] = {}
         for name, config, track in chosen:
@@ -258,12 +270,28 @@ class Recorder:
 
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(record(recorded)) for recorded in self.tracks]
-            waiter = group.create_task(_first(done, tasks, duration))
+            waiter = group.create_task(_first(done, tasks, remaining))
             await waiter
             for task in tasks:
                 task.cancel()
         self.out.flush()
         return self.tracks
+
+    async def _recordable_catalog(self) -> Catalog:
+        """The first version of the catalog that lists something recordable (warning about those that do not)."""
+        catalog_track = await self.session.subscribe(self.broadcast, CATALOG_TRACK, priority=100)
+        catalogs = read_catalogs(catalog_track)
+        try:
+            async for catalog in catalogs:
+                if choose_renditions(catalog):
+                    return catalog
+                self._last_catalog = catalog
+                logger.warning("catalog of %s lists nothing recordable yet: %s", self.broadcast,
+                               describe_renditions(catalog))
+            raise RecordError(f"{self.broadcast} ended before listing a rendition that can be recorded")
+        finally:
+            await catalogs.aclose()
+            catalog_track.close()
 
 
 async def _first(done: asyncio.Event, tasks: list[asyncio.Task[None]], duration: float | None) -> None:
@@ -281,4 +309,5 @@ async def _first(done: asyncio.Event, tasks: list[asyncio.Task[None]], duration:
                 await wait
 
 
-__all__ = ["LegacyWrapper", "RecordError", "RecordedTrack", "Recorder", "choose_renditions", "track_for"]
+__all__ = ["REORDER_WINDOW", "LegacyWrapper", "RecordError", "RecordedTrack", "Recorder", "choose_renditions",
+           "describe_renditions", "track_for"]
