@@ -327,7 +327,7 @@ async def test_qh3_windows_follow_delivery_not_arrival(certs: Certs, target: str
 
 @needs_qh3
 async def test_qh3_stream_nobody_reads_is_stopped_at_the_window(certs: Certs) -> None:
-    """qh3 grants credit on delivery: past one window of unread bytes the stream is stopped (TOO_LARGE)."""
+    """qh3 grants credit on delivery: past a connection window of unread bytes the stream is stopped (TOO_LARGE)."""
     app = MoQ()
     outcome: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
     frame = bytes(64 * 1024)
@@ -335,7 +335,7 @@ async def test_qh3_stream_nobody_reads_is_stopped_at_the_window(certs: Certs) ->
     async def handler(track: TrackWriter) -> None:
         group = await track.open_group()
         try:
-            for _ in range(8 * MIB // len(frame)):  # 8 MiB: far more than the 1 MiB stream window
+            for _ in range(8 * MIB // len(frame)):  # 8 MiB: twice the connection window below
                 await group.write_frame(frame)
             await group.close()
             outcome.set_result(None)
@@ -343,7 +343,7 @@ async def test_qh3_stream_nobody_reads_is_stopped_at_the_window(certs: Certs) ->
             outcome.set_result(getattr(exc, "code", -1))
 
     app.mux.publish("b", handler)
-    settings = QuicSettings(backend="qh3")
+    settings = QuicSettings(backend="qh3", stream_receive_window=256 * 1024, connection_receive_window=4 * MIB)
     async with native_server(app, str(certs.cert), str(certs.key)) as server:
         host, port = server.address
         session = await dial_quic(f"moql://{host}:{port}/", fingerprint=certs.fingerprint, quic=settings)
@@ -354,13 +354,13 @@ async def test_qh3_stream_nobody_reads_is_stopped_at_the_window(certs: Certs) ->
             assert await asyncio.wait_for(outcome, WAIT) == ErrorCode.TOO_LARGE
             credit = session.connection.quic.held_credit
             assert credit.overruns >= 1
-            assert credit.held() <= settings.stream_receive_window + 2 * len(frame) + 4096
+            assert credit.held() <= settings.connection_receive_window + 2 * len(frame) + 4096
             assert not session.closed
 
 
 
-def test_held_credit_stops_the_stream_that_passes_a_window() -> None:
-    """Unread bytes past the stream window, or past the connection window in all, hand that stream over."""
+def test_held_credit_stops_the_stream_that_passes_the_connection_window() -> None:
+    """Only the connection's unread bytes are bounded: the stream whose bytes pass that window is handed over."""
     if not HAVE_QH3:
         pytest.skip("qh3 is not installed")
     from moqt_asgi.transport.qh3_connection import HeldCredit
@@ -369,23 +369,22 @@ def test_held_credit_stops_the_stream_that_passes_a_window() -> None:
         credit = HeldCredit(stream_window=100, connection_window=250)
         stopped: list[int] = []
         credit.on_overrun = stopped.append
-        credit.hold(0, 100)  # at the stream window: fine
-        credit.hold(4, 90)
+        credit.hold(0, 180)  # past the stream window: a large group queued unread is kept
+        credit.hold(4, 60)
         await asyncio.sleep(0)
         assert stopped == []
-        credit.hold(0, 1)  # stream 0 passes its window
-        credit.release(4, 90)
-        credit.hold(8, 60)
-        credit.hold(12, 60)  # 101 + 120 = 221: under the connection window
+        credit.release(4, 60)
+        credit.hold(8, 70)  # 250: at the connection window
         await asyncio.sleep(0)
-        assert stopped == [0]
-        credit.hold(12, 30)  # 251: stream 12 takes the connection past its window
+        assert stopped == []
+        credit.hold(12, 1)  # 251: stream 12 takes the connection past its window
         await asyncio.sleep(0)
-        credit.release(0, 101)
-        assert credit.held() == 150 and credit.held(0) == 0 and credit.overruns == 2
+        assert stopped == [12]
+        credit.release(0, 180)
+        assert credit.held() == 71 and credit.held(0) == 0 and credit.overruns == 1
         return stopped
 
-    assert asyncio.run(scenario()) == [0, 12]
+    assert asyncio.run(scenario()) == [12]
 
 
 # -- serve --quic-backend

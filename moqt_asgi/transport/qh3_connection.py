@@ -17,11 +17,10 @@ subclass. What differs from aioquic for us (measured, see
   once: qh3 has no call to withhold credit for bytes an application buffer
   has not read. Our policy (a stream nobody reads blocks its sender after
   one window) is therefore enforced differently: :class:`HeldCredit` counts
-  the bytes the engine's buffers hold unread, and a stream whose unread
-  bytes pass the stream window, or that brings the connection's unread
-  bytes past the connection window, is stopped (STOP_SENDING, TOO_LARGE).
-  The memory bound is the same; a peer that outruns its reader loses the
-  stream instead of being slowed.
+  the bytes the engine's buffers hold unread, and a stream that brings the
+  connection's unread bytes past the connection window is stopped
+  (STOP_SENDING, TOO_LARGE). The connection's memory bound is the same; a
+  peer that outruns its reader loses a stream instead of being slowed.
 * **Stream limits are fixed in the core's constructor** (100 bidirectional,
   103 unidirectional): :class:`Qh3Connection` passes ours instead.
 
@@ -144,12 +143,16 @@ def _ensure_checked() -> None:
 
 # -- receive credit: count what the engine's buffers hold unread, stop a stream past the windows
 class HeldCredit:
-    """The unread bytes of one connection's stream buffers, against the stream and connection windows.
+    """The unread bytes of one connection's stream buffers, against the connection window.
 
     qh3 grants credit as it delivers, so nothing here slows the peer: a
-    stream whose buffer holds more than ``stream_window`` unread bytes, or
-    whose bytes take the connection's past ``connection_window``, is handed
-    to ``on_overrun`` (the transport stops it), after the current event.
+    stream whose bytes take the connection's unread bytes past
+    ``connection_window`` is handed to ``on_overrun`` (the transport stops
+    it), after the current event. One stream may hold more than
+    ``stream_window`` (a large group queued before it is read): where
+    aioquic would block its sender there, qh3 keeps delivering, and only
+    the connection's total is bounded (per stream, the buffer's own limit,
+    ``Limits.max_stream_buffer``, still applies).
     """
 
     def __init__(self, stream_window: int, connection_window: int) -> None:
@@ -164,9 +167,9 @@ class HeldCredit:
     def hold(self, stream_id: int, size: int) -> None:
         if size <= 0:
             return
-        held = self._held[stream_id] = self._held.get(stream_id, 0) + size
+        self._held[stream_id] = self._held.get(stream_id, 0) + size
         self.total += size
-        if (held > self.stream_window or self.total > self.connection_window) and self.on_overrun is not None:
+        if self.total > self.connection_window and self.on_overrun is not None:
             self.overruns += 1
             asyncio.get_running_loop().call_soon(self.on_overrun, stream_id)
 
