@@ -67,6 +67,16 @@ class QuicSettings:
     WebTransport sessions per connection (a CONNECT beyond is answered 429),
     and a request stream whose HEADERS frame is not complete after
     ``header_timeout`` seconds is reset.
+
+    ``backend`` picks the QUIC stack of native QUIC: ``"aioquic"`` (the
+    default), ``"qh3"`` (faster, see ``docs/quic-backends.md``; raises if it
+    is not installed) or ``"auto"`` (qh3 when installed and compatible). A
+    server runs on qh3 only without WebTransport (HTTP/3 stays on aioquic:
+    ``"qh3"`` with WebTransport refuses to start, ``"auto"`` falls back).
+    On qh3 the windows follow what was delivered and never grow, but credit
+    cannot be held back for unread bytes: a stream whose unread bytes take
+    the connection past ``connection_receive_window`` is stopped (TOO_LARGE)
+    instead of its sender being blocked. Environment: ``MOQT_QUIC_BACKEND``.
     """
 
     idle_timeout: float = 30.0
@@ -102,7 +112,7 @@ class QuicSettings:
     max_webtransport_sessions: int = 16
     """Server, HTTP/3: WebTransport sessions at once on one connection."""
     backend: Literal["aioquic", "qh3", "auto"] = "aioquic"
-    """QUIC stack of native QUIC clients (see above)."""
+    """QUIC stack of native QUIC (see above)."""
 
     def __post_init__(self) -> None:
         if self.max_streams_bidi < 1 or self.max_streams_uni < 1:
@@ -120,7 +130,7 @@ class QuicSettings:
         self.admission_policy()  # checks the connection limits and retry
 
     def resolved_backend(self) -> Literal["aioquic", "qh3"]:
-        """The stack a client uses: ``backend``, with ``"auto"`` resolved (qh3 if installed and compatible).
+        """The stack to use: ``backend``, with ``"auto"`` resolved (qh3 if installed and compatible).
 
         ``"qh3"`` raises :class:`~.qh3_connection.IncompatibleQh3` (a ``RuntimeError``) when qh3 is
         missing or moved a name we rely on.
