@@ -14,19 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
-from moqt_asgi import Broadcast, MoQ
+from moqt_asgi import Broadcast, MoQ, dial
 from moqt_asgi.engine._scheduler import DEFAULT_HIGH_WATER
 from moqt_asgi.engine.session import Session
 from moqt_asgi.load import LoadMonitor, Overloaded
 from moqt_asgi.metrics import REFUSAL_REASONS
 from moqt_asgi.protocol.errors import ErrorCode, SessionClosed, SetupRejected, StreamError
 from moqt_asgi.testing import MemoryPair
+from moqt_asgi.testing.netsim import Link, UdpRelay
 
-from .helpers import WAIT, eventually, read_tick, settle, tick_app, within
+from .conftest import Certs
+from .helpers import WAIT, eventually, native_server, read_tick, settle, tick_app, within
 
 
 def jain(values: list[int]) -> float:
@@ -311,3 +313,90 @@ async def test_old_groups_queued_in_the_transport_are_dropped_for_a_stalled_view
         assert dropped == 3
     else:
         assert complete[0] == 0 and 0 not in abandoned, (abandoned, complete)
+
+
+# -- the same over QUIC, through a rate-capped link ------------------------------------------------
+
+LINK_RATE = 1_600_000
+"""Bytes per second the shared link carries: a third of what twenty viewers of :data:`QUIC_FRAME` at 30 fps need."""
+QUIC_FRAME = 8000
+QUIC_FPS = 30
+QUIC_SECONDS = 4.0
+
+
+@dataclass
+class Watched:
+    frames: int = 0
+    newest: int = -1
+    abandoned: int = 0
+    last: asyncio.Event = field(default_factory=asyncio.Event)
+    first: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def watch(session: Session, seen: Watched, last: list[int]) -> None:
+    """A viewer reading as fast as its path allows; sets ``seen.last`` once it has a frame of group ``last[0]``."""
+    track = await session.subscribe("live", "video")
+    with contextlib.suppress(SessionClosed):
+        async for group in track:
+            try:
+                while await group.read_frame() is not None:
+                    seen.frames += 1
+                    seen.newest = max(seen.newest, group.sequence)
+                    seen.first.set()
+                    if last and seen.newest >= last[0]:
+                        seen.last.set()
+            except StreamError as exc:
+                assert exc.code == ErrorCode.OLD
+                seen.abandoned += 1
+
+
+@pytest.mark.slow
+async def test_quic_viewers_on_a_shared_slow_link_degrade_evenly_and_none_stalls(certs: Certs) -> None:
+    """Twenty QUIC viewers share a link a third as fast as they need, with ``drop_queued``.
+
+    Each loses old groups (reset with ``OLD``), they get about the same
+    number of frames, everyone receives the last group, and a viewer that
+    joins halfway gets its first frame. Without ``drop_queued`` the groups
+    handed to aioquic are never given up: the viewers read seconds-old
+    media and none has lost a group (measured: everyone two to six seconds
+    behind, stuck on group 1 to 3 of 10 three seconds after the end).
+    """
+    app = MoQ()
+    broadcast = Broadcast("live")
+    track = broadcast.create_track("video", drop_queued=True)
+    app.mux.publish("live", broadcast)
+    payload = bytes(QUIC_FRAME)
+    last: list[int] = []
+    async with native_server(app, str(certs.cert), str(certs.key)) as server, \
+            UdpRelay(("127.0.0.1", server.address[1]), server=Link(rate=LINK_RATE, delay=0.01),
+                     client=Link(delay=0.01)) as relay:
+        url = f"moql://127.0.0.1:{relay.port}/"
+        sessions = [await within(dial(url, fingerprint=certs.fingerprint)) for _ in range(VIEWERS)]
+        try:
+            seen = [Watched() for _ in sessions]
+            viewers = [asyncio.ensure_future(watch(s, w, last)) for s, w in zip(sessions, seen, strict=True)]
+            await eventually(lambda: track.subscribers == VIEWERS, "every viewer subscribed")
+            late_seen = Watched()
+            frames = int(QUIC_SECONDS * QUIC_FPS)
+            group = track.append_group()
+            for n in range(frames):
+                if n and n % 10 == 0:
+                    group.finish()
+                    group = track.append_group()
+                group.write_frame(payload)
+                if n == frames // 2:  # a new viewer arrives in the middle of the overload
+                    late = await within(dial(url, fingerprint=certs.fingerprint))
+                    sessions.append(late)
+                    viewers.append(asyncio.ensure_future(watch(late, late_seen, last)))
+                await asyncio.sleep(1 / QUIC_FPS)
+            last.append(group.sequence)
+            group.finish()
+            await within(late_seen.first.wait())
+            await within(asyncio.gather(*(w.last.wait() for w in [*seen, late_seen])))
+            counts = [w.frames for w in seen]
+            assert all(w.abandoned > 0 for w in seen), [w.abandoned for w in seen]
+            assert jain(counts) >= 0.9, counts
+            track.finish()
+            await within(asyncio.gather(*viewers))
+        finally:
+            await asyncio.gather(*(s.aclose() for s in sessions), return_exceptions=True)
