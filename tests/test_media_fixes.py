@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import io
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from moqt_asgi import MoQ
+from moqt_asgi.engine.session import Session
 from moqt_asgi.media import Container, HangBroadcast, StreamDecoder, VideoConfig, read_stream
+from moqt_asgi.media import cli as media_cli
 from moqt_asgi.media.catalog import Json
 from moqt_asgi.media.cli import RECORD_MARGIN
 from moqt_asgi.media.container import encode_legacy, encode_loc
@@ -26,6 +29,7 @@ from moqt_asgi.producer import TrackProducer
 
 from .conftest import ROOT, Certs
 from .helpers import WAIT, cli, eventually, free_udp_port, memory_sessions, stop_serve
+from .test_media import video_config
 from .test_media_peers import TIMEOUT, ffprobe, make_clip, split, tool
 
 FRAME_US = 33_333
@@ -250,3 +254,21 @@ def test_record_gives_up_on_a_broadcast_with_nothing_recordable(certs: Certs, re
     assert "WARNING moqt_asgi.media: catalog of vp9.hang lists nothing recordable yet: 0.vp09 (vp09." in result.stderr, \
         result.stderr
     assert "error: vp9.hang listed nothing that can be recorded within the duration (0.vp09 (vp09." in result.stderr
+
+
+async def test_record_fails_when_nothing_was_recorded(tmp_path: Path) -> None:
+    app = MoQ()
+    hang = HangBroadcast("idle.hang")
+    app.mux.publish(hang.path, hang.broadcast)
+    hang.add_video("0.avc1", video_config())  # recordable, but no frame ever comes
+    args = argparse.Namespace(broadcast="idle.hang", out=str(tmp_path / "idle.mp4"), duration=0.5, frames=None)
+    async with memory_sessions(app) as (client, _server, _c, _s):
+
+        async def dial(_args: argparse.Namespace, _mux: object) -> Session:
+            return client
+
+        with pytest.raises(SystemExit) as exit_:  # in this task: a SystemExit leaving a task stops the loop
+            async with asyncio.timeout(WAIT):
+                await media_cli.record(args, dial)
+    assert str(exit_.value.code) == "error: nothing was recorded from idle.hang: its tracks sent no frame within " \
+                                    "--duration 0.5 s"
