@@ -94,6 +94,9 @@ def choose_renditions(catalog: Catalog) -> list[tuple[str, VideoConfig | AudioCo
     return chosen
 
 
+NO_RENDITIONS = "no renditions"
+
+
 def describe_renditions(catalog: Catalog) -> str:
     """The renditions of ``catalog`` with codec and container, for messages: ``0.vp09 (vp09.00.10.08, legacy)``."""
     parts = []
@@ -101,7 +104,7 @@ def describe_renditions(catalog: Catalog) -> str:
         for name, config in (section.renditions.items() if section is not None else ()):
             where = f", in broadcast {config.broadcast}" if config.broadcast else ""
             parts.append(f"{name} ({config.codec}, {config.container.kind}{where})")
-    return ", ".join(parts) or "no renditions"
+    return ", ".join(parts) or NO_RENDITIONS
 
 
 REORDER_WINDOW = 8
@@ -286,8 +289,10 @@ class Recorder:
                 if choose_renditions(catalog):
                     return catalog
                 self._last_catalog = catalog
-                logger.warning("catalog of %s lists nothing recordable yet: %s", self.broadcast,
-                               describe_renditions(catalog))
+                listed = describe_renditions(catalog)
+                # an empty catalog is what a publisher starts (or ends) with: worth a warning only with renditions
+                logger.log(logging.INFO if listed == NO_RENDITIONS else logging.WARNING,
+                           "catalog of %s lists nothing recordable yet: %s", self.broadcast, listed)
             raise RecordError(f"{self.broadcast} ended before listing a rendition that can be recorded")
         finally:
             await catalogs.aclose()
