@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -143,6 +144,23 @@ async def test_an_overloaded_app_refuses_new_sessions_and_keeps_the_admitted(cap
         async with MemoryPair(app) as again:
             assert await read_tick(again.client) == b"tick"
     assert app.session_count == 0
+    monitor.stop()
+
+
+async def test_a_blocked_loop_is_measured_on_the_real_clock() -> None:
+    """The event loop held for 300 ms by a callback: the timer due within 50 ms runs at least 250 ms late."""
+    app = tick_app()
+    monitor = LoadMonitor(0.1, interval=0.05, smoothing=1.0)
+    app.load_monitor = monitor
+    async with MemoryPair(app) as kept:
+        asyncio.get_running_loop().call_soon(time.sleep, 0.3)
+        lag = await eventually(lambda: monitor.lag if monitor.overloaded else 0.0, "the lag measured")
+        assert lag >= 0.25
+        assert app.admit(("10.0.0.1", 1)) is not None  # still the same sample: nothing ran in between
+        assert await read_tick(kept.client) == b"tick"
+        await eventually(lambda: not monitor.overloaded, "the lag back under half the threshold")
+        async with MemoryPair(app) as again:
+            assert await read_tick(again.client) == b"tick"
     monitor.stop()
 
 
