@@ -1,6 +1,6 @@
 """WebTransport under load: several subscribers in one process, flow-control windows crossed many times.
 
-Two things are checked, on our h3 server (``serve``) and on Hypercorn:
+Checked on our h3 server (``serve``) and on Hypercorn where it applies:
 
 * **every frame arrives.** Four WebTransport subscribers in this process read
   a track of 6 MiB each through windows of 128 KiB per stream and 1.5 MiB per
@@ -16,8 +16,8 @@ Two things are checked, on our h3 server (``serve``) and on Hypercorn:
 * **the UDP sockets have room for a burst.** With the kernel's default
   receive buffer (208 KiB on Linux, about 90 QUIC packets) a burst that
   arrives while the process is busy is dropped, QUIC takes the loss for
-  congestion and a live stream falls seconds behind: the WebTransport
-  client's socket and the servers' listening sockets ask for
+  congestion and a live stream falls seconds behind: the clients' sockets
+  (WebTransport and native QUIC) and the servers' listening sockets ask for
   :data:`~moqt_asgi.transport.udp.SOCKET_BUFFER` bytes.
 """
 
