@@ -428,6 +428,10 @@ class Qh3Protocol(MoqProtocolMixin, _Qh3Protocol):
         logger.info("stopping stream %d: its unread bytes passed the receive window", stream_id)
         self.moq_transport.stop_receiving(stream_id, ErrorCode.TOO_LARGE)
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        grow_socket_buffers(transport)  # a client's own socket (a server's listener already has them)
+        super().connection_made(transport)
+
     def close(self, error_code: int = 0, reason_phrase: str = "") -> None:
         self.quic.close(error_code=error_code, reason_phrase=reason_phrase)
         self.transmit()
