@@ -16,7 +16,6 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from typing import TYPE_CHECKING
 
 from .engine.track import DEFAULT_TIMESCALE
@@ -435,19 +434,27 @@ async def _sent(out: GroupWriter, writer: TrackWriter) -> None:
     old groups with their unsent bytes (reset with ``OLD``), instead of
     having whole groups queued in the transport's send buffer (up to the
     scheduler's ``high_water``, seconds of media on a slow path), which no
-    newer group can overtake.
+    newer group can overtake. A stream the subscriber stopped is not
+    waited for (what it still holds will never be sent).
     """
     stream = out._stream  # the group's own stream; None when the group is skipped
+    if stream is None:
+        return
     connection = writer.session.connection
-    while stream is not None and not out.closed and stream.backlog() > 0 and not connection.is_closed:
-        progress: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        connection.on_writable(partial(_wake, progress))
+    stopped: list[int] = []
+    progress: asyncio.Future[None] | None = None
+
+    def wake(code: int | None = None) -> None:
+        if code is not None:
+            stopped.append(code)
+        if progress is not None and not progress.done():
+            progress.set_result(None)
+
+    stream.on_stopped(wake)
+    while not (stopped or out.closed or connection.is_closed) and stream.backlog() > 0:
+        progress = asyncio.get_running_loop().create_future()
+        connection.on_writable(wake)
         await progress
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 async def _send_group(group: GroupProducer, writer: TrackWriter, drop_queued: bool = False) -> None:

@@ -418,3 +418,36 @@ async def test_quic_viewers_on_a_shared_slow_link_degrade_evenly_and_none_stalls
             await within(asyncio.gather(*viewers))
         finally:
             await asyncio.gather(*(s.aclose() for s in sessions), return_exceptions=True)
+
+
+@pytest.mark.slow
+async def test_a_group_the_viewer_stopped_is_not_waited_for(certs: Certs) -> None:
+    """A group the viewer stops while most of it is still unsent does not hold up the track's end.
+
+    The group (400 kB, under the scheduler's ``high_water``) is handed to
+    aioquic whole, so the delivery waits for it to be sent; a 100 kB/s link
+    keeps most of it unsent when the viewer stops it. The wait ends on the
+    stop (aioquic would count the stopped stream's bytes as unsent until it
+    forgets the stream).
+    """
+    app = MoQ()
+    broadcast = Broadcast("live")
+    track = broadcast.create_track("video", drop_queued=True)
+    app.mux.publish("live", broadcast)
+    async with native_server(app, str(certs.cert), str(certs.key)) as server, \
+            UdpRelay(("127.0.0.1", server.address[1]), server=Link(rate=100_000)) as relay:
+        session = await within(dial(f"moql://127.0.0.1:{relay.port}/", fingerprint=certs.fingerprint))
+        try:
+            reader = await within(session.subscribe("live", "video", wait_for_start=False))
+            await eventually(lambda: track.subscribers == 1, "the subscription")
+            group = track.append_group()
+            group.write_frame(bytes(400_000))
+            group.finish()
+            received = await within(reader.next_group())
+            assert received is not None and received.sequence == 0
+            received.stop()
+            track.finish()
+            assert await within(reader.next_group()) is None  # the track ended
+            await eventually(lambda: track.subscribers == 0, "the delivery to end")
+        finally:
+            await session.aclose()
