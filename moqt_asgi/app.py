@@ -93,9 +93,10 @@ class MoQ:
         self.load_monitor = load_monitor if load_monitor is not None else (
             LoadMonitor(max_loop_lag) if max_loop_lag is not None else None)
         """Admission by measured load: while it says the process is overloaded, new sessions are refused
-        (503, metrics reason ``load``) and admitted ones keep going. ``MoQ(max_loop_lag=0.1)`` refuses while
-        the event loop runs a smoothed 100 ms late (see :mod:`moqt_asgi.load`); pass ``load_monitor=`` for
-        other settings (a CPU-share threshold, the interval, the hysteresis). ``None`` (the default): off."""
+        (503, with a :class:`~moqt_asgi.load.Overloaded` text) and admitted ones keep going.
+        ``MoQ(max_loop_lag=0.1)`` refuses while the event loop runs a smoothed 100 ms late (see
+        :mod:`moqt_asgi.load`); pass ``load_monitor=`` for other settings (a CPU-share threshold, the
+        interval, the hysteresis). ``None`` (the default): off."""
         self._sessions = 0
         self._per_address: dict[str, int] = {}
         self.http_endpoints = HttpEndpoints.of(http_endpoints)
