@@ -193,6 +193,26 @@ async def test_a_group_stopped_midway_on_each_backend(certs: Certs, quic_backend
 
 
 @needs_qh3
+async def test_qh3_client_resumes_with_a_ticket(certs: Certs) -> None:
+    """A qh3 client keeps the ticket and resumes (1-RTT); a ticket store shared with aioquic dials mixes nothing."""
+    from moqt_asgi.endpoints.tickets import ClientTicketStore
+
+    tickets = ClientTicketStore()
+    async with moq_server(certs, QuicSettings(retry=False), webtransport=False) as server:
+        url = f"moql://127.0.0.1:{server.address[1]}/"
+        resumed = []
+        for backend in ("qh3", "qh3", "aioquic", "qh3", "qh3"):
+            session = await dial_quic(url, fingerprint=certs.fingerprint, tickets=tickets,
+                                      quic=QuicSettings(backend=backend))  # type: ignore[arg-type]
+            async with session:
+                assert await read_tick(session) == b"tick"
+                resumed.append(session.connection.resumed)
+                assert not session.connection.early_data_accepted
+    # the aioquic dial finds a qh3 ticket (not offered), the qh3 dial after it an aioquic one (not offered)
+    assert resumed == [False, True, False, False, True]
+
+
+@needs_qh3
 async def test_qh3_server_on_a_given_socket(certs: Certs) -> None:
     """``start(sock=...)`` on qh3: the server serves on that socket (qh3's batched transport) and closes it."""
     import socket

@@ -44,7 +44,7 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
     tells whether it ``resumed`` and whether ``early_data_accepted``.
 
     ``quic.backend`` picks the QUIC stack (:meth:`QuicSettings.resolved_backend`);
-    on qh3, ``tickets`` are not used yet (every dial is a full handshake).
+    on qh3, ``tickets`` give 1-RTT resumption but no 0-RTT start.
     """
     scheme, host, port, target = parse_url(url)
     if scheme not in NATIVE_SCHEMES:
@@ -66,11 +66,11 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
     # tls and the shortcuts as one: the pin to check once connected, and how the server is trusted
     pin, skip_verify, ca = client_tls(tls, fingerprint=fingerprint, insecure=insecure,
                                       cafile=cafile).apply_client(configuration, host)
-    if on_qh3 and tickets is not None:
-        log.debug("session tickets are not used on qh3: %s gets a full handshake", url)
-    ticket_slot = None if on_qh3 else use_tickets(configuration, tickets, host, port, early_data=settings.allow_0rtt,
-                                                  trust=trust_label(pin, skip_verify, ca))
-    early_alpn = ticket_slot.early_alpn if ticket_slot is not None and settings.allow_0rtt else None
+    # tickets of one stack are filed apart from the other's (their classes differ); qh3 resumes, without 0-RTT
+    trust = trust_label(pin, skip_verify, ca) + ("|qh3" if on_qh3 else "")
+    ticket_slot = use_tickets(configuration, tickets, host, port, early_data=settings.allow_0rtt and not on_qh3,
+                              trust=trust)
+    early_alpn = ticket_slot.early_alpn if ticket_slot is not None and settings.allow_0rtt and not on_qh3 else None
     connect = functools.partial(_connect, url, host, port, target, configuration, limits=limits, versions=chosen,
                                 setup_timeout=setup_timeout, fingerprint=pin, ticket_slot=ticket_slot,
                                 max_streams=settings.max_streams, on_qh3=on_qh3)
@@ -107,7 +107,7 @@ async def _connect(url: str, host: str, port: int, target: str, configuration: Q
     """Connect and run the client's session start; with ``early_alpn``, start it in 0-RTT data."""
     stack = contextlib.AsyncExitStack()
     protocol_class: Any = QuicProtocol
-    connecting: Any = functools.partial(quic_connect, session_ticket_handler=ticket_slot)
+    connecting: Any = quic_connect
     fingerprint_check: Any = check_fingerprint
     if on_qh3:
         from ..transport import qh3_connection
@@ -126,7 +126,7 @@ async def _connect(url: str, host: str, port: int, target: str, configuration: Q
         async with asyncio.timeout(setup_timeout):
             protocol = await stack.enter_async_context(
                 connecting(host, port, configuration=configuration, create_protocol=protocol_factory,
-                           wait_connected=early_alpn is None))
+                           session_ticket_handler=ticket_slot, wait_connected=early_alpn is None))
             assert isinstance(protocol, protocol_class)
             transport = protocol.moq_transport
             if early_alpn is None:

@@ -519,11 +519,13 @@ def client_configuration(*, alpn: list[str], idle_timeout: float, max_datagram_f
 
 @asynccontextmanager
 async def connect(host: str, port: int, *, configuration: Any, create_protocol: Callable[..., Any],
+                  session_ticket_handler: Callable[[Any], None] | None = None,
                   wait_connected: bool = True) -> AsyncIterator[Any]:
     """qh3's ``connect()``: a client connection on its own UDP socket, closed on exit."""
     _ensure_checked()
     async with _qh3_client.connect(host, port, configuration=configuration, create_protocol=create_protocol,
-                            wait_connected=wait_connected) as protocol:
+                                   session_ticket_handler=session_ticket_handler,
+                                   wait_connected=wait_connected) as protocol:
         yield protocol
 
 
