@@ -19,6 +19,7 @@ from .client import dial
 from .endpoints.certs import write_certificate
 from .engine.mux import TrackMux
 from .engine.session import Session
+from .load import LoadMonitor
 from .media import cli as media_cli
 from .metrics import metrics_app
 from .producer import Broadcast
@@ -81,6 +82,8 @@ def _host_port(bind: str) -> tuple[str, int]:
 async def _serve(args: argparse.Namespace) -> None:
     """Serve until SIGTERM/SIGINT: the first runs ``shutdown(--graceful-timeout)``, a second forces ``close()``."""
     app = load_app(args.app)
+    if args.max_loop_lag is not None:
+        app.load_monitor = LoadMonitor(args.max_loop_lag)
     host, port = _host_port(args.bind)
     server = Server(addr=f"{host}:{port}", certfile=args.certfile, keyfile=args.keyfile, handler=app,
                     webtransport=not args.no_webtransport, versions=args.versions, quic=quic_settings(args),
@@ -229,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "the other endpoints, WebSocket; plain and TLS)")
     serve.add_argument("--metrics-bind", metavar="HOST:PORT",
                        help="serve Prometheus metrics at http://HOST:PORT/metrics (keep it internal)")
+    serve.add_argument("--max-loop-lag", type=float, default=None, metavar="SECONDS",
+                       help="refuse new sessions (503) while the event loop runs this late, smoothed (e.g. 0.1); "
+                            "admitted sessions go on")
     serve.add_argument("--certfile", required=True)
     serve.add_argument("--keyfile", required=True)
     serve.add_argument("--versions", type=parse_versions, default=None, help=VERSIONS_HELP)

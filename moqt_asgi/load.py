@@ -83,7 +83,7 @@ class LoadMonitor:
         """Measurements taken so far."""
         self.overloaded = False
         """Over a threshold now (with hysteresis): new sessions are refused."""
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._due = 0.0
         self._cpu_at = 0.0
@@ -126,7 +126,7 @@ class LoadMonitor:
     @property
     def running(self) -> bool:
         """The timer is armed on a loop that is still open."""
-        return self._timer is not None and self._loop is not None and not self._loop.is_closed()
+        return self._timer is not None and self._event_loop is not None and not self._event_loop.is_closed()
 
     def ensure_running(self) -> None:
         """Start measuring on the running loop, unless already measuring there (no-op outside a loop)."""
@@ -134,10 +134,10 @@ class LoadMonitor:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if self.running and self._loop is loop:
+        if self.running and self._event_loop is loop:
             return
         self.stop()
-        self._loop = loop
+        self._event_loop = loop
         self._arm()
 
     def stop(self) -> None:
@@ -145,19 +145,19 @@ class LoadMonitor:
         if self._timer is not None:
             self._timer.cancel()
         self._timer = None
-        self._loop = None
+        self._event_loop = None
 
     def _now(self) -> float:
         if self._clock is not None:
             return self._clock()
-        assert self._loop is not None
-        return self._loop.time()
+        assert self._event_loop is not None
+        return self._event_loop.time()
 
     def _arm(self) -> None:
-        assert self._loop is not None
+        assert self._event_loop is not None
         self._due = self._now() + self.interval
         self._cpu_at = self._cpu_clock()
-        self._timer = self._loop.call_later(self.interval, self._fire)
+        self._timer = self._event_loop.call_later(self.interval, self._fire)
 
     def _fire(self) -> None:
         now = self._now()
@@ -167,7 +167,7 @@ class LoadMonitor:
             wall = self.interval + max(0.0, lag)
             cpu = (self._cpu_clock() - self._cpu_at) / wall
         self.observe(lag, cpu)
-        if self._loop is not None and not self._loop.is_closed():
+        if self._event_loop is not None and not self._event_loop.is_closed():
             self._arm()
 
 

@@ -437,7 +437,7 @@ async def _sent(out: GroupWriter, writer: TrackWriter) -> None:
     newer group can overtake. A stream the subscriber stopped is not
     waited for (what it still holds will never be sent).
     """
-    stream = out._stream  # the group's own stream; None when the group is skipped
+    stream = out.stream  # None when the group is skipped
     if stream is None:
         return
     connection = writer.session.connection

@@ -81,6 +81,9 @@ class RelayLimits:
     """Largest relayed group; a larger one is dropped (``TOO_LARGE``)."""
     cached_groups: int = 2
     """Newest groups kept per relayed track (late joiners and FETCH)."""
+    drop_queued: bool = True
+    """A viewer on a path slower than the track loses old groups even once they were handed to the
+    transport (``TrackProducer(drop_queued=True)``), instead of reading stale media first."""
 
 
 @dataclass(eq=False)
@@ -188,7 +191,8 @@ class RemoteBroadcast:
             future.exception()  # retrieved: waiters re-raise it themselves
             raise
         producer = TrackProducer(name, priority=priority, cached_groups=limits.cached_groups,
-                                 max_group_bytes=limits.max_group_bytes, budget=totals.budget)
+                                 max_group_bytes=limits.max_group_bytes, budget=totals.budget,
+                                 drop_queued=limits.drop_queued)
         if described is not None:
             producer.priority = described.priority
             producer.max_latency_ms = described.max_latency_ms

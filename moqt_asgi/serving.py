@@ -127,7 +127,7 @@ async def serve_connection(app: SetupApp, connection: Connection, *, transport: 
     refusal = app.admit(request.client)
     if refusal is not None:
         log.warning("session refused (%s) from %s", refusal, request.client)
-        refused("admission", status=503, path=request.path)
+        refused(getattr(refusal, "reason", "admission"), status=503, path=request.path)
         start.reject(status_to_code(503), refusal)
         return
     try:

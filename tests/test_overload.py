@@ -134,6 +134,7 @@ async def test_an_overloaded_app_refuses_new_sessions_and_keeps_the_admitted(cap
         assert refused.value.code in (503, 64 + 503)  # HTTP 503, or application code 503 on a native session
         assert "overloaded" in refused.value.reason and "500 ms" in refused.value.reason
         assert any("session refused (server is overloaded" in r.getMessage() for r in caplog.records)
+        assert app.metrics.refused["load"] == 1 and app.metrics.refused["admission"] == 0  # the metrics' reason
         assert app.session_count == 1
         assert await read_tick(kept.client) == b"tick"  # the admitted session goes on
         monitor.observe(0.08)  # under the threshold, over the clearing level: still refused

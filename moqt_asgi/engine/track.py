@@ -97,6 +97,11 @@ class GroupWriter:
     def closed(self) -> bool:
         return self._done
 
+    @property
+    def stream(self) -> SendStream | None:
+        """The group's own stream (``None`` when the group is skipped): for waiting on what it has sent."""
+        return self._stream
+
     def _stale(self) -> bool:
         track = self.track
         return (track.max_latency_ms > 0 and track._next_sequence > self.sequence + 1
