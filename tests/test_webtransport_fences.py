@@ -29,6 +29,8 @@ AIOQUIC_PRIVATE = re.compile(
     r"|_max_early_data|_datagrams_pending|_remote_max_datagram|_max_datagram_size|\._transport\b|\._loop\b"
     r"|H3Stream|\._stream\[|aioquic\._|_receive_request_or_push_data|_receive_stream_data_uni|_receive_stream_reset")
 HYPERCORN_IMPORT = re.compile(r"^\s*(from|import) hypercorn\b", re.MULTILINE)
+QH3_FENCE = {PACKAGE / "transport" / "qh3_connection.py"}
+QH3_IMPORT = re.compile(r"^\s*(from|import) qh3\b", re.MULTILINE)
 
 
 def _sources(outside: set[Path]) -> list[tuple[Path, str]]:
@@ -37,7 +39,12 @@ def _sources(outside: set[Path]) -> list[tuple[Path, str]]:
 
 def test_aioquic_private_names_are_used_in_the_fence_only() -> None:
     found = [f"{path.relative_to(PACKAGE)}:{text.count(chr(10), 0, match.start()) + 1}: {match.group()}"
-             for path, text in _sources(AIOQUIC_FENCE) for match in AIOQUIC_PRIVATE.finditer(text)]
+             for path, text in _sources(AIOQUIC_FENCE | QH3_FENCE) for match in AIOQUIC_PRIVATE.finditer(text)]
+    assert found == []
+
+
+def test_qh3_is_imported_in_its_fence_only() -> None:
+    found = [str(path.relative_to(PACKAGE)) for path, text in _sources(QH3_FENCE) if QH3_IMPORT.search(text)]
     assert found == []
 
 
