@@ -20,6 +20,7 @@ import pytest
 from moqt_asgi import AnnouncementReader, MoQ, MoQError, QuicSettings, Session, StreamError, TrackMux, TrackWriter, dial
 from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.engine.mux import Announcement
+from moqt_asgi.protocol.errors import ErrorCode
 from moqt_asgi.relay import Relay
 from moqt_asgi.testing.netsim import Link, UdpRelay
 
@@ -417,7 +418,7 @@ async def test_a_vanished_publisher_is_dropped_within_the_idle_timeout(
                 detected = loop.time() - cut
                 assert detected >= IDLE_TIMEOUT * 0.5  # it waited for the idle timeout, nothing told it
                 assert detected <= IDLE_TIMEOUT * 4 + 1, f"took {detected:.2f} s"
-                assert closed.remote and "idle" in closed.reason.lower(), closed
+                assert not closed.remote and closed.code == ErrorCode.TIMEOUT and "idle" in closed.reason.lower(), closed
 
                 await asyncio.wait_for(announcement.wait_ended(), IDLE_TIMEOUT * 4)  # withdrawn downstream
                 with contextlib.suppress(MoQError):  # the track fails or ends: either way it stops

@@ -93,6 +93,8 @@ _StreamDataReceived = events.StreamDataReceived
 _StreamReset = events.StreamReset
 _HandshakeCompleted = events.HandshakeCompleted
 _ConnectionTerminated = events.ConnectionTerminated
+IDLE_TIMEOUT_REASON = "Idle timeout"
+"""The reason aioquic gives a connection it ends at its own idle timer (its code, INTERNAL_ERROR, is no MoQ code)."""
 
 
 class IncompatibleAioquic(RuntimeError):
@@ -615,6 +617,7 @@ __all__ = [
     "ConnectionWatcher",
     "CreditedQuicConnection",
     "H3ConnectionHooks",
+    "IDLE_TIMEOUT_REASON",
     "Http3Stream",
     "IncompatibleAioquic",
     "StreamCredit",

@@ -41,7 +41,15 @@ from aioquic.quic.connection import stream_is_client_initiated, stream_is_unidir
 from ..protocol.codes import app_to_http, clamp_app_code, http_to_app
 from ..protocol.errors import ErrorCode, SessionClosed, StreamError
 from ..protocol.limits import DEFAULT_LIMITS, Limits
-from .aioquic_connection import adopt_quic, peer_address, protocol_quic, send_backlog, set_stream_limits, stream_credit
+from .aioquic_connection import (
+    IDLE_TIMEOUT_REASON,
+    adopt_quic,
+    peer_address,
+    protocol_quic,
+    send_backlog,
+    set_stream_limits,
+    stream_credit,
+)
 from .base import BidiStream, Connection, ReceiveStream, SendStream
 from .buffers import Credit
 from .streams import BufferedStream, next_stream
@@ -345,6 +353,10 @@ class QuicTransport(Connection):
                 stream.peer_stopped(self._stream_code_in(event.stream_id, event.error_code))
                 self._maybe_forget(stream)
         elif isinstance(event, backend.terminated):
+            if event.reason_phrase == IDLE_TIMEOUT_REASON:  # our own timer: nothing came from the peer
+                self._terminate(SessionClosed(ErrorCode.TIMEOUT, "idle timeout: nothing heard from the peer",
+                                              remote=False))
+                return
             code = event.error_code
             if event.frame_type is None:  # an application close; transport-level closes keep their code
                 code = self.error_codes.session_in(code)

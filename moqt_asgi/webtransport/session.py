@@ -54,7 +54,7 @@ from aioquic.quic.connection import stream_is_client_initiated, stream_is_unidir
 from ..protocol.codes import clamp_app_code
 from ..protocol.errors import ErrorCode, MoQError, SessionClosed, StreamError
 from ..protocol.limits import DEFAULT_LIMITS, Limits
-from ..transport.aioquic_connection import datagram_room, send_backlog, send_stream_first, stream_credit
+from ..transport.aioquic_connection import IDLE_TIMEOUT_REASON, datagram_room, send_backlog, send_stream_first, stream_credit
 from ..transport.base import BidiStream, Connection, ReceiveStream, SendStream
 from ..transport.streams import BufferedStream, next_stream
 from .capsules import (
@@ -625,7 +625,11 @@ class WebTransportSession(Connection):
             self._terminate(SessionClosed(_engine_code(http_code), "CONNECT stream reset", remote=True))
 
     def handle_connection_terminated(self, error_code: int, reason: str) -> None:
-        """The QUIC connection is gone."""
+        """The QUIC connection is gone (at our own idle timer: nothing was heard from the peer)."""
+        if reason == IDLE_TIMEOUT_REASON:
+            self._terminate(SessionClosed(ErrorCode.TIMEOUT, "idle timeout: nothing heard from the peer", remote=False),
+                            quic_alive=False)
+            return
         self._terminate(SessionClosed(error_code, reason, remote=True), quic_alive=False)
 
     def after_transmit(self) -> None:
