@@ -120,10 +120,14 @@ def test_a_qh3_server_serves_native_quic_only(certs: Certs) -> None:
     assert native.backend == ("qh3" if HAVE_QH3 else "aioquic")
 
 
-@pytest.mark.skipif(HAVE_QH3, reason="qh3 is installed")
-def test_qh3_asked_for_but_missing() -> None:  # pragma: no cover - runs only without qh3
+def test_qh3_asked_for_but_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without qh3 (its module not found), asking for it is an error naming the extra, and auto means aioquic."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "qh3" else real_find_spec(name, *args))
     with pytest.raises(RuntimeError, match="needs qh3"):
         QuicSettings(backend="qh3").resolved_backend()
+    assert QuicSettings(backend="auto").resolved_backend() == "aioquic"
 
 
 # -- our client on each backend, against our server
