@@ -3,7 +3,8 @@
 The relay runs as ``python -m moqt_asgi serve examples.relay:moq`` with
 ``MOQ_AUTH_KEY`` (a public key the CLI generated) and ``MOQ_AUTH_PUBLIC``, as
 moq-relay runs with ``--auth-key`` and ``--auth-public``; peers connect over
-``moql://`` and ``https://`` with ``?jwt=`` in the URL, as moq-relay's clients do.
+``moql://``, ``https://`` and ``ws://`` (the relay's TCP listener at the same port number) with
+``?jwt=`` in the URL, as moq-relay's clients do.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ async def first_frame(session: Session, broadcast: str) -> bytes:
     return frame
 
 
-@pytest.mark.parametrize(("publish_scheme", "read_scheme"), [("moql", "https"), ("https", "moql")])
+@pytest.mark.parametrize(("publish_scheme", "read_scheme"),
+                         [("moql", "https"), ("https", "moql"), ("ws", "moql"), ("https", "ws")])
 async def test_cli_tokens_grant_publish_and_read(relay: AuthRelay, publish_scheme: str, read_scheme: str) -> None:
     async with publishing(relay.url(publish_scheme, "/demo", "alice"), relay.fingerprint, "alice", b"alice"):
         viewer = await dial(relay.url(read_scheme, "/demo", "viewer"), fingerprint=relay.fingerprint)
@@ -126,7 +128,7 @@ async def test_a_reader_cannot_publish_over_the_owner(relay: AuthRelay) -> None:
                 assert refused.value.code == ErrorCode.NOT_FOUND
 
 
-@pytest.mark.parametrize("scheme", ["moql", "https"])
+@pytest.mark.parametrize("scheme", ["moql", "https", "ws"])
 @pytest.mark.parametrize(("path", "token", "status"), [
     ("/demo", None, 401),        # no token and not the public prefix
     ("/demo", "forged", 401),    # signed by a key the relay does not trust
@@ -140,8 +142,8 @@ async def test_refused_without_a_valid_grant(relay: AuthRelay, scheme: str, path
             await asyncio.wait_for(session.wait_closed(), TIMEOUT)
             raise SessionClosed(session.close_reason.code if session.close_reason else 0)
     code = getattr(refused.value, "code", None)
-    if scheme == "https":
-        assert code == status  # refused in HTTP, before any MoQ byte
+    if scheme in ("https", "ws"):
+        assert code == status  # refused in HTTP, before any MoQ byte (the CONNECT, or the WebSocket upgrade)
     else:
         assert code in (ErrorCode.UNAUTHORIZED, SessionCode.UNAUTHORIZED)
 
