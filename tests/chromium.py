@@ -10,12 +10,15 @@ import contextlib
 import fcntl
 import json
 import os
+import queue
 import select
 import shutil
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +163,60 @@ def chromium(url: str, tmp_path: Path) -> Iterator[Chromium]:
         yield browser
     finally:
         browser.close()
+
+
+class PageServer(ThreadingHTTPServer):
+    """Serves fixed files on 127.0.0.1 (``files``: URL path -> (file, content type)) for a test page;
+    what the page posts to ``/result`` (JSON) lands in :attr:`results`."""
+
+    daemon_threads = True
+
+    def __init__(self, files: Mapping[str, tuple[Path, str]]) -> None:
+        super().__init__(("127.0.0.1", 0), _PageHandler)
+        self.files = dict(files)
+        self.results: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+class _PageHandler(BaseHTTPRequestHandler):
+    server: PageServer
+
+    def do_GET(self) -> None:
+        path, content_type = self.server.files.get(self.path.partition("?")[0], (None, ""))
+        if path is None:
+            self.send_error(404)
+            return
+        body = path.read_bytes()
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.send_header("cache-control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        if self.path == "/result":
+            self.server.results.put(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_pages(files: Mapping[str, tuple[Path, str]], timeout: float = 30.0) -> Iterator[PageServer]:
+    """A :class:`PageServer` for ``files`` on a thread, stopped on exit."""
+    server = PageServer(files)
+    thread = threading.Thread(target=server.serve_forever, name="page-server", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout)

@@ -21,16 +21,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from .chromium import chromium
+from .chromium import PageServer, chromium, serve_pages
 from .conftest import ROOT, Certs
 from .helpers import free_udp_port
 from .wt_client import udp_port_bound
@@ -64,62 +61,14 @@ def bundle() -> Path:
     return out
 
 
-class PageServer(ThreadingHTTPServer):
-    """Serves ``tests/browser/`` (index.html, the bundle) on 127.0.0.1; ``POST /result`` lands in :attr:`results`."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), PageHandler)
-        self.results: queue.Queue[dict[str, Any]] = queue.Queue()
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-
-PAGE_FILES = {"/index.html": ("index.html", "text/html; charset=utf-8"),
-               "/dist/bundle.js": ("dist/bundle.js", "text/javascript; charset=utf-8")}
-
-
-class PageHandler(BaseHTTPRequestHandler):
-    server: PageServer
-
-    def do_GET(self) -> None:
-        name, content_type = PAGE_FILES.get(self.path.partition("?")[0], (None, ""))
-        if name is None:
-            self.send_error(404)
-            return
-        body = (BROWSER_DIR / name).read_bytes()
-        self.send_response(200)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(body)))
-        self.send_header("cache-control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
-        if self.path == "/result":
-            self.server.results.put(json.loads(body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+PAGE_FILES = {"/index.html": (BROWSER_DIR / "index.html", "text/html; charset=utf-8"),
+              "/dist/bundle.js": (BROWSER_DIR / "dist" / "bundle.js", "text/javascript; charset=utf-8")}
 
 
 @pytest.fixture
 def page_server(bundle: Path) -> Iterator[PageServer]:
-    server = PageServer()
-    thread = threading.Thread(target=server.serve_forever, name="page-server", daemon=True)
-    thread.start()
-    try:
+    with serve_pages(PAGE_FILES, TIMEOUT) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(TIMEOUT)
 
 
 def free_tcp_port() -> int:

@@ -14,15 +14,12 @@ import datetime
 import json
 import queue
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from .chromium import FLAGS, chromium
+from .chromium import FLAGS, PageServer, chromium, serve_pages
 from .conftest import Certs
 from .test_browser import BROWSER_DIR, run_npm
 from .test_http_endpoints import HypercornOnePort
@@ -30,8 +27,8 @@ from .test_http_endpoints import HypercornOnePort
 pytestmark = [pytest.mark.browser, pytest.mark.cli]
 
 TIMEOUT = 30  # seconds; the page gives up by itself after 25
-PAGES = {"/http.html": ("http.html", "text/html; charset=utf-8"),
-         "/dist/http_bundle.js": ("dist/http_bundle.js", "text/javascript; charset=utf-8")}
+PAGES = {"/http.html": (BROWSER_DIR / "http.html", "text/html; charset=utf-8"),
+         "/dist/http_bundle.js": (BROWSER_DIR / "dist" / "http_bundle.js", "text/javascript; charset=utf-8")}
 
 
 @pytest.fixture(scope="module")
@@ -50,56 +47,14 @@ def http_bundle() -> Path:
     return out
 
 
-class _Pages(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _PageHandler)
-        self.results: queue.Queue[dict[str, Any]] = queue.Queue()
-
-
-class _PageHandler(BaseHTTPRequestHandler):
-    server: _Pages
-
-    def do_GET(self) -> None:
-        name, content_type = PAGES.get(self.path.partition("?")[0], (None, ""))
-        if name is None:
-            self.send_error(404)
-            return
-        body = (BROWSER_DIR / name).read_bytes()
-        self.send_response(200)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(body)))
-        self.send_header("cache-control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
-        if self.path == "/result":
-            self.server.results.put(json.loads(body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def pages(http_bundle: Path) -> Iterator[_Pages]:
-    server = _Pages()
-    thread = threading.Thread(target=server.serve_forever, name="http-pages", daemon=True)
-    thread.start()
-    try:
+def pages(http_bundle: Path) -> Iterator[PageServer]:
+    with serve_pages(PAGES, TIMEOUT) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(TIMEOUT)
 
 
 @pytest.mark.parametrize("websocket", [False, True], ids=["webtransport-only", "with-websocket-race"])
-def test_moq_net_in_chromium_pins_the_certificate_fetched_from_an_http_url(websocket: bool, pages: _Pages,
+def test_moq_net_in_chromium_pins_the_certificate_fetched_from_an_http_url(websocket: bool, pages: PageServer,
                                                                           certs: Certs, tmp_path: Path) -> None:
     assert not any("quic" in flag for flag in FLAGS)  # QUIC stays on
     server = HypercornOnePort("tests.test_metrics:metrics_clock", certs, env={"METRICS_TEST_APP": "1"})

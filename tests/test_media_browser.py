@@ -30,14 +30,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import moq
 import pytest
 
-from .chromium import Chromium, chromium
+from .chromium import Chromium, chromium, serve_pages
 from .conftest import ROOT, Certs
 from .helpers import free_udp_port, moqrs_client
 from .wt_client import udp_port_bound
@@ -200,46 +199,12 @@ def test_watch_plays_the_video_example_under_serve(player: Path, certs: Certs, t
 
 # -- moq-rs publishing through examples/relay.py ---------------------------------------------------------
 
-class PageServer(ThreadingHTTPServer):
-    """Serves tests/watch/index.html and the player bundle on 127.0.0.1."""
-
-    daemon_threads = True
-
-    def __init__(self, bundle: Path) -> None:
-        super().__init__(("127.0.0.1", 0), PageHandler)
-        self.files = {"/index.html": (PAGE, "text/html; charset=utf-8"),
-                      "/watch.js": (bundle, "text/javascript; charset=utf-8")}
-
-
-class PageHandler(BaseHTTPRequestHandler):
-    server: PageServer
-
-    def do_GET(self) -> None:
-        path, content_type = self.server.files.get(self.path.partition("?")[0], (None, ""))
-        if path is None:
-            self.send_error(404)
-            return
-        body = path.read_bytes()
-        self.send_response(200)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @contextlib.contextmanager
 def page_server(bundle: Path) -> Iterator[int]:
-    server = PageServer(bundle)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
+    """tests/watch/index.html and the player bundle on 127.0.0.1; yields the port."""
+    with serve_pages({"/index.html": (PAGE, "text/html; charset=utf-8"),
+                      "/watch.js": (bundle, "text/javascript; charset=utf-8")}) as server:
+        yield server.port
 
 
 async def moqrs_publish_live(url: str, fingerprint: str, name: str, stop: threading.Event) -> int:
