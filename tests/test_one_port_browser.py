@@ -14,16 +14,15 @@ import queue
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .chromium import chromium
+from .chromium import PageServer, chromium, serve_pages
 from .conftest import ROOT, Certs
 from .helpers import free_udp_port
-from .test_browser import PageServer, bundle  # noqa: F401  (bundle: the fixture building the npm bundle)
+from .test_browser import PAGE_FILES, bundle  # noqa: F401  (bundle: the fixture building the npm bundle)
 
 TIMEOUT = 30
 
@@ -32,15 +31,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("bundle")]
 
 @contextlib.contextmanager
 def page_server() -> Iterator[PageServer]:
-    server = PageServer()
-    thread = threading.Thread(target=server.serve_forever, name="page-server", daemon=True)
-    thread.start()
-    try:
+    with serve_pages(PAGE_FILES, TIMEOUT) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(TIMEOUT)
 
 
 @pytest.fixture(scope="module")
