@@ -133,7 +133,8 @@ def test_profile_summary_attributes_own_time_and_leaves_idle_out(tmp_path: Path)
 def test_quick_run_measures_every_server(tmp_path: Path) -> None:
     """Every server gets a row built from real measurements: frames counted, latencies, CPU and memory from /proc."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.fanout", "--quick", "--subscribers", "3", "--duration", "3", "--json",
+        [sys.executable, "-m", "benchmarks.fanout", "--quick", "--subscribers", "3", "--duration", "3", "--warmup", "1",
+         "--grace", "2", "--json",
          "--quiet", "--logs", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=540)
     assert result.returncode == 0, result.stderr[-3000:]

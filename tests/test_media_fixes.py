@@ -209,8 +209,8 @@ async def test_recorder_duration_covers_the_wait_for_a_recordable_catalog(caplog
 def relay_url(certs: Certs) -> Iterator[str]:
     """``serve examples.relay:moq`` on a free port of 127.0.0.1."""
     port = free_udp_port()
-    process = subprocess.Popen(cli("serve", "examples.relay:moq", "--bind", f"127.0.0.1:{port}", "--certfile",
-                                   str(certs.cert), "--keyfile", str(certs.key)),
+    process = subprocess.Popen(cli("serve", "examples.relay:moq", "--graceful-timeout", "1", "--bind", f"127.0.0.1:{port}",
+                                   "--certfile", str(certs.cert), "--keyfile", str(certs.key)),
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     line = process.stdout.readline()

@@ -211,8 +211,8 @@ async def test_same_input_same_output_as_moqrs(clips: dict[str, Path]) -> None:
 @pytest.fixture
 def relay(certs: Certs) -> Iterator[str]:
     port = free_udp_port()
-    process = subprocess.Popen(cli("serve", "examples.relay:moq", "--bind", f"127.0.0.1:{port}", "--certfile",
-                                   str(certs.cert), "--keyfile", str(certs.key)),
+    process = subprocess.Popen(cli("serve", "examples.relay:moq", "--graceful-timeout", "1", "--bind", f"127.0.0.1:{port}",
+                                   "--certfile", str(certs.cert), "--keyfile", str(certs.key)),
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     line = process.stdout.readline()
