@@ -27,6 +27,7 @@ from .engine.handshake import (
 )
 from .engine.mux import TrackMux
 from .engine.session import STOP_TIMEOUT, Session, abandon_after
+from .load import Overloaded
 from .metrics import AppMetrics, MeasuredApp, log_fields, refusal_reason, session_log
 from .protocol.codes import GOMOQT_SETUP_CODES, SCOPED_CODES
 from .protocol.errors import ErrorCode, ProtocolError, SessionClosed, StreamError
@@ -127,7 +128,7 @@ async def serve_connection(app: SetupApp, connection: Connection, *, transport: 
     refusal = app.admit(request.client)
     if refusal is not None:
         log.warning("session refused (%s) from %s", refusal, request.client)
-        refused(getattr(refusal, "reason", "admission"), status=503, path=request.path)
+        refused(refusal.reason if isinstance(refusal, Overloaded) else "admission", status=503, path=request.path)
         start.reject(status_to_code(503), refusal)
         return
     try:
