@@ -25,9 +25,10 @@ H2  ``hypercorn.protocol.quic.H3Protocol`` → :class:`WebTransportH3Protocol`:
     what is left after the grace is closed, then the QUIC connection.
 H3  ``QuicProtocol.__init__``: ``max_datagram_frame_size = 65536`` (HTTP
     datagrams are announced, so the transport parameter must be too), the
-    receive windows of the settings (``max_data``/``max_stream_data``), and a
-    loud warning when ``workers > 1`` (one UDP socket shared by several
-    processes misroutes QUIC packets).
+    receive windows of the settings (``max_data``/``max_stream_data``); with
+    ``workers > 1`` the worker refuses to start (one UDP socket shared by
+    several processes misroutes QUIC packets): it exits with status 78 and
+    Hypercorn stops the others.
 H4  ``QuicProtocol.send_all``: wakes the sessions' writers after each flush.
 H5  ``hypercorn.protocol.quic.QuicConnection`` → a subclass of
     :class:`~moqt_asgi.transport.aioquic_connection.CreditedQuicConnection`
@@ -118,7 +119,6 @@ import dataclasses
 import functools
 import inspect
 import logging
-import sys
 from collections.abc import Awaitable, Callable
 from importlib import metadata
 from typing import Any
@@ -147,7 +147,14 @@ from .asgi import build_scope
 from .capsules import H3_INTERNAL_ERROR, H3_NO_ERROR
 from .early import EarlyStreams
 from .h3 import HeaderDeadline, WebTransportH3Connection
-from .hypercorn_quic import QuicTimer, WebTransportQuicConnection, admission_handle, configure, current_settings
+from .hypercorn_quic import (
+    QuicTimer,
+    WebTransportQuicConnection,
+    admission_handle,
+    configure,
+    current_settings,
+    refuse_shared_quic_socket,
+)
 from .router import MAX_EARLY_BYTES, MAX_EARLY_STREAMS, RouterHost, WebTransportRouter, is_webtransport_connect
 from .session import WebTransportSession
 
@@ -445,11 +452,7 @@ def _quic_protocol_init(self: Any, *args: Any, **kwargs: Any) -> None:
     _tell_app(self.app, config.certificate, self.moqt_admission)  # H9
     workers = getattr(self.config, "workers", 1)
     if workers > 1:
-        message = (f"moqt_asgi: hypercorn runs {workers} workers on one QUIC socket. QUIC packets will reach "
-                   "the wrong worker and connections (HTTP/3 and WebTransport) will fail. Use --workers 1 "
-                   "per UDP port.")
-        logger.error(message)
-        print(message, file=sys.stderr, flush=True)
+        refuse_shared_quic_socket(workers)
 
 
 def _tell_app(app: Any, certificate: Any, admission: Admission) -> None:

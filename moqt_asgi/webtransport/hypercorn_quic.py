@@ -1,4 +1,5 @@
-"""Hypercorn's QUIC connections under the patch: their class (H5), their timer (H7), admission (H8).
+"""Hypercorn's QUIC connections under the patch: their class (H5), their timer (H7), admission (H8),
+and the refusal of several workers on one QUIC socket (H3).
 
 See :mod:`moqt_asgi.webtransport.hypercorn` for the list of hooks;
 this module holds the pieces that work on Hypercorn's ``QuicProtocol`` and
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from aioquic.quic.packet import QuicErrorCode
 from hypercorn.events import RawData
@@ -240,3 +243,32 @@ def _connection_of(protocol: Any, event: Any) -> Any:
 
 __all__ = ["QuicTimer", "WebTransportQuicConnection", "admission_handle", "configure", "current_settings",
            "fail_connection"]
+
+
+#: The exit status of a worker that refuses ``--workers N`` with ``--quic-bind`` (``EX_CONFIG`` of sysexits.h).
+SHARED_SOCKET_EXIT = 78
+
+
+def shared_socket_message(workers: int) -> str:
+    """Why Hypercorn cannot serve QUIC with several workers (pgjones/hypercorn#114)."""
+    return (f"moqt_asgi: refusing to serve QUIC with --workers {workers}. Hypercorn's workers share one UDP "
+            "socket, so each QUIC packet reaches whichever worker reads it first, not the one that holds its "
+            "connection: handshakes and sessions fail at random (pgjones/hypercorn#114). Run --workers 1 per "
+            "--quic-bind port: several Hypercorn processes on several ports, `python -m moqt_asgi serve`, or an "
+            "edge tier (see docs/scaling.md).")
+
+
+def refuse_shared_quic_socket(workers: int) -> NoReturn:
+    """Stop this worker process at once, with :data:`SHARED_SOCKET_EXIT`.
+
+    Hypercorn's parent process stops every worker and exits with this status
+    when one worker exits with an error, so the whole server refuses to start.
+    ``os._exit`` because this runs inside the worker's UDP task, where an
+    exception would only end that task and leave HTTP serving with a broken
+    QUIC listener.
+    """
+    message = shared_socket_message(workers)
+    logger.critical(message)
+    print(message, file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(SHARED_SOCKET_EXIT)
