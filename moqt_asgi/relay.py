@@ -42,6 +42,11 @@ broadcasts per session and in all, upstream tracks per broadcast and in all
 (a subscriber cannot make it subscribe upstream to names the publisher does
 not serve: on lite-05+ the relay asks TRACK first), and the bytes of every
 relayed cache together.
+
+Upstream. :meth:`Relay.link` makes the relay a leaf of a cluster node (a
+moq-relay node, or another relay): an :class:`~moqt_asgi.upstream.UpstreamLink`
+dials it, announces the relay's broadcasts to it, ingests its announcements,
+and redials with moq-relay's backoff whenever the session ends.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from .engine.mux import Announcement, TrackMux
 from .engine.session import Session
@@ -59,6 +65,7 @@ from .protocol.lite_wire import MAX_HOPS
 from .protocol.messages import TrackInfo
 from .protocol.paths import has_prefix, join_path, normalize_path
 from .request import SetupRequest
+from .upstream import Backoff, LinkStatus, UpstreamLink
 
 logger = logging.getLogger("moqt_asgi.relay")
 
@@ -322,6 +329,16 @@ class Relay:
         """Upstream subscriptions open (or being opened)."""
         return self._totals.upstream_tracks
 
+    def link(self, url: str, **options: Any) -> UpstreamLink:
+        """An :class:`~moqt_asgi.upstream.UpstreamLink` making this relay a leaf of the node at ``url``.
+
+        ``async with relay.link("https://node:4443/", token=..., prefix="live"):``
+        keeps a session to the node (redialled with backoff) that announces
+        this relay's broadcasts to it and ingests its announcements under
+        ``prefix``. ``options`` are :class:`UpstreamLink`'s.
+        """
+        return UpstreamLink(self, url, **options)
+
     async def __call__(self, request: SetupRequest) -> None:
         grant = request.grant
         view = self.mux.scoped(grant.root) if grant is not None and grant.root else self.mux
@@ -452,4 +469,4 @@ def _narrow(granted: tuple[str, ...], prefix: str) -> list[str]:
     return sorted(set(out))
 
 
-__all__ = ["Relay", "RelayLimits", "RemoteBroadcast"]
+__all__ = ["Backoff", "LinkStatus", "Relay", "RelayLimits", "RemoteBroadcast", "UpstreamLink"]
