@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib.util
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from moqt_asgi import ErrorCode, MoQ, QuicSettings, TrackWriter
+from moqt_asgi import Broadcast, ErrorCode, MoQ, QuicSettings, TrackWriter
 from moqt_asgi.endpoints.dial_quic import dial_quic
 from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.protocol.errors import MoQError
@@ -446,3 +447,50 @@ async def test_serve_on_qh3(certs: Certs) -> None:
     process, _ = start("--quic-backend", "qh3")
     output, _ = await asyncio.to_thread(process.communicate, timeout=30)
     assert process.returncode != 0 and "webtransport=False" in output, output
+
+
+@pytest.mark.parametrize("server_backend", BACKENDS)
+async def test_viewers_that_leave_while_frames_flow_leave_no_errors(certs: Certs, server_backend: str,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Viewers close while the server writes to them: their groups end quietly, no handler fails.
+
+    qh3 refuses stream calls as soon as it has the peer's CONNECTION_CLOSE, while
+    the connection drains and before it reports the close: resetting the group
+    then raised qh3's ``QuicConnectionError`` out of the track handler
+    (an error and a traceback for every viewer that left).
+    """
+    app = MoQ()
+    broadcast = Broadcast("live")
+    track = broadcast.create_track("video")
+    app.mux.publish("live", broadcast)
+    caplog.set_level(logging.WARNING)
+    async with backend_native_server(app, str(certs.cert), str(certs.key), backend=server_backend) as server:
+        url = f"moql://127.0.0.1:{server.address[1]}/"
+        stop = asyncio.Event()
+
+        async def publish() -> None:
+            while not stop.is_set():
+                group = track.append_group()
+                for _ in range(10):
+                    group.write_frame(bytes(3000))
+                    await asyncio.sleep(0.002)
+                group.finish()
+
+        publisher = asyncio.ensure_future(publish())
+        try:
+            for _ in range(3):
+                sessions = [await dial_quic(url, fingerprint=certs.fingerprint) for _ in range(8)]
+                readers = [await session.subscribe("live", "video") for session in sessions]
+                for reader in readers:
+                    group = await asyncio.wait_for(reader.next_group(), WAIT)
+                    assert group is not None
+                    assert await asyncio.wait_for(group.read_frame(), WAIT) == bytes(3000)
+                for session in sessions:  # a CONNECTION_CLOSE while the server is mid-group for each
+                    await session.close()
+                await wait_until(lambda: track.subscribers == 0)
+        finally:
+            stop.set()
+            await publisher
+    failures = [record for record in caplog.records if record.levelno >= logging.WARNING
+                and record.name.startswith(("moqt_asgi", "quic"))]
+    assert not failures, [f"{r.name}: {r.getMessage()}" for r in failures]

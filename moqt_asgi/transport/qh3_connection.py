@@ -134,6 +134,26 @@ def check_compatible() -> None:
         raise IncompatibleQh3(f"qh3 {qh3_version()} moved names moqt_asgi relies on (written for qh3 "
                               f"{SUPPORTED_QH3}*): missing {', '.join(missing)}")
     _checked = True
+    quiet_peer_closes()
+
+
+class _PeerCloseFilter(logging.Filter):
+    """Drops qh3's WARNING for every connection its peer closed (a server sees one per viewer that leaves)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(PEER_CLOSE_MESSAGE))
+
+
+PEER_CLOSE_MESSAGE = "Native peer close"
+"""How qh3 2.1 begins the warning it logs (logger ``quic``) whenever a peer closes a connection."""
+_PEER_CLOSE_FILTER = _PeerCloseFilter()
+
+
+def quiet_peer_closes() -> None:
+    """Silence qh3's per-close warning; :class:`~.quic.QuicTransport` logs the close itself at DEBUG."""
+    qh3_logger = logging.getLogger("quic")
+    if _PEER_CLOSE_FILTER not in qh3_logger.filters:
+        qh3_logger.addFilter(_PEER_CLOSE_FILTER)
 
 
 def _ensure_checked() -> None:
@@ -402,7 +422,8 @@ def backend() -> QuicBackend:
         stop_sending=_qh3_events.StopSendingReceived, terminated=_qh3_events.ConnectionTerminated,
         handshake_completed=_qh3_events.HandshakeCompleted, protocol_negotiated=_qh3_events.ProtocolNegotiated,
         send_backlog=_send_backlog, peer_address=_peer_address, stream_credit=_stream_credit,
-        early_data_accepted=_early_data_accepted)
+        early_data_accepted=_early_data_accepted,
+        call_errors=(ValueError, RuntimeError, _qh3_connection.QuicConnectionError))
 
 
 class Qh3Protocol(MoqProtocolMixin, _Qh3Protocol):

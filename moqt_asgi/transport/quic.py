@@ -77,6 +77,9 @@ class QuicBackend:
     """The receive credit a readable stream's buffer reports to (None: the stack grants credit itself)."""
     early_data_accepted: Callable[[Any], bool]
     """Server, at ALPN negotiation: whether the client's 0-RTT data was accepted."""
+    call_errors: tuple[type[Exception], ...] = (ValueError, RuntimeError)
+    """What the stack's stream calls raise for a stream that ended or a connection that closed before its
+    events reached us (aioquic: ValueError, RuntimeError; qh3 adds its ``QuicConnectionError``)."""
 
 
 AIOQUIC = QuicBackend(
@@ -165,22 +168,21 @@ class QuicTransport(Connection):
             raise self._closed
 
     async def open_bi(self) -> BidiStream:
-        self._check_open()
-        sid = self.quic.get_next_available_stream_id(is_unidirectional=False)
-        # aioquic hands out the same id until the stream exists: create it now, so that two streams
-        # opened before either writes (a group header waiting in the scheduler) never share an id
-        self.quic.send_stream_data(sid, b"")
-        stream = QuicStream(self, sid, readable=True, writable=True)
-        self._streams[sid] = stream
-        return stream
+        return self._open(unidirectional=False)
 
     async def open_uni(self) -> SendStream:
+        return self._open(unidirectional=True)
+
+    def _open(self, *, unidirectional: bool) -> QuicStream:
         self._check_open()
-        sid = self.quic.get_next_available_stream_id(is_unidirectional=True)
-        # aioquic hands out the same id until the stream exists: create it now, so that two streams
-        # opened before either writes (a group header waiting in the scheduler) never share an id
-        self.quic.send_stream_data(sid, b"")
-        stream = QuicStream(self, sid, readable=False, writable=True)
+        try:
+            sid = self.quic.get_next_available_stream_id(is_unidirectional=unidirectional)
+            # aioquic hands out the same id until the stream exists: create it now, so that two streams
+            # opened before either writes (a group header waiting in the scheduler) never share an id
+            self.quic.send_stream_data(sid, b"")
+        except self.backend.call_errors as exc:  # the stack closed the connection before we heard of it (qh3)
+            raise SessionClosed(0, f"the QUIC connection is closed: {exc}", remote=False) from None
+        stream = QuicStream(self, sid, readable=not unidirectional, writable=True)
         self._streams[sid] = stream
         return stream
 
@@ -262,7 +264,7 @@ class QuicTransport(Connection):
             raise self._closed
         try:
             self.quic.send_stream_data(stream.stream_id, data, end_stream=end)
-        except (ValueError, RuntimeError) as exc:  # stream already finished, or reset under us by aioquic
+        except self.backend.call_errors as exc:  # stream already finished, reset under us, or connection closed
             raise StreamError(ErrorCode.CANCEL, str(exc)) from None
         self._pending.add(stream.stream_id)
         if self._backlog is not None:
@@ -286,7 +288,7 @@ class QuicTransport(Connection):
             return
         try:
             self.quic.reset_stream(stream_id, self._stream_code_out(stream_id, code))
-        except ValueError:
+        except self.backend.call_errors:  # the stream already ended, or the connection closed under us (qh3)
             return
         self._transmitter.request()
 
@@ -297,7 +299,7 @@ class QuicTransport(Connection):
         self._stopped.add(stream_id)
         try:
             self.quic.stop_stream(stream_id, self._stream_code_out(stream_id, code))
-        except ValueError:
+        except self.backend.call_errors:
             return
         self._transmitter.request()
 
@@ -360,6 +362,7 @@ class QuicTransport(Connection):
             code = event.error_code
             if event.frame_type is None:  # an application close; transport-level closes keep their code
                 code = self.error_codes.session_in(code)
+            logger.debug("%s: the connection closed (code %#x, %r)", self.backend.name, code, event.reason_phrase)
             self._terminate(SessionClosed(code, event.reason_phrase, remote=True))
 
     def _incoming(self, stream_id: int) -> QuicStream | None:
