@@ -11,7 +11,10 @@ load generator. Each runs in a process of its own::
 and talks to :mod:`benchmarks.fanout` in lines: it prints ``ready ...`` once
 connected, reads ``window START END GRACE`` (``time.monotonic_ns()`` values,
 a clock every process of the machine shares on Linux) from stdin, and prints
-one JSON line with what it saw once ``END + GRACE`` has passed.
+one JSON line with what it saw once ``END + GRACE`` has passed. A load
+generator may also be told ``sent N`` after the window (the frames the
+publisher sent inside it): it then reports as soon as every one of its
+subscribers has received those N, without waiting out the grace period.
 
 Every frame starts with :data:`HEADER`: the publisher's ``monotonic_ns()``
 just before it wrote the frame, the group sequence and the frame's index in
@@ -48,6 +51,8 @@ CONNECT_TIMEOUT = 60.0
 """Seconds one subscriber has to connect and subscribe once its turn comes."""
 READY_TIMEOUT = 150.0
 """Seconds all of a load generator's subscribers have; the late ones are reported as never subscribed."""
+COMPLETE_POLL = 0.05
+"""Seconds between a load generator's checks, after the window, of whether every subscriber has every frame."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,15 @@ async def read_window() -> tuple[int, int, int]:
         if parts and parts[0] == "window":
             start, end, grace = (int(part) for part in parts[1:4])
             return start, end, grace
+
+
+async def read_sent() -> int | None:
+    """Wait for ``sent N`` on stdin: the frames the publisher sent inside the window (None if stdin closes first)."""
+    while line := await read_line():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "sent" and parts[1].isdigit():
+            return int(parts[1])
+    return None
 
 
 async def sleep_until(deadline_ns: int) -> None:
@@ -203,13 +217,30 @@ class LoadGenerator:
         say("ready", self.connected, len(self.subscribers) - self.connected)
         begin, end, grace = await read_window()
         self.window = (begin, end)
-        await sleep_until(end + grace)
+        expected: asyncio.Task[int | None] = asyncio.ensure_future(read_sent())
+        try:
+            await self.wait_for_frames(expected, end + grace)
+        finally:
+            expected.cancel()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         say(json.dumps({"subscribers": [
             {"received": len(s.seen), "frames": s.frames, "latencies_us": s.latencies_us, "error": s.error}
             for s in self.subscribers]}))
+
+    async def wait_for_frames(self, expected: asyncio.Task[int | None], deadline_ns: int) -> None:
+        """Until ``deadline_ns`` (the window's end plus the grace), or sooner once every subscriber has every frame.
+
+        ``expected`` gives the number of frames the publisher sent inside the
+        window once it is known (``sent N`` on stdin); a subscriber cannot
+        count more, so once each has that many nothing is left to wait for.
+        """
+        while (remaining := (deadline_ns - time.monotonic_ns()) / 1e9) > 0:
+            if expected.done() and (count := expected.result()) is not None and all(
+                    len(subscriber.seen) >= count for subscriber in self.subscribers):
+                return
+            await asyncio.sleep(min(remaining, COMPLETE_POLL))
 
     async def subscribe(self, subscriber: Subscriber, gate: asyncio.Semaphore, ready: asyncio.Event) -> None:
         groups: set[asyncio.Task[None]] = set()

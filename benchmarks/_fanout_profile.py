@@ -8,7 +8,8 @@ the samples are CPU time (except the event loop blocked in ``epoll_wait``,
 which is left out); a C call (AEAD, ``sendto``) counts as the Python
 function that made it. :func:`summarise` reads the collapsed stacks and
 attributes each sample to its innermost frame: own time per function, and
-the shares of moqt_asgi, aioquic, Hypercorn, asyncio and the rest.
+the shares of moqt_asgi, aioquic, qh3 (its Python layer: calls into its
+Rust core count there too), Hypercorn, asyncio and the rest.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ._fanout_servers import RunningServer
 RATE = 100
 """Samples a second."""
 FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
-AREAS = ("moqt_asgi/", "aioquic/", "hypercorn/", "asyncio/")
+AREAS = ("moqt_asgi/", "aioquic/", "qh3/", "hypercorn/", "asyncio/")
 IDLE = {("select", "selectors.py")}
 """Innermost frames that are a thread waiting, not working: without ``--idle``, py-spy's ``--nonblocking`` mode
 still reports the event loop blocked in ``epoll_wait``."""

@@ -1,9 +1,11 @@
 """The relays :mod:`benchmarks.fanout` measures, each in a process of its own, and what ``/proc`` says about them.
 
-Four kinds, all on 127.0.0.1 with the same certificate:
+Five kinds, all on 127.0.0.1 with the same certificate:
 
 * ``serve-quic``: ``python -m moqt_asgi serve examples.relay:moq``, reached
   over native QUIC (``moql://``);
+* ``serve-quic-qh3``: the same command with ``--quic-backend qh3
+  --no-webtransport`` (qh3's Rust QUIC core), native QUIC;
 * ``serve-wt``: the same command, reached over WebTransport (``https://``);
 * ``hypercorn``: stock ``hypercorn examples.relay:moq --quic-bind ...``,
   WebTransport;
@@ -12,7 +14,9 @@ Four kinds, all on 127.0.0.1 with the same certificate:
 
 Every peer connects from 127.0.0.1, so the Python relays run with
 ``MOQT_MAX_CONNECTIONS_PER_ADDRESS=none`` (read by ``serve`` and by the
-Hypercorn hooks alike); everything else is the default.
+Hypercorn hooks alike); everything else is the default, except that
+``serve`` and Hypercorn are given ``--graceful-timeout 0``: their graceful
+stop after a point is not measured, and would hold every point up for 3-5 s.
 A server can be pinned to a set of CPU cores (``sched_setaffinity`` in the
 child before it starts, so every thread it makes inherits it).
 """
@@ -48,11 +52,19 @@ class ServerKind:
     label: str
     scheme: str
     """``moql`` (native QUIC) or ``https`` (WebTransport)."""
+    options: tuple[str, ...] = ()
+    """Arguments added to ``python -m moqt_asgi serve ...`` (read by the ``serve-*`` kinds only)."""
 
+
+SERVE_STOP = ("--graceful-timeout", "0")
+"""The graceful stop of ``serve`` (GOAWAY, then up to 5 s for sessions to leave) and Hypercorn (3 s) is not what is
+measured; both take the same option."""
 
 KINDS = {
     kind.key: kind for kind in (
         ServerKind("serve-quic", "moqt-asgi serve, native QUIC", "moql"),
+        ServerKind("serve-quic-qh3", "moqt-asgi serve --quic-backend qh3 --no-webtransport, native QUIC", "moql",
+                   ("--quic-backend", "qh3", "--no-webtransport")),
         ServerKind("serve-wt", "moqt-asgi serve, WebTransport", "https"),
         ServerKind("hypercorn", "moqt-asgi on Hypercorn, WebTransport", "https"),
         ServerKind("moq-rs", "moq-rs relay, native QUIC", "moql"),
@@ -238,11 +250,12 @@ class RunningServer:
 def command(kind: ServerKind, certfile: Path, keyfile: Path, port: int) -> list[str]:
     """The command line that serves ``kind`` (``port`` is used by Hypercorn, which cannot report one it chose)."""
     cert = ["--certfile", str(certfile), "--keyfile", str(keyfile)]
-    if kind.key in ("serve-quic", "serve-wt"):
-        return [sys.executable, "-m", "moqt_asgi", "serve", APP, "--bind", f"{HOST}:0", *cert]
+    if kind.key.startswith("serve-"):
+        return [sys.executable, "-m", "moqt_asgi", "serve", APP, "--bind", f"{HOST}:0", *cert, *SERVE_STOP,
+                *kind.options]
     if kind.key == "hypercorn":
         return [sys.executable, "-m", "hypercorn", APP, "--quic-bind", f"{HOST}:{port}", "--bind",
-                f"{HOST}:{free_tcp_port()}", *cert]
+                f"{HOST}:{free_tcp_port()}", *cert, *SERVE_STOP]
     if kind.key == "moq-rs":
         return [sys.executable, "-m", "benchmarks._fanout_peer", "relay", "--bind", f"{HOST}:0", *cert]
     raise ValueError(f"unknown server kind {kind.key!r}")

@@ -22,6 +22,19 @@ def percentile(ordered: Sequence[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
+def jain(values: Sequence[float]) -> float:
+    """Jain's fairness index of ``values``: ``(sum x)^2 / (n * sum x^2)``.
+
+    1 when every value is the same, ``1/n`` when one holds everything, and
+    ``k/n`` when ``k`` of them share it evenly and the rest get nothing. NaN
+    when there are no values or they are all 0 (nothing was shared).
+    """
+    squares = sum(value * value for value in values)
+    if not values or not squares:
+        return math.nan
+    return sum(values) ** 2 / (len(values) * squares)
+
+
 @dataclass
 class SubscriberFigures:
     received: int
@@ -47,6 +60,9 @@ class Point:
     max_ms: float = math.nan
     worst_delivered: float = 0.0
     worst_p99_ms: float = math.nan
+    fairness: float = math.nan
+    """Jain's index over the frames each subscriber received (one that sent no report counts as 0): 1 when
+    all received alike; past capacity it tells an even degradation (near 1) from some starved (towards ``k/n``)."""
     server_cpu_s: float = 0.0
     """CPU seconds the server spent over the window."""
     server_wait_s: float = 0.0
@@ -134,6 +150,7 @@ class Point:
         if figures and self.sent:
             self.worst_delivered = min(f.received for f in figures) / self.sent
             self.worst_p99_ms = max(f.p99_ms for f in figures)
+        self.fairness = jain([f.received for f in figures])
         errors: dict[str, int] = {}
         for f in figures:
             if f.error:
@@ -150,6 +167,7 @@ class Point:
             "expected": self.expected, "received": self.received, "delivered": number(self.delivered),
             "p50_ms": number(self.p50_ms), "p99_ms": number(self.p99_ms), "max_ms": number(self.max_ms),
             "worst_delivered": number(self.worst_delivered), "worst_p99_ms": number(self.worst_p99_ms),
+            "jain": number(self.fairness),
             "server_cpu_s": number(self.server_cpu_s), "server_core": number(self.server_core),
             "server_wait": number(self.server_wait), "load_wait": number(self.load_wait),
             "cpu_s_per_1000": number(self.cpu_per_thousand), "rss_before": self.rss_before,
@@ -173,6 +191,10 @@ def _percent(value: float) -> str:
     return f"{value * 100:.1f}%" if value < 0.9995 else "100%"
 
 
+def _fairness(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
+
+
 def _render(header: tuple[str, ...], rows: list[tuple[str, ...]], numeric: set[int]) -> str:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
 
@@ -186,12 +208,12 @@ def _render(header: tuple[str, ...], rows: list[tuple[str, ...]], numeric: set[i
 
 
 def format_points(points: list[Point]) -> str:
-    header = ("server", "subs", "delivered", "worst sub", "p50 ms", "p99 ms", "max ms", "worst p99 ms",
+    header = ("server", "subs", "delivered", "worst sub", "Jain", "p50 ms", "p99 ms", "max ms", "worst p99 ms",
               "server core", "waited", "CPU s/1k", "RSS/session", "load CPU", "notes")
     rows: list[tuple[str, ...]] = []
     for point in points:
         if point.error is not None:
-            rows.append((point.server, str(point.subscribers), *["-"] * 11, point.error))
+            rows.append((point.server, str(point.subscribers), *["-"] * 12, point.error))
             continue
         notes = []
         if point.connected < point.subscribers:
@@ -208,11 +230,12 @@ def format_points(points: list[Point]) -> str:
         if point.publisher_late_ms > 50:
             notes.append(f"publisher up to {point.publisher_late_ms:.0f} ms late")
         rows.append((point.server, str(point.subscribers), _percent(point.delivered), _percent(point.worst_delivered),
-                     _ms(point.p50_ms), _ms(point.p99_ms), _ms(point.max_ms), _ms(point.worst_p99_ms),
+                     _fairness(point.fairness), _ms(point.p50_ms), _ms(point.p99_ms), _ms(point.max_ms),
+                     _ms(point.worst_p99_ms),
                      f"{point.server_core * 100:.0f}%", f"{point.server_wait * 100:.0f}%",
                      f"{point.cpu_per_thousand:.3f}",
                      f"{point.rss_per_session / 1024:.0f} KiB", f"{point.load_cpu * 100:.0f}%", "; ".join(notes)))
-    return _render(header, rows, set(range(1, 13)))
+    return _render(header, rows, set(range(1, 14)))
 
 
 def largest(points: list[Point], worst: bool = False) -> str:

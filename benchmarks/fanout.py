@@ -9,7 +9,8 @@ For each point (a server, a stream, a number of subscribers N):
 
 1. the relay starts in a process of its own, pinned to one core
    (``--server-core``, the last one by default): ``python -m moqt_asgi serve
-   examples.relay:moq`` reached over native QUIC or WebTransport, stock
+   examples.relay:moq`` reached over native QUIC or WebTransport, the same
+   on qh3 (``--quic-backend qh3 --no-webtransport``, native QUIC), stock
    Hypercorn serving the same app over WebTransport, or moq-rs's relay
    (``moq.Server`` with one ``moq.OriginProducer``);
 2. a moq-rs publisher (another process) connects, announces
@@ -23,13 +24,16 @@ For each point (a server, a stream, a number of subscribers N):
 4. once everyone is subscribed, a window of ``--duration`` seconds starts
    after ``--warmup`` seconds. Frames the publisher sent inside the window
    count; a subscriber that has not read one ``--grace`` seconds after the
-   window ended has not received it.
+   window ended has not received it (once every subscriber has every frame
+   the point ends without waiting out the grace).
 
 Per point: the delivered fraction (frames received / frames sent x N), the
 p50, p99 and largest one-way latency over every frame received, the worst
-subscriber's delivered fraction and p99, the server's share of its core and
-its CPU seconds per thousand frames delivered (``/proc/PID/stat`` over the
-window), the share of the window it was runnable but waited for its core
+subscriber's delivered fraction and p99, Jain's fairness index over the
+frames each subscriber received (1: all alike; past capacity, near 1 means
+every subscriber lost alike, towards k/N that k of them took everything),
+the server's share of its core and its CPU seconds per thousand frames
+delivered (``/proc/PID/stat`` over the window), the share of the window it was runnable but waited for its core
 (``/proc/PID/task/*/schedstat``: other processes had it; on a quiet machine
 near 0), its resident-set growth per subscriber (``VmRSS`` at the window's
 end against the moment only the publisher was connected), how busy the
@@ -48,7 +52,7 @@ then 29 frames of 3276 B.
 ``--at REV`` serves the Python relays from another git revision (a clean
 copy, unaffected by uncommitted changes). ``--py-spy DIR`` records the Python servers with py-spy over each window
 and prints where their time went (own time per function, and the shares of
-moqt_asgi, aioquic, Hypercorn and asyncio).
+moqt_asgi, aioquic, qh3, Hypercorn and asyncio).
 """
 
 from __future__ import annotations
@@ -242,6 +246,8 @@ async def _measure(server: RunningServer, point: Point, tag: str, settings: Sett
         point.error = f"the server exited: {tail(server.log, 3)}"
     sent = json.loads(await publisher.line(REPORT_TIMEOUT))
     point.sent, point.publisher_late_ms = int(sent["sent"]), float(sent["late_ms"])
+    for load in loads:  # a load generator whose subscribers all have every frame reports without the grace
+        await load.send(f"sent {point.sent}")
     reports = await asyncio.gather(*(load.line(settings.grace + REPORT_TIMEOUT) for load in loads))
     point.add_subscribers(subscriber for report in reports for subscriber in json.loads(report)["subscribers"])
     if spy is not None:
@@ -369,9 +375,10 @@ def report(points: list[Point], conditions: dict[str, object], args: argparse.Na
         print(format_points(mine))
         print()
         print(format_summary(mine, args.servers))
-    print("\nserver core: share of its one core over the window; CPU s/1k: server CPU seconds per 1000 frames "
-          "delivered; RSS/session: resident-set growth per subscriber; load CPU: how busy the load-generator cores "
-          f"were. A server's sweep stops after a point with under {COLLAPSED:.0%} delivered.")
+    print("\nJain: Jain's fairness index over the frames each subscriber received (1: all alike); server core: "
+          "share of its one core over the window; CPU s/1k: server CPU seconds per 1000 frames delivered; "
+          "RSS/session: resident-set growth per subscriber; load CPU: how busy the load-generator cores were. "
+          f"A server's sweep stops after a point with under {COLLAPSED:.0%} delivered.")
     for server in args.servers:
         print(f"  {server}: {KINDS[server].label}")
 

@@ -7,18 +7,21 @@ processes, each relay in a process of its own), so it is marked ``slow``,
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from benchmarks._fanout_peer import HEADER, PROFILES, Subscriber
+from benchmarks._fanout_peer import HEADER, PROFILES, LoadGenerator, Subscriber
 from benchmarks._fanout_profile import summarise
-from benchmarks._fanout_servers import KINDS
-from benchmarks._fanout_stats import Point, format_points, format_summary, largest, percentile
+from benchmarks._fanout_servers import KINDS, command
+from benchmarks._fanout_stats import Point, format_points, format_summary, jain, largest, percentile
 from benchmarks.fanout import split
 
 from .conftest import ROOT
@@ -37,6 +40,14 @@ def test_percentile_is_nearest_rank() -> None:
     assert math.isnan(percentile([], 0.5))
 
 
+def test_jain_index_tells_even_shares_from_starved_subscribers() -> None:
+    assert jain([90.0, 90.0, 90.0, 90.0]) == pytest.approx(1.0)
+    assert jain([100.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)  # one took everything: 1/n
+    assert jain([100.0, 100.0, 0.0, 0.0]) == pytest.approx(0.5)  # two of four shared it evenly: k/n
+    assert jain([50.0, 50.0, 50.0, 45.0]) == pytest.approx(195 ** 2 / (4 * (3 * 2500 + 2025)))
+    assert math.isnan(jain([])) and math.isnan(jain([0.0, 0.0]))
+
+
 def test_point_figures_come_from_every_subscriber() -> None:
     point = Point("serve-quic", "frames", subscribers=3, sent=100, window_s=10.0, server_cpu_s=2.5,
                   rss_before=10_000_000, rss_after=10_600_000)
@@ -51,6 +62,8 @@ def test_point_figures_come_from_every_subscriber() -> None:
     assert point.p50_ms == 10.0 and point.max_ms == 400.0
     assert point.p99_ms == 20.0  # rank 288 of 290: two late frames are not the 99th percentile of all
     assert point.worst_p99_ms == 400.0  # ... but it is the second subscriber's
+    assert point.fairness == pytest.approx(290 ** 2 / (3 * (100 ** 2 + 100 ** 2 + 90 ** 2)))
+    assert point.as_json()["jain"] == pytest.approx(point.fairness, abs=1e-4)
     assert point.cpu_per_thousand == pytest.approx(2.5 / 0.29)
     assert point.server_core == pytest.approx(0.25)
     assert point.rss_per_session == pytest.approx(200_000)
@@ -63,6 +76,7 @@ def test_a_subscriber_without_a_report_counts_as_receiving_nothing() -> None:
     point = Point("moq-rs", "frames", subscribers=2, sent=50)
     point.add_subscribers([report(50, [3.0] * 50)])
     assert point.delivered == 0.5 and point.worst_delivered == 0.0
+    assert point.fairness == pytest.approx(0.5)  # one of two received everything
     assert math.isinf(point.worst_p99_ms)
     assert point.errors == ["1 x no report"]
     assert point.collapsed is False and not point.meets
@@ -82,7 +96,35 @@ def test_the_objective_and_the_largest_audience_meeting_it() -> None:
     assert largest(points[2:]) == "none (smallest measured: 150)"
     table = format_points(points)
     assert "| serve-quic |   50 |" in table and "40.0%" in table
+    assert "|  Jain |" in table and "| 1.000 |" in table
     assert "100 (150 failed)" in format_summary(points, ["serve-quic", "moq-rs"])
+
+
+def test_the_qh3_kind_serves_the_same_relay_on_qh3_without_webtransport(tmp_path: Path) -> None:
+    qh3 = command(KINDS["serve-quic-qh3"], tmp_path / "cert.pem", tmp_path / "key.pem", 0)
+    plain = command(KINDS["serve-quic"], tmp_path / "cert.pem", tmp_path / "key.pem", 0)
+    assert KINDS["serve-quic-qh3"].scheme == "moql"
+    assert qh3[:len(plain)] == plain and qh3[len(plain):] == ["--quic-backend", "qh3", "--no-webtransport"]
+    assert plain[2:5] == ["moqt_asgi", "serve", "examples.relay:moq"]
+
+
+def test_a_load_generator_reports_once_every_subscriber_has_every_frame() -> None:
+    """Told how many frames the window held, it stops waiting as soon as each subscriber has them all."""
+    args = argparse.Namespace(count=2, connect_batch=1, url="", fingerprint="", broadcast="b", track="t")
+
+    async def waited(received: list[int], told: int | None, grace_s: float) -> float:
+        load = LoadGenerator(args)
+        for subscriber, count in zip(load.subscribers, received, strict=True):
+            subscriber.seen = {(0, index) for index in range(count)}
+        expected: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        expected.set_result(told)
+        started = time.monotonic()
+        await load.wait_for_frames(expected, time.monotonic_ns() + int(grace_s * 1e9))  # type: ignore[arg-type]
+        return time.monotonic() - started
+
+    assert asyncio.run(waited([30, 30], 30, grace_s=60)) < 30  # everything is in: no grace
+    assert asyncio.run(waited([30, 29], 30, grace_s=0.3)) >= 0.25  # one frame missing: the whole grace
+    assert asyncio.run(waited([30, 30], None, grace_s=0.3)) >= 0.25  # not told: the whole grace
 
 
 def test_load_is_split_evenly() -> None:
@@ -131,7 +173,8 @@ def test_profile_summary_attributes_own_time_and_leaves_idle_out(tmp_path: Path)
 @pytest.mark.cli
 @pytest.mark.timeout(600)
 def test_quick_run_measures_every_server(tmp_path: Path) -> None:
-    """Every server gets a row built from real measurements: frames counted, latencies, CPU and memory from /proc."""
+    """Every server (``serve`` on aioquic and on qh3 among them) gets a row built from real measurements: frames
+    counted, latencies, fairness, CPU and memory from /proc."""
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.fanout", "--quick", "--subscribers", "3", "--duration", "3", "--warmup", "1",
          "--grace", "2", "--json",
@@ -148,6 +191,7 @@ def test_quick_run_measures_every_server(tmp_path: Path) -> None:
         assert point["received"] > 0.5 * point["expected"], server
         assert 0 < point["p50_ms"] <= point["p99_ms"] <= point["max_ms"] < 5000, server
         assert point["worst_delivered"] is not None and point["worst_p99_ms"] is not None, server
+        assert 0.9 <= point["jain"] <= 1.0, server  # three subscribers on an idle relay receive alike
         assert point["server_cpu_s"] > 0 and point["cpu_s_per_1000"] > 0, server
         assert point["rss_after"] > 1_000_000, server
         assert point["load_cpu"] > 0, server
