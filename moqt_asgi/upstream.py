@@ -34,10 +34,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random as _random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -187,6 +189,41 @@ class UpstreamLink:
         self._session_closing: Awaitable[object] | None = None
         self._warned: str | None = None
         """The failure last logged as a warning (a repeat of it is logged at debug level)."""
+
+    @classmethod
+    def from_env(cls, relay: Relay, environ: Mapping[str, str] = os.environ, **options: Any) -> UpstreamLink | None:
+        """A link configured from environment variables; ``None`` when ``MOQ_UPSTREAM`` is unset.
+
+        * ``MOQ_UPSTREAM``: the node's URL (it may carry its own ``?jwt=``).
+        * ``MOQ_UPSTREAM_TOKEN``: the token; or ``MOQ_UPSTREAM_TOKEN_FILE``: a
+          file holding it, read again before each dial (replace the file to
+          renew a token before its ``exp``).
+        * ``MOQ_UPSTREAM_PREFIX``: ingest only the node's broadcasts under it.
+        * ``MOQ_UPSTREAM_CAFILE``, ``MOQ_UPSTREAM_FINGERPRINT`` (SHA-256 hex):
+          how the node's certificate is checked (default: the system roots);
+          ``MOQ_UPSTREAM_INSECURE=1`` accepts any (tests only).
+
+        ``options`` go to the constructor. Raises :class:`ValueError` when
+        both token variables are set.
+        """
+        url = environ.get("MOQ_UPSTREAM") or None
+        if url is None:
+            return None
+        token: TokenSource | None = environ.get("MOQ_UPSTREAM_TOKEN") or None
+        token_file = environ.get("MOQ_UPSTREAM_TOKEN_FILE") or None
+        if token is not None and token_file is not None:
+            raise ValueError("set MOQ_UPSTREAM_TOKEN or MOQ_UPSTREAM_TOKEN_FILE, not both")
+        if token_file is not None:
+            path = Path(token_file)
+
+            def read_token() -> str:
+                return path.read_text(encoding="utf-8").strip()
+
+            token = read_token
+        options.setdefault("client", Client(cafile=environ.get("MOQ_UPSTREAM_CAFILE") or None,
+                                            fingerprint=environ.get("MOQ_UPSTREAM_FINGERPRINT") or None,
+                                            insecure=environ.get("MOQ_UPSTREAM_INSECURE", "") in ("1", "true", "yes")))
+        return cls(relay, url, prefix=environ.get("MOQ_UPSTREAM_PREFIX", ""), token=token, **options)
 
     # -- state, for operators -----------------------------------------------------------------------
 
