@@ -54,8 +54,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
+from .client import Client
 from .engine.mux import Announcement, TrackMux
 from .engine.session import Session
 from .engine.track import DEFAULT_TIMESCALE, GroupReader, TrackReader, TrackWriter
@@ -65,7 +65,7 @@ from .protocol.lite_wire import MAX_HOPS
 from .protocol.messages import TrackInfo
 from .protocol.paths import has_prefix, join_path, normalize_path
 from .request import SetupRequest
-from .upstream import Backoff, LinkStatus, UpstreamLink
+from .upstream import Backoff, LinkStatus, TokenSource, UpstreamLink
 
 logger = logging.getLogger("moqt_asgi.relay")
 
@@ -329,15 +329,18 @@ class Relay:
         """Upstream subscriptions open (or being opened)."""
         return self._totals.upstream_tracks
 
-    def link(self, url: str, **options: Any) -> UpstreamLink:
+    def link(self, url: str, *, prefix: str = "", token: TokenSource | None = None, client: Client | None = None,
+             backoff: Backoff | None = None) -> UpstreamLink:
         """An :class:`~moqt_asgi.upstream.UpstreamLink` making this relay a leaf of the node at ``url``.
 
         ``async with relay.link("https://node:4443/", token=..., prefix="live"):``
-        keeps a session to the node (redialled with backoff) that announces
-        this relay's broadcasts to it and ingests its announcements under
-        ``prefix``. ``options`` are :class:`UpstreamLink`'s.
+        keeps a session to the node (redialled with ``backoff``) that
+        announces this relay's broadcasts to it and ingests its
+        announcements under ``prefix``. ``token`` (or a function giving it)
+        goes in the URL as ``?jwt=``; ``client`` carries the dial options
+        (TLS, versions, timeouts).
         """
-        return UpstreamLink(self, url, **options)
+        return UpstreamLink(self, url, prefix=prefix, token=token, client=client, backoff=backoff)
 
     async def __call__(self, request: SetupRequest) -> None:
         grant = request.grant

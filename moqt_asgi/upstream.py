@@ -40,21 +40,28 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from .client import Client
+from .engine.mux import TrackMux
 from .engine.session import Session
 from .protocol.errors import MoQError
-
-if TYPE_CHECKING:
-    from .relay import Relay
 
 logger = logging.getLogger("moqt_asgi.upstream")
 
 T = TypeVar("T")
 LinkState = Literal["idle", "dialing", "connected", "waiting", "closed"]
 TokenSource = str | Callable[[], str]
+
+
+class RelayLike(Protocol):
+    """What a link needs of a relay (:class:`moqt_asgi.relay.Relay` is one): its mux, and ``ingest``."""
+
+    @property
+    def mux(self) -> TrackMux: ...
+
+    async def ingest(self, session: Session, prefix: str = "") -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +170,7 @@ class UpstreamLink:
     the real ones in tests.
     """
 
-    def __init__(self, relay: Relay, url: str, *, prefix: str = "", token: TokenSource | None = None,
+    def __init__(self, relay: RelayLike, url: str, *, prefix: str = "", token: TokenSource | None = None,
                  client: Client | None = None, backoff: Backoff | None = None, log: logging.Logger = logger,
                  clock: Callable[[], float] = time.monotonic, random: Callable[[], float] = _random.random,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
@@ -191,7 +198,7 @@ class UpstreamLink:
         """The failure last logged as a warning (a repeat of it is logged at debug level)."""
 
     @classmethod
-    def from_env(cls, relay: Relay, environ: Mapping[str, str] = os.environ, **options: Any) -> UpstreamLink | None:
+    def from_env(cls, relay: RelayLike, environ: Mapping[str, str] = os.environ, **options: Any) -> UpstreamLink | None:
         """A link configured from environment variables; ``None`` when ``MOQ_UPSTREAM`` is unset.
 
         * ``MOQ_UPSTREAM``: the node's URL (it may carry its own ``?jwt=``).
@@ -305,7 +312,9 @@ class UpstreamLink:
                 self._state, self._delay = "waiting", wait
                 await self._unless_closed(self._sleep(wait))
                 self._delay = None
-        finally:
+        finally:  # closed, or cancelled: either way a link runs once
+            self._closed = True
+            self._stop.set()
             self._state, self._delay = "closed", None
             self._running = False
             self._done.set()
@@ -436,8 +445,7 @@ class UpstreamLink:
             with contextlib.suppress(Exception):
                 await self._session_closing
         if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
+            await asyncio.wait([self._task])  # however it ended (cancelled, even): it has stopped
         elif self._running:
             await self._done.wait()
         return result
@@ -450,4 +458,4 @@ class UpstreamLink:
         await self.close()
 
 
-__all__ = ["Backoff", "LinkState", "LinkStatus", "UpstreamLink", "with_token", "without_query"]
+__all__ = ["Backoff", "LinkState", "LinkStatus", "RelayLike", "TokenSource", "UpstreamLink", "with_token", "without_query"]

@@ -31,6 +31,7 @@ from moqt_asgi.auth.tokens import Authenticator, KeySet, sign_token
 from moqt_asgi.engine.track import TrackReader
 from moqt_asgi.producer import TrackProducer
 from moqt_asgi.protocol.errors import MoQError
+from moqt_asgi.protocol.versions import LITE_03_VERSION, LITE_04_VERSION, LITE_05_VERSION, LITE_06_VERSION, Version
 from moqt_asgi.relay import Backoff, Relay, UpstreamLink
 from moqt_asgi.testing import MemoryPair, connect, lifespan
 from moqt_asgi.upstream import with_token, without_query
@@ -185,6 +186,37 @@ async def test_close_while_dialing_or_waiting_leaves_nothing_running() -> None:
         await within(link.wait_connected())
     await asyncio.sleep(0)
     assert set(asyncio.all_tasks()) - before == set()
+
+
+async def test_run_in_a_task_group_until_closed() -> None:
+    script = Script([0.5, "fail"])
+    link = script.link()
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(link.run())
+            session = await within(link.wait_connected())
+            assert link.connected and link.status().version == session.version_name
+            await within(script.done.wait())  # the session ended, a dial failed: waiting now
+            assert link.state == "waiting" and link.delay == 1.0 and link.last_error
+            assert await within(link.close()) is True
+        assert link.state == "closed" and session.closed
+    finally:
+        await script.aclose()
+
+
+async def test_a_cancelled_link_closes_its_session() -> None:
+    script = Script([60.0])
+    link = script.link()
+    try:
+        task = link.start()
+        session = await within(link.wait_connected())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert session.closed and link.closed and link.state == "closed"
+        assert await within(link.close()) is False
+    finally:
+        await script.aclose()
 
 
 # -- our relay as the node (native QUIC, fast lane) --------------------------------------------------
@@ -502,3 +534,44 @@ async def test_leaf_reconnects_when_the_moqrs_node_comes_back(certs: Certs, capl
     assert any("cannot connect" in m for m in messages)
     assert any("connected again" in m for m in messages)
     assert never_adopted(caplog, "leaf/cam")
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("version", [LITE_03_VERSION, LITE_04_VERSION, LITE_05_VERSION, LITE_06_VERSION],
+                         ids=lambda v: v.name)
+async def test_the_leafs_broadcast_never_comes_back_from_a_moqrs_node(certs: Certs, version: Version,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """On each version moq-rs speaks: the node has the leaf's broadcast, the leaf never adopts it from the node,
+    and once the leaf's publisher stops, the broadcast is gone from both (no echo keeps it alive)."""
+    caplog.set_level(logging.DEBUG, logger="moqt_asgi.relay")
+    port = free_udp_port()
+    leaf = Relay()
+    broadcast = Broadcast("leaf/cam")
+    track = broadcast.create_track("video")
+    published = leaf.mux.publish("leaf/cam", broadcast)
+    link = leaf.link(f"moql://127.0.0.1:{port}/", client=Client(fingerprint=certs.fingerprint, versions=[version]))
+    origin = moq.OriginProducer()
+    async with moqrs_node(port, certs, origin), link, writing(track, "leaf") as sent:
+        session = await within(link.wait_connected())
+        assert session.version_name == version.name
+        async with rs_client(port, certs) as subscriber:
+            got = await rs_read(subscriber, "leaf/cam", 2)
+            assert got == sent[sent.index(got[0]):][:2]
+            node_view = origin.consume()
+            await asyncio.sleep(0.5)  # time for an echo to come back, if the node sent one
+            assert is_local(leaf, "leaf/cam")
+            published.end()
+            await eventually(lambda: leaf.mux.route("leaf/cam") is None, "the broadcast left the leaf")
+
+            async def gone_from_node() -> None:
+                while True:
+                    try:
+                        await asyncio.wait_for(node_view.request_broadcast("leaf/cam"), 0.2)
+                    except (TimeoutError, Exception):
+                        return
+                    await asyncio.sleep(0.05)
+
+            await within(gone_from_node())
+            await asyncio.sleep(0.5)  # an echo in flight would be adopted now: nothing may come back
+            assert leaf.mux.route("leaf/cam") is None
+    assert never_adopted(caplog, "leaf/cam"), [r.getMessage() for r in caplog.records if "leaf/cam" in r.getMessage()]
