@@ -362,6 +362,7 @@ async def test_link_carries_a_token_to_a_node_that_requires_one(certs: Certs,
     jwk = generate_key("ES256", kid="cluster")
     node, leaf = Relay(), Relay()
     node_cam, leaf_cam = publish(node.mux, "live/node"), publish(leaf.mux, "live/leaf")
+    publish(node.mux, ".internal/origins/https:/node.example"), publish(leaf.mux, "other/leaf")
     node_app = relay_app(node, auth=Authenticator(KeySet([Key.from_dict(jwk)])))
     token = sign_token(jwk, {"root": "", "put": [""], "get": [""], "exp": int(time.time()) + 300})
     async with native_server(node_app, str(certs.cert), str(certs.key)) as server:
@@ -371,8 +372,8 @@ async def test_link_carries_a_token_to_a_node_that_requires_one(certs: Certs,
         refused = leaf.link(url, client=Client(fingerprint=certs.fingerprint), backoff=fast_backoff())
         async with refused:
             await eventually(lambda: refused.attempts >= 3, "retries")
-            assert not refused.connected and refused.last_error is not None
-            assert refused.status().sessions == 0
+            assert not refused.connected and refused.status().sessions == 0
+            assert refused.last_error is not None and "unauthorized" in refused.last_error
         # with it (given as a function: called before each dial)
         calls: list[int] = []
 
@@ -388,6 +389,9 @@ async def test_link_carries_a_token_to_a_node_that_requires_one(certs: Certs,
             async with connect(relay_app(leaf)) as leaf_viewer:
                 assert set(await play(leaf_viewer, "live/node", 2)) <= set(node_sent)
             await eventually(lambda: node.mux.route("live/leaf") is not None, "the node learned the leaf's broadcast")
+            # the prefix limits what the leaf takes, not what it offers
+            await eventually(lambda: node.mux.route("other/leaf") is not None, "the node learned other/leaf")
+            assert leaf.mux.route(".internal/origins/https:/node.example") is None
             served = [s for s in node_app.metrics.live if s.grant is not None]
             assert served and served[0].grant is not None and served[0].grant.can_publish("live/leaf")
             async with connect(node_app, path=f"/?jwt={token}") as node_viewer:
