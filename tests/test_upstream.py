@@ -356,6 +356,37 @@ async def test_example_relay_is_a_leaf_when_moq_upstream_is_set(certs: Certs, tm
     assert importlib.reload(importlib.import_module("examples.relay")).upstream is None
 
 
+@pytest.mark.parametrize("version", [LITE_03_VERSION, LITE_04_VERSION, LITE_06_VERSION], ids=lambda v: v.name)
+async def test_no_loop_through_our_relay_as_the_node(certs: Certs, version: Version,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Our node does send the leaf's broadcast back on lite-03 (a hop count, no ids): the leaf keeps its own
+    publication, and once it ends the broadcast is gone from both. On lite-04+ nothing comes back at all."""
+    caplog.set_level(logging.DEBUG, logger="moqt_asgi.relay")
+    node, leaf = Relay(), Relay()
+    broadcast = Broadcast("leaf/cam")
+    broadcast.create_track("video")
+    published = leaf.mux.publish("leaf/cam", broadcast)
+    async with native_server(relay_app(node), str(certs.cert), str(certs.key)) as server:
+        host, port = server.address
+        link = leaf.link(f"moql://{host}:{port}/", client=Client(fingerprint=certs.fingerprint, versions=[version]))
+        async with link:
+            session = await within(link.wait_connected())
+            assert session.version_name == version.name
+            await eventually(lambda: node.mux.route("leaf/cam") is not None, "the node learned leaf/cam")
+            await asyncio.sleep(0.3)  # time for an echo to come back
+            assert is_local(leaf, "leaf/cam")
+            published.end()
+            await eventually(lambda: node.mux.route("leaf/cam") is None and leaf.mux.route("leaf/cam") is None,
+                             "leaf/cam gone from both relays")
+            await asyncio.sleep(0.3)
+            assert node.mux.route("leaf/cam") is None and leaf.mux.route("leaf/cam") is None
+    echoed = any("not relaying 'leaf/cam' from a peer: it is published here" in r.getMessage()
+                 for r in caplog.records)
+    assert echoed == (version is LITE_03_VERSION)
+    adopted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("peer announced 'leaf/cam'")]
+    assert adopted == ["peer announced 'leaf/cam' (route of 1 hops)"]  # by the node, once; never by the leaf
+
+
 async def test_link_carries_a_token_to_a_node_that_requires_one(certs: Certs,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger=UPSTREAM_LOG)
