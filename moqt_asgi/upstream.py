@@ -21,12 +21,19 @@ tight loop).
 A token (``token=``) is added to the URL as ``?jwt=`` unless the URL has a
 non-empty one already (moq-relay's ``cluster.token`` rule); it may be a
 function, called before each dial, so a token can be renewed before its
-``exp``. The token never appears in the log: URLs are logged without their
-query.
+``exp``. The token never appears in the log or in :class:`LinkStatus`: URLs
+are shown without their query, and error texts with the token masked.
+
+State for operators: :meth:`UpstreamLink.status` (connected or not, attempts,
+sessions, last error, the wait in progress). The log (``moqt_asgi.upstream``)
+has one line per change: connected, session ended, cannot connect (a repeat
+of the same failure goes to the debug level), closed.
 
 Loops: a broadcast of ours that the node announces back is never adopted
-again (lite-04+ hop lists carry our origin id, and lite-05+ asks the node
-not to send such routes at all; see :mod:`moqt_asgi.relay` for lite-03).
+again. lite-04+ hop lists carry our origin id, and lite-05+ asks the node
+not to send such routes at all; a moq-rs node sends none back on any
+version. On lite-03 (a hop count only) our own relay as the node does send
+it back, and the relay keeps its own publication (see :mod:`moqt_asgi.relay`).
 """
 
 from __future__ import annotations

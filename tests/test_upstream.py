@@ -1,15 +1,22 @@
 """A relay as a leaf of a cluster: the supervised upstream link (:mod:`moqt_asgi.upstream`).
 
-* The backoff on an injected clock and random draw: doubling, the cap, the
-  jitter range, the reset after a stable session, one warning per change.
-* A leaf of our own relay over native QUIC (fast lane): broadcasts flow both
-  ways, the node closing the session makes the leaf redial, a token rides
-  the URL to a node that requires one, and close() leaves nothing running.
+* The backoff on an injected clock, random draw and sleep, with scripted
+  dials (in-memory sessions): doubling, the cap, the jitter range, the reset
+  after a stable session (and none after a short one), one warning per
+  change, no token in the log; closing while dialing or waiting, running in
+  a task group, cancellation: nothing left running, the session closed.
+* A leaf of our own relay (fast lane) over native QUIC, WebTransport and
+  WebSocket: broadcasts flow both ways byte-identical, and the node dropping
+  the session makes the leaf redial and the flow resume; no loop on lite-03
+  (the node sends the broadcast back; the leaf keeps its own) nor lite-04+;
+  a token rides the URL to a node that requires one (refused without it);
+  the prefix limits what the leaf takes, not what it offers;
+  ``examples/relay.py`` with ``MOQ_UPSTREAM``.
 * A leaf of a moq-rs node (the Rust relay core, ``interop``): both ways,
-  byte-identical; the node going away and coming back on the same port; and
-  the leaf's own broadcast never comes back to it as a remote one.
+  byte-identical; the node going away and coming back on the same port (the
+  leaf retries, reconnects, and frames of the new node reach its viewer);
+  the leaf's own broadcast never comes back to it, on lite-03 to lite-06.
 """
-
 from __future__ import annotations
 
 import asyncio
