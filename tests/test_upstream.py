@@ -507,7 +507,8 @@ def never_adopted(caplog: pytest.LogCaptureFixture, path: str) -> bool:
 
 
 @pytest.mark.interop
-async def test_leaf_of_a_moqrs_node_both_ways(certs: Certs, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("scheme", ["moql", "https"])
+async def test_leaf_of_a_moqrs_node_both_ways(certs: Certs, scheme: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     port = free_udp_port()
     leaf = Relay()
@@ -517,9 +518,11 @@ async def test_leaf_of_a_moqrs_node_both_ways(certs: Certs, caplog: pytest.LogCa
             rs_broadcast = publisher.create_broadcast("rs/cam")
             rs_track = rs_broadcast.publish_track("video")
             rs_broadcast.announce()
-            link = leaf.link(f"moql://127.0.0.1:{port}/", client=Client(fingerprint=certs.fingerprint))
+            link = leaf.link(f"{scheme}://127.0.0.1:{port}/",
+                             client=Client(fingerprint=certs.fingerprint, websocket_fallback=False))
             async with link, rs_writing(rs_track, "rs") as rs_sent:
                 session = await within(link.wait_connected())
+                assert type(session.connection).__name__ == TRANSPORTS[scheme]
                 # a publisher on the leaf (a peer of ours publishing into it)
                 peer_mux = TrackMux()
                 async with connect(leaf_app, mux=peer_mux), connect(leaf_app) as viewer:
