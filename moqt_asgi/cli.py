@@ -201,6 +201,8 @@ QUIC_FLAGS: tuple[tuple[str, Callable[[str], object], str], ...] = (
     ("handshake_timeout", float, "seconds a connection has to complete its handshake (10)"),
     ("header_timeout", float, "seconds an HTTP/3 request has to send its HEADERS (10)"),
     ("max_webtransport_sessions", int, "WebTransport sessions per HTTP/3 connection (16)"),
+    ("max_datagram_size", int, "largest UDP payload sent (default 1200 on aioquic, 1280 on qh3); larger only on "
+                               "paths known to carry it, e.g. 1452 on a 1500-byte MTU"),
 )
 """``serve`` flags for :class:`QuicSettings` fields; unset ones come from ``MOQT_*`` variables, then the defaults."""
 

@@ -32,6 +32,7 @@ from moqt_asgi import Broadcast, ErrorCode, MoQ, QuicSettings, TrackWriter
 from moqt_asgi.endpoints.dial_quic import dial_quic
 from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.protocol.errors import MoQError
+from moqt_asgi.testing.netsim import UdpRelay
 from moqt_asgi.transport.settings import qh3_available
 
 from .conftest import Certs
@@ -494,3 +495,54 @@ async def test_viewers_that_leave_while_frames_flow_leave_no_errors(certs: Certs
     failures = [record for record in caplog.records if record.levelno >= logging.WARNING
                 and record.name.startswith(("moqt_asgi", "quic"))]
     assert not failures, [f"{r.name}: {r.getMessage()}" for r in failures]
+
+
+@pytest.mark.parametrize("size", [None, 1452])
+async def test_max_datagram_size_sets_the_largest_datagram_sent(certs: Certs, quic_backend: str,
+                                                                size: int | None) -> None:
+    """``QuicSettings.max_datagram_size``: a 1200-byte frame fits one 1452-byte datagram; the default stays small."""
+    app = MoQ()
+    broadcast = Broadcast("live")
+    track = broadcast.create_track("video")
+    app.mux.publish("live", broadcast)
+    settings = QuicSettings(backend=quic_backend, max_datagram_size=size)  # type: ignore[arg-type]
+    await app.startup()
+    server = QuicServer(app, host="127.0.0.1", port=0, certfile=str(certs.cert), keyfile=str(certs.key),
+                        webtransport=False, quic=settings)
+    await server.start()
+    try:
+        async with UdpRelay(server.address) as net:
+            session = await dial_quic(f"moql://127.0.0.1:{net.port}/", fingerprint=certs.fingerprint,
+                                      quic=QuicSettings(max_datagram_size=size))
+            async with session:
+                reader = await session.subscribe("live", "video", wait_for_start=False)
+                await wait_until(lambda: track.subscribers == 1)
+                net.log.clear()
+                group = track.append_group()
+                for index in range(20):
+                    group.write_frame(bytes([index]) * 1200)
+                group.finish()
+                received = await asyncio.wait_for(reader.next_group(), WAIT)
+                assert received is not None
+                frames = await asyncio.wait_for(received.read_all(), WAIT)
+                assert frames == [bytes([index]) * 1200 for index in range(20)]
+            sent = [datagram.size for datagram in net.log if datagram.direction == "server"]
+    finally:
+        await server.close()
+        await app.shutdown()
+    default = 1200 if quic_backend == "aioquic" else 1280
+    if size is None:
+        assert max(sent) <= default, sorted(sent)[-5:]
+    else:
+        assert default < max(sent) <= size, sorted(sent)[-5:]
+        # one frame a datagram: the 20 frames took about 20 datagrams (and the small ones around them)
+        assert sum(1 for s in sent if s > 1200) >= 15, sorted(sent)
+
+
+def test_max_datagram_size_bounds() -> None:
+    for bad in (1199, 65528):
+        with pytest.raises(ValueError, match="max_datagram_size"):
+            QuicSettings(max_datagram_size=bad)
+    assert QuicSettings.from_environment({"MOQT_MAX_DATAGRAM_SIZE": "1452"}).max_datagram_size == 1452
+    assert QuicSettings().configuration(is_client=False, alpn=["moql"]).max_datagram_size == 1200
+    assert QuicSettings(max_datagram_size=9000).configuration(is_client=False, alpn=["moql"]).max_datagram_size == 9000

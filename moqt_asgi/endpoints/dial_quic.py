@@ -60,7 +60,7 @@ async def dial_quic(url: str, *, mux: TrackMux | None = None, fingerprint: str |
         configuration = qh3_connection.client_configuration(
             alpn=list(native_alpns(chosen)), idle_timeout=settings.idle_timeout,
             max_datagram_frame_size=settings.max_datagram_frame_size, max_data=settings.max_data,
-            max_stream_data=settings.max_stream_data)
+            max_stream_data=settings.max_stream_data, max_datagram_size=settings.max_datagram_size)
     else:
         configuration = settings.configuration(is_client=True, alpn=list(native_alpns(chosen)))
     # tls and the shortcuts as one: the pin to check once connected, and how the server is trusted

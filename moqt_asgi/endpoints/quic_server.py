@@ -240,7 +240,7 @@ class QuicServer:
         return server_configuration(alpn=self.alpn_protocols, idle_timeout=self.quic.idle_timeout,
                                     max_datagram_frame_size=self.quic.max_datagram_frame_size,
                                     max_data=self.quic.max_data, max_stream_data=self.quic.max_stream_data,
-                                    chain_pem=chain, key_pem=key)
+                                    chain_pem=chain, key_pem=key, max_datagram_size=self.quic.max_datagram_size)
 
     def create_protocol(self, *args: Any, **kwargs: Any) -> Any:
         """The stack's ``create_protocol``: a connection served by this server."""

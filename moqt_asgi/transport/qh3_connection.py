@@ -519,23 +519,29 @@ async def serve_guarded_qh3(host: str, port: int, *, admission: Admission, sock:
 
 
 def server_configuration(*, alpn: list[str], idle_timeout: float, max_datagram_frame_size: int | None,
-                         max_data: int, max_stream_data: int, chain_pem: bytes, key_pem: bytes) -> Any:
+                         max_data: int, max_stream_data: int, chain_pem: bytes, key_pem: bytes,
+                         max_datagram_size: int | None = None) -> Any:
     """A qh3 server ``QuicConfiguration`` presenting ``chain_pem`` (leaf first) with the PKCS#8 ``key_pem``."""
     _ensure_checked()
     configuration = _qh3_configuration.QuicConfiguration(
         is_client=False, alpn_protocols=alpn, idle_timeout=idle_timeout,
         max_datagram_frame_size=max_datagram_frame_size, max_data=max_data, max_stream_data=max_stream_data)
+    if max_datagram_size is not None:
+        configuration.max_datagram_size = max_datagram_size
     configuration.load_cert_chain(chain_pem, key_pem)
     return configuration
 
 
 def client_configuration(*, alpn: list[str], idle_timeout: float, max_datagram_frame_size: int | None,
-                         max_data: int, max_stream_data: int) -> Any:
+                         max_data: int, max_stream_data: int, max_datagram_size: int | None = None) -> Any:
     """A qh3 client ``QuicConfiguration`` (the same fields as aioquic's)."""
     _ensure_checked()
-    return _qh3_configuration.QuicConfiguration(is_client=True, alpn_protocols=alpn, idle_timeout=idle_timeout,
-                            max_datagram_frame_size=max_datagram_frame_size, max_data=max_data,
-                            max_stream_data=max_stream_data)
+    configuration = _qh3_configuration.QuicConfiguration(
+        is_client=True, alpn_protocols=alpn, idle_timeout=idle_timeout,
+        max_datagram_frame_size=max_datagram_frame_size, max_data=max_data, max_stream_data=max_stream_data)
+    if max_datagram_size is not None:
+        configuration.max_datagram_size = max_datagram_size
+    return configuration
 
 
 @asynccontextmanager

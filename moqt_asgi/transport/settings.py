@@ -38,6 +38,10 @@ def qh3_available() -> bool:
 
 MIN_STREAM_WINDOW = 128 * 1024
 """Smallest ``stream_receive_window``: an HTTP/3 HEADERS frame (up to 64 KiB) must fit in it."""
+SMALLEST_DATAGRAM = 1200
+"""RFC 9000 14: every QUIC path carries 1200-byte UDP payloads."""
+LARGEST_DATAGRAM = 65527
+"""RFC 9000 18.2: the largest ``max_udp_payload_size``."""
 
 
 @dataclass
@@ -113,6 +117,11 @@ class QuicSettings:
     """Server, HTTP/3: WebTransport sessions at once on one connection."""
     backend: Literal["aioquic", "qh3", "auto"] = "aioquic"
     """QUIC stack of native QUIC (see above)."""
+    max_datagram_size: int | None = None
+    """Largest UDP payload this endpoint sends (``None``: the stack's default, 1200 bytes on aioquic, 1280 on
+    qh3). aioquic does no path MTU discovery, so a larger value is for paths known to carry it (loopback, a
+    data-centre network: 1452 fits a 1500-byte Ethernet MTU over IPv6); a datagram larger than the path
+    carries is lost, every time. A qh3 client probes the path (RFC 8899) up to this size."""
 
     def __post_init__(self) -> None:
         if self.max_streams_bidi < 1 or self.max_streams_uni < 1:
@@ -125,6 +134,9 @@ class QuicSettings:
             raise ValueError("handshake_timeout and header_timeout must be positive")
         if self.max_webtransport_sessions < 1:
             raise ValueError("max_webtransport_sessions must be at least 1")
+        size = self.max_datagram_size
+        if size is not None and not SMALLEST_DATAGRAM <= size <= LARGEST_DATAGRAM:
+            raise ValueError(f"max_datagram_size must be between {SMALLEST_DATAGRAM} and {LARGEST_DATAGRAM}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
         self.admission_policy()  # checks the connection limits and retry
@@ -171,7 +183,7 @@ class QuicSettings:
                                retry=self.retry, retry_threshold=self.retry_threshold)
 
     def configuration(self, *, is_client: bool, alpn: list[str]) -> QuicConfiguration:
-        return QuicConfiguration(
+        configuration = QuicConfiguration(
             is_client=is_client,
             alpn_protocols=alpn,
             idle_timeout=self.idle_timeout,
@@ -179,6 +191,9 @@ class QuicSettings:
             max_data=self.connection_receive_window,
             max_stream_data=self.stream_receive_window,
         )
+        if self.max_datagram_size is not None:
+            configuration.max_datagram_size = self.max_datagram_size
+        return configuration
 
     def check_limits(self, limits: Limits, log: logging.Logger = logger) -> None:
         """Warn when the engine's unread-bytes backstop would stop streams before flow control does."""
@@ -225,4 +240,4 @@ class QuicSettings:
         return cls(**values)
 
 
-__all__ = ["BACKENDS", "MIN_STREAM_WINDOW", "QuicSettings", "qh3_available"]
+__all__ = ["BACKENDS", "LARGEST_DATAGRAM", "MIN_STREAM_WINDOW", "SMALLEST_DATAGRAM", "QuicSettings", "qh3_available"]

@@ -448,6 +448,8 @@ def _quic_protocol_init(self: Any, *args: Any, **kwargs: Any) -> None:
     config.max_datagram_frame_size = MAX_DATAGRAM_FRAME_SIZE
     config.max_data = settings.connection_receive_window  # the windows of our credit policy (H5)
     config.max_stream_data = settings.stream_receive_window
+    if settings.max_datagram_size is not None:
+        config.max_datagram_size = settings.max_datagram_size
     self.moqt_admission = Admission(settings.admission_policy(), log=logger)
     _tell_app(self.app, config.certificate, self.moqt_admission)  # H9
     workers = getattr(self.config, "workers", 1)
