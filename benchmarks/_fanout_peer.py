@@ -229,7 +229,7 @@ class LoadGenerator:
             {"received": len(s.seen), "frames": s.frames, "latencies_us": s.latencies_us, "error": s.error}
             for s in self.subscribers]}))
 
-    async def wait_for_frames(self, expected: asyncio.Task[int | None], deadline_ns: int) -> None:
+    async def wait_for_frames(self, expected: asyncio.Future[int | None], deadline_ns: int) -> None:
         """Until ``deadline_ns`` (the window's end plus the grace), or sooner once every subscriber has every frame.
 
         ``expected`` gives the number of frames the publisher sent inside the

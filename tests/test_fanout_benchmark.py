@@ -119,7 +119,7 @@ def test_a_load_generator_reports_once_every_subscriber_has_every_frame() -> Non
         expected: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         expected.set_result(told)
         started = time.monotonic()
-        await load.wait_for_frames(expected, time.monotonic_ns() + int(grace_s * 1e9))  # type: ignore[arg-type]
+        await load.wait_for_frames(expected, time.monotonic_ns() + int(grace_s * 1e9))
         return time.monotonic() - started
 
     assert asyncio.run(waited([30, 30], 30, grace_s=60)) < 30  # everything is in: no grace
