@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import importlib.util
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -546,3 +548,19 @@ def test_max_datagram_size_bounds() -> None:
     assert QuicSettings.from_environment({"MOQT_MAX_DATAGRAM_SIZE": "1452"}).max_datagram_size == 1452
     assert QuicSettings().configuration(is_client=False, alpn=["moql"]).max_datagram_size == 1200
     assert QuicSettings(max_datagram_size=9000).configuration(is_client=False, alpn=["moql"]).max_datagram_size == 9000
+
+
+async def test_a_dial_that_times_out_leaves_no_unretrieved_error(quic_backend: str,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Nobody answers: the dial fails with its timeout, and asyncio logs nothing about a forgotten future."""
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # a port that swallows every datagram
+        silent.bind(("127.0.0.1", 0))
+        url = f"moql://127.0.0.1:{silent.getsockname()[1]}/"
+        for _ in range(3):
+            with pytest.raises(MoQError, match="within"):
+                await dial_quic(url, insecure=True, setup_timeout=0.3, quic=QuicSettings(backend=quic_backend))  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        gc.collect()
+        await asyncio.sleep(0)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()], caplog.text

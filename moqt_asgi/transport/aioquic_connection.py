@@ -123,7 +123,7 @@ _MODULE_NAMES = ((aioquic_connection, "MAX_STREAM_DATA_FRAME_CAPACITY"),
 _H3_STREAM_ATTRIBUTES = ("buffer", "blocked", "frame_type", "frame_size", "headers_recv_state", "session_id",
                          "stream_id", "stream_type", "receiving_ended", "sending_ended", "is_ended")
 _H3_CONNECTION_ATTRIBUTES = ("_stream",)
-_INIT_ATTRIBUTES = ((aioquic_protocol.QuicConnectionProtocol, ("_quic", "_transport")),
+_INIT_ATTRIBUTES = ((aioquic_protocol.QuicConnectionProtocol, ("_quic", "_transport", "_connected_waiter")),
                     (aioquic_server.QuicServer, ("_protocols", "_retry", "_transport")))
 _checked = False
 
@@ -217,6 +217,12 @@ def send_backlog(quic: QuicConnection, stream_id: int) -> int:
         return 0
     sender = stream.sender
     return max(0, int(sender._buffer_stop) - int(sender.highest_offset))
+
+
+def connected_waiter(protocol: Any) -> asyncio.Future[None] | None:
+    """The future aioquic's ``wait_connected`` shields (it gets the handshake's outcome)."""
+    waiter: asyncio.Future[None] | None = protocol._connected_waiter
+    return waiter
 
 
 def peer_address(quic: QuicConnection) -> tuple[str, int] | None:

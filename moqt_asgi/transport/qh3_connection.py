@@ -116,7 +116,8 @@ def check_compatible() -> None:
     missing += [f"QuicConnection().{name}" for name in ("_remote_addr", "_core", "_state", "_close_event", "_quic_logger")
                 if not hasattr(probe, name)]
     assigned = set(protocol.QuicConnectionProtocol.__init__.__code__.co_names)
-    missing += [f"QuicConnectionProtocol.{name}" for name in ("_quic", "_transport") if name not in assigned]
+    missing += [f"QuicConnectionProtocol.{name}" for name in ("_quic", "_transport", "_connected_waiter")
+                if name not in assigned]
     assigned = set(server.QuicServer.__init__.__code__.co_names)
     missing += [f"QuicServer.{name}" for name in ("_protocols", "_retry", "_transport") if name not in assigned]
     missing += [f"QuicServer.{name}" for name in ("datagram_received", "close") if not hasattr(server.QuicServer, name)]
@@ -414,6 +415,11 @@ def check_fingerprint(protocol: Any, expected: str) -> None:
         raise MoQError(f"server certificate fingerprint {actual} does not match the pinned {expected}")
 
 
+def _connected_waiter(protocol: Any) -> asyncio.Future[None] | None:
+    waiter: asyncio.Future[None] | None = protocol._connected_waiter
+    return waiter
+
+
 def backend() -> QuicBackend:
     """The qh3 :class:`QuicBackend` (:class:`IncompatibleQh3` if qh3 is missing or moved a name)."""
     _ensure_checked()
@@ -423,7 +429,8 @@ def backend() -> QuicBackend:
         handshake_completed=_qh3_events.HandshakeCompleted, protocol_negotiated=_qh3_events.ProtocolNegotiated,
         send_backlog=_send_backlog, peer_address=_peer_address, stream_credit=_stream_credit,
         early_data_accepted=_early_data_accepted,
-        call_errors=(ValueError, RuntimeError, _qh3_connection.QuicConnectionError))
+        call_errors=(ValueError, RuntimeError, _qh3_connection.QuicConnectionError),
+        connected_waiter=_connected_waiter)
 
 
 class Qh3Protocol(MoqProtocolMixin, _Qh3Protocol):

@@ -44,6 +44,7 @@ from ..protocol.limits import DEFAULT_LIMITS, Limits
 from .aioquic_connection import (
     IDLE_TIMEOUT_REASON,
     adopt_quic,
+    connected_waiter,
     peer_address,
     protocol_quic,
     send_backlog,
@@ -80,6 +81,8 @@ class QuicBackend:
     call_errors: tuple[type[Exception], ...] = (ValueError, RuntimeError)
     """What the stack's stream calls raise for a stream that ended or a connection that closed before its
     events reached us (aioquic: ValueError, RuntimeError; qh3 adds its ``QuicConnectionError``)."""
+    connected_waiter: Callable[[Any], asyncio.Future[None] | None] = lambda protocol: None
+    """The future the stack's ``wait_connected`` waits on (see :meth:`MoqProtocolMixin.wait_connected`)."""
 
 
 AIOQUIC = QuicBackend(
@@ -87,7 +90,7 @@ AIOQUIC = QuicBackend(
     stop_sending=events.StopSendingReceived, terminated=events.ConnectionTerminated,
     handshake_completed=events.HandshakeCompleted, protocol_negotiated=events.ProtocolNegotiated,
     send_backlog=send_backlog, peer_address=peer_address, stream_credit=stream_credit,
-    early_data_accepted=lambda quic: bool(quic.tls.early_data_accepted))
+    early_data_accepted=lambda quic: bool(quic.tls.early_data_accepted), connected_waiter=connected_waiter)
 """aioquic: receive credit through :class:`~.aioquic_connection.CreditedQuicConnection`."""
 
 
@@ -381,6 +384,11 @@ class QuicTransport(Connection):
             self._wake_writers()
 
 
+def _collect(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class MoqProtocolMixin:
     """What our protocol classes add to a QUIC stack's connection protocol: a :class:`QuicTransport`.
 
@@ -405,6 +413,21 @@ class MoqProtocolMixin:
         self._early_start = early_start
         self._check_peer = check_peer
         self.peer_check_error: Exception | None = None
+
+    async def wait_connected(self) -> None:
+        """The stack's ``wait_connected``; cancelled (a dial's timeout), its outcome is still collected.
+
+        The stack shields the future it waits on and later sets the
+        handshake's failure on it; nobody would read that, and asyncio would
+        log "Future exception was never retrieved" for every dial that timed out.
+        """
+        try:
+            await super().wait_connected()  # type: ignore[misc]
+        except asyncio.CancelledError:
+            waiter = self.backend.connected_waiter(self)
+            if waiter is not None:
+                waiter.add_done_callback(_collect)
+            raise
 
     def quic_event_received(self, event: Any) -> None:
         try:
