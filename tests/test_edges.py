@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 KEY = generate_key("HS256")
 CLUSTER = {"root": "", "put": [""], "get": [""]}
 """A moq-relay cluster token: everything, both ways."""
+VIEWER = {"get": ""}
 PUBLISHER = {"put": "fanout", "get": "fanout"}
 """The publisher's token. moq-rs's client asks for the announcements under ``""`` and ends the session if
 that is refused, as it is for a token without ``get``."""
@@ -114,6 +115,24 @@ async def publisher(url: str, fingerprint: str) -> AsyncIterator[None]:
                 await task
 
 
+@contextlib.asynccontextmanager
+async def relayed(served: Origin) -> AsyncIterator[None]:
+    """A viewer of the origin itself, subscribed (one frame read) for the block: the relay holds the track.
+
+    Our relay answers a TRACK request for a track it does not relay yet with
+    default properties, and with the publisher's once it does; a moq-rs edge
+    that is given both for one track (several edges asking while the upstream
+    subscription is being opened) ends its viewers' subscriptions with an
+    error. With the track relayed first, every edge is given the publisher's.
+    """
+    async with moqrs_client(with_token(served.url(), token(VIEWER)), served.fingerprint) as client:
+        broadcast = await asyncio.wait_for(client.announced_broadcast(BROADCAST), TIMEOUT)
+        track = await broadcast.subscribe_track(TRACK)
+        group = await asyncio.wait_for(track.recv_group(), TIMEOUT)
+        assert group is not None and await asyncio.wait_for(group.read_frame(), TIMEOUT) is not None
+        yield
+
+
 @dataclass
 class Viewer:
     """A moq-rs viewer of an edge: the frames it read, and when to leave."""
@@ -173,9 +192,15 @@ async def test_two_edges_serve_twenty_viewers_from_two_upstream_subscriptions(ce
         async with Edge(served.url(), fingerprint=served.fingerprint, token=cluster) as first, \
                 Edge(served.url(), fingerprint=served.fingerprint, token=cluster) as second:
             viewers = [Viewer() for _ in range(20)]
-            async with watching([(first if i % 2 else second, viewer) for i, viewer in enumerate(viewers)]):
-                # one upstream subscription per edge, with all twenty viewers subscribed behind them
-                assert served.serving() == [1, 1]
+            async with contextlib.AsyncExitStack() as direct:
+                await direct.enter_async_context(relayed(served))
+                async with watching([(first if i % 2 else second, viewer) for i, viewer in enumerate(viewers)]):
+                    assert sorted(served.serving()) == [1, 1, 1]  # the two edges and the direct viewer
+                    await direct.aclose()
+                    # one upstream subscription per edge, with all twenty viewers subscribed behind them
+                    await eventually(lambda: served.serving() == [1, 1], "the direct viewer gone")
+                    await asyncio.sleep(0.5)
+                    assert served.serving() == [1, 1]
             for viewer in viewers:
                 numbers = viewer.numbers()
                 assert [frame(number) for number in numbers] == viewer.frames  # byte for byte
@@ -206,7 +231,7 @@ async def test_an_edge_whose_token_does_not_cover_the_path_cannot_pull_it(certs:
     async with origin(certs) as served, publisher(with_token(served.url(), token(PUBLISHER)), served.fingerprint):
         async with Edge(served.url(), fingerprint=served.fingerprint, token=token(claims)) as narrow, \
                 Edge(served.url(), fingerprint=served.fingerprint, token=token(CLUSTER)) as full:
-            async with watching([(full, Viewer())]):  # the broadcast is live and reachable through an edge
+            async with relayed(served), watching([(full, Viewer())]):  # live, and reachable through an edge
                 async with moqrs_client(narrow.url(), narrow.viewer_fingerprint) as client:
                     with pytest.raises(TimeoutError):
                         await asyncio.wait_for(client.announced_broadcast(BROADCAST), 2.0)
@@ -214,4 +239,4 @@ async def test_an_edge_whose_token_does_not_cover_the_path_cannot_pull_it(certs:
                         await asyncio.wait_for(client.request_broadcast(BROADCAST), TIMEOUT)
                     reason = moq.protocol_error(asked.value)
                     assert reason is not None and reason.kind == moq.ProtocolKind.UNROUTABLE, repr(reason)
-                assert served.serving() == [1]  # the full edge's subscription only
+                assert sorted(served.serving()) == [1, 1]  # the full edge's subscription and the direct viewer's
