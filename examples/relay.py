@@ -65,3 +65,5 @@ async def _stop_upstream() -> None:
 
 moq = MoQ(mux=relay.mux, auth=Authenticator.from_env(), on_startup=[_start_upstream], on_shutdown=[_stop_upstream])
 moq.add_route("/{path:path}", relay)
+if upstream is not None:
+    moq.metrics.watch_upstream(upstream)  # moqt_upstream_connected / _attempts / _reconnects on /metrics

@@ -131,12 +131,23 @@ class AppMetrics:
         self.traffic_known = False
         self.admissions: list[Admission] = []
         """The QUIC listeners' connection counters (:meth:`watch_admission`)."""
+        self.upstreams: list[Any] = []
+        """Upstream links (:class:`~moqt_asgi.upstream.UpstreamLink`) to export (:meth:`watch_upstream`)."""
         self._registry: Any = None
 
     def watch_admission(self, admission: Admission) -> None:
         """Export a QUIC listener's connection counts and refusals (its caps, before any connection exists)."""
         if all(admission is not known for known in self.admissions):
             self.admissions.append(admission)
+
+    def watch_upstream(self, link: Any) -> None:
+        """Export an upstream link's state (``moqt_upstream_connected``, ``_attempts``, ``_reconnects``, by URL).
+
+        ``link`` is an :class:`~moqt_asgi.upstream.UpstreamLink` (anything whose ``status()`` has ``url``,
+        ``state``, ``attempts`` and ``reconnects``).
+        """
+        if all(link is not known for known in self.upstreams):
+            self.upstreams.append(link)
 
     def session_started(self, session: Session, transport: str, setup_seconds: float) -> None:
         labels = (transport, session.version_name)
@@ -251,6 +262,18 @@ def _families(app: MeasuredApp) -> Iterator[Any]:
                                   value=sum(admission.refused for admission in admissions))
         yield CounterMetricFamily("moqt_connection_retries", "QUIC Retry packets sent.",
                                   value=sum(admission.retries for admission in admissions))
+    if metrics.upstreams:
+        connected = GaugeMetricFamily("moqt_upstream_connected", "1 while the upstream link has a session.",
+                                      labels=["url"])
+        attempts = CounterMetricFamily("moqt_upstream_attempts", "Dials an upstream link started.", labels=["url"])
+        reconnects = CounterMetricFamily("moqt_upstream_reconnects", "Upstream sessions set up after the first.",
+                                         labels=["url"])
+        for link in list(metrics.upstreams):
+            status = link.status()
+            connected.add_metric([status.url], 1 if status.state == "connected" else 0)
+            attempts.add_metric([status.url], status.attempts)
+            reconnects.add_metric([status.url], status.reconnects)
+        yield from (connected, attempts, reconnects)
     traffic = metrics.traffic()
     if traffic is not None:
         for name, unit in (("moqt_frames", "frames"), ("moqt_bytes", "bytes")):

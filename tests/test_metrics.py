@@ -371,3 +371,32 @@ def test_refused_webtransport_connects_are_counted(caplog: pytest.LogCaptureFixt
         assert sample(text, "moqt_sessions_refused_total", reason=reason) == 1, (reason, text)
     lines = [r.getMessage() for r in caplog.records if r.name == "moqt_asgi.sessions"]
     assert "session refused reason=origin status=403 transport=webtransport path=/clock client=127.0.0.1:9" in lines
+
+
+def test_upstream_links_are_exported_without_their_token() -> None:
+    from moqt_asgi.relay import Relay
+    from moqt_asgi.upstream import LinkStatus, UpstreamLink
+
+    relay = Relay()
+    app = MoQ(mux=relay.mux)
+    assert "moqt_upstream" not in render(app).decode()  # no link watched: absent, not zero
+    link = UpstreamLink(relay, "moql://node.test:4443/?jwt=secret")
+    app.metrics.watch_upstream(link)
+    app.metrics.watch_upstream(link)  # once only
+    text = render(app).decode()
+    assert "secret" not in text
+    assert sample(text, "moqt_upstream_connected", url="moql://node.test:4443/") == 0
+    assert sample(text, "moqt_upstream_attempts_total", url="moql://node.test:4443/") == 0
+    assert sample(text, "moqt_upstream_reconnects_total", url="moql://node.test:4443/") == 0
+
+    @dataclasses.dataclass
+    class Redialled:  # a link that redialled: what its status() says
+        def status(self) -> LinkStatus:
+            return dataclasses.replace(link.status(), state="connected", attempts=3, sessions=3, reconnects=2)
+
+    other = MoQ(mux=relay.mux)
+    other.metrics.watch_upstream(Redialled())
+    text = render(other).decode()
+    assert sample(text, "moqt_upstream_connected", url="moql://node.test:4443/") == 1
+    assert sample(text, "moqt_upstream_attempts_total", url="moql://node.test:4443/") == 3
+    assert sample(text, "moqt_upstream_reconnects_total", url="moql://node.test:4443/") == 2
