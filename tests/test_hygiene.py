@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -122,3 +123,21 @@ async def test_sub_escapes_control_characters(certs: Certs) -> None:
                     await reader.wait()
     assert b"\x1b" not in out and b"\x07" not in out
     assert out.decode().strip() == "\\x1b]0;owned\\x07\\x1b[2Jhello"
+
+
+@pytest.mark.parametrize("scheme", ["moql", "https", "ws"])
+async def test_a_failed_dial_does_not_repeat_the_token_of_its_url(scheme: str) -> None:
+    """Errors of a dial name the server, not the ``?jwt=`` of its URL (they end up in logs)."""
+    from moqt_asgi import dial
+
+    kind = socket.SOCK_STREAM if scheme == "ws" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as silent:  # a port that answers nothing
+        silent.bind(("127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            silent.listen()
+        port = silent.getsockname()[1]
+        with pytest.raises(Exception) as caught:  # the transport decides the type; the text is what matters
+            await dial(f"{scheme}://127.0.0.1:{port}/live?jwt=secret-token", insecure=True, setup_timeout=0.3,
+                       websocket_fallback=False)
+    assert "secret-token" not in str(caught.value), caught.value
+    assert f"127.0.0.1:{port}" in str(caught.value), caught.value

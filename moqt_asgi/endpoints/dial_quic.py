@@ -21,7 +21,7 @@ from ..protocol.limits import DEFAULT_LIMITS, Limits
 from ..protocol.versions import DEFAULT_VERSIONS, Version, native_alpns, ordered
 from ..transport.quic import QuicProtocol, QuicTransport
 from ..transport.settings import QuicSettings
-from .settings import NATIVE_SCHEMES, check_fingerprint, parse_url, resumption_note, trust_label, use_tickets
+from .settings import NATIVE_SCHEMES, check_fingerprint, parse_url, redacted_url, resumption_note, trust_label, use_tickets
 from .tickets import ClientTicketStore, TicketSlot
 from .tls import TLSConfig, client_tls
 
@@ -141,12 +141,12 @@ async def _connect(url: str, host: str, port: int, target: str, configuration: Q
                 ticket_slot.verified(transport.alpn)
     except TimeoutError:
         await stack.aclose()
-        raise MoQError(f"no session with {url} within {setup_timeout:.1f}s") from None
+        raise MoQError(f"no session with {redacted_url(url)} within {setup_timeout:.1f}s") from None
     except ConnectionError as exc:
         await stack.aclose()
         closed = created[0].moq_transport._closed if created else None
         reason = closed.reason if closed is not None and closed.reason else str(exc) or "connection closed"
-        raise MoQError(f"could not connect to {url}: {reason}") from None
+        raise MoQError(f"could not connect to {redacted_url(url)}: {reason}") from None
     except BaseException:
         await stack.aclose()
         raise

@@ -38,7 +38,7 @@ from ..webtransport.capsules import H3_INTERNAL_ERROR
 from ..webtransport.h3 import WebTransportH3Connection
 from ..webtransport.router import RouterHost, WebTransportRouter
 from ..webtransport.session import WebTransportSession
-from .settings import check_fingerprint, parse_url, resumption_note, trust_label, use_tickets
+from .settings import check_fingerprint, parse_url, redacted_url, resumption_note, trust_label, use_tickets
 from .tickets import ClientTicketStore
 from .tls import TLSConfig, client_tls
 
@@ -200,10 +200,10 @@ async def dial_webtransport(url: str, *, mux: TrackMux | None = None, fingerprin
                                        timeout=setup_timeout)
     except TimeoutError:
         await stack.aclose()
-        raise MoQError(f"no session with {url} within {setup_timeout:.1f}s") from None
+        raise MoQError(f"no session with {redacted_url(url)} within {setup_timeout:.1f}s") from None
     except ConnectionError as exc:
         await stack.aclose()
-        raise MoQError(f"could not connect to {url}: {exc}") from None
+        raise MoQError(f"could not connect to {redacted_url(url)}: {exc}") from None
     except BaseException:
         await stack.aclose()
         raise

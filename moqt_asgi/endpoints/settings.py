@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -19,6 +19,12 @@ from .tickets import ClientTicketStore, TicketSlot
 logger = logging.getLogger("moqt_asgi.endpoints")
 
 NATIVE_SCHEMES = ("moql", "moqt")
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its query and fragment, for errors and logs: a ``?jwt=`` token stays out of them."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def parse_url(url: str) -> tuple[str, str, int, str]:

@@ -38,7 +38,7 @@ from wsproto.events import (
 )
 from wsproto.frame_protocol import CloseReason
 
-from ..endpoints.settings import parse_url
+from ..endpoints.settings import parse_url, redacted_url
 from ..endpoints.tls import TLSConfig, client_tls
 from ..engine.handshake import start_client
 from ..engine.mux import TrackMux
@@ -289,9 +289,9 @@ async def dial_websocket(url: str, *, mux: TrackMux | None = None, fingerprint: 
             pipe, protocol = await open_websocket(url, subprotocols=offer, headers=headers, fingerprint=fingerprint,
                                                   insecure=insecure, cafile=cafile, tls=tls)
     except TimeoutError:
-        raise MoQError(f"no WebSocket with {url} within {setup_timeout:.1f}s") from None
+        raise MoQError(f"no WebSocket with {redacted_url(url)} within {setup_timeout:.1f}s") from None
     except (ConnectionError, OSError) as exc:
-        raise MoQError(f"could not connect to {url}: {exc}") from None
+        raise MoQError(f"could not connect to {redacted_url(url)}: {exc}") from None
     session = await start_websocket_session(pipe, protocol, mux=mux, limits=limits, versions=chosen,
                                             setup_timeout=setup_timeout, target=target, log=log, settings=settings)
     log.info("WebSocket session established with %s using %s (%s)", url, session.codec.name, protocol)
