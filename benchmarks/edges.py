@@ -224,14 +224,14 @@ def served_subscriptions(metrics_url: str) -> int | None:
     return None
 
 
-def load_targets(setup: str, subscribers: int, origin: str, edges: Sequence[EdgeProcess],
-                 tokens: dict[str, str]) -> list[tuple[str, int]]:
-    """(URL, subscribers) per load-generator process: direct with a viewer token, or spread evenly over the edges."""
-    if setup == "alone":
-        urls = [with_token(origin, tokens["viewer"])]
+def load_targets(subscribers: int, origin: str, edges: Sequence[str], viewer_token: str) -> list[tuple[str, int]]:
+    """(URL, subscribers) per load-generator process: spread evenly over the ``edges`` (URLs) if there are any,
+    else all on the origin with ``viewer_token``."""
+    if not edges:
+        urls = [with_token(origin, viewer_token)]
         processes = max(2, math.ceil(subscribers / PER_LOAD_PROCESS))
     else:
-        urls = [edge.url for edge in edges]
+        urls = list(edges)
         processes = len(urls) * max(1, math.ceil(subscribers / PER_LOAD_PROCESS / len(urls)))
     processes = max(1, min(processes, subscribers))
     return [(urls[i % len(urls)], count) for i, count in enumerate(split(subscribers, processes)) if count]
@@ -273,7 +273,7 @@ async def _measure(origin: RunningServer, metrics: str, point: EdgePoint, tag: s
         edges.append(await EdgeProcess.start(origin.url, settings, settings.logs / f"{tag}-edge{i}.log"))
     await asyncio.sleep(1.0)
     point.rss_before = origin.rss()
-    targets = load_targets(point.server, point.subscribers, origin.url, edges, tokens)
+    targets = load_targets(point.subscribers, origin.url, [edge.url for edge in edges], tokens["viewer"])
     loads = [await Peer.start(settings.logs / f"{tag}-load{i}.log", "subscribe", url, fingerprint, "--count",
                               str(count), "--connect-batch", str(settings.connect_batch))
              for i, (url, count) in enumerate(targets)]

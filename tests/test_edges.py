@@ -8,27 +8,33 @@ and served to viewers by a ``moq.Server``, the shape of a moq-relay node whose
 Every viewer reads the publisher's frames byte for byte, and the origin
 serves exactly one subscription per edge. An edge without a token is
 refused, and one whose token does not grant the path never gets it.
+``python -m benchmarks.edges --quick`` runs both of its setups (``slow``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import struct
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import moq
 import pytest
 
 from benchmarks._edge_peer import Edge, with_token
+from benchmarks.edges import load_targets
 from moqt_asgi import MoQ
 from moqt_asgi.auth import Authenticator, Key, KeySet, generate_key, sign_token
 from moqt_asgi.endpoints.quic_server import QuicServer
 from moqt_asgi.relay import Relay
 
-from .conftest import Certs
+from .conftest import ROOT, Certs
 from .helpers import eventually, moqrs_client, native_server
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
@@ -240,3 +246,37 @@ async def test_an_edge_whose_token_does_not_cover_the_path_cannot_pull_it(certs:
                     reason = moq.protocol_error(asked.value)
                     assert reason is not None and reason.kind == moq.ProtocolKind.UNROUTABLE, repr(reason)
                 assert sorted(served.serving()) == [1, 1]  # the full edge's subscription and the direct viewer's
+
+
+def test_the_benchmark_spreads_subscribers_evenly_over_the_edges() -> None:
+    edges = [f"moql://127.0.0.1:{port}/" for port in (1001, 1002, 1003)]
+    targets = load_targets(250, "moql://127.0.0.1:1000/", edges, "T")
+    assert len(targets) == 3 and sum(count for _, count in targets) == 250
+    assert {url for url, _ in targets} == set(edges) and {count for _, count in targets} == {84, 83}
+    big = load_targets(1600, "moql://127.0.0.1:1000/", edges, "T")
+    assert len(big) == 18 and all(count <= 100 for _, count in big)  # at most 100 a load generator
+    assert [sum(count for url, count in big if url == edge) for edge in edges] == [534, 533, 533]
+    alone = load_targets(50, "moql://127.0.0.1:1000/", [], "T")
+    assert alone == [("moql://127.0.0.1:1000/?jwt=T", 25)] * 2
+
+
+@pytest.mark.slow
+@pytest.mark.cli
+def test_quick_benchmark_run_measures_both_setups(tmp_path: Path) -> None:
+    """``python -m benchmarks.edges --quick``: both setups delivered, the origin served N alone and edges + 1 with edges."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.edges", "--quick", "--subscribers", "6", "--duration", "3", "--warmup", "1",
+         "--grace", "2", "--json", "--quiet", "--logs", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    points = {point["setup"]: point for point in json.loads(result.stdout)["points"]}
+    assert set(points) == {"alone", "edges"}
+    for setup, point in points.items():
+        assert point["error"] is None, (setup, point["error"])
+        assert point["connected"] == 6 and point["sent"] >= 30, setup
+        assert point["received"] > 0.5 * point["expected"], setup
+        assert 0 < point["p50_ms"] <= point["p99_ms"] < 5000, setup
+        assert point["origin_cpu_s"] > 0, setup
+    assert points["alone"]["upstream"] == 6 and points["alone"]["edges"] == 0
+    assert points["edges"]["upstream"] == 3 + 1 and points["edges"]["edges"] == 3  # each edge, and the direct one
+    assert points["edges"]["edge_cpu_s"] > 0
