@@ -217,11 +217,16 @@ async def test_two_edges_serve_twenty_viewers_from_two_upstream_subscriptions(ce
                         assert numbers[i] == numbers[i - 1] + 1, numbers
 
 
-async def test_an_edge_without_a_token_is_refused(certs: Certs) -> None:
+@pytest.mark.parametrize("cluster_token", [
+    None,
+    sign_token(generate_key("HS256"), CLUSTER),  # everything, signed with a key the origin does not know
+], ids=["no-token", "unknown-key"])
+async def test_an_edge_without_a_valid_token_is_refused(certs: Certs, cluster_token: str | None) -> None:
     async with origin(certs) as served, publisher(with_token(served.url(), token(PUBLISHER)), served.fingerprint):
         refused_before = sum(served.app.metrics.refused.values())
-        with pytest.raises(Exception) as refusal:  # moq-rs's own error type
-            async with Edge(served.url(), fingerprint=served.fingerprint, reconnect=False) as edge:
+        with pytest.raises(moq.Error) as refusal:
+            async with Edge(served.url(), fingerprint=served.fingerprint, token=cluster_token,
+                            reconnect=False) as edge:
                 await asyncio.wait_for(edge.closed(), TIMEOUT)
         assert moq.is_auth(refusal.value), repr(refusal.value)  # refused as unauthorized, not a transport failure
         await eventually(lambda: sum(served.app.metrics.refused.values()) > refused_before, "the refusal counted")
