@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from .client import Client
@@ -111,6 +112,9 @@ class _Upstream:
     producer: TrackProducer
 
 
+_DEFAULT_INFO = TrackInfo(priority=0, max_latency_ms=0, timescale=DEFAULT_TIMESCALE)
+
+
 class RemoteBroadcast:
     """A broadcast announced by a peer, served to local subscribers through one upstream per track.
 
@@ -166,10 +170,28 @@ class RemoteBroadcast:
         local = self._local(track)
         return local.latest_finished() if local is not None else None
 
-    def track_info(self, track: str) -> TrackInfo | None:
-        """TRACK: what upstream said of the track once it is relayed, else the defaults (upstream decides)."""
+    def track_info(self, track: str) -> TrackInfo | Awaitable[TrackInfo | None] | None:
+        """TRACK: what upstream said of the track once it is relayed; before that, upstream's own answer.
+
+        A relay that answered with defaults until the track was relayed, and
+        with the publisher's properties after, told two subscribers two
+        different things about one track (a moq-rs edge then ends the
+        subscriptions it merged). An upstream without TRACK (before lite-05)
+        leaves the defaults; ``None`` (NOT_FOUND) when upstream does not serve it.
+        """
         local = self._local(track)
-        return local.info() if local is not None else TrackInfo(priority=0, max_latency_ms=0, timescale=DEFAULT_TIMESCALE)
+        if local is not None:
+            return local.info()
+        if not self.session.features.track_stream or self.session.closed:
+            return _DEFAULT_INFO
+        return self._described(track)
+
+    async def _described(self, track: str) -> TrackInfo | None:
+        try:
+            info = await self._track_info(track)
+        except StreamError:  # NOT_FOUND: the publisher does not serve it
+            return None
+        return info if info is not None else _DEFAULT_INFO
 
     async def _upstream(self, name: str, priority: int) -> _Upstream:
         pending = self._tracks.get(name)

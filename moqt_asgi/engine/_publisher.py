@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import sys
 from typing import Any
 
@@ -332,7 +333,8 @@ async def serve_track(core: SessionCore, stream: BidiStream, reader: StreamReade
     if describe is None:  # a plain handler: it decides when subscribed
         info: TrackInfo | None = TrackInfo(priority=0, max_latency_ms=0, timescale=DEFAULT_TIMESCALE)
     else:
-        info = describe(msg.track)
+        answer = describe(msg.track)  # a relay may have to ask its own upstream first
+        info = await core.request(answer) if inspect.isawaitable(answer) else answer
     if info is None:
         _refuse(stream, ErrorCode.NOT_FOUND)
         return

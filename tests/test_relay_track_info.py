@@ -1,0 +1,35 @@
+"""TRACK through a relay (lite-05+): every subscriber hears the publisher's properties, relayed or not yet."""
+
+from __future__ import annotations
+
+import pytest
+
+from moqt_asgi import Broadcast, TrackMux
+from moqt_asgi.protocol.errors import ErrorCode, StreamError
+from moqt_asgi.protocol.versions import LITE_05_VERSION, LITE_06_VERSION, Version
+from moqt_asgi.relay import Relay
+
+from .helpers import eventually, within
+from .test_relay_trust import peer, relay_app
+
+
+@pytest.mark.parametrize("version", [LITE_05_VERSION, LITE_06_VERSION], ids=lambda v: v.name)
+async def test_track_info_is_the_publishers_before_and_after_the_track_is_relayed(version: Version) -> None:
+    relay = Relay()
+    app = relay_app(relay)
+    mux = TrackMux()
+    broadcast = Broadcast("live")
+    track = broadcast.create_track("video", priority=7, max_latency_ms=2500, timescale=90_000)
+    mux.publish("live", broadcast)
+    async with peer(app, version, mux), peer(app, version) as (viewer, _):
+        await eventually(lambda: relay.mux.route("live") is not None, "the relay learned the broadcast")
+        before = await within(viewer.track_info("live", "video"))  # nobody subscribed: the relay asks upstream
+        assert (before.priority, before.max_latency_ms, before.timescale) == (7, 2500, 90_000)
+        reader = await within(viewer.subscribe("live", "video", wait_for_start=False))
+        await eventually(lambda: track.subscribers == 1, "the relay subscribed upstream")
+        after = await within(viewer.track_info("live", "video"))
+        assert after == before
+        with pytest.raises(StreamError) as refused:  # a track the publisher does not serve
+            await within(viewer.track_info("live", "audio"))
+        assert refused.value.code == ErrorCode.NOT_FOUND
+        reader.close()
