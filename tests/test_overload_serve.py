@@ -1,0 +1,264 @@
+"""A real ``serve`` process at about twice its capacity: subscribers degrade evenly, a newcomer is served quickly.
+
+The server is ``python -m moqt_asgi serve tests.apps.slow_relay:moq``: the
+example relay, whose event loop is held for :data:`STALL_MS` of every
+:data:`PERIOD_MS` once it gets ``SIGUSR1`` (see :mod:`tests.apps.slow_relay`),
+so that its capacity is a known fraction of what it carries on a free core.
+The peers are the fan-out benchmark's moq-rs processes: a publisher of 30
+frames/s of 1200 B (a group a second), and :data:`SUBSCRIBERS` subscribers in
+two load-generator processes (:mod:`tests.apps.overload_peer`, which also
+reports the groups each subscriber read). Everyone connects and subscribes
+while the relay runs at full speed; then the signal cuts its capacity to
+about half of what the audience needs, and a window of :data:`WINDOW` seconds
+is measured.
+
+Without admission by load the test checks that the overload is real (well
+under every frame delivered), that the subscribers lose alike (Jain's index
+over their delivered frames, and the worst against the mean), that none
+stalls (each receives frames of the window's newest groups), that a new
+moq-rs subscriber gets its first frame within :data:`NEWCOMER_BOUND`, and
+that the server survives with no traceback in its log. With
+``serve --max-loop-lag`` the newcomer is refused instead, with 503 and the
+load reason, while the admitted subscribers keep receiving the newest groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from benchmarks._fanout_peer import BROADCAST, HEADER, TRACK
+from benchmarks._fanout_servers import KINDS, LISTENING, RunningServer, open_log, tail
+from benchmarks._fanout_stats import jain
+from benchmarks.fanout import Peer, split
+from moqt_asgi import dial
+from moqt_asgi.protocol.errors import SessionClosed, SetupRejected
+
+from .conftest import ROOT, Certs
+from .helpers import cli, moqrs_client
+
+APP = "tests.apps.slow_relay:moq"
+SUBSCRIBERS = 40
+"""The audience: two load generators of 20 moq-rs subscribers (their cost is small next to the relay's)."""
+STALL_MS = 80
+PERIOD_MS = 100
+"""Once signalled the relay runs 20 ms of every 100: it then delivers about half of what :data:`SUBSCRIBERS` need."""
+SETTLE = 2.0
+"""Seconds between the capacity drop and the window: the queues of the overload build up."""
+WINDOW = 6.0
+GRACE = 2.0
+"""Seconds after the window a frame of it may still arrive to count."""
+NEWCOMER_BOUND = 3.0
+"""Seconds a new subscriber may wait, from its dial, for its first frame during the overload."""
+MAX_LOOP_LAG = 0.05
+REFUSAL_TIMEOUT = 10.0
+"""Seconds a refused newcomer may take to learn it (its handshake crosses the overloaded relay too)."""
+START_TIMEOUT = 30.0
+READY_TIMEOUT = 60.0
+
+
+@dataclass
+class Outcome:
+    """What one run measured."""
+
+    sent: int = 0
+    """Frames the publisher sent inside the window."""
+    counts: list[int] = field(default_factory=list)
+    """Frames of the window each subscriber received (within the grace)."""
+    groups: list[dict[int, int]] = field(default_factory=list)
+    """Per subscriber: group sequence -> frames of it received."""
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: list[str | None] = field(default_factory=list)
+    newcomer_s: float | None = None
+    """Seconds from the newcomer's dial to its first frame (None: refused)."""
+    newcomer_age_ms: float | None = None
+    """How old its first frame was when it arrived."""
+    refusal: SetupRejected | SessionClosed | None = None
+    refused_s: float | None = None
+    """Seconds from the newcomer's dial to its refusal."""
+    moqrs_refusal: str | None = None
+    log: str = ""
+    alive: bool = False
+
+    @property
+    def delivered(self) -> float:
+        return sum(self.counts) / (self.sent * len(self.counts))
+
+    @property
+    def fairness(self) -> float:
+        return jain([float(count) for count in self.counts])
+
+    @property
+    def worst_share(self) -> float:
+        """The worst subscriber's frames against the mean."""
+        return min(self.counts) / (sum(self.counts) / len(self.counts))
+
+    @property
+    def newest(self) -> int:
+        """The newest group any subscriber received of the window."""
+        return max(max(groups, default=-1) for groups in self.groups)
+
+    def percentile(self, share: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+    def summary(self) -> str:
+        newcomer = (f"newcomer's first frame {self.newcomer_s:.2f} s (it was {self.newcomer_age_ms:.0f} ms old)"
+                    if self.newcomer_s is not None else f"newcomer refused after {self.refused_s} s: {self.refusal}")
+        return (f"sent {self.sent}, delivered {self.delivered:.1%}, Jain {self.fairness:.3f}, worst "
+                f"{self.worst_share:.2f} of the mean, latency p50 {self.percentile(0.5):.0f} ms p99 "
+                f"{self.percentile(0.99):.0f} ms, {newcomer}; counts {sorted(self.counts)}")
+
+
+@contextlib.asynccontextmanager
+async def slow_relay(certs: Certs, log: Path, *options: str) -> AsyncIterator[RunningServer]:
+    """``serve tests.apps.slow_relay:moq`` on a free port of 127.0.0.1 (native QUIC), stopped on exit."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+                   "MOQT_MAX_CONNECTIONS_PER_ADDRESS": "none",  # every peer comes from 127.0.0.1
+                   "MOQT_TEST_STALL_MS": str(STALL_MS), "MOQT_TEST_STALL_PERIOD_MS": str(PERIOD_MS)}
+    with open_log(log) as errors:
+        process = await asyncio.create_subprocess_exec(
+            *cli("serve", APP, "--bind", "127.0.0.1:0", "--certfile", str(certs.cert), "--keyfile", str(certs.key),
+                 "--graceful-timeout", "0", "--no-webtransport", "--no-tcp", *options),
+            cwd=ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT)
+    except TimeoutError:
+        line = b""
+    found = LISTENING.search(line)
+    if found is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        pytest.fail(f"serve did not start: {line!r}\n{tail(log)}")
+    server = RunningServer(KINDS["serve-quic"], process, int(found.group(1)), log)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def start_load(log: Path, url: str, fingerprint: str, count: int) -> Peer:
+    """A load generator of ``count`` subscribers (:mod:`tests.apps.overload_peer`)."""
+    with open_log(log) as errors:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.apps.overload_peer", "subscribe", url, fingerprint, "--count", str(count),
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, limit=64 * 1024 * 1024)
+    return Peer(process, log)
+
+
+async def first_frame(url: str, fingerprint: str) -> tuple[float, float]:
+    """A moq-rs subscriber dials and subscribes: (seconds to its first frame, that frame's age in ms)."""
+    started = time.monotonic()
+    async with moqrs_client(url, fingerprint) as session:
+        broadcast = await session.announced_broadcast(BROADCAST)
+        track = await broadcast.subscribe_track(TRACK)
+        group = await track.recv_group()
+        assert group is not None
+        frame = await group.read_frame()
+        assert frame is not None
+        now = time.monotonic_ns()
+    sent, _, _ = HEADER.unpack_from(frame.payload)
+    return time.monotonic() - started, (now - sent) / 1e6
+
+
+async def refused(url: str, fingerprint: str, outcome: Outcome) -> None:
+    """A new session, ours then moq-rs's, during the overload: record how each was refused (or that it was not)."""
+    started = time.monotonic()
+    try:
+        session = await dial(url, fingerprint=fingerprint, setup_timeout=REFUSAL_TIMEOUT)
+    except (SetupRejected, SessionClosed) as exc:  # lite-05+ on native QUIC: the connection is closed with 64 + 503
+        outcome.refusal = exc
+        outcome.refused_s = time.monotonic() - started
+    else:
+        await session.aclose()
+    try:
+        async with asyncio.timeout(REFUSAL_TIMEOUT):
+            await first_frame(url, fingerprint)
+    except Exception as exc:  # what moq-rs reports for a refused session
+        outcome.moqrs_refusal = f"{type(exc).__name__}: {exc}"
+
+
+async def overload(certs: Certs, logs: Path, *options: str, newcomer_refused: bool = False) -> Outcome:
+    """Run the relay at about twice its capacity and measure it (see the module's docstring)."""
+    outcome = Outcome()
+    peers: list[Peer] = []
+    async with slow_relay(certs, logs / "server.log", *options) as server:
+        url = server.url
+        try:
+            publisher = await Peer.start(logs / "publisher.log", "publish", url, certs.fingerprint, "--profile",
+                                         "frames")
+            peers.append(publisher)
+            await publisher.line(READY_TIMEOUT)
+            loads = [await start_load(logs / f"load{i}.log", url, certs.fingerprint, count)
+                     for i, count in enumerate(split(SUBSCRIBERS, 2))]
+            peers += loads
+            ready = await asyncio.gather(*(load.line(READY_TIMEOUT) for load in loads))
+            assert sum(int(line.split()[1]) for line in ready) == SUBSCRIBERS, ready
+            os.kill(server.pid, signal.SIGUSR1)  # the capacity drops under the admitted audience
+            start = time.monotonic_ns() + int(SETTLE * 1e9)
+            end = start + int(WINDOW * 1e9)
+            for peer in peers:
+                await peer.send(f"window {start} {end} {int(GRACE * 1e9)}")
+            await asyncio.sleep((start - time.monotonic_ns()) / 1e9 + WINDOW / 2)
+            if newcomer_refused:
+                await refused(url, certs.fingerprint, outcome)
+            else:
+                outcome.newcomer_s, outcome.newcomer_age_ms = await asyncio.wait_for(
+                    first_frame(url, certs.fingerprint), 4 * NEWCOMER_BOUND)
+            outcome.sent = int(json.loads(await publisher.line(READY_TIMEOUT))["sent"])
+            for load in loads:
+                await load.send(f"sent {outcome.sent}")
+            for load in loads:
+                for subscriber in json.loads(await load.line(GRACE + READY_TIMEOUT))["subscribers"]:
+                    outcome.counts.append(subscriber["received"])
+                    outcome.groups.append(dict(subscriber["groups"]))
+                    outcome.latencies_ms += [us / 1000 for us in subscriber["latencies_us"]]
+                    outcome.errors.append(subscriber["error"])
+            outcome.alive = server.alive
+        finally:
+            await asyncio.gather(*(peer.stop() for peer in peers), return_exceptions=True)
+    outcome.log = server.log.read_text(errors="replace")
+    return outcome
+
+
+def assert_no_one_stalled(outcome: Outcome) -> None:
+    """Every subscriber received frames of the window's newest groups (the last two seconds), not only old ones."""
+    recent = outcome.newest - 1
+    stalled = [i for i, groups in enumerate(outcome.groups) if max(groups, default=-1) < recent]
+    assert not stalled, ([max(outcome.groups[i], default=-1) for i in stalled], outcome.newest)
+
+
+def assert_healthy_server(outcome: Outcome) -> None:
+    assert outcome.alive, outcome.log[-3000:]
+    assert "Traceback" not in outcome.log, outcome.log[-3000:]
+    assert all(error is None for error in outcome.errors), outcome.errors
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+@pytest.mark.cli
+@pytest.mark.timeout(120)
+async def test_twice_the_capacity_degrades_evenly_and_a_newcomer_is_served(certs: Certs, tmp_path: Path) -> None:
+    outcome = await overload(certs, tmp_path)
+    print(outcome.summary())
+    assert_healthy_server(outcome)
+    assert outcome.sent >= WINDOW * 30 * 0.8
+    assert outcome.delivered < 0.85, outcome.summary()  # the overload is real
+    assert outcome.fairness >= 0.9, outcome.summary()
+    assert outcome.worst_share >= 1 / 3, outcome.summary()
+    assert_no_one_stalled(outcome)
+    assert outcome.newcomer_s is not None and outcome.newcomer_s < NEWCOMER_BOUND, outcome.summary()
