@@ -23,9 +23,10 @@ process (:mod:`benchmarks.edges` runs three)::
         --bind 127.0.0.1:0 --certfile cert.pem --keyfile key.pem
 
 prints ``listening HOST:PORT`` once connected upstream and serving, then
-runs until stdin closes or it is terminated. An upstream that refuses the
-first dial (no token, a bad one) ends the process with status 1 and the
-reason on stderr.
+runs until stdin closes (status 0) or it is terminated. An origin that
+cannot be reached, or that refuses the session (no token, a bad one: on
+native QUIC the refusal comes right after the session is set up), ends the
+process with status 1 and the reason on stderr.
 """
 
 from __future__ import annotations
@@ -167,22 +168,37 @@ class Edge:
             await stack.aclose()  # the listener first, then the upstream client
 
 
+async def stdin_closed() -> None:
+    """Return once stdin reaches its end (never, if stdin cannot be watched, e.g. a regular file)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    except (ValueError, OSError):
+        await asyncio.Event().wait()
+    while await reader.read(65536):
+        pass
+
+
 async def run(args: argparse.Namespace, token: str | None) -> int:
+    """Serve until stdin closes (status 0) or the origin ends the upstream session for good (status 1)."""
     try:
         edge = Edge(args.upstream, fingerprint=args.fingerprint, token=token, bind=args.bind,
                     certfile=args.certfile, keyfile=args.keyfile)
         await edge.__aenter__()
     except Exception as exc:
-        print(f"the origin refused the edge or could not be reached: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"the origin refused the edge or could not be reached: {exc!r}", file=sys.stderr)
         return 1
     try:
         print(f"listening {edge.address}", flush=True)
-        stdin_closed = asyncio.ensure_future(asyncio.to_thread(sys.stdin.read))
-        upstream_over = asyncio.ensure_future(edge.closed())
-        await asyncio.wait({stdin_closed, upstream_over}, return_when=asyncio.FIRST_COMPLETED)
-        if upstream_over.done() and not upstream_over.cancelled() and upstream_over.exception() is not None:
-            print(f"the upstream session ended: {upstream_over.exception()!r}", file=sys.stderr)
-        upstream_over.cancel()
+        watched = {asyncio.ensure_future(stdin_closed()), upstream := asyncio.ensure_future(edge.closed())}
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        for task in watched:
+            task.cancel()
+        if upstream in done and not upstream.cancelled() and (error := upstream.exception()) is not None:
+            why = "refused the edge (unauthorized)" if moq.is_auth(error) else "ended the upstream session"
+            print(f"the origin {why}: {error!r}", file=sys.stderr)
+            return 1
         return 0
     finally:
         await edge.close()

@@ -285,3 +285,18 @@ def test_quick_benchmark_run_measures_both_setups(tmp_path: Path) -> None:
     assert points["alone"]["upstream"] == 6 and points["alone"]["edges"] == 0
     assert points["edges"]["upstream"] == 3 + 1 and points["edges"]["edges"] == 3  # each edge, and the direct one
     assert points["edges"]["edge_cpu_s"] > 0
+
+
+@pytest.mark.cli
+async def test_an_edge_process_refused_by_the_origin_exits_with_the_reason(certs: Certs, tmp_path: Path) -> None:
+    """``python -m benchmarks._edge_peer`` with a token the origin does not accept: status 1, the refusal on stderr."""
+    forged = tmp_path / "cluster.jwt"
+    forged.write_text(sign_token(generate_key("HS256"), CLUSTER))
+    async with origin(certs) as served:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "benchmarks._edge_peer", served.url(), "--fingerprint", served.fingerprint,
+            "--token-file", str(forged), cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1, (stdout, stderr)  # (it listened: on native QUIC the refusal follows SETUP)
+    assert b"the origin refused the edge (unauthorized)" in stderr, stderr
