@@ -62,8 +62,10 @@ class Edge:
     ``fingerprint`` (or by the system roots without it); ``token`` is added as
     ``?jwt=``. The viewers' listener binds ``bind`` with ``certfile``/``keyfile``,
     or with a generated certificate for ``localhost`` without them.
-    Entering connects upstream first and raises what moq-rs raises when the
-    origin refuses the session; then the listener starts.
+    Entering connects upstream first, then starts the listener. An origin
+    that refuses the session (no token, a bad one) does so right after it is
+    set up on native QUIC: moq-rs raises that from entering without
+    ``reconnect``, and from :meth:`closed` with it.
     """
 
     def __init__(self, upstream: str, *, fingerprint: str | None = None, token: str | None = None,
