@@ -83,8 +83,20 @@ class Stall:
 stall = Stall.from_env()
 
 
+async def _report_lag() -> None:
+    while True:
+        await asyncio.sleep(0.5)
+        if moq.load_monitor is not None:
+            logger.warning("lag %.1f ms", moq.load_monitor.lag * 1000)
+
+
 async def _start_stall() -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, stall.start)
+    if os.environ.get("MOQT_TEST_REPORT_LAG"):
+        _tasks.add(asyncio.ensure_future(_report_lag()))
+
+
+_tasks: set[asyncio.Task[None]] = set()
 
 
 async def _stop_stall() -> None:
