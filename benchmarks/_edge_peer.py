@@ -189,7 +189,8 @@ async def run(args: argparse.Namespace, token: str | None) -> int:
                     certfile=args.certfile, keyfile=args.keyfile)
         await edge.__aenter__()
     except Exception as exc:
-        print(f"the origin refused the edge or could not be reached: {exc!r}", file=sys.stderr)
+        why = "refused the edge (unauthorized)" if moq.is_auth(exc) else "could not be reached"
+        print(f"the origin {why}: {exc!r}", file=sys.stderr)
         return 1
     try:
         print(f"listening {edge.address}", flush=True)

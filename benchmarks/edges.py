@@ -17,13 +17,7 @@ statistics and objective):
     the same origin, and ``--edges`` moq-rs edges (``benchmarks._edge_peer``:
     the Rust relay core moq-relay is built on, dialing the origin as a
     moq-relay cluster node does) with the N subscribers spread over them.
-    The origin serves one subscription per edge, whatever N, and one more to
-    a direct subscriber connected before the edges: our relay answers a TRACK
-    request with default properties until it relays the track and with the
-    publisher's after, and a moq-rs edge given both for one track (edges
-    asking while the upstream subscription is being opened) fails its
-    viewers' subscriptions; with the track relayed first, every edge is given
-    the publisher's.
+    The origin serves one subscription per edge, whatever N.
 
 The origin runs with JWT auth on (``MOQ_AUTH_KEY``): the publisher, the
 direct subscribers and the edges present tokens minted with
@@ -264,11 +258,6 @@ async def _measure(origin: RunningServer, metrics: str, point: EdgePoint, tag: s
                                  with_token(origin.url, tokens["publisher"]), fingerprint, "--profile", STREAM)
     peers.append(publisher)
     await publisher.line(READY_TIMEOUT)
-    if point.edges:  # the track relayed before the edges ask for it (see the module docstring)
-        warm = await Peer.start(settings.logs / f"{tag}-direct.log", "subscribe",
-                                with_token(origin.url, tokens["viewer"]), fingerprint, "--count", "1")
-        peers.append(warm)
-        await warm.line(READY_TIMEOUT)
     for i in range(point.edges):
         edges.append(await EdgeProcess.start(origin.url, settings, settings.logs / f"{tag}-edge{i}.log"))
     await asyncio.sleep(1.0)
@@ -444,7 +433,7 @@ def report(points: list[EdgePoint], conditions: dict[str, object], args: argpars
     print("frames: 30 fps x 1200 B, a group a second\n")
     print(format_table(points))
     print("\norigin core: share of its one core over the window; origin subs served: subscriptions the origin "
-          "served in the middle of the window (with edges: one per edge and one direct subscriber); load CPU: how "
+          "served in the middle of the window; load CPU: how "
           "busy the cores of the publisher, edges and load generators were. A setup's sweep stops after a point "
           f"under {COLLAPSED:.0%} delivered or with the load side above {LOAD_SATURATED:.0%}.")
     for setup in args.setups:

@@ -121,24 +121,6 @@ async def publisher(url: str, fingerprint: str) -> AsyncIterator[None]:
                 await task
 
 
-@contextlib.asynccontextmanager
-async def relayed(served: Origin) -> AsyncIterator[None]:
-    """A viewer of the origin itself, subscribed (one frame read) for the block: the relay holds the track.
-
-    Our relay answers a TRACK request for a track it does not relay yet with
-    default properties, and with the publisher's once it does; a moq-rs edge
-    that is given both for one track (several edges asking while the upstream
-    subscription is being opened) ends its viewers' subscriptions with an
-    error. With the track relayed first, every edge is given the publisher's.
-    """
-    async with moqrs_client(with_token(served.url(), token(VIEWER)), served.fingerprint) as client:
-        broadcast = await asyncio.wait_for(client.announced_broadcast(BROADCAST), TIMEOUT)
-        track = await broadcast.subscribe_track(TRACK)
-        group = await asyncio.wait_for(track.recv_group(), TIMEOUT)
-        assert group is not None and await asyncio.wait_for(group.read_frame(), TIMEOUT) is not None
-        yield
-
-
 @dataclass
 class Viewer:
     """A moq-rs viewer of an edge: the frames it read, and when to leave."""
@@ -198,15 +180,10 @@ async def test_two_edges_serve_twenty_viewers_from_two_upstream_subscriptions(ce
         async with Edge(served.url(), fingerprint=served.fingerprint, token=cluster) as first, \
                 Edge(served.url(), fingerprint=served.fingerprint, token=cluster) as second:
             viewers = [Viewer() for _ in range(20)]
-            async with contextlib.AsyncExitStack() as direct:
-                await direct.enter_async_context(relayed(served))
-                async with watching([(first if i % 2 else second, viewer) for i, viewer in enumerate(viewers)]):
-                    assert sorted(served.serving()) == [1, 1, 1]  # the two edges and the direct viewer
-                    await direct.aclose()
-                    # one upstream subscription per edge, with all twenty viewers subscribed behind them
-                    await eventually(lambda: served.serving() == [1, 1], "the direct viewer gone")
-                    await asyncio.sleep(0.5)
-                    assert served.serving() == [1, 1]
+            # both edges ask for the track at once: each must be told the same about it (TRACK)
+            async with watching([(first if i % 2 else second, viewer) for i, viewer in enumerate(viewers)]):
+                # one upstream subscription per edge, with all twenty viewers subscribed behind them
+                assert served.serving() == [1, 1]
             for viewer in viewers:
                 numbers = viewer.numbers()
                 assert [frame(number) for number in numbers] == viewer.frames  # byte for byte
@@ -242,7 +219,7 @@ async def test_an_edge_whose_token_does_not_cover_the_path_cannot_pull_it(certs:
     async with origin(certs) as served, publisher(with_token(served.url(), token(PUBLISHER)), served.fingerprint):
         async with Edge(served.url(), fingerprint=served.fingerprint, token=token(claims)) as narrow, \
                 Edge(served.url(), fingerprint=served.fingerprint, token=token(CLUSTER)) as full:
-            async with relayed(served), watching([(full, Viewer())]):  # live, and reachable through an edge
+            async with watching([(full, Viewer())]):  # the broadcast is live and reachable through an edge
                 async with moqrs_client(narrow.url(), narrow.viewer_fingerprint) as client:
                     with pytest.raises(TimeoutError):
                         await asyncio.wait_for(client.announced_broadcast(BROADCAST), 2.0)
@@ -250,7 +227,7 @@ async def test_an_edge_whose_token_does_not_cover_the_path_cannot_pull_it(certs:
                         await asyncio.wait_for(client.request_broadcast(BROADCAST), TIMEOUT)
                     reason = moq.protocol_error(asked.value)
                     assert reason is not None and reason.kind == moq.ProtocolKind.UNROUTABLE, repr(reason)
-                assert sorted(served.serving()) == [1, 1]  # the full edge's subscription and the direct viewer's
+                assert served.serving() == [1]  # the full edge's subscription only
 
 
 def test_the_benchmark_spreads_subscribers_evenly_over_the_edges() -> None:
@@ -268,7 +245,7 @@ def test_the_benchmark_spreads_subscribers_evenly_over_the_edges() -> None:
 @pytest.mark.slow
 @pytest.mark.cli
 def test_quick_benchmark_run_measures_both_setups(tmp_path: Path) -> None:
-    """``python -m benchmarks.edges --quick``: both setups delivered, the origin served N alone and edges + 1 with edges."""
+    """``python -m benchmarks.edges --quick``: both setups delivered; the origin served N alone, one per edge with edges."""
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.edges", "--quick", "--subscribers", "6", "--duration", "3", "--warmup", "1",
          "--grace", "2", "--json", "--quiet", "--logs", str(tmp_path)],
@@ -283,7 +260,7 @@ def test_quick_benchmark_run_measures_both_setups(tmp_path: Path) -> None:
         assert 0 < point["p50_ms"] <= point["p99_ms"] < 5000, setup
         assert point["origin_cpu_s"] > 0, setup
     assert points["alone"]["upstream"] == 6 and points["alone"]["edges"] == 0
-    assert points["edges"]["upstream"] == 3 + 1 and points["edges"]["edges"] == 3  # each edge, and the direct one
+    assert points["edges"]["upstream"] == 3 and points["edges"]["edges"] == 3  # one per edge
     assert points["edges"]["edge_cpu_s"] > 0
 
 
