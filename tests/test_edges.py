@@ -277,3 +277,15 @@ async def test_an_edge_process_refused_by_the_origin_exits_with_the_reason(certs
         stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1, (stdout, stderr)  # (it listened: on native QUIC the refusal follows SETUP)
     assert b"the origin refused the edge (unauthorized)" in stderr, stderr
+
+
+async def test_an_edge_with_a_read_only_token_pulls_and_gives_the_origin_nothing(certs: Certs) -> None:
+    async with origin(certs) as served, publisher(with_token(served.url(), token(PUBLISHER)), served.fingerprint):
+        async with Edge(served.url(), fingerprint=served.fingerprint, token=token({"get": [""]})) as edge:
+            local = edge.origin.create_broadcast("edge/own")  # something the edge could offer upstream
+            local.publish_track(TRACK)
+            local.announce()
+            async with watching([(edge, Viewer())]):
+                assert served.serving() == [1]
+                await asyncio.sleep(0.5)
+                assert served.app.mux.active_paths() == [BROADCAST]  # the relay took nothing from the edge
