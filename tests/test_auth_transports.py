@@ -50,6 +50,7 @@ def relay(tools: TokenTools, cli_keys: Path, certs: Certs) -> Iterator[AuthRelay
     tokens = {
         "alice": tools.cli("sign", "--key", es, "--root", "demo", "--publish", "alice", "--subscribe", ""),
         "viewer": tools.cli("sign", "--key", es, "--root", "demo", "--subscribe", ""),
+        "camera": tools.cli("sign", "--key", es, "--root", "demo", "--publish", "cam"),
         "elsewhere": tools.cli("sign", "--key", es, "--root", "other", "--publish", "", "--subscribe", ""),
         "forged": tools.cli("sign", "--key", str(cli_keys / "ed.jwk"), "--root", "demo", "--subscribe", ""),
     }
@@ -166,3 +167,28 @@ async def test_moqrs_reads_with_a_cli_token(relay: AuthRelay) -> None:
             group = await asyncio.wait_for(track.next_group(), TIMEOUT)
             frame = await asyncio.wait_for(group.read_frame(), TIMEOUT)
             assert frame.payload.startswith(b"alice-")
+
+
+@pytest.mark.interop
+async def test_moqrs_publishes_with_a_publish_only_cli_token(relay: AuthRelay) -> None:
+    """moq-rs asks for announcements too; with nothing to read it gets an empty set and goes on publishing.
+
+    A refusal of that request ended the moq-rs publisher's whole session.
+    """
+    url = relay.url("moql", "/demo", "camera")
+    async with moq.Client(url, tls_fingerprints=[relay.fingerprint], reconnect=False,
+                          websocket_enabled=False) as client:
+        broadcast = client.create_broadcast("cam")
+        track = broadcast.publish_track("video")
+        broadcast.announce()
+        viewer = await dial(relay.url("moql", "/demo", "viewer"), fingerprint=relay.fingerprint)
+        async with viewer:
+            reading = asyncio.ensure_future(first_frame(viewer, "cam"))
+            for index in range(int(TIMEOUT * 10)):
+                group = track.append_group()
+                group.write_frame(f"cam-{index}".encode())
+                group.finish()
+                await asyncio.wait({reading}, timeout=0.1)
+                if reading.done():
+                    break
+            assert (await reading).startswith(b"cam-")

@@ -355,3 +355,26 @@ async def test_a_relayed_group_that_left_the_cache_stops_being_copied() -> None:
                     frames.append(frame)
             assert frames[-1] == b"fast-2"
             await eventually(lambda: relay_side.stats().assembling_bytes == 0, "the evicted group's copy stopped")
+
+
+@pytest.mark.parametrize("version", [LITE_02_VERSION, LITE_06_VERSION], ids=lambda v: v.name)
+async def test_a_publish_only_session_watching_announcements_sees_an_empty_set(version: Version) -> None:
+    """A put-only grant asks for every announcement: it hears none, and its session and broadcast stay.
+
+    A refusal (UNAUTHORIZED on the request) made moq-rs end the publisher's
+    whole session; moq-relay answers an empty set, and so do we.
+    """
+    relay = Relay()
+    app, tokens = token_app(relay, {"camera": {"root": "", "put": ["cam"]}, "owner": {"root": "", "put": ["x"]}})
+    other = Publisher("x", "O")
+    camera = Publisher("cam", "C")
+    async with peer(app, version, other.mux, path=f"/?jwt={tokens['owner']}"):
+        await eventually(lambda: relay.mux.route("x") is not None, "the other broadcast is taken")
+        async with peer(app, version, camera.mux, path=f"/?jwt={tokens['camera']}") as (session, server):
+            await eventually(lambda: relay.mux.route("cam") is not None, "the camera's broadcast is taken")
+            seen = await within(session.announced(""))
+            await asyncio.sleep(0.1)
+            assert set(seen.active) == set()  # neither x nor its own cam: it may read nothing
+            assert not session.closed and not server.closed
+            assert relay.mux.route("cam") is not None
+            seen.close()
