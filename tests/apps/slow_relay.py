@@ -16,6 +16,11 @@ of it runs meanwhile, datagrams wait in the socket's buffer), but the core
 stays free for the publisher and the load generators on a small machine,
 so the relay is the one bottleneck. ``MOQT_TEST_STALL_SPIN=1`` spins
 instead, for a relay that really competes for the CPU.
+
+``MOQT_TEST_SOURCE=1``: the server also publishes the fan-out benchmark's
+track itself (:class:`Source`), so nothing stands between the source and
+the fan-out. ``MOQT_TEST_REPORT_LAG=1``: the load monitor's smoothed lag
+(``serve --max-loop-lag``) is logged twice a second.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ import os
 import signal
 import time
 
+from benchmarks._fanout_peer import BROADCAST, HEADER, TRACK
 from examples.relay import moq, relay
+from moqt_asgi import Broadcast
+from moqt_asgi.producer import GroupProducer
 
-__all__ = ["moq", "relay", "Stall"]
+__all__ = ["Slowdown", "Source", "Stall", "moq", "relay"]
 
 logger = logging.getLogger("moqt_asgi.tests.slow_relay")
 
@@ -80,7 +88,82 @@ class Stall:
         self._timer = loop.call_at(self._due, self._run)
 
 
-stall = Stall.from_env()
+class Slowdown:
+    """Makes the process ``factor`` times slower: after each tick, sleeps ``factor - 1`` times the CPU time it used.
+
+    Unlike :class:`Stall`, whose holds come at fixed times (a long step of
+    the loop runs in full between two of them), this charges every
+    millisecond of work: the relay runs as on a CPU ``factor`` times slower,
+    whatever it does with the time it has.
+    """
+
+    TICK = 0.005
+    """Seconds between two charges (a longer step of the loop is charged once it ends)."""
+
+    def __init__(self, factor: float) -> None:
+        if factor < 1:
+            raise ValueError(f"the slowdown factor must be at least 1, got {factor}")
+        self.factor = factor
+        self._timer: asyncio.TimerHandle | None = None
+        self._cpu = 0.0
+
+    def start(self) -> None:
+        self.stop()
+        if self.factor > 1:
+            logger.warning("running %g times slower", self.factor)
+            self._cpu = time.process_time()
+            self._timer = asyncio.get_running_loop().call_later(self.TICK, self._run)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _run(self) -> None:
+        used = time.process_time() - self._cpu
+        time.sleep(used * (self.factor - 1))
+        self._cpu = time.process_time()
+        self._timer = asyncio.get_running_loop().call_later(self.TICK, self._run)
+
+
+stall: Stall | Slowdown = (Slowdown(float(os.environ["MOQT_TEST_SLOWDOWN"])) if os.environ.get("MOQT_TEST_SLOWDOWN")
+                           else Stall.from_env())
+
+
+class Source:
+    """A live track published by the server itself into the relay: no network path between it and the fan-out.
+
+    Frame ``k`` of the track is due at ``k * 1e9 / fps`` on ``time.monotonic_ns()`` (a clock every process
+    of the machine shares), in group ``k // group_frames``; it starts with
+    :data:`benchmarks._fanout_peer.HEADER` holding that due time, so a subscriber's latency counts the
+    time the loop was held before the frame could be written. Frames that fell due while the loop was held
+    are written at once when it runs again, as an encoder's queue would hand them over.
+    """
+
+    def __init__(self, broadcast: str, track: str, *, fps: int = 30, group_frames: int = 30, size: int = 1200) -> None:
+        self.broadcast = Broadcast(broadcast)
+        self.track = self.broadcast.create_track(track, drop_queued=relay.limits.drop_queued,
+                                                 cached_groups=relay.limits.cached_groups)
+        self.period_ns = 1_000_000_000 // fps
+        self.group_frames = group_frames
+        self.padding = bytes(size - HEADER.size)
+        self.written = 0
+
+    async def run(self) -> None:
+        group: GroupProducer | None = None
+        index = time.monotonic_ns() // self.period_ns + 1
+        while True:
+            delay = (index * self.period_ns - time.monotonic_ns()) / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sequence, position = divmod(index, self.group_frames)
+            if group is None or group.sequence != sequence:
+                if group is not None:
+                    group.finish()
+                group = self.track.create_group(sequence)
+            group.write_frame(HEADER.pack(index * self.period_ns, sequence, position) + self.padding)
+            self.written += 1
+            index += 1
 
 
 async def _report_lag() -> None:
@@ -94,6 +177,10 @@ async def _start_stall() -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, stall.start)
     if os.environ.get("MOQT_TEST_REPORT_LAG"):
         _tasks.add(asyncio.ensure_future(_report_lag()))
+    if os.environ.get("MOQT_TEST_SOURCE"):
+        source = Source(BROADCAST, TRACK)
+        moq.mux.publish(BROADCAST, source.broadcast)
+        _tasks.add(asyncio.ensure_future(source.run()))
 
 
 _tasks: set[asyncio.Task[None]] = set()
@@ -102,6 +189,8 @@ _tasks: set[asyncio.Task[None]] = set()
 async def _stop_stall() -> None:
     asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
     stall.stop()
+    for task in _tasks:
+        task.cancel()
 
 
 moq.on_startup.append(_start_stall)
