@@ -1,21 +1,24 @@
-"""The example relay whose capacity drops on a signal: its event loop is then held part of every period.
+"""The example relay, made slower on a signal so that a small audience is past its capacity.
 
 ``python -m moqt_asgi serve tests.apps.slow_relay:moq`` serves
-:mod:`examples.relay` unchanged until the process gets ``SIGUSR1``; from
-then on a timer holds the event loop (``time.sleep``) for
-``MOQT_TEST_STALL_MS`` out of every ``MOQT_TEST_STALL_PERIOD_MS`` (default
-100) milliseconds, for as long as the server runs. The relay is left with
-``1 - STALL / PERIOD`` of the wall clock, so its capacity is that
-share of what it carries on a free core, and an audience a few times
-smaller than the fan-out benchmark's overloads it. Starting on a signal
-lets an audience connect and subscribe at full speed first: the capacity
-then drops under sessions that were all admitted.
+:mod:`examples.relay` unchanged until the process gets ``SIGUSR1``. Starting
+on a signal lets an audience connect and subscribe at full speed first: the
+capacity then drops under sessions that were all admitted. From then on,
+for as long as the server runs:
 
-The hold is a sleep, not a busy loop: to the relay it is the same (nothing
-of it runs meanwhile, datagrams wait in the socket's buffer), but the core
-stays free for the publisher and the load generators on a small machine,
-so the relay is the one bottleneck. ``MOQT_TEST_STALL_SPIN=1`` spins
-instead, for a relay that really competes for the CPU.
+* with ``MOQT_TEST_SLOWDOWN=K`` (:class:`Slowdown`), the process sleeps
+  ``K - 1`` times the CPU time it used, every few milliseconds: it runs as on
+  a CPU ``K`` times slower, whatever it spends its time on;
+* else (:class:`Stall`), a timer holds the event loop for
+  ``MOQT_TEST_STALL_MS`` out of every ``MOQT_TEST_STALL_PERIOD_MS`` (default
+  100) milliseconds. The holds come at fixed times, so a long step of the
+  loop runs in full between two of them: the share of time left is not a
+  share of capacity when the steps grow.
+
+Both sleep rather than spin: to the relay it is the same (nothing of it runs
+meanwhile, datagrams wait in the socket's buffer), but the core stays free
+for the load generators on a small machine, so the relay is the one
+bottleneck. ``MOQT_TEST_STALL_SPIN=1`` makes the holds spin instead.
 
 ``MOQT_TEST_SOURCE=1``: the server also publishes the fan-out benchmark's
 track itself (:class:`Source`), so nothing stands between the source and
