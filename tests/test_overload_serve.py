@@ -12,9 +12,9 @@ of :data:`WINDOW` seconds is measured.
 
 * The fan-out past capacity (the first test): the server publishes the
   track itself (``MOQT_TEST_SOURCE``) and runs :data:`SLOWDOWN` times slower
-  (it sleeps twice the CPU time it uses). Twice as slow it still delivers
-  85% or more; three times, 15-35%. The test checks that the overload is
-  real, that the subscribers lose roughly alike (Jain's index over their
+  (it sleeps twice the CPU time it uses). 1.5 times slower it delivers
+  everything, twice about 85%, three times 15-45%. The test checks that the
+  overload is real, that the subscribers lose roughly alike (Jain's index over their
   delivered frames, the worst against the mean), that none stalls (each
   receives frames of the window's last seconds), that a new moq-rs
   subscriber gets its first frame within :data:`NEWCOMER_BOUND`, and that
@@ -74,7 +74,7 @@ WINDOW = 6.0
 GRACE = 2.0
 """Seconds after the window a frame of it may still arrive to count."""
 NEWCOMER_BOUND = 15.0
-"""Seconds a new subscriber may wait, from its dial, for its first frame during the overload. Measured 8-10 s
+"""Seconds a new subscriber may wait, from its dial, for its first frame during the overload. Measured 7.5-10 s
 (1-4 s when the moq-rs publisher's track is what gives way): each of its round trips waits behind the audience's
 datagrams in the relay's UDP receive queue. The bound says it is served at all, not that it is served quickly."""
 FPS = 30
@@ -308,11 +308,11 @@ def assert_healthy_server(outcome: Outcome) -> None:
 async def test_the_fan_out_at_twice_its_capacity_starves_no_one_and_serves_a_newcomer(certs: Certs, tmp_path: Path) -> None:
     """The fan-out past capacity, the relay three times slower.
 
-    Measured over eleven runs (some on a machine busy with other tests):
-    15-34% delivered, Jain 0.80-0.97, the worst subscriber 0.30-0.65 of the
-    mean (the last to subscribe tend to get the least), a few without a
-    frame of the window's last two seconds in some runs, the newcomer's first
-    frame after 8-10 s. The bounds leave room for that spread: they catch a
+    Measured over twelve runs (some on a machine busy with other tests, one
+    beside a process spinning on a core): 15-45% delivered, Jain 0.80-0.985,
+    the worst subscriber 0.30-0.71 of the mean (the last to subscribe tend
+    to get the least), up to four without a frame of the window's last two
+    seconds, the newcomer's first frame after 7.5-10 s. The bounds leave room for that spread: they catch a
     collapse onto some subscribers (half of them starved is Jain 0.5, and a
     share near 0), not an uneven one.
     """
