@@ -356,7 +356,8 @@ async def test_an_unpaced_publisher_loses_whole_groups_only(certs: Certs, scheme
     for sequence, frames in received:
         assert frames == groups[sequence], f"group {sequence} arrived altered"
     for sequence, frames in reset:  # cut short, and said so: what did arrive is the group's beginning
-        assert frames == groups[sequence][:len(frames)] and len(frames) < len(groups[sequence])
+        # (all of it, at times: a group evicted while its last bytes waited to be acknowledged is reset after them)
+        assert frames == groups[sequence][:len(frames)] and len(frames) <= len(groups[sequence])
 
 
 # -- a peer that vanishes without a word -----------------------------------------------------------------

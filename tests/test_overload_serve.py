@@ -12,8 +12,9 @@ of :data:`WINDOW` seconds is measured.
 
 * The fan-out past capacity (the first test): the server publishes the
   track itself (``MOQT_TEST_SOURCE``) and runs :data:`SLOWDOWN` times slower
-  (it sleeps twice the CPU time it uses). 1.5 times slower it delivers
-  everything, twice about 85%, three times 15-45%. The test checks that the
+  (it sleeps fifteen times the CPU time it uses). Six times slower it
+  delivers everything within the objective (p99 271 ms), ten times everything
+  but late (p99 0.9 s), twelve times 98%, sixteen times 68-78%. The test checks that the
   overload is real, that the subscribers lose roughly alike (Jain's index over their
   delivered frames, the worst against the mean), that none stalls (each
   receives frames of the window's last seconds), that a new moq-rs
@@ -21,16 +22,22 @@ of :data:`WINDOW` seconds is measured.
   the server survives with no traceback.
 * Admission by load (the second test): the fan-out benchmark's moq-rs
   publisher, and the relay's loop held :data:`STALL_MS` of every
-  :data:`PERIOD_MS`. The relay's ingest gives way first there: it receives
-  about half the frames and forwards each to everyone, so the subscribers
-  lose exactly alike. With ``serve --max-loop-lag`` a newcomer (ours and
-  moq-rs's) is refused with application code 503 and the load reason, while
-  the admitted subscribers keep receiving the newest groups.
+  :data:`PERIOD_MS`, which the monitor sees as loop lag (50-90 ms smoothed).
+  With ``serve --max-loop-lag`` a newcomer (ours and moq-rs's) is refused
+  with application code 503 and the load reason, while the admitted
+  subscribers keep receiving the newest groups. (Reading one datagram per
+  step, that relay took in only about half the frames and the refusals came
+  after 3.7-13 s; reading in batches it delivers everything, p99 about
+  200 ms, and refuses within a second.)
 
-A newcomer is slow to be served (or refused) in both: the relay reads one
-datagram per event-loop step, so the datagrams of its handshake and requests
-wait behind the audience's in the socket's receive queue, which grows past
-capacity.
+Before the relay read its socket in batches (up to 64 datagrams per
+wake-up, :func:`moqt_asgi.transport.udp.read_in_batches`) it read one
+datagram per event-loop step: three times slower it delivered 15-45% with
+Jain 0.80-0.985, and a newcomer waited 7.5-10 s behind the audience's
+datagrams in the socket's receive queue. Sixteen times slower, a newcomer
+still waits 8-10 s: every one of its round trips waits for event-loop steps
+that the slowdown stretches sixteen times (with the real CPU overload of
+160-200 subscribers on this machine, 0.4 s).
 """
 
 from __future__ import annotations
@@ -66,17 +73,17 @@ SUBSCRIBERS = 40
 STALL_MS = 85
 PERIOD_MS = 100
 """Admission by load: once signalled the relay's loop runs 15 ms of every 100 (at 30 it still serves everyone)."""
-SLOWDOWN = 3.0
-"""The fan-out test: once signalled the relay runs three times slower (at 1.5 times it still serves everyone)."""
+SLOWDOWN = 16.0
+"""The fan-out test: once signalled the relay runs sixteen times slower (at six times it serves everyone in time)."""
 SETTLE = 2.0
 """Seconds between the capacity drop and the window: the queues of the overload build up."""
 WINDOW = 6.0
 GRACE = 2.0
 """Seconds after the window a frame of it may still arrive to count."""
 NEWCOMER_BOUND = 15.0
-"""Seconds a new subscriber may wait, from its dial, for its first frame during the overload. Measured 7.5-10 s
-(1-4 s when the moq-rs publisher's track is what gives way): each of its round trips waits behind the audience's
-datagrams in the relay's UDP receive queue. The bound says it is served at all, not that it is served quickly."""
+"""Seconds a new subscriber may wait, from its dial, for its first frame during the overload. Measured 8.4-9.7 s
+sixteen times slower (1-4 s when the moq-rs publisher's track is what gives way): each of its round trips waits for
+event-loop steps the slowdown stretches. The bound says it is served at all, not that it is served quickly."""
 FPS = 30
 MAX_LOOP_LAG = 0.02
 REFUSAL_TIMEOUT = 25.0
@@ -306,24 +313,22 @@ def assert_healthy_server(outcome: Outcome) -> None:
 @pytest.mark.cli
 @pytest.mark.timeout(120)
 async def test_the_fan_out_at_twice_its_capacity_starves_no_one_and_serves_a_newcomer(certs: Certs, tmp_path: Path) -> None:
-    """The fan-out past capacity, the relay three times slower.
+    """The fan-out past capacity, the relay sixteen times slower (about twice what it serves in time).
 
-    Measured over twelve runs (some on a machine busy with other tests, one
-    beside a process spinning on a core): 15-45% delivered, Jain 0.80-0.985,
-    the worst subscriber 0.30-0.71 of the mean (the last to subscribe tend
-    to get the least), up to four without a frame of the window's last two
-    seconds, the newcomer's first frame after 7.5-10 s. The bounds leave room for that spread: they catch a
-    collapse onto some subscribers (half of them starved is Jain 0.5, and a
-    share near 0), not an uneven one.
+    Measured in three runs: 68-78% delivered, Jain 0.998-0.999, the worst
+    subscriber 0.87-0.93 of the mean, p99 2.8-3.6 s (two groups in flight per
+    subscriber, older ones evicted), the newcomer's first frame after
+    8.4-9.7 s. With one datagram read per step the same test three times
+    slower gave Jain 0.80-0.985 and a worst share of 0.30-0.71.
     """
     outcome = await overload(certs, tmp_path, source=True, slowdown=SLOWDOWN)
     print(outcome.summary())
     assert_healthy_server(outcome)
     assert outcome.sent >= WINDOW * FPS * 0.95
-    assert outcome.delivered < 0.85, outcome.summary()  # the overload is real
-    assert outcome.fairness >= 0.7, outcome.summary()
-    assert outcome.worst_share >= 1 / 6, outcome.summary()
-    assert_no_one_stalled(outcome, 3)
+    assert outcome.delivered < 0.9, outcome.summary()  # the overload is real
+    assert outcome.fairness >= 0.9, outcome.summary()
+    assert outcome.worst_share >= 1 / 3, outcome.summary()
+    assert_no_one_stalled(outcome, 2)
     assert outcome.newcomer_s is not None and outcome.newcomer_s < NEWCOMER_BOUND, outcome.summary()
 
 
@@ -348,6 +353,6 @@ async def test_with_max_loop_lag_the_newcomer_is_refused_for_load(certs: Certs, 
     assert "server is overloaded (event loop lag" in outcome.refusal.reason, outcome.refusal
     assert outcome.moqrs_code == 64 + 503, outcome.moqrs_refusal  # moq-rs: session closed with application code 503
     assert outcome.log.count("session refused (server is overloaded") == 2, outcome.log[-3000:]  # both newcomers
-    assert outcome.delivered < 0.85 and min(outcome.counts) > 0, outcome.summary()  # admitted ones keep receiving
+    assert min(outcome.counts) > 0, outcome.summary()  # the admitted ones keep receiving
     assert outcome.fairness >= 0.9, outcome.summary()
     assert_no_one_stalled(outcome, 2)

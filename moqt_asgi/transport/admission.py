@@ -62,7 +62,7 @@ from .aioquic_connection import (
     server_transport,
     use_retry_tokens,
 )
-from .udp import grow_socket_buffers
+from .udp import grow_socket_buffers, read_in_batches
 
 logger = logging.getLogger("moqt_asgi.admission")
 
@@ -341,7 +341,8 @@ async def serve_guarded(host: str, port: int, *, admission: Admission, sock: Any
                         server_class: Any = GuardedQuicServer, **arguments: Any) -> Any:
     """Like aioquic's ``serve()``, with :class:`GuardedQuicServer` (or ``server_class``); on ``sock`` when given.
 
-    The socket's buffers are raised (:func:`~.udp.grow_socket_buffers`): every connection shares them.
+    The socket's buffers are raised (:func:`~.udp.grow_socket_buffers`): every connection shares them; and it
+    reads up to :data:`~.udp.READ_BATCH` datagrams each time it is readable (:func:`~.udp.read_in_batches`).
     """
     loop = asyncio.get_running_loop()
     if sock is not None:
@@ -351,6 +352,7 @@ async def serve_guarded(host: str, port: int, *, admission: Admission, sock: Any
         transport, server = await loop.create_datagram_endpoint(
             lambda: server_class(admission=admission, **arguments), local_addr=(host, port))
     grow_socket_buffers(transport)
+    read_in_batches(transport)  # every connection's datagrams arrive on this socket: not one per loop step
     assert isinstance(server, server_class)
     return server
 

@@ -16,12 +16,24 @@ live stream falls seconds behind while nothing on either side is busy.
 ``net.core.rmem_max`` / ``wmem_max`` (Linux then doubles it for its own
 bookkeeping); a cap under the request is logged once per process, with
 the sysctl to raise.
+
+:func:`read_in_batches` makes an asyncio datagram transport read up to
+:data:`READ_BATCH` datagrams each time its socket is readable, where
+asyncio reads one per event-loop step. A server whose loop runs many
+callbacks per step (every connection's timers and writes) then reads
+its socket once per step: past its capacity the receive queue grows by
+what arrives during a step, and ACKs and new handshakes wait seconds in
+it behind the audience's traffic. It reaches into asyncio's selector
+transport (``_sock``, ``_sock_fd``, the loop's ``_add_reader``):
+:func:`check_batch_reading` names what moved, and a loop or transport
+without them keeps asyncio's own reader.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+from asyncio import selector_events
 from typing import Any
 
 logger = logging.getLogger("moqt_asgi.transport")
@@ -74,4 +86,80 @@ def grow_socket_buffers(endpoint: Any, size: int = SOCKET_BUFFER) -> tuple[int, 
     return sizes[0], sizes[1]
 
 
-__all__ = ["SOCKET_BUFFER", "grow_socket_buffers"]
+READ_BATCH = 64
+"""Datagrams read at most each time a socket is readable (:func:`read_in_batches`)."""
+
+
+class IncompatibleAsyncio(RuntimeError):
+    """asyncio moved a name :func:`read_in_batches` relies on."""
+
+
+def check_batch_reading() -> None:
+    """Raise :class:`IncompatibleAsyncio` naming what moved, unless asyncio has what :func:`read_in_batches` uses."""
+    missing = [f"BaseSelectorEventLoop.{name}" for name in ("_add_reader",)
+               if not hasattr(selector_events.BaseSelectorEventLoop, name)]
+    transport_class = getattr(selector_events, "_SelectorDatagramTransport", None)
+    if transport_class is None:
+        missing.append("selector_events._SelectorDatagramTransport")
+    else:
+        init_names = set(getattr(selector_events, "_SelectorTransport").__init__.__code__.co_names)  # noqa: B009
+        missing += [f"_SelectorTransport.{name}" for name in ("_sock", "_sock_fd") if name not in init_names]
+        missing += [f"_SelectorDatagramTransport.{name}" for name in ("max_size", "_fatal_error")
+                    if not hasattr(transport_class, name)]
+    if missing:
+        raise IncompatibleAsyncio(f"asyncio moved names moqt_asgi relies on to read UDP in batches: "
+                                  f"{', '.join(missing)}")
+
+
+def read_in_batches(transport: Any, batch: int = READ_BATCH) -> bool:
+    """Let ``transport`` (asyncio's datagram transport) read up to ``batch`` datagrams per wake-up.
+
+    Call it once the transport reads (after ``create_datagram_endpoint``
+    returned, or with ``loop.call_soon`` from ``connection_made``). Returns
+    False, leaving asyncio's reader, for another loop (uvloop) or transport
+    (qh3's batched one), or when asyncio moved a name (logged once).
+    """
+    global _warned_batches
+    try:
+        check_batch_reading()
+    except IncompatibleAsyncio as exc:
+        if not _warned_batches:
+            _warned_batches = True
+            logger.warning("%s; reading one datagram per event-loop step", exc)
+        return False
+    transport_class = getattr(selector_events, "_SelectorDatagramTransport")  # noqa: B009 - checked above
+    loop = getattr(transport, "_loop", None)
+    if not isinstance(transport, transport_class) or not isinstance(loop, selector_events.BaseSelectorEventLoop) \
+            or transport.is_closing():
+        return False
+    sock, protocol = transport._sock, transport.get_protocol()
+    max_size = int(transport.max_size)
+
+    def ready() -> None:
+        for _ in range(batch):
+            if transport.is_closing():
+                return
+            try:
+                data, addr = sock.recvfrom(max_size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                protocol.error_received(exc)
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                transport._fatal_error(exc, "Fatal read error on datagram transport")
+                return
+            protocol.datagram_received(data, addr)
+
+    add_reader: Any = getattr(loop, "_add_reader")  # noqa: B009 - private in the stubs; checked above
+    add_reader(transport._sock_fd, ready)
+    return True
+
+
+_warned_batches = False
+
+
+__all__ = ["READ_BATCH", "SOCKET_BUFFER", "IncompatibleAsyncio", "check_batch_reading", "grow_socket_buffers",
+           "read_in_batches"]

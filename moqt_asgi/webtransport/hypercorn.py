@@ -41,7 +41,8 @@ H6  ``hypercorn.asyncio.udp_server.UDPServer``: a queue of 1000 datagrams
     instead of waiting out ``graceful_timeout`` (a warning says when open
     connections or applications remained as that timeout ran out); once
     stopped, the UDP socket is closed (Hypercorn leaves it open); its
-    buffers are raised (:func:`~moqt_asgi.transport.udp.grow_socket_buffers`).
+    buffers are raised (:func:`~moqt_asgi.transport.udp.grow_socket_buffers`) and it reads up to 64
+    datagrams per wake-up (:func:`~moqt_asgi.transport.udp.read_in_batches`).
 H7  ``QuicProtocol.send_all`` (asyncio and uvloop workers): the QUIC timer is
     an event-loop timer re-armed only when aioquic's deadline moves earlier,
     instead of Hypercorn cancelling, awaiting and recreating a timer task
@@ -142,7 +143,7 @@ from ..transport import aioquic_connection
 from ..transport.admission import Admission
 from ..transport.aioquic_connection import CreditedQuicConnection, IncompatibleAioquic, connection_closing
 from ..transport.transmit import TransmitSoon
-from ..transport.udp import grow_socket_buffers
+from ..transport.udp import grow_socket_buffers, read_in_batches
 from .asgi import build_scope
 from .capsules import H3_INTERNAL_ERROR, H3_NO_ERROR
 from .early import EarlyStreams
@@ -505,6 +506,7 @@ def _udp_server_init(self: Any, *args: Any, **kwargs: Any) -> None:
 async def _udp_server_run(self: Any) -> None:
     if self.transport is not None:
         grow_socket_buffers(self.transport)  # the kernel's default drops bursts under load
+        read_in_batches(self.transport)  # not one datagram per event-loop step
     waker = asyncio.ensure_future(_wake_on_shutdown(self))
     try:
         await _ORIGINALS["UDPServer.run"](self)
