@@ -225,9 +225,12 @@ class LoadGenerator:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        say(json.dumps({"subscribers": [
-            {"received": len(s.seen), "frames": s.frames, "latencies_us": s.latencies_us, "error": s.error}
-            for s in self.subscribers]}))
+        say(json.dumps({"subscribers": [self.report(s) for s in self.subscribers]}))
+
+    def report(self, subscriber: Subscriber) -> dict[str, Any]:
+        """What the final JSON line says of one subscriber."""
+        return {"received": len(subscriber.seen), "frames": subscriber.frames,
+                "latencies_us": subscriber.latencies_us, "error": subscriber.error}
 
     async def wait_for_frames(self, expected: asyncio.Future[int | None], deadline_ns: int) -> None:
         """Until ``deadline_ns`` (the window's end plus the grace), or sooner once every subscriber has every frame.

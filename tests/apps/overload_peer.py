@@ -14,40 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections import Counter
+from typing import Any
 
-from benchmarks._fanout_peer import READY_TIMEOUT, LoadGenerator, parse_args, read_sent, read_window, say
+from benchmarks._fanout_peer import LoadGenerator, Subscriber, parse_args
 
 
 class GroupsLoadGenerator(LoadGenerator):
     """A :class:`LoadGenerator` whose report says, per subscriber, how many frames of each group it read."""
 
-    async def run(self) -> None:
-        gate = asyncio.Semaphore(self.args.connect_batch)
-        ready = [asyncio.Event() for _ in self.subscribers]
-        tasks = [asyncio.ensure_future(self.subscribe(subscriber, gate, event))
-                 for subscriber, event in zip(self.subscribers, ready, strict=True)]
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(READY_TIMEOUT):
-                await asyncio.gather(*(event.wait() for event in ready))
-        say("ready", self.connected, len(self.subscribers) - self.connected)
-        begin, end, grace = await read_window()
-        self.window = (begin, end)
-        expected: asyncio.Task[int | None] = asyncio.ensure_future(read_sent())
-        try:
-            await self.wait_for_frames(expected, end + grace)
-        finally:
-            expected.cancel()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        say(json.dumps({"subscribers": [
-            {"received": len(s.seen), "frames": s.frames, "latencies_us": s.latencies_us, "error": s.error,
-             "groups": sorted(Counter(group for group, _ in s.seen).items())}
-            for s in self.subscribers]}))
+    def report(self, subscriber: Subscriber) -> dict[str, Any]:
+        return {**super().report(subscriber),
+                "groups": sorted(Counter(group for group, _ in subscriber.seen).items())}
 
 
 def main() -> None:
