@@ -51,6 +51,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from .client import Client
+from .endpoints.settings import redacted_url
 from .engine.mux import TrackMux
 from .engine.session import Session
 from .protocol.errors import MoQError
@@ -143,10 +144,8 @@ def with_token(url: str, token: str | None) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
-def without_query(url: str) -> str:
-    """``url`` without its query and fragment (what the log shows: tokens stay out of it)."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+without_query = redacted_url
+"""``url`` without its query and fragment (what the log shows: tokens stay out of it)."""
 
 
 def _describe(error: BaseException, url: str = "", token: str | None = None) -> str:

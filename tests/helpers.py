@@ -279,10 +279,10 @@ async def memory_sessions(app: MoQ | None = None, *, client_mux: TrackMux | None
 
 
 @contextlib.asynccontextmanager
-async def native_server(app: MoQ, certfile: str, keyfile: str) -> AsyncIterator[QuicServer]:
-    """``app`` served on an ephemeral UDP port of 127.0.0.1, with lifespan hooks run."""
+async def native_server(app: MoQ, certfile: str, keyfile: str, **options: Any) -> AsyncIterator[QuicServer]:
+    """``app`` served on an ephemeral UDP port of 127.0.0.1, with lifespan hooks run (``options``: QuicServer's)."""
     await app.startup()
-    server = QuicServer(app, host="127.0.0.1", port=0, certfile=certfile, keyfile=keyfile)
+    server = QuicServer(app, host="127.0.0.1", port=0, certfile=certfile, keyfile=keyfile, **options)
     await server.start()
     try:
         yield server

@@ -61,19 +61,10 @@ def quic_backend(request: pytest.FixtureRequest) -> str:
 async def backend_native_server(app: MoQ, certfile: str, keyfile: str, *, backend: str = "aioquic"
                                 ) -> AsyncIterator[QuicServer]:
     """:func:`~tests.helpers.native_server` on ``backend`` (on qh3: native QUIC only, no WebTransport)."""
-    if backend == "aioquic":
-        async with native_server(app, certfile, keyfile) as server:
-            yield server
-        return
-    await app.startup()
-    server = QuicServer(app, host="127.0.0.1", port=0, certfile=certfile, keyfile=keyfile, webtransport=False,
-                        quic=QuicSettings(backend=backend))  # type: ignore[arg-type]
-    await server.start()
-    try:
+    options: dict[str, Any] = {} if backend == "aioquic" else \
+        {"webtransport": False, "quic": QuicSettings(backend=backend)}  # type: ignore[arg-type]
+    async with native_server(app, certfile, keyfile, **options) as server:
         yield server
-    finally:
-        await server.close()
-        await app.shutdown()
 
 
 def on_backend(dial_function: Any, backend: str) -> Any:
@@ -508,30 +499,23 @@ async def test_max_datagram_size_sets_the_largest_datagram_sent(certs: Certs, qu
     track = broadcast.create_track("video")
     app.mux.publish("live", broadcast)
     settings = QuicSettings(backend=quic_backend, max_datagram_size=size)  # type: ignore[arg-type]
-    await app.startup()
-    server = QuicServer(app, host="127.0.0.1", port=0, certfile=str(certs.cert), keyfile=str(certs.key),
-                        webtransport=False, quic=settings)
-    await server.start()
-    try:
-        async with UdpRelay(server.address) as net:
-            session = await dial_quic(f"moql://127.0.0.1:{net.port}/", fingerprint=certs.fingerprint,
-                                      quic=QuicSettings(max_datagram_size=size))
-            async with session:
-                reader = await session.subscribe("live", "video", wait_for_start=False)
-                await wait_until(lambda: track.subscribers == 1)
-                net.log.clear()
-                group = track.append_group()
-                for index in range(20):
-                    group.write_frame(bytes([index]) * 1200)
-                group.finish()
-                received = await asyncio.wait_for(reader.next_group(), WAIT)
-                assert received is not None
-                frames = await asyncio.wait_for(received.read_all(), WAIT)
-                assert frames == [bytes([index]) * 1200 for index in range(20)]
-            sent = [datagram.size for datagram in net.log if datagram.direction == "server"]
-    finally:
-        await server.close()
-        await app.shutdown()
+    async with native_server(app, str(certs.cert), str(certs.key), webtransport=False, quic=settings) as server, \
+            UdpRelay(server.address) as net:
+        session = await dial_quic(f"moql://127.0.0.1:{net.port}/", fingerprint=certs.fingerprint,
+                                  quic=QuicSettings(max_datagram_size=size))
+        async with session:
+            reader = await session.subscribe("live", "video", wait_for_start=False)
+            await wait_until(lambda: track.subscribers == 1)
+            net.log.clear()
+            group = track.append_group()
+            for index in range(20):
+                group.write_frame(bytes([index]) * 1200)
+            group.finish()
+            received = await asyncio.wait_for(reader.next_group(), WAIT)
+            assert received is not None
+            frames = await asyncio.wait_for(received.read_all(), WAIT)
+            assert frames == [bytes([index]) * 1200 for index in range(20)]
+        sent = [datagram.size for datagram in net.log if datagram.direction == "server"]
     default = 1200 if quic_backend == "aioquic" else 1280
     if size is None:
         assert max(sent) <= default, sorted(sent)[-5:]

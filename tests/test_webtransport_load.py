@@ -49,6 +49,7 @@ from moqt_asgi.webtransport.hypercorn_quic import configure
 
 from . import test_quic_credit
 from .conftest import Certs
+from .helpers import native_server
 from .wt_client import hypercorn_server
 
 FRAME = 16 * 1024
@@ -104,15 +105,8 @@ async def subscribers_read_everything(url: str, fingerprint: str) -> None:
 @contextlib.asynccontextmanager
 async def ours(app: MoQ, certs: Certs, settings: QuicSettings | None = None) -> AsyncIterator[QuicServer]:
     """``app`` on our QUIC server (moql and h3 on one port), as ``serve`` runs it."""
-    await app.startup()
-    server = QuicServer(app, host="127.0.0.1", port=0, certfile=str(certs.cert), keyfile=str(certs.key),
-                        quic=settings)
-    await server.start()
-    try:
+    async with native_server(app, str(certs.cert), str(certs.key), quic=settings) as server:
         yield server
-    finally:
-        await server.close()
-        await app.shutdown()
 
 
 @contextlib.contextmanager
