@@ -53,6 +53,8 @@ from .session import WebSocketConnection, WebSocketSettings
 
 logger = logging.getLogger("moqt_asgi.websocket")
 
+CLOSE_REPLY_TIMEOUT = 1.0
+"""Seconds a closing WebSocket waits for the peer's Close frame (the closing handshake) before it ends anyway."""
 FIRST_ALPN = "moq-lite-05"
 """The protocol preferred over WebSocket (what moq-relay and every official client settle on)."""
 BARE = ("qmux-01", "qmux-00", "qmux-02", Framing.LEGACY.value)
@@ -130,6 +132,8 @@ class ASGIPipe(MessagePipe):
         self._send = send
         self._closed = False
         self._disconnected = False
+        self._receiving = 0
+        self._received = asyncio.Event()
         self.peer_address = peer
 
     async def send(self, data: bytes) -> None:
@@ -144,7 +148,12 @@ class ASGIPipe(MessagePipe):
     async def receive(self) -> bytes | str | None:
         if self._disconnected:
             return None
-        message = await self._receive()
+        self._receiving += 1
+        try:
+            message = await self._receive()
+        finally:
+            self._receiving -= 1
+            self._received.set()
         kind = message["type"]
         if kind == "websocket.receive":
             data = message.get("bytes")
@@ -159,8 +168,28 @@ class ASGIPipe(MessagePipe):
             self._closed = True
             return
         self._closed = True
-        with contextlib.suppress(Exception):
+        try:
             await self._send({"type": "websocket.close"})
+        except Exception:
+            return
+        await self._await_disconnect(CLOSE_REPLY_TIMEOUT)
+
+    async def _await_disconnect(self, timeout: float) -> None:
+        """The closing handshake: wait (at most ``timeout``) for the peer's Close, discarding what comes before it.
+
+        Returning from the ASGI app lets the server close the TCP connection
+        (with TLS, its ``close_notify``); a peer's Close frame that arrives after
+        that is data after ``close_notify``, which Hypercorn's TCP server does not
+        expect. Waiting for ``websocket.disconnect`` orders the two.
+        """
+        with contextlib.suppress(Exception):  # TimeoutError included
+            async with asyncio.timeout(timeout):
+                while not self._disconnected:
+                    if self._receiving:  # the session's reader is in receive(): its result is ours to see
+                        self._received.clear()
+                        await self._received.wait()
+                    else:
+                        await self.receive()
 
 
 async def refuse(scope: Scope, send: Send, status: int) -> None:
