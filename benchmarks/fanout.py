@@ -117,6 +117,8 @@ class Settings:
     load_cores: set[int] | None
     load_processes: int | None
     connect_batch: int
+    load_client: str
+    """``moq-rs`` or ``qh3`` (moqt-asgi's client on qh3): the subscribers' implementation."""
     logs: Path
     py_spy: Path | None
     root: Path
@@ -215,7 +217,8 @@ async def _measure(server: RunningServer, point: Point, tag: str, settings: Sett
     await asyncio.sleep(1.0)
     point.rss_before = server.rss()
     loads = [await Peer.start(settings.logs / f"{tag}-load{i}.log", "subscribe", url, fingerprint, "--count",
-                              str(count), "--connect-batch", str(settings.connect_batch))
+                              str(count), "--connect-batch", str(settings.connect_batch),
+                              "--client", settings.load_client)
              for i, count in enumerate(split(point.subscribers, settings.processes_for(point.subscribers)))]
     peers += loads
     ready = await asyncio.gather(*(load.line(READY_TIMEOUT) for load in loads))
@@ -307,6 +310,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                            " at least 2)")
     parser.add_argument("--connect-batch", type=int, default=8,
                         help="connections each load generator sets up at once (default 8)")
+    parser.add_argument("--load-client", choices=("moq-rs", "qh3"), default="moq-rs",
+                        help="the subscribers: moq-rs (default, independent) or moqt-asgi's client on qh3, about "
+                             "half the CPU per frame, for audiences the moq-rs load generators cannot drive")
     parser.add_argument("--server-core", type=int, help="the core the server is pinned to (default the last one)")
     parser.add_argument("--no-pin", action="store_true", help="pin nothing")
     parser.add_argument("--py-spy", type=Path, metavar="DIR",
@@ -336,7 +342,7 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Point], dict[str, o
         "server_cores": sorted(server_cores) if server_cores else None,
         "load_cores": sorted(load_cores) if load_cores else None,
         "duration_s": args.duration, "warmup_s": args.warmup, "grace_s": args.grace,
-        "load_average_start": os.getloadavg(),
+        "load_average_start": os.getloadavg(), "load_client": args.load_client,
     }
     with contextlib.ExitStack() as stack:
         certificate = stack.enter_context(temporary_certificate())
@@ -348,7 +354,7 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Point], dict[str, o
         if args.at:
             root, conditions["revision"] = stack.enter_context(code_at(args.at))
         settings = Settings(certificate.cert, certificate.key, certificate.fingerprint, args.duration, args.warmup,
-                            args.grace, server_cores, load_cores, args.load_processes, args.connect_batch, logs,
+                            args.grace, server_cores, load_cores, args.load_processes, args.connect_batch, args.load_client, logs,
                             args.py_spy, root)
         points = await sweep(args.servers, args.streams, args.audiences, settings, progress=not args.quiet)
     conditions["load_average_end"] = os.getloadavg()
@@ -365,7 +371,8 @@ def report(points: list[Point], conditions: dict[str, object], args: argparse.Na
     end_load = ", ".join(f"{v:.2f}" for v in conditions["load_average_end"])  # type: ignore[attr-defined]
     code = f"relays served from revision {conditions['revision']}; " if "revision" in conditions else ""
     print(f"\npython {conditions['python']}, {conditions['cpus']} CPUs, {conditions['machine']}; {code}{pins}; "
-          f"{args.duration:g} s window, {args.grace:g} s grace; load average {start_load} at the start, "
+          f"{args.duration:g} s window, {args.grace:g} s grace; subscribers: {args.load_client}; "
+          f"load average {start_load} at the start, "
           f"{end_load} at the end")
     for stream in args.streams:
         mine = [p for p in points if p.stream == stream]

@@ -198,3 +198,25 @@ def test_quick_run_measures_every_server(tmp_path: Path) -> None:
         assert point["server_wait"] is not None and point["server_wait"] >= 0, server
         assert point["server_drops"] >= 0 and point["udp_drops"] >= 0, server
     assert document["conditions"]["duration_s"] == 3.0
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+@pytest.mark.cli
+@pytest.mark.timeout(300)
+def test_qh3_load_generator_measures_the_moqrs_relay(tmp_path: Path) -> None:
+    """``--load-client qh3``: moqt-asgi subscribers on qh3 read every server's frames, moq-rs's relay among them."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.fanout", "--quick", "--server", "moq-rs", "--load-client", "qh3",
+         "--subscribers", "3", "--duration", "3", "--warmup", "1", "--grace", "2", "--json", "--quiet",
+         "--logs", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads(result.stdout)
+    assert document["conditions"]["load_client"] == "qh3"
+    [point] = document["points"]
+    assert point["error"] is None, point["error"]
+    assert point["connected"] == 3
+    assert point["received"] > 0.5 * point["expected"]
+    assert 0 < point["p50_ms"] <= point["p99_ms"] < 5000
+    assert point["load_cpu"] > 0
