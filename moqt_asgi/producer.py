@@ -13,6 +13,7 @@ keeps its timestamp (lite-05+ carries it on the wire).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -37,22 +38,33 @@ FetchedGroup = list[tuple[bytes, int | None]]
 
 
 class _Signal:
-    """A level-triggered 'something changed' notification for many waiters."""
+    """A level-triggered 'something changed' notification for many waiters.
 
-    __slots__ = ("_future",)
+    Each waiter awaits a future of its own, so ``fire`` wakes each with one
+    loop callback (a shared future behind :func:`asyncio.shield` costs two),
+    and a cancelled waiter cancels only its own.
+    """
+
+    __slots__ = ("_waiters",)
 
     def __init__(self) -> None:
-        self._future: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
 
     def fire(self) -> None:
-        if self._future is not None and not self._future.done():
-            self._future.set_result(None)
-        self._future = None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def wait(self) -> None:
-        if self._future is None:
-            self._future = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._future)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done() or waiter.cancelled():  # not fired: a waiter given up leaves no trace
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
 
 
 class ByteBudget:

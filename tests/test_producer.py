@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 
 import pytest
 
@@ -158,3 +159,36 @@ async def test_group_age_for_max_latency() -> None:
     assert group is not None
     group.created -= 2
     assert group.age_ms() >= 2000
+
+
+async def test_a_reader_that_gives_up_does_not_disturb_the_others() -> None:
+    track = TrackProducer("t")
+    group = track.append_group()
+    readers = [asyncio.create_task(group.wait_frames(0)) for _ in range(3)]
+    await asyncio.sleep(0)
+    readers[1].cancel()
+    await asyncio.sleep(0)
+    group.write_frame(b"one")
+    assert await asyncio.wait_for(readers[0], 1) == [b"one"]
+    assert await asyncio.wait_for(readers[2], 1) == [b"one"]
+    assert readers[1].cancelled()
+
+
+async def test_readers_that_time_out_over_and_over_hold_nothing() -> None:
+    track = TrackProducer("t")
+    group = track.append_group()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for _ in range(2000):  # a reader polling with a timeout on a group that gets no frames
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(group.wait_frames(0), 0.0001)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert held < 200_000  # about 90 kB of the machinery's own; 2000 abandoned waits kept add about 300 kB
+    waiting = asyncio.create_task(group.wait_frames(0))
+    await asyncio.sleep(0)
+    group.finish()
+    assert await asyncio.wait_for(waiting, 1) == []
