@@ -130,6 +130,8 @@ class RemoteBroadcast:
         self.log = log
         self._totals = totals if totals is not None else _Totals(limits or RelayLimits(), ByteBudget(None))
         self._tracks: dict[str, asyncio.Future[_Upstream]] = {}
+        self._describing: dict[str, asyncio.Future[TrackInfo | None]] = {}
+        """Upstream TRACK requests in flight, one per track name however many subscribers ask."""
 
     async def __call__(self, writer: TrackWriter) -> None:
         try:
@@ -187,11 +189,32 @@ class RemoteBroadcast:
         return self._described(track)
 
     async def _described(self, track: str) -> TrackInfo | None:
+        pending = self._describing.get(track)
+        if pending is None:  # the first to ask: the others wait for the same answer
+            pending = self._describing[track] = asyncio.get_running_loop().create_future()
+            pending.add_done_callback(lambda done: self._describing.pop(track, None)
+                                      if self._describing.get(track) is done else None)
+            try:
+                task = self.session.spawn(self._describe(track, pending), f"relay-track-{self.path}/{track}")
+            except SessionClosed:
+                pending.cancel()
+                return None
+            task.add_done_callback(lambda _: pending.cancel())  # ended without an answer: the waiters give up
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if pending.cancelled() and current is not None and not current.cancelling():
+                return None  # the upstream session closed under the request: it no longer serves the track
+            raise
+
+    async def _describe(self, track: str, answer: asyncio.Future[TrackInfo | None]) -> None:
         try:
             info = await self._track_info(track)
         except StreamError:  # NOT_FOUND: the publisher does not serve it
-            return None
-        return info if info is not None else _DEFAULT_INFO
+            answer.set_result(None)
+            return
+        answer.set_result(info if info is not None else _DEFAULT_INFO)
 
     async def _upstream(self, name: str, priority: int) -> _Upstream:
         pending = self._tracks.get(name)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from moqt_asgi import Broadcast, TrackMux
 from moqt_asgi.protocol.errors import ErrorCode, StreamError
+from moqt_asgi.protocol.messages import TrackInfo
 from moqt_asgi.protocol.versions import LITE_05_VERSION, LITE_06_VERSION, Version
 from moqt_asgi.relay import Relay
 
@@ -33,3 +36,31 @@ async def test_track_info_is_the_publishers_before_and_after_the_track_is_relaye
             await within(viewer.track_info("live", "audio"))
         assert refused.value.code == ErrorCode.NOT_FOUND
         reader.close()
+
+
+async def test_subscribers_asking_at_once_cost_upstream_one_track_request() -> None:
+    relay = Relay()
+    app = relay_app(relay)
+    mux = TrackMux()
+    broadcast = Broadcast("live")
+    broadcast.create_track("video", priority=3)
+    asked: list[str] = []
+    answer = broadcast.track_info
+
+    async def counted(name: str) -> TrackInfo | None:
+        asked.append(name)
+        await asyncio.sleep(0.3)  # every request below reaches the relay while the first is being answered
+        return answer(name)
+
+    broadcast.track_info = counted  # type: ignore[assignment]
+    mux.publish("live", broadcast)
+    async with peer(app, LITE_05_VERSION, mux), peer(app, LITE_05_VERSION) as (viewer, _):
+        await eventually(lambda: relay.mux.route("live") is not None, "the relay learned the broadcast")
+        infos = await within(asyncio.gather(*(viewer.track_info("live", "video") for _ in range(8)),
+                                            *(viewer.track_info("live", "nope") for _ in range(4)),
+                                            return_exceptions=True))
+        assert all(getattr(info, "priority", None) == 3 for info in infos[:8]), infos
+        assert all(isinstance(refused, StreamError) and refused.code == ErrorCode.NOT_FOUND for refused in infos[8:])
+        assert sorted(asked) == ["nope", "video"]  # one upstream TRACK per name, not one per request
+        again = await within(viewer.track_info("live", "video"))  # answered: the next request asks afresh
+        assert again.priority == 3 and asked.count("video") == 2
