@@ -64,3 +64,30 @@ async def test_subscribers_asking_at_once_cost_upstream_one_track_request() -> N
         assert sorted(asked) == ["nope", "video"]  # one upstream TRACK per name, not one per request
         again = await within(viewer.track_info("live", "video"))  # answered: the next request asks afresh
         assert again.priority == 3 and asked.count("video") == 2
+
+
+async def test_a_track_request_whose_publisher_leaves_is_answered() -> None:
+    relay = Relay()
+    app = relay_app(relay)
+    mux = TrackMux()
+    broadcast = Broadcast("live")
+    broadcast.create_track("video")
+    asked = asyncio.Event()
+
+    async def never(name: str) -> TrackInfo | None:
+        asked.set()
+        await asyncio.Event().wait()  # the publisher never answers
+        return None
+
+    broadcast.track_info = never  # type: ignore[assignment]
+    mux.publish("live", broadcast)
+    async with peer(app, LITE_05_VERSION) as (viewer, _):
+        async with peer(app, LITE_05_VERSION, mux):
+            await eventually(lambda: relay.mux.route("live") is not None, "the relay learned the broadcast")
+            requests = [asyncio.create_task(viewer.track_info("live", "video")) for _ in range(3)]
+            await within(asyncio.shield(asyncio.ensure_future(asked.wait())))
+        # the publisher's session is gone with the request in flight: every waiter is answered, none hangs
+        answers = await within(asyncio.gather(*requests, return_exceptions=True))
+        for answer in answers:
+            assert isinstance(answer, TrackInfo) or (isinstance(answer, StreamError)
+                                                     and answer.code == ErrorCode.NOT_FOUND), answer
