@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ._attack_common import HOST, KIB
+from ._fanout_servers import spawn_listening
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 """The checkout this package lives in: the code served unless another revision is asked for."""
@@ -74,23 +75,11 @@ class ServerProcess:
         paths = [str(path) for path in (root, app_dir) if path is not None]
         environment["PYTHONPATH"] = os.pathsep.join(paths)
         environment["PYTHONUNBUFFERED"] = "1"
-        with _append(log) as errors:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "moqt_asgi", "serve", app, "--bind", f"{HOST}:0", "--certfile", str(certfile),
-                "--keyfile", str(keyfile), *args, cwd=root, env=environment, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=errors)
-        assert process.stdout is not None
-        try:
-            line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT)
-        except TimeoutError:
-            line = b""
-        found = SERVING.search(line)
-        if found is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            raise RuntimeError(f"the server did not start ({line!r}); its log: {log}\n{tail(log)}")
-        return cls(process, int(found.group(1)), log)
+        process, port = await spawn_listening(
+            [sys.executable, "-m", "moqt_asgi", "serve", app, "--bind", f"{HOST}:0", "--certfile", str(certfile),
+             "--keyfile", str(keyfile), *args], cwd=root, env=environment, log=log, pattern=SERVING,
+            timeout=START_TIMEOUT, what="the server")
+        return cls(process, port, log)
 
     async def _drain_stdout(self) -> None:
         assert self.process.stdout is not None
@@ -137,16 +126,6 @@ class ServerProcess:
         self._drain.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._drain
-
-
-def _append(path: Path) -> io.BufferedWriter:
-    return open(path, "ab")
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
 
 
 class Monitor:

@@ -265,6 +265,33 @@ LISTENING = re.compile(rb"(?:moql://[^\s/]*:|listening \S*:)(\d+)")
 """The port in ``serve``'s ``serving APP on moql://HOST:PORT/`` or the moq-rs relay's ``listening HOST:PORT``."""
 
 
+async def spawn_listening(argv: Sequence[str], *, cwd: Path, env: dict[str, str], log: Path,
+                          pattern: re.Pattern[bytes] = LISTENING, timeout: float = START_TIMEOUT,
+                          stdin: int = subprocess.DEVNULL, cores: set[int] | None = None,
+                          what: str = "the process") -> tuple[asyncio.subprocess.Process, int]:
+    """Start ``argv`` (stderr appended to ``log``) and return it with the port its first stdout line names.
+
+    ``pattern``'s first group is the port. A process that prints something
+    else, or nothing within ``timeout`` seconds, is killed and a
+    :class:`RuntimeError` quotes its log.
+    """
+    with open_log(log) as errors:
+        process = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=errors, preexec_fn=pinned(cores))
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), timeout)
+    except TimeoutError:
+        line = b""
+    found = pattern.search(line)
+    if found is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise RuntimeError(f"{what} did not start ({line!r}); its log: {log}\n{tail(log)}")
+    return process, int(found.group(1))
+
+
 async def start_server(kind: ServerKind, *, certfile: Path, keyfile: Path, log: Path,
                        cores: set[int] | None = None, root: Path = REPOSITORY,
                        extra: Sequence[str] = ()) -> RunningServer:
@@ -277,24 +304,20 @@ async def start_server(kind: ServerKind, *, certfile: Path, keyfile: Path, log: 
     if kind.key == "moq-rs":
         root = REPOSITORY
     environment = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1", **SERVER_ENVIRONMENT}
-    with open_log(log) as errors:
+    argv = [*command(kind, certfile, keyfile, port), *extra]
+    if kind.key != "hypercorn":
+        process, port = await spawn_listening(argv, cwd=root, env=environment, log=log, cores=cores, what=kind.label)
+        return RunningServer(kind, process, port, log)
+    with open_log(log) as errors:  # Hypercorn says nothing of its QUIC port: wait until it is bound
         process = await asyncio.create_subprocess_exec(
-            *command(kind, certfile, keyfile, port), *extra, cwd=root, env=environment,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, preexec_fn=pinned(cores))
-    assert process.stdout is not None
+            *argv, cwd=root, env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
+            preexec_fn=pinned(cores))
     try:
         async with asyncio.timeout(START_TIMEOUT):
-            if kind.key == "hypercorn":
-                while not udp_port_bound(port):
-                    if process.returncode is not None:
-                        raise RuntimeError("hypercorn exited")
-                    await asyncio.sleep(0.05)
-            else:
-                line = await process.stdout.readline()
-                found = LISTENING.search(line)
-                if found is None:
-                    raise RuntimeError(f"unexpected first line {line!r}")
-                port = int(found.group(1))
+            while not udp_port_bound(port):
+                if process.returncode is not None:
+                    raise RuntimeError("hypercorn exited")
+                await asyncio.sleep(0.05)
     except (TimeoutError, RuntimeError) as exc:
         with contextlib.suppress(ProcessLookupError):
             process.kill()

@@ -76,7 +76,8 @@ from moqt_asgi.webtransport.h3 import MAX_HEADER_FRAME
 from . import _attack_moq as moq
 from . import _attack_quic as quic
 from ._attack_common import KIB, MIB, Sent, Target, size
-from ._attack_server import REPOSITORY, Monitor, ServerProcess, code_at, tail
+from ._attack_server import REPOSITORY, Monitor, ServerProcess, code_at
+from ._fanout_servers import tail
 from .common import Certificate, temporary_certificate
 
 logger = logging.getLogger("moqt_asgi.attacks")

@@ -64,13 +64,11 @@ from ._edge_peer import with_token
 from ._fanout_servers import (
     HOST,
     KINDS,
-    LISTENING,
     REPOSITORY,
     RunningServer,
     free_tcp_port,
-    open_log,
-    pinned,
     process_cpu,
+    spawn_listening,
     start_server,
     tail,
     udp_receive_drops,
@@ -148,25 +146,13 @@ class EdgeProcess:
 
     @classmethod
     async def start(cls, origin: str, settings: Settings, log: Path) -> EdgeProcess:
-        with open_log(log) as errors:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "benchmarks._edge_peer", origin, "--fingerprint", settings.fingerprint,
-                "--token-file", str(settings.cluster_token_file), "--bind", f"{HOST}:0",
-                "--certfile", str(settings.certfile), "--keyfile", str(settings.keyfile), cwd=REPOSITORY,
-                env={**os.environ, "PYTHONPATH": str(REPOSITORY), "PYTHONUNBUFFERED": "1"},
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
-                preexec_fn=pinned(settings.load_cores))
-        assert process.stdout is not None
-        try:
-            line = await asyncio.wait_for(process.stdout.readline(), EDGE_START_TIMEOUT)
-        except TimeoutError:
-            line = b""
-        found = LISTENING.search(line)
-        if found is None:
-            edge = cls(process, 0, log)
-            await edge.stop()
-            raise RuntimeError(f"an edge did not start: {line!r}; its log:\n{tail(log, 5)}")
-        return cls(process, int(found.group(1)), log)
+        process, port = await spawn_listening(
+            [sys.executable, "-m", "benchmarks._edge_peer", origin, "--fingerprint", settings.fingerprint,
+             "--token-file", str(settings.cluster_token_file), "--bind", f"{HOST}:0",
+             "--certfile", str(settings.certfile), "--keyfile", str(settings.keyfile)],
+            cwd=REPOSITORY, env={**os.environ, "PYTHONPATH": str(REPOSITORY), "PYTHONUNBUFFERED": "1"}, log=log,
+            timeout=EDGE_START_TIMEOUT, stdin=subprocess.PIPE, cores=settings.load_cores, what="an edge")
+        return cls(process, port, log)
 
     @property
     def url(self) -> str:

@@ -58,7 +58,7 @@ import moq
 import pytest
 
 from benchmarks._fanout_peer import BROADCAST, HEADER, TRACK
-from benchmarks._fanout_servers import KINDS, LISTENING, RunningServer, open_log, tail
+from benchmarks._fanout_servers import KINDS, RunningServer, open_log, spawn_listening
 from benchmarks._fanout_stats import jain
 from benchmarks.fanout import Peer, split
 from moqt_asgi import dial
@@ -85,7 +85,9 @@ NEWCOMER_BOUND = 15.0
 sixteen times slower (1-4 s when the moq-rs publisher's track is what gives way): each of its round trips waits for
 event-loop steps the slowdown stretches. The bound says it is served at all, not that it is served quickly."""
 FPS = 30
-MAX_LOOP_LAG = 0.02
+MAX_LOOP_LAG = 0.04
+"""``serve --max-loop-lag``: under the loop held :data:`STALL_MS` of every :data:`PERIOD_MS` the monitor reads
+50-90 ms; 40 subscribers' handshakes at once on a busy machine read up to about 30 ms, and must be admitted."""
 REFUSAL_TIMEOUT = 25.0
 """Seconds a refused newcomer may take to learn it (its handshake crosses the overloaded relay too)."""
 START_TIMEOUT = 30.0
@@ -161,23 +163,11 @@ async def slow_relay(certs: Certs, log: Path, *options: str, source: bool,
                    "MOQT_MAX_CONNECTIONS_PER_ADDRESS": "none",  # every peer comes from 127.0.0.1
                    "MOQT_TEST_STALL_MS": str(STALL_MS), "MOQT_TEST_STALL_PERIOD_MS": str(PERIOD_MS),
                    "MOQT_TEST_SLOWDOWN": str(slowdown) if slowdown else ""}
-    with open_log(log) as errors:
-        process = await asyncio.create_subprocess_exec(
-            *cli("serve", APP, "--bind", "127.0.0.1:0", "--certfile", str(certs.cert), "--keyfile", str(certs.key),
-                 "--graceful-timeout", "0", "--no-webtransport", "--no-tcp", *options),
-            cwd=ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
-    assert process.stdout is not None
-    try:
-        line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT)
-    except TimeoutError:
-        line = b""
-    found = LISTENING.search(line)
-    if found is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
-        pytest.fail(f"serve did not start: {line!r}\n{tail(log)}")
-    server = RunningServer(KINDS["serve-quic"], process, int(found.group(1)), log)
+    process, port = await spawn_listening(
+        cli("serve", APP, "--bind", "127.0.0.1:0", "--certfile", str(certs.cert), "--keyfile", str(certs.key),
+            "--graceful-timeout", "0", "--no-webtransport", "--no-tcp", *options),
+        cwd=ROOT, env=environment, log=log, timeout=START_TIMEOUT, what="serve")
+    server = RunningServer(KINDS["serve-quic"], process, port, log)
     try:
         yield server
     finally:
