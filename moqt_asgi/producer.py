@@ -62,7 +62,7 @@ class _Signal:
         try:
             await waiter
         finally:
-            if not waiter.done() or waiter.cancelled():  # not fired: a waiter given up leaves no trace
+            if waiter.cancelled():  # given up before a fire: it leaves no trace
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
 
